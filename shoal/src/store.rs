@@ -1,0 +1,142 @@
+//! `shoal store`: one member of a store cluster, with etcd's flag names.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use clap::{Args, ValueEnum};
+use shoal_store::{Config, Node};
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum ClusterState {
+    New,
+    Existing,
+}
+
+#[derive(Args)]
+pub struct StoreArgs {
+    /// Human-readable name of this member.
+    #[arg(long, env = "ETCD_NAME", default_value = "default")]
+    name: String,
+    /// Where the member keeps its data (default: NAME.etcd).
+    #[arg(long, env = "ETCD_DATA_DIR")]
+    data_dir: Option<PathBuf>,
+    /// URLs to serve clients on (comma-separated).
+    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379", value_delimiter = ',')]
+    listen_client_urls: Vec<String>,
+    /// Client URLs this member announces (default: the listen URLs).
+    #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", value_delimiter = ',')]
+    advertise_client_urls: Vec<String>,
+    /// URLs to serve the other members on (comma-separated).
+    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = "http://localhost:2380", value_delimiter = ',')]
+    listen_peer_urls: Vec<String>,
+    /// Peer URLs this member announces (default: the listen peer URLs).
+    #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", value_delimiter = ',')]
+    initial_advertise_peer_urls: Vec<String>,
+    /// Members of a new cluster: name=peer-url,... (empty: run alone).
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER", default_value = "")]
+    initial_cluster: String,
+    /// `new` to bootstrap a cluster, `existing` to join one after `member add`.
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
+    initial_cluster_state: ClusterState,
+    /// Token that tells clusters apart (it seeds member and cluster ids).
+    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    initial_cluster_token: String,
+    /// Raft heartbeat interval in milliseconds.
+    #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
+    heartbeat_interval: u64,
+    /// Raft election timeout in milliseconds.
+    #[arg(long, env = "ETCD_ELECTION_TIMEOUT", default_value_t = 1000)]
+    election_timeout: u64,
+    /// Applied entries between two snapshots (older log entries are purged).
+    #[arg(long, env = "ETCD_SNAPSHOT_COUNT", default_value_t = 10_000)]
+    snapshot_count: u64,
+    /// Largest client request accepted, in bytes.
+    #[arg(long, env = "ETCD_MAX_REQUEST_BYTES", default_value_t = 1_572_864)]
+    max_request_bytes: usize,
+    /// Most operations in one branch of a transaction.
+    #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
+    max_txn_ops: usize,
+}
+
+/// Parses `--initial-cluster` (`name=url,name=url`).
+fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, String)>> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|p| !p.is_empty())
+        .map(|pair| match pair.split_once('=') {
+            Some((name, url)) if !name.is_empty() && !url.is_empty() => {
+                Ok((name.to_string(), url.to_string()))
+            }
+            _ => bail!("--initial-cluster: {pair:?} is not name=peer-url"),
+        })
+        .collect()
+}
+
+pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
+    let data_dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(format!("{}.etcd", args.name)));
+    let advertise_client_urls = if args.advertise_client_urls.is_empty() {
+        args.listen_client_urls.clone()
+    } else {
+        args.advertise_client_urls.clone()
+    };
+    let initial_advertise_peer_urls = if args.initial_advertise_peer_urls.is_empty() {
+        args.listen_peer_urls.clone()
+    } else {
+        args.initial_advertise_peer_urls.clone()
+    };
+    let config = Config {
+        name: args.name.clone(),
+        data_dir,
+        listen_client_urls: args.listen_client_urls,
+        advertise_client_urls,
+        listen_peer_urls: args.listen_peer_urls,
+        initial_advertise_peer_urls,
+        initial_cluster: parse_initial_cluster(&args.initial_cluster)?,
+        initial_cluster_state_existing: matches!(args.initial_cluster_state, ClusterState::Existing),
+        initial_cluster_token: args.initial_cluster_token,
+        heartbeat_interval: Duration::from_millis(args.heartbeat_interval),
+        election_timeout: Duration::from_millis(args.election_timeout),
+        snapshot_count: args.snapshot_count,
+        max_request_bytes: args.max_request_bytes,
+        max_txn_ops: args.max_txn_ops,
+    };
+    let node = Node::start(config).await.context("starting the store member")?;
+    let tasks = shoal_store::server::serve(node.clone())
+        .await
+        .context("serving")?;
+    tracing::info!(
+        member = %format!("{:x}", node.id),
+        name = %node.config.name,
+        clients = %node.config.advertise_client_urls.join(","),
+        "store member ready"
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupted, stopping"),
+        _ = term.recv() => tracing::info!("terminated, stopping"),
+        _ = node.stopped() => {}
+    }
+    node.stop();
+    node.shutdown_raft().await;
+    for t in tasks {
+        let _ = t.await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn initial_cluster_parses_like_etcd() {
+        let c = parse_initial_cluster("s1=http://a:2380,s2=http://b:2380").unwrap();
+        assert_eq!(c[1], ("s2".to_string(), "http://b:2380".to_string()));
+        assert!(parse_initial_cluster("s1").is_err());
+        assert!(parse_initial_cluster("").unwrap().is_empty());
+    }
+}

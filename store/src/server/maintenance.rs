@@ -1,0 +1,102 @@
+//! The Maintenance service: status, alarms and defragmentation as etcdctl
+//! uses them.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use crate::node::Node;
+use crate::proto::etcdserverpb::{
+    maintenance_server, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
+    DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest,
+    HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse,
+    StatusRequest, StatusResponse,
+};
+
+pub struct Maintenance(pub Arc<Node>);
+
+/// The etcd API version this store speaks; clients gate features on it.
+pub const API_VERSION: &str = "3.5.0";
+
+#[tonic::async_trait]
+impl maintenance_server::Maintenance for Maintenance {
+    async fn alarm(&self, _req: Request<AlarmRequest>) -> Result<Response<AlarmResponse>, Status> {
+        // No quota or corruption alarms are raised by this store.
+        Ok(Response::new(AlarmResponse {
+            header: Some(self.0.current_header()),
+            alarms: Vec::new(),
+        }))
+    }
+
+    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let m = self.0.raft.metrics().borrow().clone();
+        let (revision, size) = {
+            let mvcc = self.0.shared.mvcc();
+            (mvcc.revision(), mvcc.db_size())
+        };
+        let learner = self
+            .0
+            .members()
+            .iter()
+            .any(|(id, _, learner)| *id == self.0.id && *learner);
+        let mut errors = Vec::new();
+        if m.current_leader.is_none() {
+            errors.push("etcdserver: no leader".to_string());
+        }
+        Ok(Response::new(StatusResponse {
+            header: Some(self.0.header(revision)),
+            version: API_VERSION.to_string(),
+            db_size: size,
+            leader: m.current_leader.unwrap_or(0),
+            raft_index: m.last_log_index.unwrap_or(0),
+            raft_term: m.current_term,
+            raft_applied_index: m.last_applied.map_or(0, |l| l.index),
+            errors,
+            db_size_in_use: size,
+            is_learner: learner,
+        }))
+    }
+
+    async fn defragment(
+        &self,
+        _req: Request<DefragmentRequest>,
+    ) -> Result<Response<DefragmentResponse>, Status> {
+        // RocksDB compacts its files in the background; nothing to do.
+        Ok(Response::new(DefragmentResponse {
+            header: Some(self.0.current_header()),
+        }))
+    }
+
+    async fn hash(&self, _req: Request<HashRequest>) -> Result<Response<HashResponse>, Status> {
+        Err(Status::unimplemented("hash is not supported"))
+    }
+
+    async fn hash_kv(&self, _req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+        Err(Status::unimplemented("hashkv is not supported"))
+    }
+
+    type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;
+
+    async fn snapshot(
+        &self,
+        _req: Request<SnapshotRequest>,
+    ) -> Result<Response<Self::SnapshotStream>, Status> {
+        Err(Status::unimplemented("snapshot save is not supported"))
+    }
+
+    async fn move_leader(
+        &self,
+        _req: Request<MoveLeaderRequest>,
+    ) -> Result<Response<MoveLeaderResponse>, Status> {
+        Err(Status::unimplemented("move-leader is not supported"))
+    }
+
+    async fn downgrade(
+        &self,
+        _req: Request<DowngradeRequest>,
+    ) -> Result<Response<DowngradeResponse>, Status> {
+        Err(Status::unimplemented("downgrade is not supported"))
+    }
+}

@@ -1,0 +1,229 @@
+//! State shared between the Raft state machine (which writes it, in log
+//! order) and the gRPC services (which read it): the key space, member
+//! attributes, watch subscriptions and lease clocks.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::mvcc::{Mvcc, MvccError};
+use crate::proto::mvccpb::Event;
+use crate::raft::types::{MemberAttrs, NodeId};
+
+#[derive(Default)]
+pub struct Shared {
+    mvcc: RwLock<Mvcc>,
+    members: RwLock<BTreeMap<NodeId, MemberAttrs>>,
+    pub hub: WatchHub,
+    pub leases: LeaseClock,
+}
+
+// A poisoned lock means a thread panicked while holding it; the data itself
+// is still consistent (every mutation is a single step), so keep serving.
+fn read<T>(l: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(|e| e.into_inner())
+}
+fn write<T>(l: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(|e| e.into_inner())
+}
+fn lock<T>(l: &Mutex<T>) -> MutexGuard<'_, T> {
+    l.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Shared {
+    pub fn mvcc(&self) -> RwLockReadGuard<'_, Mvcc> {
+        read(&self.mvcc)
+    }
+
+    pub(crate) fn mvcc_mut(&self) -> RwLockWriteGuard<'_, Mvcc> {
+        write(&self.mvcc)
+    }
+
+    pub fn members(&self) -> BTreeMap<NodeId, MemberAttrs> {
+        read(&self.members).clone()
+    }
+
+    pub(crate) fn set_members(&self, m: BTreeMap<NodeId, MemberAttrs>) {
+        *write(&self.members) = m;
+    }
+
+    pub(crate) fn publish_member(&self, id: NodeId, attrs: MemberAttrs) {
+        write(&self.members).insert(id, attrs);
+    }
+
+    /// Starts a watch on `[key, range_end)`: the events since `start` (if it
+    /// is in the past) and a subscription for every later one, with no gap
+    /// and no duplicate between the two.
+    pub fn watch(
+        &self,
+        key: &[u8],
+        range_end: &[u8],
+        start: i64,
+    ) -> Result<(Vec<Event>, Subscription), MvccError> {
+        // Holding the read lock keeps applies out, so the history ends
+        // exactly where the subscription begins.
+        let mvcc = self.mvcc();
+        let current = mvcc.revision();
+        let history = if start > 0 && start <= current {
+            mvcc.history(key, range_end, start)?
+        } else {
+            Vec::new()
+        };
+        let min_rev = start.max(current + 1);
+        let sub = self.hub.subscribe(key.to_vec(), range_end.to_vec(), min_rev);
+        Ok((history, sub))
+    }
+}
+
+/// Live watch subscriptions. The state machine publishes every applied
+/// event; each subscription gets those in its range from its first revision
+/// on.
+#[derive(Default)]
+pub struct WatchHub {
+    inner: Mutex<HubInner>,
+}
+
+#[derive(Default)]
+struct HubInner {
+    next: u64,
+    subs: HashMap<u64, Sub>,
+}
+
+struct Sub {
+    key: Vec<u8>,
+    range_end: Vec<u8>,
+    min_rev: i64,
+    tx: mpsc::UnboundedSender<Vec<Event>>,
+}
+
+/// A live subscription; its owner calls [`WatchHub::unsubscribe`] when done
+/// (a subscription whose receiver is gone is also dropped on the next event).
+pub struct Subscription {
+    pub id: u64,
+    pub rx: mpsc::UnboundedReceiver<Vec<Event>>,
+}
+
+/// Is `k` in the etcd range `[key, range_end)`?
+pub fn in_range(k: &[u8], key: &[u8], range_end: &[u8]) -> bool {
+    if range_end.is_empty() {
+        return k == key;
+    }
+    if range_end == [0] {
+        return k >= key;
+    }
+    k >= key && k < range_end
+}
+
+impl WatchHub {
+    fn subscribe(&self, key: Vec<u8>, range_end: Vec<u8>, min_rev: i64) -> Subscription {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let mut inner = lock(&self.inner);
+        inner.next += 1;
+        let id = inner.next;
+        inner.subs.insert(
+            id,
+            Sub {
+                key,
+                range_end,
+                min_rev,
+                tx,
+            },
+        );
+        Subscription { id, rx }
+    }
+
+    pub fn unsubscribe(&self, id: u64) {
+        lock(&self.inner).subs.remove(&id);
+    }
+
+    /// Delivers applied events (in revision order) to every subscription
+    /// they concern.
+    pub(crate) fn publish(&self, events: &[Event]) {
+        if events.is_empty() {
+            return;
+        }
+        let mut inner = lock(&self.inner);
+        let mut gone = Vec::new();
+        for (id, sub) in &inner.subs {
+            let mine: Vec<Event> = events
+                .iter()
+                .filter(|e| {
+                    e.kv.as_ref().is_some_and(|kv| {
+                        kv.mod_revision >= sub.min_rev
+                            && in_range(&kv.key, &sub.key, &sub.range_end)
+                    })
+                })
+                .cloned()
+                .collect();
+            if !mine.is_empty() && sub.tx.send(mine).is_err() {
+                gone.push(*id);
+            }
+        }
+        for id in gone {
+            inner.subs.remove(&id);
+        }
+    }
+}
+
+/// When each lease expires. Every member keeps the clocks, but only the
+/// leader acts on them (it revokes expired leases through Raft), and a new
+/// leader restarts every clock with the full TTL, as etcd does.
+#[derive(Default)]
+pub struct LeaseClock {
+    expiry: Mutex<HashMap<i64, (i64, Instant)>>,
+}
+
+impl LeaseClock {
+    pub(crate) fn granted(&self, id: i64, ttl: i64) {
+        lock(&self.expiry).insert(id, (ttl, Instant::now() + secs(ttl)));
+    }
+
+    pub(crate) fn revoked(&self, id: i64) {
+        lock(&self.expiry).remove(&id);
+    }
+
+    /// Restarts a lease's clock (keep-alive); returns its TTL, or `None` if
+    /// there is no such lease.
+    pub fn refresh(&self, id: i64) -> Option<i64> {
+        let mut e = lock(&self.expiry);
+        let (ttl, at) = e.get_mut(&id)?;
+        *at = Instant::now() + secs(*ttl);
+        Some(*ttl)
+    }
+
+    /// Seconds left, rounded up as etcd reports them.
+    pub fn remaining(&self, id: i64) -> Option<(i64, i64)> {
+        let e = lock(&self.expiry);
+        let (ttl, at) = e.get(&id)?;
+        let left = at.saturating_duration_since(Instant::now());
+        Some((*ttl, left.as_millis().div_ceil(1000) as i64))
+    }
+
+    /// Sets a lease's clock to run out in `secs_left` seconds.
+    pub(crate) fn arm(&self, id: i64, ttl: i64, secs_left: i64) {
+        lock(&self.expiry).insert(id, (ttl, Instant::now() + secs(secs_left)));
+    }
+
+    pub(crate) fn reset(&self, leases: impl IntoIterator<Item = (i64, i64)>) {
+        let now = Instant::now();
+        *lock(&self.expiry) = leases
+            .into_iter()
+            .map(|(id, ttl)| (id, (ttl, now + secs(ttl))))
+            .collect();
+    }
+
+    pub(crate) fn expired(&self) -> Vec<i64> {
+        let now = Instant::now();
+        lock(&self.expiry)
+            .iter()
+            .filter(|(_, (_, at))| *at <= now)
+            .map(|(id, _)| *id)
+            .collect()
+    }
+}
+
+fn secs(ttl: i64) -> Duration {
+    Duration::from_secs(ttl.max(0) as u64)
+}

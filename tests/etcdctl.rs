@@ -1,0 +1,297 @@
+//! The real `etcdctl` (API 3) against a 3-member `shoal store` cluster on
+//! loopback. Expected outputs are what etcd 3.4 prints for the same
+//! commands.
+
+mod support;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use support::{eventually, TestCluster};
+
+fn json(s: &str) -> serde_json::Value {
+    serde_json::from_str(s).unwrap_or_else(|e| panic!("not JSON ({e}): {s}"))
+}
+
+fn b64(s: &str) -> String {
+    // etcdctl prints bytes as standard base64.
+    const T: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let b = s.as_bytes();
+    let mut out = String::new();
+    for chunk in b.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, x)| acc | (u32::from(*x) << (16 - 8 * i)));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+/// Starts `etcdctl watch ...` and returns a channel of its output lines.
+fn watch(endpoints: &str, args: &[&str]) -> (std::process::Child, mpsc::Receiver<String>) {
+    let mut child = Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .arg("watch")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("etcdctl");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    (child, rx)
+}
+
+fn lines(rx: &mpsc::Receiver<String>, n: usize) -> Vec<String> {
+    (0..n)
+        .map(|_| {
+            rx.recv_timeout(Duration::from_secs(10))
+                .expect("watch output in time")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcdctl_kv_txn_watch_compaction() {
+    let c = TestCluster::start(3).await;
+
+    assert_eq!(c.etcdctl_ok(&["put", "foo", "bar"]), "OK\n");
+    assert_eq!(c.etcdctl_ok(&["get", "foo"]), "foo\nbar\n");
+
+    // -w json: the same fields etcd prints, bytes in base64.
+    let j = json(&c.etcdctl_ok(&["get", "foo", "-w", "json"]));
+    let rev1 = j["kvs"][0]["mod_revision"].as_i64().expect("mod_revision");
+    assert_eq!(j["kvs"][0]["key"], b64("foo"));
+    assert_eq!(j["kvs"][0]["value"], b64("bar"));
+    assert_eq!(j["kvs"][0]["version"], 1);
+    assert_eq!(j["kvs"][0]["create_revision"], rev1);
+    assert_eq!(j["count"], 1);
+    assert_eq!(j["header"]["revision"], rev1);
+    assert!(j["header"]["cluster_id"].as_u64().is_some());
+
+    assert_eq!(c.etcdctl_ok(&["put", "foo", "baz"]), "OK\n");
+    assert_eq!(c.etcdctl_ok(&["put", "foo2", "bar2"]), "OK\n");
+    assert_eq!(
+        c.etcdctl_ok(&["get", "foo", "--prefix"]),
+        "foo\nbaz\nfoo2\nbar2\n"
+    );
+    assert_eq!(
+        c.etcdctl_ok(&["get", "foo", &format!("--rev={rev1}")]),
+        "foo\nbar\n"
+    );
+    assert_eq!(c.etcdctl_ok(&["get", "foo", "--prefix", "--keys-only"]), "foo\n\nfoo2\n\n");
+    let j = json(&c.etcdctl_ok(&["get", "foo", "-w", "json"]));
+    assert_eq!(j["kvs"][0]["version"], 2);
+    assert_eq!(j["kvs"][0]["create_revision"], rev1);
+
+    // A revision from the future is refused in etcd's words.
+    let out = c.etcdctl(&["get", "foo", "--rev=1000000"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("etcdserver: mvcc: required revision is a future revision"));
+
+    // txn, interactive, fed on stdin.
+    let out = support::etcdctl(
+        &c.endpoints(),
+        &["txn", "-i"],
+        Some("value(\"foo2\") = \"bar2\"\n\nput foo3 yes\n\nput foo3 no\n\n"),
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "compares:\nsuccess requests (get, put, del):\nfailure requests (get, put, del):\nSUCCESS\n\nOK\n"
+    );
+    assert_eq!(c.etcdctl_ok(&["get", "foo3"]), "foo3\nyes\n");
+    let out = support::etcdctl(
+        &c.endpoints(),
+        &["txn"],
+        Some("mod(\"foo3\") < \"1\"\n\nput foo3 again\n\nget foo3\n\n"),
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "FAILURE\n\nfoo3\nyes\n");
+
+    // watch: live events, then a replay from a past revision.
+    let (mut live, rx) = watch(&c.endpoints(), &["w", "--prefix"]);
+    // Let the watch be established before writing.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    c.etcdctl_ok(&["put", "w1", "a"]);
+    c.etcdctl_ok(&["del", "w1"]);
+    assert_eq!(lines(&rx, 6), ["PUT", "w1", "a", "DELETE", "w1", ""]);
+    let _ = live.kill();
+    let (mut replay, rx) = watch(&c.endpoints(), &["foo", &format!("--rev={rev1}")]);
+    assert_eq!(lines(&rx, 6), ["PUT", "foo", "bar", "PUT", "foo", "baz"]);
+    let _ = replay.kill();
+
+    assert_eq!(c.etcdctl_ok(&["del", "foo"]), "1\n");
+    assert_eq!(c.etcdctl_ok(&["get", "foo"]), "");
+    assert_eq!(c.etcdctl_ok(&["del", "nothing"]), "0\n");
+
+    // compaction: older revisions are gone, as etcd reports it.
+    let rev = json(&c.etcdctl_ok(&["get", "foo2", "-w", "json"]))["header"]["revision"]
+        .as_i64()
+        .expect("revision");
+    assert_eq!(
+        c.etcdctl_ok(&["compaction", &rev.to_string()]),
+        format!("compacted revision {rev}\n")
+    );
+    let out = c.etcdctl(&["get", "foo", &format!("--rev={rev1}")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr)
+        .contains("etcdserver: mvcc: required revision has been compacted"));
+    let (mut compacted, _rx) = watch(&c.endpoints(), &["foo", &format!("--rev={rev1}")]);
+    let status = tokio::task::spawn_blocking(move || compacted.wait())
+        .await
+        .expect("join")
+        .expect("wait");
+    assert!(!status.success(), "a watch from a compacted revision is cancelled");
+    assert_eq!(c.etcdctl_ok(&["get", "foo2"]), "foo2\nbar2\n");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcdctl_leases() {
+    let c = TestCluster::start(3).await;
+    let out = c.etcdctl_ok(&["lease", "grant", "60"]);
+    // "lease 694d7c0e1b3a6c05 granted with TTL(60s)"
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(words[0], "lease");
+    assert_eq!(&words[2..], ["granted", "with", "TTL(60s)"]);
+    let id = words[1].to_string();
+    assert_eq!(id.len(), 16);
+
+    assert_eq!(c.etcdctl_ok(&["put", "--lease", &id, "k", "v"]), "OK\n");
+    assert_eq!(
+        c.etcdctl_ok(&["lease", "keep-alive", "--once", &id]),
+        format!("lease {id} keepalived with TTL(60)\n")
+    );
+    let ttl = c.etcdctl_ok(&["lease", "timetolive", &id, "--keys"]);
+    assert!(
+        ttl.starts_with(&format!("lease {id} granted with TTL(60s), remaining(")),
+        "{ttl}"
+    );
+    assert!(ttl.ends_with("s), attached keys([k])\n"), "{ttl}");
+    assert!(c.etcdctl_ok(&["lease", "list"]).contains(&id));
+    assert_eq!(
+        c.etcdctl_ok(&["lease", "revoke", &id]),
+        format!("lease {id} revoked\n")
+    );
+    assert_eq!(c.etcdctl_ok(&["get", "k"]), "");
+    assert_eq!(
+        c.etcdctl_ok(&["lease", "timetolive", &id]),
+        format!("lease {id} already expired\n")
+    );
+
+    // A lease that is not kept alive expires everywhere, with its keys.
+    let out = c.etcdctl_ok(&["lease", "grant", "2"]);
+    let short = out.split_whitespace().nth(1).expect("id").to_string();
+    c.etcdctl_ok(&["put", "--lease", &short, "ephemeral", "x"]);
+    assert_eq!(c.etcdctl_ok(&["get", "ephemeral"]), "ephemeral\nx\n");
+    eventually(Duration::from_secs(15), "lease expiry", || async {
+        c.etcdctl_ok(&["get", "ephemeral"]).is_empty().then_some(())
+    })
+    .await;
+    for m in &c.members {
+        let out = support::etcdctl(
+            &m.client_url(),
+            &["get", "ephemeral", "--consistency=s"],
+            None,
+        );
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{}", m.name);
+    }
+    let out = c.etcdctl(&["put", "--lease", "1234", "k", "v"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("etcdserver: requested lease not found"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn etcdctl_members_and_status() {
+    let mut c = TestCluster::start(3).await;
+
+    let list = eventually(Duration::from_secs(10), "members started", || async {
+        let l = c.etcdctl_ok(&["member", "list"]);
+        (!l.contains("unstarted")).then_some(l)
+    })
+    .await;
+    let rows: Vec<Vec<String>> = list
+        .lines()
+        .map(|l| l.split(", ").map(str::to_string).collect())
+        .collect();
+    assert_eq!(rows.len(), 3);
+    for m in &c.members {
+        let row = rows
+            .iter()
+            .find(|r| r[2] == m.name)
+            .unwrap_or_else(|| panic!("{} in {list}", m.name));
+        assert!(u64::from_str_radix(&row[0], 16).is_ok(), "hex member id: {}", row[0]);
+        assert_eq!(row[1], "started");
+        assert_eq!(row[3], m.peer_url());
+        assert_eq!(row[4], m.client_url());
+        assert_eq!(row[5], "false");
+    }
+
+    // endpoint status: one row per member, exactly one leader.
+    let status = c.etcdctl_ok(&["endpoint", "status"]);
+    let leaders = status
+        .lines()
+        .filter(|l| l.split(", ").nth(4) == Some("true"))
+        .count();
+    assert_eq!(status.lines().count(), 3, "{status}");
+    assert_eq!(leaders, 1, "{status}");
+    // etcdctl prints health to stderr.
+    let out = c.etcdctl(&["endpoint", "health"]);
+    assert!(out.status.success());
+    let health = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(health.matches("is healthy").count(), 3, "{health}");
+
+    // member add, start it as `existing`, it catches up; then remove it.
+    c.etcdctl_ok(&["put", "before-add", "1"]);
+    let i = c.add_member("s4");
+    let peer = c.members[i].peer_url();
+    let out = c.etcdctl_ok(&["member", "add", "s4", &format!("--peer-urls={peer}")]);
+    assert!(out.starts_with("Member "), "{out}");
+    assert!(out.contains("ETCD_NAME=\"s4\""), "{out}");
+    assert!(out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""), "{out}");
+    let new_id = out.split_whitespace().nth(1).expect("id").to_string();
+    c.spawn(i, "existing");
+    let url = c.members[i].client_url();
+    eventually(Duration::from_secs(20), "new member caught up", || async {
+        let out = support::etcdctl(&url, &["get", "before-add", "--consistency=s"], None);
+        (String::from_utf8_lossy(&out.stdout) == "before-add\n1\n").then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(10), "s4 started", || async {
+        let l = c.etcdctl_ok(&["member", "list"]);
+        l.lines()
+            .any(|r| r.starts_with(&new_id) && r.contains(", started, s4, "))
+            .then_some(())
+    })
+    .await;
+    let out = c.etcdctl(&["member", "add", "dup", &format!("--peer-urls={peer}")]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("Peer URLs already exists"));
+
+    let out = c.etcdctl_ok(&["member", "remove", &new_id]);
+    // etcdctl pads ids to 16 columns ("Member %16x removed from cluster %16x").
+    let words: Vec<&str> = out.split_whitespace().collect();
+    assert_eq!(words[..4], ["Member", new_id.as_str(), "removed", "from"], "{out}");
+    // A removed member takes no further part; stop it, as etcd stops.
+    c.kill(i);
+    eventually(Duration::from_secs(10), "member list without s4", || async {
+        (c.etcdctl_ok(&["member", "list"]).lines().count() == 3).then_some(())
+    })
+    .await;
+    let out = c.etcdctl(&["member", "remove", "1234"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("member not found"));
+    assert_eq!(c.etcdctl_ok(&["put", "after-remove", "1"]), "OK\n");
+}

@@ -1,0 +1,306 @@
+//! Test harness: real `shoal store` processes on loopback, driven by real
+//! clients. Children are killed when the cluster is dropped.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use shoal_store::proto::etcdserverpb::kv_client::KvClient;
+use shoal_store::proto::etcdserverpb::maintenance_client::MaintenanceClient;
+use shoal_store::proto::etcdserverpb::StatusRequest;
+use tempfile::TempDir;
+use tonic::transport::{Channel, Endpoint};
+
+pub const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
+pub struct Member {
+    pub name: String,
+    pub client_port: u16,
+    pub peer_port: u16,
+    pub data_dir: PathBuf,
+    child: Option<Child>,
+}
+
+impl Member {
+    pub fn client_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+    pub fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+}
+
+pub struct TestCluster {
+    pub dir: TempDir,
+    pub members: Vec<Member>,
+    /// Extra flags given to every member (e.g. `--snapshot-count`).
+    pub extra: Vec<String>,
+}
+
+impl TestCluster {
+    /// Starts `n` members as one new cluster and waits for a leader.
+    pub async fn start(n: usize) -> TestCluster {
+        Self::start_with(n, &[]).await
+    }
+
+    pub async fn start_with(n: usize, extra: &[&str]) -> TestCluster {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let members = (1..=n)
+            .map(|i| Member {
+                name: format!("s{i}"),
+                client_port: free_port(),
+                peer_port: free_port(),
+                data_dir: dir.path().join(format!("s{i}")),
+                child: None,
+            })
+            .collect();
+        let mut c = TestCluster {
+            dir,
+            members,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+        };
+        for i in 0..n {
+            c.spawn(i, "new");
+        }
+        c.wait_leader(Duration::from_secs(30)).await;
+        c
+    }
+
+    pub fn initial_cluster(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| format!("{}={}", m.name, m.peer_url()))
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    /// Starts member `i` (`state` is `new` or `existing`).
+    pub fn spawn(&mut self, i: usize, state: &str) {
+        let initial = self.initial_cluster();
+        let m = &mut self.members[i];
+        std::fs::create_dir_all(&m.data_dir).expect("data dir");
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(m.data_dir.with_extension("log"))
+            .expect("log file");
+        let child = Command::new(SHOAL)
+            .args(["store", "--name", &m.name])
+            .arg("--data-dir")
+            .arg(&m.data_dir)
+            .args(["--listen-client-urls", &m.client_url()])
+            .args(["--advertise-client-urls", &m.client_url()])
+            .args(["--listen-peer-urls", &m.peer_url()])
+            .args(["--initial-advertise-peer-urls", &m.peer_url()])
+            .args(["--initial-cluster", &initial])
+            .args(["--initial-cluster-state", state])
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start shoal store");
+        m.child = Some(child);
+    }
+
+    /// Adds a member definition (not started) and returns its index.
+    pub fn add_member(&mut self, name: &str) -> usize {
+        self.members.push(Member {
+            name: name.to_string(),
+            client_port: free_port(),
+            peer_port: free_port(),
+            data_dir: self.dir.path().join(name),
+            child: None,
+        });
+        self.members.len() - 1
+    }
+
+    /// SIGKILL, as a crash.
+    pub fn kill(&mut self, i: usize) {
+        if let Some(mut c) = self.members[i].child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn restart(&mut self, i: usize) {
+        self.kill(i);
+        self.spawn(i, "new");
+    }
+
+    pub fn wipe(&mut self, i: usize) {
+        self.kill(i);
+        let _ = std::fs::remove_dir_all(&self.members[i].data_dir);
+    }
+
+    pub fn endpoints(&self) -> String {
+        self.running()
+            .map(|i| self.members[i].client_url())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    pub fn running(&self) -> impl Iterator<Item = usize> + '_ {
+        (0..self.members.len()).filter(|i| self.members[*i].is_running())
+    }
+
+    /// Member id of the leader, as a running member reports it.
+    pub async fn leader_id(&self) -> Option<u64> {
+        for i in self.running() {
+            if let Ok(mut c) = maintenance(&self.members[i].client_url()).await {
+                if let Ok(s) = c.status(StatusRequest {}).await {
+                    let s = s.into_inner();
+                    if s.leader != 0 {
+                        return Some(s.leader);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Index of the member that leads.
+    pub async fn leader(&self) -> Option<usize> {
+        for i in self.running() {
+            if let Ok(mut c) = maintenance(&self.members[i].client_url()).await {
+                if let Ok(s) = c.status(StatusRequest {}).await {
+                    let s = s.into_inner();
+                    let header = s.header.unwrap_or_default();
+                    if s.leader != 0 && s.leader == header.member_id {
+                        return Some(i);
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    /// Waits until every running member answers and agrees on a leader.
+    pub async fn wait_leader(&self, timeout: Duration) -> u64 {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let mut leaders = Vec::new();
+            for i in self.running() {
+                let l = async {
+                    let mut c = maintenance(&self.members[i].client_url()).await.ok()?;
+                    let s = c.status(StatusRequest {}).await.ok()?.into_inner();
+                    (s.leader != 0).then_some(s.leader)
+                };
+                leaders.push(l.await);
+            }
+            if let Some(Some(first)) = leaders.first() {
+                if leaders.iter().all(|l| *l == Some(*first)) {
+                    return *first;
+                }
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no leader within {timeout:?}: {leaders:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Runs the real etcdctl (API v3) against the running members.
+    pub fn etcdctl(&self, args: &[&str]) -> Output {
+        etcdctl(&self.endpoints(), args, None)
+    }
+
+    pub fn etcdctl_ok(&self, args: &[&str]) -> String {
+        let out = self.etcdctl(args);
+        assert!(
+            out.status.success(),
+            "etcdctl {args:?} failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        for i in 0..self.members.len() {
+            self.kill(i);
+        }
+        // A failing test shows what each member logged.
+        if std::thread::panicking() {
+            for m in &self.members {
+                let log = std::fs::read_to_string(m.data_dir.with_extension("log")).unwrap_or_default();
+                let tail: Vec<&str> = log.lines().rev().take(40).collect();
+                eprintln!("---- {} ({}) ----", m.name, m.client_url());
+                for line in tail.into_iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+}
+
+pub fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> Output {
+    use std::io::Write;
+    // host:port, as etcd's docs write endpoints: etcdctl 3.4 puts a full
+    // URL into HTTP/2's :authority for `endpoint status/health`, which
+    // strict HTTP/2 servers (ours: hyper's h2) refuse as malformed.
+    let endpoints = endpoints.replace("http://", "");
+    let mut cmd = Command::new("etcdctl");
+    cmd.env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={endpoints}"))
+        .args(["--command-timeout=10s"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .stdin(if stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        });
+    let mut child = cmd.spawn().expect("etcdctl is installed (apt-get install etcd-client)");
+    if let Some(input) = stdin {
+        let mut s = child.stdin.take().expect("stdin");
+        s.write_all(input.as_bytes()).expect("write stdin");
+    }
+    child.wait_with_output().expect("etcdctl output")
+}
+
+pub async fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
+    Endpoint::from_shared(url.to_string())?
+        .connect_timeout(Duration::from_millis(500))
+        .timeout(Duration::from_secs(3))
+        .connect()
+        .await
+}
+
+pub async fn kv(url: &str) -> Result<KvClient<Channel>, tonic::transport::Error> {
+    Ok(KvClient::new(channel(url).await?))
+}
+
+pub async fn maintenance(url: &str) -> Result<MaintenanceClient<Channel>, tonic::transport::Error> {
+    Ok(MaintenanceClient::new(channel(url).await?))
+}
+
+/// Polls `f` until it returns `Some`, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

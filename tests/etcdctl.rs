@@ -21,7 +21,10 @@ fn b64(s: &str) -> String {
     let b = s.as_bytes();
     let mut out = String::new();
     for chunk in b.chunks(3) {
-        let n = chunk.iter().enumerate().fold(0u32, |acc, (i, x)| acc | (u32::from(*x) << (16 - 8 * i)));
+        let n = chunk
+            .iter()
+            .enumerate()
+            .fold(0u32, |acc, (i, x)| acc | (u32::from(*x) << (16 - 8 * i)));
         for i in 0..4 {
             if i <= chunk.len() {
                 out.push(T[((n >> (18 - 6 * i)) & 63) as usize] as char);
@@ -94,7 +97,10 @@ async fn etcdctl_kv_txn_watch_compaction() {
         c.etcdctl_ok(&["get", "foo", &format!("--rev={rev1}")]),
         "foo\nbar\n"
     );
-    assert_eq!(c.etcdctl_ok(&["get", "foo", "--prefix", "--keys-only"]), "foo\n\nfoo2\n\n");
+    assert_eq!(
+        c.etcdctl_ok(&["get", "foo", "--prefix", "--keys-only"]),
+        "foo\n\nfoo2\n\n"
+    );
     let j = json(&c.etcdctl_ok(&["get", "foo", "-w", "json"]));
     assert_eq!(j["kvs"][0]["version"], 2);
     assert_eq!(j["kvs"][0]["create_revision"], rev1);
@@ -111,7 +117,11 @@ async fn etcdctl_kv_txn_watch_compaction() {
         &["txn", "-i"],
         Some("value(\"foo2\") = \"bar2\"\n\nput foo3 yes\n\nput foo3 no\n\n"),
     );
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "compares:\nsuccess requests (get, put, del):\nfailure requests (get, put, del):\nSUCCESS\n\nOK\n"
@@ -122,7 +132,10 @@ async fn etcdctl_kv_txn_watch_compaction() {
         &["txn"],
         Some("mod(\"foo3\") < \"1\"\n\nput foo3 again\n\nget foo3\n\n"),
     );
-    assert_eq!(String::from_utf8_lossy(&out.stdout), "FAILURE\n\nfoo3\nyes\n");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "FAILURE\n\nfoo3\nyes\n"
+    );
 
     // watch: live events, then a replay from a past revision.
     let (mut live, rx) = watch(&c.endpoints(), &["w", "--prefix"]);
@@ -157,7 +170,10 @@ async fn etcdctl_kv_txn_watch_compaction() {
         .await
         .expect("join")
         .expect("wait");
-    assert!(!status.success(), "a watch from a compacted revision is cancelled");
+    assert!(
+        !status.success(),
+        "a watch from a compacted revision is cancelled"
+    );
     assert_eq!(c.etcdctl_ok(&["get", "foo2"]), "foo2\nbar2\n");
 }
 
@@ -234,7 +250,11 @@ async fn etcdctl_members_and_status() {
             .iter()
             .find(|r| r[2] == m.name)
             .unwrap_or_else(|| panic!("{} in {list}", m.name));
-        assert!(u64::from_str_radix(&row[0], 16).is_ok(), "hex member id: {}", row[0]);
+        assert!(
+            u64::from_str_radix(&row[0], 16).is_ok(),
+            "hex member id: {}",
+            row[0]
+        );
         assert_eq!(row[1], "started");
         assert_eq!(row[3], m.peer_url());
         assert_eq!(row[4], m.client_url());
@@ -262,7 +282,10 @@ async fn etcdctl_members_and_status() {
     let out = c.etcdctl_ok(&["member", "add", "s4", &format!("--peer-urls={peer}")]);
     assert!(out.starts_with("Member "), "{out}");
     assert!(out.contains("ETCD_NAME=\"s4\""), "{out}");
-    assert!(out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""), "{out}");
+    assert!(
+        out.contains("ETCD_INITIAL_CLUSTER_STATE=\"existing\""),
+        "{out}"
+    );
     let new_id = out.split_whitespace().nth(1).expect("id").to_string();
     c.spawn(i, "existing");
     let url = c.members[i].client_url();
@@ -284,12 +307,18 @@ async fn etcdctl_members_and_status() {
     let out = c.etcdctl_ok(&["member", "remove", &new_id]);
     // etcdctl pads ids to 16 columns ("Member %16x removed from cluster %16x").
     let words: Vec<&str> = out.split_whitespace().collect();
-    assert_eq!(words[..4], ["Member", new_id.as_str(), "removed", "from"], "{out}");
+    assert_eq!(
+        words[..4],
+        ["Member", new_id.as_str(), "removed", "from"],
+        "{out}"
+    );
     // A removed member takes no further part; stop it, as etcd stops.
     c.kill(i);
-    eventually(Duration::from_secs(10), "member list without s4", || async {
-        (c.etcdctl_ok(&["member", "list"]).lines().count() == 3).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "member list without s4",
+        || async { (c.etcdctl_ok(&["member", "list"]).lines().count() == 3).then_some(()) },
+    )
     .await;
     let out = c.etcdctl(&["member", "remove", "1234"]);
     assert!(String::from_utf8_lossy(&out.stderr).contains("member not found"));

@@ -14,7 +14,12 @@ use support::{eventually, kv, TestCluster};
 
 /// Writes unique keys through random members until told to stop; returns
 /// the keys whose put was acknowledged.
-async fn writer(endpoints: Vec<String>, client: usize, stop: Arc<AtomicBool>, acked: Arc<Mutex<Vec<String>>>) {
+async fn writer(
+    endpoints: Vec<String>,
+    client: usize,
+    stop: Arc<AtomicBool>,
+    acked: Arc<Mutex<Vec<String>>>,
+) {
     let mut i = 0u64;
     while !stop.load(Ordering::Relaxed) {
         let url = &endpoints[(client + i as usize) % endpoints.len()];
@@ -58,7 +63,11 @@ async fn stored_keys(url: &str, serializable: bool) -> Option<BTreeSet<String>> 
 }
 
 fn missing(acked: &[String], stored: &BTreeSet<String>) -> Vec<String> {
-    acked.iter().filter(|k| !stored.contains(*k)).cloned().collect()
+    acked
+        .iter()
+        .filter(|k| !stored.contains(*k))
+        .cloned()
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -79,12 +88,17 @@ async fn leader_crash_loses_no_acknowledged_write() {
     let killed_at = Instant::now();
 
     // A new leader serves within a few election timeouts (1 s each).
-    eventually(Duration::from_secs(10), "writes after the crash", || async {
-        (acked.lock().expect("lock").len() > before + 10).then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "writes after the crash",
+        || async { (acked.lock().expect("lock").len() > before + 10).then_some(()) },
+    )
     .await;
     let failover = killed_at.elapsed();
-    assert!(failover < Duration::from_secs(8), "failover took {failover:?}");
+    assert!(
+        failover < Duration::from_secs(8),
+        "failover took {failover:?}"
+    );
     let new = c.leader().await.expect("a new leader");
     assert_ne!(new, old);
 
@@ -100,7 +114,11 @@ async fn leader_crash_loses_no_acknowledged_write() {
     let stored = stored_keys(&c.members[new].client_url(), false)
         .await
         .expect("read");
-    assert!(missing(&acked, &stored).is_empty(), "lost: {:?}", missing(&acked, &stored));
+    assert!(
+        missing(&acked, &stored).is_empty(),
+        "lost: {:?}",
+        missing(&acked, &stored)
+    );
     // The restarted member catches up too.
     let url = c.members[old].client_url();
     eventually(Duration::from_secs(20), "old leader caught up", || async {
@@ -119,11 +137,21 @@ async fn leader_crash_loses_no_acknowledged_write() {
     c.wait_leader(Duration::from_secs(30)).await;
     for m in &c.members {
         let url = m.client_url();
-        let s = eventually(Duration::from_secs(20), "read after full restart", || async {
-            stored_keys(&url, false).await
-        })
+        let s = eventually(
+            Duration::from_secs(20),
+            "read after full restart",
+            || async { stored_keys(&url, false).await },
+        )
         .await;
-        assert!(missing(&acked, &s).is_empty(), "{} lost writes after restart", m.name);
+        let lost = missing(&acked, &s);
+        assert!(
+            lost.is_empty(),
+            "{} lost {} of {} writes after restart: {:?}",
+            m.name,
+            lost.len(),
+            acked.len(),
+            &lost[..lost.len().min(10)]
+        );
     }
 }
 
@@ -153,17 +181,28 @@ async fn wiped_member_readded_catches_up_by_snapshot() {
     c.wipe(victim);
     c.etcdctl_ok(&["member", "remove", &id]);
     let peer = c.members[victim].peer_url();
-    c.etcdctl_ok(&["member", "add", &c.members[victim].name.clone(), &format!("--peer-urls={peer}")]);
+    c.etcdctl_ok(&[
+        "member",
+        "add",
+        &c.members[victim].name.clone(),
+        &format!("--peer-urls={peer}"),
+    ]);
     c.spawn(victim, "existing");
     let vurl = c.members[victim].client_url();
-    let s = eventually(Duration::from_secs(30), "re-added member caught up", || async {
-        let s = stored_keys(&vurl, true).await?;
-        missing(&keys, &s).is_empty().then_some(s)
-    })
+    let s = eventually(
+        Duration::from_secs(30),
+        "re-added member caught up",
+        || async {
+            let s = stored_keys(&vurl, true).await?;
+            missing(&keys, &s).is_empty().then_some(s)
+        },
+    )
     .await;
     assert_eq!(s.len(), keys.len());
     // It takes part again: writes still commit with another member down.
-    let other = (0..3).find(|i| *i != leader && *i != victim).expect("third member");
+    let other = (0..3)
+        .find(|i| *i != leader && *i != victim)
+        .expect("third member");
     c.kill(other);
     c.wait_leader(Duration::from_secs(20)).await;
     let mut client = kv(&c.members[leader].client_url()).await.expect("client");

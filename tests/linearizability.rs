@@ -2,9 +2,9 @@
 //! members are killed and restarted; the recorded history must be
 //! linearizable (checked by a Porcupine-style checker).
 
-mod support;
 #[path = "support/linearizability.rs"]
 mod linearizability;
+mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};

@@ -174,7 +174,11 @@ async fn store(args: StoreBench) -> anyhow::Result<()> {
             let n = args.key_space.min(args.ops);
             let started = Instant::now();
             populate(&channels, n, args.key_size, &value, timeout).await?;
-            tracing::info!(keys = n, secs = started.elapsed().as_secs_f64(), "pre-populated");
+            tracing::info!(
+                keys = n,
+                secs = started.elapsed().as_secs_f64(),
+                "pre-populated"
+            );
             n
         }
     };
@@ -438,7 +442,10 @@ mod tests {
 
     #[test]
     fn endpoints_get_a_scheme() {
-        assert_eq!(normalize_endpoint("127.0.0.1:2379"), "http://127.0.0.1:2379");
+        assert_eq!(
+            normalize_endpoint("127.0.0.1:2379"),
+            "http://127.0.0.1:2379"
+        );
         assert_eq!(normalize_endpoint("http://a:1"), "http://a:1");
     }
 

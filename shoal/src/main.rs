@@ -6,7 +6,11 @@ mod store;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "shoal", version, about = "A Kubernetes-compatible cluster system")]
+#[command(
+    name = "shoal",
+    version,
+    about = "A Kubernetes-compatible cluster system"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

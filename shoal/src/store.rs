@@ -22,13 +22,23 @@ pub struct StoreArgs {
     #[arg(long, env = "ETCD_DATA_DIR")]
     data_dir: Option<PathBuf>,
     /// URLs to serve clients on (comma-separated).
-    #[arg(long, env = "ETCD_LISTEN_CLIENT_URLS", default_value = "http://localhost:2379", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_CLIENT_URLS",
+        default_value = "http://localhost:2379",
+        value_delimiter = ','
+    )]
     listen_client_urls: Vec<String>,
     /// Client URLs this member announces (default: the listen URLs).
     #[arg(long, env = "ETCD_ADVERTISE_CLIENT_URLS", value_delimiter = ',')]
     advertise_client_urls: Vec<String>,
     /// URLs to serve the other members on (comma-separated).
-    #[arg(long, env = "ETCD_LISTEN_PEER_URLS", default_value = "http://localhost:2380", value_delimiter = ',')]
+    #[arg(
+        long,
+        env = "ETCD_LISTEN_PEER_URLS",
+        default_value = "http://localhost:2380",
+        value_delimiter = ','
+    )]
     listen_peer_urls: Vec<String>,
     /// Peer URLs this member announces (default: the listen peer URLs).
     #[arg(long, env = "ETCD_INITIAL_ADVERTISE_PEER_URLS", value_delimiter = ',')]
@@ -37,10 +47,19 @@ pub struct StoreArgs {
     #[arg(long, env = "ETCD_INITIAL_CLUSTER", default_value = "")]
     initial_cluster: String,
     /// `new` to bootstrap a cluster, `existing` to join one after `member add`.
-    #[arg(long, env = "ETCD_INITIAL_CLUSTER_STATE", value_enum, default_value = "new")]
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_STATE",
+        value_enum,
+        default_value = "new"
+    )]
     initial_cluster_state: ClusterState,
     /// Token that tells clusters apart (it seeds member and cluster ids).
-    #[arg(long, env = "ETCD_INITIAL_CLUSTER_TOKEN", default_value = "etcd-cluster")]
+    #[arg(
+        long,
+        env = "ETCD_INITIAL_CLUSTER_TOKEN",
+        default_value = "etcd-cluster"
+    )]
     initial_cluster_token: String,
     /// Raft heartbeat interval in milliseconds.
     #[arg(long, env = "ETCD_HEARTBEAT_INTERVAL", default_value_t = 100)]
@@ -96,7 +115,10 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
         listen_peer_urls: args.listen_peer_urls,
         initial_advertise_peer_urls,
         initial_cluster: parse_initial_cluster(&args.initial_cluster)?,
-        initial_cluster_state_existing: matches!(args.initial_cluster_state, ClusterState::Existing),
+        initial_cluster_state_existing: matches!(
+            args.initial_cluster_state,
+            ClusterState::Existing
+        ),
         initial_cluster_token: args.initial_cluster_token,
         heartbeat_interval: Duration::from_millis(args.heartbeat_interval),
         election_timeout: Duration::from_millis(args.election_timeout),
@@ -104,7 +126,9 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
         max_request_bytes: args.max_request_bytes,
         max_txn_ops: args.max_txn_ops,
     };
-    let node = Node::start(config).await.context("starting the store member")?;
+    let node = Node::start(config)
+        .await
+        .context("starting the store member")?;
     let tasks = shoal_store::server::serve(node.clone())
         .await
         .context("serving")?;

@@ -83,6 +83,9 @@ struct Version {
     tombstone: bool,
 }
 
+/// A persisted version: its row key (see [`Rev::to_row_key`]) and value.
+pub type Row = (Vec<u8>, KeyValue);
+
 /// A change the state machine must persist together with the applied log id.
 #[derive(Debug, Clone, PartialEq)]
 pub enum RowOp {
@@ -179,11 +182,10 @@ impl Mvcc {
                 continue;
             };
             m.size += version_size(&kv);
-            m.index.entry(kv.key.clone()).or_default().push(Version {
-                rev,
-                kv,
-                tombstone,
-            });
+            m.index
+                .entry(kv.key.clone())
+                .or_default()
+                .push(Version { rev, kv, tombstone });
         }
         for (key, versions) in &m.index {
             if let Some(v) = versions.last().filter(|v| !v.tombstone && v.kv.lease != 0) {
@@ -197,8 +199,8 @@ impl Mvcc {
 
     /// Every stored version as `(row key, value)`, and every lease: what a
     /// snapshot carries.
-    pub fn dump(&self) -> (Vec<(Vec<u8>, KeyValue)>, Vec<(i64, i64)>) {
-        let mut rows: Vec<(Vec<u8>, KeyValue)> = self
+    pub fn dump(&self) -> (Vec<Row>, Vec<(i64, i64)>) {
+        let mut rows: Vec<Row> = self
             .index
             .values()
             .flatten()
@@ -260,10 +262,11 @@ impl Mvcc {
         range_end: &'a [u8],
         rev: i64,
     ) -> impl Iterator<Item = &'a KeyValue> + 'a {
-        self.keys_in(key, range_end).filter_map(move |(_, versions)| {
-            let v = versions.iter().rev().find(|v| v.rev.main <= rev)?;
-            (!v.tombstone).then_some(&v.kv)
-        })
+        self.keys_in(key, range_end)
+            .filter_map(move |(_, versions)| {
+                let v = versions.iter().rev().find(|v| v.rev.main <= rev)?;
+                (!v.tombstone).then_some(&v.kv)
+            })
     }
 
     fn latest(&self, key: &[u8]) -> Option<&KeyValue> {
@@ -523,7 +526,11 @@ impl Mvcc {
             value,
             lease,
         };
-        if let Some(old) = prev.as_ref().map(|p| p.lease).filter(|l| *l != 0 && *l != lease) {
+        if let Some(old) = prev
+            .as_ref()
+            .map(|p| p.lease)
+            .filter(|l| *l != 0 && *l != lease)
+        {
             if let Some(l) = self.leases.get_mut(&old) {
                 l.keys.remove(&req.key);
             }
@@ -585,11 +592,10 @@ impl Mvcc {
             key: rev.to_row_key(tombstone),
             kv: kv.clone(),
         });
-        self.index.entry(kv.key.clone()).or_default().push(Version {
-            rev,
-            kv,
-            tombstone,
-        });
+        self.index
+            .entry(kv.key.clone())
+            .or_default()
+            .push(Version { rev, kv, tombstone });
     }
 
     /// Drops every version that no read at or after `rev` can see.
@@ -650,7 +656,10 @@ impl Mvcc {
 
     /// Revokes a lease and deletes its keys, all in one revision.
     pub fn lease_revoke(&mut self, id: i64, changes: &mut Changes) -> Result<()> {
-        let lease = self.leases.remove(&id).ok_or(MvccError::LeaseNotFound(id))?;
+        let lease = self
+            .leases
+            .remove(&id)
+            .ok_or(MvccError::LeaseNotFound(id))?;
         let mut txn = self.begin(changes);
         for key in &lease.keys {
             self.delete_in(&mut txn, key, &[], false);
@@ -764,10 +773,7 @@ mod tests {
         let r = put(&mut m, "a", "2");
         assert_eq!(r.prev_kv.unwrap().value, b"1");
         let a = get(&m, "a", 0).unwrap().unwrap();
-        assert_eq!(
-            (a.create_revision, a.mod_revision, a.version),
-            (1, 3, 2)
-        );
+        assert_eq!((a.create_revision, a.mod_revision, a.version), (1, 3, 2));
         assert_eq!(get(&m, "a", 1).unwrap().unwrap().value, b"1");
         assert_eq!(m.revision(), 3);
         assert!(matches!(
@@ -926,7 +932,10 @@ mod tests {
         put(&mut m, "a", "1");
         put(&mut m, "b", "2");
         let ev = m.history(b"a", &prefix_end(b""), 2).unwrap();
-        let revs: Vec<i64> = ev.iter().map(|e| e.kv.as_ref().unwrap().mod_revision).collect();
+        let revs: Vec<i64> = ev
+            .iter()
+            .map(|e| e.kv.as_ref().unwrap().mod_revision)
+            .collect();
         assert_eq!(revs, vec![2, 3]);
         assert_eq!(ev[1].prev_kv.as_ref().unwrap().value, b"1");
     }

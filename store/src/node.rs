@@ -133,7 +133,10 @@ pub enum LeaderRequest {
     ReadIndex,
     LeaseKeepAlive(i64),
     LeaseTimeToLive(i64),
-    MemberAdd { peer_urls: Vec<String>, learner: bool },
+    MemberAdd {
+        peer_urls: Vec<String>,
+        learner: bool,
+    },
     MemberRemove(NodeId),
     MemberPromote(NodeId),
 }
@@ -187,6 +190,32 @@ pub struct Node {
     pub shared: Arc<Shared>,
     pub peers: Peers,
     shutdown: watch::Sender<bool>,
+    reads: std::sync::Mutex<ReadBatch>,
+    writes: std::sync::Mutex<WriteBatch>,
+}
+
+/// Writes waiting to be sent, and how many batches are in flight.
+#[derive(Default)]
+struct WriteBatch {
+    waiting: Vec<(
+        Request,
+        tokio::sync::oneshot::Sender<Result<Response, Status>>,
+    )>,
+    in_flight: usize,
+}
+
+/// Batches one member keeps in flight at once: enough to overlap one
+/// batch's replication with the next one's log sync.
+const MAX_WRITE_BATCHES_IN_FLIGHT: usize = 2;
+/// Largest batch: bounded so that a batch of maximal requests still fits a
+/// peer message.
+const MAX_WRITE_BATCH: usize = 64;
+
+/// Callers waiting for the next read-index round.
+#[derive(Default)]
+struct ReadBatch {
+    waiting: Vec<tokio::sync::oneshot::Sender<Result<u64, Status>>>,
+    driving: bool,
 }
 
 impl Node {
@@ -199,7 +228,9 @@ impl Node {
         })?;
 
         if config.initial_advertise_peer_urls.is_empty() {
-            return Err(StartError::Config("--initial-advertise-peer-urls is empty".into()));
+            return Err(StartError::Config(
+                "--initial-advertise-peer-urls is empty".into(),
+            ));
         }
         let token = config.initial_cluster_token.clone();
         let id = member_id(&config.initial_advertise_peer_urls, &token);
@@ -285,6 +316,8 @@ impl Node {
             shared,
             peers,
             shutdown,
+            reads: Default::default(),
+            writes: Default::default(),
         });
         tokio::spawn(node.clone().lease_loop());
         tokio::spawn(node.clone().publish_loop());
@@ -360,7 +393,11 @@ impl Node {
         }
     }
 
-    async fn forward(&self, leader: &Member, req: &LeaderRequest) -> Result<LeaderResponse, Status> {
+    async fn forward(
+        &self,
+        leader: &Member,
+        req: &LeaderRequest,
+    ) -> Result<LeaderResponse, Status> {
         let mut client = self
             .peers
             .client(leader)
@@ -393,11 +430,19 @@ impl Node {
                 Ok(LeaderResponse::Write(resp.data))
             }
             LeaderRequest::ReadIndex => {
-                let log_id = self.raft.ensure_linearizable().await.map_err(|e| match e {
+                let (read_log_id, _) = self.raft.get_read_log_id().await.map_err(|e| match e {
                     RaftError::APIError(_) => Status::unavailable(NOT_LEADER),
                     RaftError::Fatal(f) => Status::unavailable(f.to_string()),
                 })?;
-                Ok(LeaderResponse::ReadIndex(log_id.map_or(0, |l| l.index)))
+                // openraft's read log id is max(committed, this leader's first
+                // entry); a leader restored from disk after a crash has
+                // neither up to date, so its read could miss committed
+                // writes. Reading after everything in the leader's log (a
+                // superset of what is committed) is always safe.
+                let last = self.raft.metrics().borrow().last_log_index.unwrap_or(0);
+                Ok(LeaderResponse::ReadIndex(
+                    read_log_id.map_or(0, |l| l.index).max(last),
+                ))
             }
             LeaderRequest::LeaseKeepAlive(id) => {
                 self.ensure_leader()?;
@@ -428,11 +473,22 @@ impl Node {
     /// Makes the next local read linearizable: confirms with a quorum who
     /// leads and waits until this member has applied what the leader had
     /// committed at that moment.
-    pub async fn read_index(&self) -> Result<(), Status> {
-        let LeaderResponse::ReadIndex(index) = self.leader_call(LeaderRequest::ReadIndex).await?
-        else {
-            return Err(Status::internal("unexpected reply to read index"));
+    ///
+    /// Concurrent callers share rounds: a caller joins the next round to
+    /// start, never one already in flight (whose index may predate it).
+    pub async fn read_index(self: &Arc<Self>) -> Result<(), Status> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start_driver = {
+            let mut b = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+            b.waiting.push(tx);
+            !std::mem::replace(&mut b.driving, true)
         };
+        if start_driver {
+            tokio::spawn(self.clone().drive_reads());
+        }
+        let index = rx
+            .await
+            .unwrap_or_else(|_| Err(Status::unavailable(TIMED_OUT)))?;
         self.raft
             .wait(Some(LEADER_WAIT))
             .applied_index_at_least(Some(index), "read index")
@@ -441,10 +497,101 @@ impl Node {
         Ok(())
     }
 
-    pub async fn write(&self, req: Request) -> Result<Response, Status> {
-        match self.leader_call(LeaderRequest::Write(req)).await? {
-            LeaderResponse::Write(r) => Ok(r),
-            _ => Err(Status::internal("unexpected reply to write")),
+    /// Runs read-index rounds while callers are waiting.
+    async fn drive_reads(self: Arc<Self>) {
+        loop {
+            let batch = {
+                let mut b = self.reads.lock().unwrap_or_else(|e| e.into_inner());
+                if b.waiting.is_empty() {
+                    b.driving = false;
+                    return;
+                }
+                std::mem::take(&mut b.waiting)
+            };
+            let index = match self.leader_call(LeaderRequest::ReadIndex).await {
+                Ok(LeaderResponse::ReadIndex(i)) => Ok(i),
+                Ok(_) => Err(Status::internal("unexpected reply to read index")),
+                Err(e) => Err(e),
+            };
+            for tx in batch {
+                let _ = tx.send(index.clone());
+            }
+        }
+    }
+
+    /// Replicates a command and returns what applying it answered.
+    ///
+    /// Commands that arrive while earlier ones are in flight travel together
+    /// as one [`Request::Batch`]: one Raft entry, one log sync, one forward.
+    /// (openraft waits for the log sync of each entry before taking the
+    /// next, so batching here is what lets throughput grow with load.)
+    pub async fn write(self: &Arc<Self>, req: Request) -> Result<Response, Status> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let start_driver = {
+            let mut b = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+            b.waiting.push((req, tx));
+            if b.in_flight < MAX_WRITE_BATCHES_IN_FLIGHT {
+                b.in_flight += 1;
+                true
+            } else {
+                false
+            }
+        };
+        if start_driver {
+            tokio::spawn(self.clone().drive_writes());
+        }
+        rx.await
+            .unwrap_or_else(|_| Err(Status::unavailable(TIMED_OUT)))
+    }
+
+    /// Sends batches of waiting writes until none is left.
+    async fn drive_writes(self: Arc<Self>) {
+        loop {
+            let batch = {
+                let mut b = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+                if b.waiting.is_empty() {
+                    b.in_flight -= 1;
+                    return;
+                }
+                let n = b.waiting.len().min(MAX_WRITE_BATCH);
+                b.waiting.drain(..n).collect::<Vec<_>>()
+            };
+            let (reqs, txs): (Vec<Request>, Vec<_>) = batch.into_iter().unzip();
+            let single = reqs.len() == 1;
+            let req = if single {
+                reqs.into_iter()
+                    .next()
+                    .unwrap_or(Request::Batch(Vec::new()))
+            } else {
+                Request::Batch(reqs)
+            };
+            let result = match self.leader_call(LeaderRequest::Write(req)).await {
+                Ok(LeaderResponse::Write(r)) => Ok(r),
+                Ok(_) => Err(Status::internal("unexpected reply to write")),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(r) if single => {
+                    for tx in txs {
+                        let _ = tx.send(Ok(r.clone()));
+                    }
+                }
+                Ok(r) if r.batch.len() == txs.len() => {
+                    for (tx, r) in txs.into_iter().zip(r.batch) {
+                        let _ = tx.send(Ok(r));
+                    }
+                }
+                Ok(_) => {
+                    for tx in txs {
+                        let _ = tx.send(Err(Status::internal("batch answered out of shape")));
+                    }
+                }
+                Err(e) => {
+                    for tx in txs {
+                        let _ = tx.send(Err(e.clone()));
+                    }
+                }
+            }
         }
     }
 
@@ -466,7 +613,11 @@ impl Node {
             .collect()
     }
 
-    async fn member_add(&self, peer_urls: Vec<String>, learner: bool) -> Result<LeaderResponse, Status> {
+    async fn member_add(
+        &self,
+        peer_urls: Vec<String>,
+        learner: bool,
+    ) -> Result<LeaderResponse, Status> {
         if peer_urls.is_empty() || peer_urls.iter().any(|u| socket_addr(u).is_err()) {
             return Err(Status::invalid_argument(
                 "etcdserver: given member URLs are invalid",
@@ -474,9 +625,10 @@ impl Node {
         }
         let id = member_id(&peer_urls, &self.config.initial_cluster_token);
         let members = self.members();
-        if members.iter().any(|(mid, m, _)| {
-            *mid == id || m.peer_urls.iter().any(|u| peer_urls.contains(u))
-        }) {
+        if members
+            .iter()
+            .any(|(mid, m, _)| *mid == id || m.peer_urls.iter().any(|u| peer_urls.contains(u)))
+        {
             return Err(Status::failed_precondition(
                 "etcdserver: Peer URLs already exists",
             ));
@@ -542,8 +694,12 @@ impl Node {
             }
             let leader = metrics.borrow().state == ServerState::Leader;
             if leader && !was_leader {
-                let leases: Vec<(i64, i64)> =
-                    self.shared.mvcc().leases().map(|(id, l)| (id, l.ttl)).collect();
+                let leases: Vec<(i64, i64)> = self
+                    .shared
+                    .mvcc()
+                    .leases()
+                    .map(|(id, l)| (id, l.ttl))
+                    .collect();
                 self.shared.leases.reset(leases);
             }
             was_leader = leader;
@@ -603,7 +759,9 @@ impl Node {
 /// A failed Raft write in the client's terms.
 fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Status {
     match e {
-        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => Status::unavailable(NOT_LEADER),
+        RaftError::APIError(ClientWriteError::ForwardToLeader(_)) => {
+            Status::unavailable(NOT_LEADER)
+        }
         RaftError::APIError(ClientWriteError::ChangeMembershipError(c)) => {
             Status::failed_precondition(format!("etcdserver: {c}"))
         }

@@ -72,7 +72,9 @@ impl Shared {
             Vec::new()
         };
         let min_rev = start.max(current + 1);
-        let sub = self.hub.subscribe(key.to_vec(), range_end.to_vec(), min_rev);
+        let sub = self
+            .hub
+            .subscribe(key.to_vec(), range_end.to_vec(), min_rev);
         Ok((history, sub))
     }
 }

@@ -15,11 +15,18 @@ use tonic::transport::{Channel, Endpoint};
 
 pub const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 
+/// A port no one listens on, below Linux's ephemeral range (32768+) so
+/// that outgoing connections of parallel tests cannot take it between this
+/// check and the member's bind.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
+    use rand::Rng;
+    let mut rng = rand::thread_rng();
+    loop {
+        let port = rng.gen_range(10_000..30_000);
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 pub struct Member {
@@ -236,7 +243,8 @@ impl Drop for TestCluster {
         // A failing test shows what each member logged.
         if std::thread::panicking() {
             for m in &self.members {
-                let log = std::fs::read_to_string(m.data_dir.with_extension("log")).unwrap_or_default();
+                let log =
+                    std::fs::read_to_string(m.data_dir.with_extension("log")).unwrap_or_default();
                 let tail: Vec<&str> = log.lines().rev().take(40).collect();
                 eprintln!("---- {} ({}) ----", m.name, m.client_url());
                 for line in tail.into_iter().rev() {
@@ -265,7 +273,9 @@ pub fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> Output {
         } else {
             Stdio::null()
         });
-    let mut child = cmd.spawn().expect("etcdctl is installed (apt-get install etcd-client)");
+    let mut child = cmd
+        .spawn()
+        .expect("etcdctl is installed (apt-get install etcd-client)");
     if let Some(input) = stdin {
         let mut s = child.stdin.take().expect("stdin");
         s.write_all(input.as_bytes()).expect("write stdin");

@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use openraft::storage::{LogFlushed, LogState, RaftLogStorage};
 use openraft::{Entry, OptionalSend, RaftLogReader, StorageIOError, Vote};
-use rocksdb::{Direction, IteratorMode, WriteBatch, WriteOptions, DB};
+use rocksdb::{Direction, IteratorMode, WriteBatch, DB};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
@@ -27,16 +27,39 @@ const KEY_COMMITTED: &[u8] = b"committed";
 #[derive(Clone)]
 pub struct LogStore {
     db: Arc<DB>,
+    /// Appends waiting for the WAL to be synced (see [`group_commit`]).
+    syncer: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+/// Syncs the WAL for every append waiting, as one fsync: appends that arrive
+/// while a sync runs share the next one. openraft counts an entry as
+/// persisted only when its callback fires, so acknowledging after the sync
+/// keeps the log durable while the Raft loop never waits for the disk.
+fn group_commit(db: Arc<DB>, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+    while let Ok(first) = rx.recv() {
+        let mut waiting = vec![first];
+        waiting.extend(rx.try_iter());
+        let result = sync_wal(&db);
+        for cb in waiting {
+            let r = match &result {
+                Ok(()) => Ok(()),
+                Err(e) => Err(std::io::Error::other(e.to_string())),
+            };
+            cb.log_io_completed(r);
+        }
+    }
 }
 
 fn index_key(index: u64) -> [u8; 8] {
     index.to_be_bytes()
 }
 
-pub(crate) fn synced() -> WriteOptions {
-    let mut w = WriteOptions::default();
-    w.set_sync(true);
-    w
+/// Makes every write so far durable. The database runs with
+/// `manual_wal_flush`: writes land in RocksDB's WAL buffer and reach the
+/// disk only here, so that writers never wait on the disk (a write into a
+/// page under writeback would block until the running fsync ends).
+pub(crate) fn sync_wal(db: &DB) -> Result<(), rocksdb::Error> {
+    db.flush_wal(true)
 }
 
 pub(crate) fn encode<T: Serialize>(v: &T) -> Result<Vec<u8>, bincode::Error> {
@@ -49,7 +72,13 @@ pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, bincode::Error>
 
 impl LogStore {
     pub(crate) fn new(db: Arc<DB>) -> Self {
-        Self { db }
+        let (syncer, rx) = std::sync::mpsc::channel();
+        let sync_db = db.clone();
+        std::thread::Builder::new()
+            .name("log-sync".into())
+            .spawn(move || group_commit(sync_db, rx))
+            .expect("spawn the log sync thread");
+        Self { db, syncer }
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -70,14 +99,12 @@ impl LogStore {
 
     fn put_meta<T: Serialize>(&self, key: &[u8], v: &T, sync: bool) -> Result<(), StorageError> {
         let bytes = encode(v).map_err(|e| StorageIOError::write(&e))?;
-        let opts = if sync {
-            synced()
-        } else {
-            WriteOptions::default()
-        };
         self.db
-            .put_cf_opt(self.cf(CF_META), key, bytes, &opts)
+            .put_cf(self.cf(CF_META), key, bytes)
             .map_err(|e| StorageIOError::write(&e))?;
+        if sync {
+            sync_wal(&self.db).map_err(|e| StorageIOError::write(&e))?;
+        }
         Ok(())
     }
 }
@@ -160,7 +187,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         Ok(self.get_meta::<Option<LogId>>(KEY_COMMITTED)?.flatten())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: LogFlushed<TypeConfig>) -> Result<(), StorageError>
+    async fn append<I>(
+        &mut self,
+        entries: I,
+        callback: LogFlushed<TypeConfig>,
+    ) -> Result<(), StorageError>
     where
         I: IntoIterator<Item = Entry<TypeConfig>> + OptionalSend,
         I::IntoIter: OptionalSend,
@@ -171,29 +202,28 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             let bytes = encode(&entry).map_err(|e| StorageIOError::write_logs(&e))?;
             batch.put_cf(cf, index_key(entry.log_id.index), bytes);
         }
-        // Entries are acknowledged to the leader only once they are synced.
-        let res = self.db.write_opt(batch, &synced());
-        match res {
-            Ok(()) => {
-                callback.log_io_completed(Ok(()));
-                Ok(())
-            }
-            Err(e) => {
-                callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
-                Err(StorageIOError::write_logs(&e).into())
-            }
+        // Written to the WAL now, acknowledged once the WAL is synced.
+        if let Err(e) = self.db.write(batch) {
+            callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
+            return Err(StorageIOError::write_logs(&e).into());
         }
+        if let Err(std::sync::mpsc::SendError(callback)) = self.syncer.send(callback) {
+            // The sync thread is gone (it only ends with the store): sync here.
+            let r = sync_wal(&self.db);
+            callback.log_io_completed(r.map_err(|e| std::io::Error::other(e.to_string())));
+        }
+        Ok(())
     }
 
     async fn truncate(&mut self, log_id: LogId) -> Result<(), StorageError> {
         self.db
-            .delete_range_cf_opt(
+            .delete_range_cf(
                 self.cf(CF_LOGS),
                 index_key(log_id.index),
                 index_key(u64::MAX),
-                &synced(),
             )
             .map_err(|e| StorageIOError::write_logs(&e))?;
+        sync_wal(&self.db).map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }
 
@@ -202,11 +232,7 @@ impl RaftLogStorage<TypeConfig> for LogStore {
         // from then on, so a crash between the two writes is harmless.
         self.put_meta(KEY_PURGED, &log_id, true)?;
         self.db
-            .delete_range_cf(
-                self.cf(CF_LOGS),
-                index_key(0),
-                index_key(log_id.index + 1),
-            )
+            .delete_range_cf(self.cf(CF_LOGS), index_key(0), index_key(log_id.index + 1))
             .map_err(|e| StorageIOError::write_logs(&e))?;
         Ok(())
     }

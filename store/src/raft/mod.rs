@@ -32,10 +32,15 @@ pub enum OpenError {
 
 /// Opens (or creates) the RocksDB database at `path` and the log store and
 /// state machine that share it; the state machine loads into `shared`.
-pub fn open_storage(path: &Path, shared: Arc<Shared>) -> Result<(LogStore, StateMachine), OpenError> {
+pub fn open_storage(
+    path: &Path,
+    shared: Arc<Shared>,
+) -> Result<(LogStore, StateMachine), OpenError> {
     let mut opts = Options::default();
     opts.create_if_missing(true);
     opts.create_missing_column_families(true);
+    // The WAL is written to disk only when synced (see `log_store::sync_wal`).
+    opts.set_manual_wal_flush(true);
     let cfs = [CF_LOGS, CF_META, CF_KV, CF_SM, CF_SNAPSHOT]
         .into_iter()
         .map(|n| ColumnFamilyDescriptor::new(n, Options::default()));

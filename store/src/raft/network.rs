@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
+use openraft::error::{
+    InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable,
+};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{
     AppendEntriesRequest, AppendEntriesResponse, InstallSnapshotRequest, InstallSnapshotResponse,
@@ -109,7 +111,11 @@ impl Connection {
     {
         let client = match &self.client {
             Ok(c) => c.clone(),
-            Err(e) => return Err(RPCError::Unreachable(Unreachable::new(&Transport(e.to_string())))),
+            Err(e) => {
+                return Err(RPCError::Unreachable(Unreachable::new(&Transport(
+                    e.to_string(),
+                ))))
+            }
         };
         let data = encode(req).map_err(|e| RPCError::Network(NetworkError::new(&e)))?;
         let mut request = tonic::Request::new(Payload { data: data.into() });
@@ -121,7 +127,11 @@ impl Connection {
             _ => client.install_snapshot(request).await,
         };
         let reply = reply.map_err(|status| {
-            let e = Transport(format!("{method} to {:x}: {}", self.target, status.message()));
+            let e = Transport(format!(
+                "{method} to {:x}: {}",
+                self.target,
+                status.message()
+            ));
             match status.code() {
                 tonic::Code::Unavailable => RPCError::Unreachable(Unreachable::new(&e)),
                 _ => RPCError::Network(NetworkError::new(&e)),

@@ -18,10 +18,10 @@ use prost::Message;
 use rocksdb::{IteratorMode, WriteBatch, DB};
 use serde::{Deserialize, Serialize};
 
-use super::log_store::{decode, encode, synced};
+use super::log_store::{decode, encode, sync_wal};
 use super::types::{
-    ByteBuf, LogId, Member, MemberAttrs, NodeId, Request, Response, StorageError,
-    StoredMembership, TypeConfig,
+    ByteBuf, LogId, Member, MemberAttrs, NodeId, Request, Response, StorageError, StoredMembership,
+    TypeConfig,
 };
 use crate::mvcc::{Changes, Mvcc, RowOp};
 use crate::proto::etcdserverpb::{DeleteRangeRequest, PutRequest, TxnRequest};
@@ -133,6 +133,17 @@ impl StateMachine {
     }
 
     fn apply_request(&self, req: &Request, changes: &mut Changes) -> Response {
+        if let Request::Batch(reqs) = req {
+            let batch: Vec<Response> = reqs
+                .iter()
+                .map(|r| self.apply_request(r, changes))
+                .collect();
+            return Response {
+                revision: self.shared.mvcc().revision(),
+                result: None,
+                batch,
+            };
+        }
         fn decoded<M: Message + Default>(b: &[u8]) -> Option<M> {
             M::decode(b).ok()
         }
@@ -140,25 +151,31 @@ impl StateMachine {
         let result = match req {
             Request::Put(b) => decoded::<PutRequest>(b)
                 .map(|r| mvcc.put(&r, changes).map(|resp| resp.encode_to_vec())),
-            Request::DeleteRange(b) => decoded::<DeleteRangeRequest>(b)
-                .map(|r| mvcc.delete_range(&r, changes).map(|resp| resp.encode_to_vec())),
+            Request::DeleteRange(b) => decoded::<DeleteRangeRequest>(b).map(|r| {
+                mvcc.delete_range(&r, changes)
+                    .map(|resp| resp.encode_to_vec())
+            }),
             Request::Txn(b) => decoded::<TxnRequest>(b)
                 .map(|r| mvcc.txn(&r, changes).map(|resp| resp.encode_to_vec())),
             Request::Compact(rev) => Some(mvcc.compact(*rev, changes).map(|_| Vec::new())),
             Request::LeaseGrant { id, ttl } => {
                 Some(mvcc.lease_grant(*id, *ttl, changes).map(|_| Vec::new()))
             }
-            Request::LeaseRevoke { id } => Some(mvcc.lease_revoke(*id, changes).map(|_| Vec::new())),
+            Request::LeaseRevoke { id } => {
+                Some(mvcc.lease_revoke(*id, changes).map(|_| Vec::new()))
+            }
             Request::Publish { id, attrs } => {
                 self.shared.publish_member(*id, attrs.clone());
                 Some(Ok(Vec::new()))
             }
+            Request::Batch(_) => None,
         };
         Response {
             revision: mvcc.revision(),
             // A command that does not decode was never accepted by a member
             // (they encode it themselves); it applies as a no-op.
             result: result.map(|r| r.map(ByteBuf)),
+            batch: Vec::new(),
         }
     }
 
@@ -168,9 +185,11 @@ impl StateMachine {
             match row {
                 RowOp::PutRev { key, kv } => batch.put_cf(self.cf(CF_KV), key, kv.encode_to_vec()),
                 RowOp::DeleteRev { key } => batch.delete_cf(self.cf(CF_KV), key),
-                RowOp::PutLease { id, ttl } => {
-                    batch.put_cf(self.cf(CF_SM), lease_key(*id), encode(ttl).map_err(sm_write_err)?)
-                }
+                RowOp::PutLease { id, ttl } => batch.put_cf(
+                    self.cf(CF_SM),
+                    lease_key(*id),
+                    encode(ttl).map_err(sm_write_err)?,
+                ),
                 RowOp::DeleteLease { id } => batch.delete_cf(self.cf(CF_SM), lease_key(*id)),
             }
         }
@@ -179,10 +198,26 @@ impl StateMachine {
             (m.revision(), m.compact_revision())
         };
         let sm = self.cf(CF_SM);
-        batch.put_cf(sm, KEY_REVISIONS, encode(&(current, compacted)).map_err(sm_write_err)?);
-        batch.put_cf(sm, KEY_APPLIED, encode(&self.last_applied).map_err(sm_write_err)?);
-        batch.put_cf(sm, KEY_MEMBERSHIP, encode(&self.membership).map_err(sm_write_err)?);
-        batch.put_cf(sm, KEY_MEMBERS, encode(&self.shared.members()).map_err(sm_write_err)?);
+        batch.put_cf(
+            sm,
+            KEY_REVISIONS,
+            encode(&(current, compacted)).map_err(sm_write_err)?,
+        );
+        batch.put_cf(
+            sm,
+            KEY_APPLIED,
+            encode(&self.last_applied).map_err(sm_write_err)?,
+        );
+        batch.put_cf(
+            sm,
+            KEY_MEMBERSHIP,
+            encode(&self.membership).map_err(sm_write_err)?,
+        );
+        batch.put_cf(
+            sm,
+            KEY_MEMBERS,
+            encode(&self.shared.members()).map_err(sm_write_err)?,
+        );
         self.db.write(batch).map_err(sm_write_err)
     }
 
@@ -203,19 +238,24 @@ impl StateMachine {
     }
 }
 
-fn save_snapshot(db: &DB, meta: &SnapshotMeta<NodeId, Member>, data: &[u8]) -> Result<(), StorageError> {
-        let stored = StoredSnapshot {
-            meta: meta.clone(),
-            data: ByteBuf(data.to_vec()),
-        };
-        let bytes = encode(&stored)
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        // Synced: it also makes every state-machine write before it durable,
-        // which must hold before the log it covers is purged.
-        let cf = db.cf_handle(CF_SNAPSHOT).expect("column family exists");
-        db.put_cf_opt(cf, KEY_SNAPSHOT, bytes, &synced())
-            .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
-        Ok(())
+fn save_snapshot(
+    db: &DB,
+    meta: &SnapshotMeta<NodeId, Member>,
+    data: &[u8],
+) -> Result<(), StorageError> {
+    let stored = StoredSnapshot {
+        meta: meta.clone(),
+        data: ByteBuf(data.to_vec()),
+    };
+    let bytes =
+        encode(&stored).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+    // Synced: it also makes every state-machine write before it durable,
+    // which must hold before the log it covers is purged.
+    let cf = db.cf_handle(CF_SNAPSHOT).expect("column family exists");
+    db.put_cf(cf, KEY_SNAPSHOT, bytes)
+        .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+    sync_wal(db).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
+    Ok(())
 }
 
 /// Builds a snapshot from the state captured when it was requested.
@@ -255,14 +295,14 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             let resp = match &entry.payload {
                 EntryPayload::Blank => Response {
                     revision: self.shared.mvcc().revision(),
-                    result: None,
+                    ..Default::default()
                 },
                 EntryPayload::Normal(req) => self.apply_request(req, &mut changes),
                 EntryPayload::Membership(m) => {
                     self.membership = StoredMembership::new(Some(entry.log_id), m.clone());
                     Response {
                         revision: self.shared.mvcc().revision(),
-                        result: None,
+                        ..Default::default()
                     }
                 }
             };
@@ -319,13 +359,33 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             batch.put_cf(self.cf(CF_KV), &k.0, &v.0);
         }
         for (id, ttl) in &data.leases {
-            batch.put_cf(self.cf(CF_SM), lease_key(*id), encode(ttl).map_err(sm_write_err)?);
+            batch.put_cf(
+                self.cf(CF_SM),
+                lease_key(*id),
+                encode(ttl).map_err(sm_write_err)?,
+            );
         }
         let sm = self.cf(CF_SM);
-        batch.put_cf(sm, KEY_REVISIONS, encode(&(data.current, data.compacted)).map_err(sm_write_err)?);
-        batch.put_cf(sm, KEY_APPLIED, encode(&meta.last_log_id).map_err(sm_write_err)?);
-        batch.put_cf(sm, KEY_MEMBERSHIP, encode(&meta.last_membership).map_err(sm_write_err)?);
-        batch.put_cf(sm, KEY_MEMBERS, encode(&data.members).map_err(sm_write_err)?);
+        batch.put_cf(
+            sm,
+            KEY_REVISIONS,
+            encode(&(data.current, data.compacted)).map_err(sm_write_err)?,
+        );
+        batch.put_cf(
+            sm,
+            KEY_APPLIED,
+            encode(&meta.last_log_id).map_err(sm_write_err)?,
+        );
+        batch.put_cf(
+            sm,
+            KEY_MEMBERSHIP,
+            encode(&meta.last_membership).map_err(sm_write_err)?,
+        );
+        batch.put_cf(
+            sm,
+            KEY_MEMBERS,
+            encode(&data.members).map_err(sm_write_err)?,
+        );
         self.db.write(batch).map_err(sm_write_err)?;
         save_snapshot(&self.db, meta, &bytes)?;
         self.load()

@@ -16,8 +16,8 @@ struct RocksBuilder;
 impl StoreBuilder<TypeConfig, LogStore, StateMachine, TempDir> for RocksBuilder {
     async fn build(&self) -> Result<(TempDir, LogStore, StateMachine), StorageError> {
         let dir = TempDir::new().expect("temp dir");
-        let (log, sm) = super::open_storage(dir.path(), Arc::new(Shared::default()))
-            .expect("open storage");
+        let (log, sm) =
+            super::open_storage(dir.path(), Arc::new(Shared::default())).expect("open storage");
         Ok((dir, log, sm))
     }
 }

@@ -56,10 +56,21 @@ pub enum Request {
     DeleteRange(#[serde(with = "serde_bytes")] Vec<u8>),
     Txn(#[serde(with = "serde_bytes")] Vec<u8>),
     Compact(i64),
-    LeaseGrant { id: i64, ttl: i64 },
-    LeaseRevoke { id: i64 },
+    LeaseGrant {
+        id: i64,
+        ttl: i64,
+    },
+    LeaseRevoke {
+        id: i64,
+    },
     /// A member announces its name and client URLs.
-    Publish { id: NodeId, attrs: MemberAttrs },
+    Publish {
+        id: NodeId,
+        attrs: MemberAttrs,
+    },
+    /// Requests gathered by one member while earlier ones were in flight,
+    /// applied one after the other (each at its own revision).
+    Batch(Vec<Request>),
 }
 
 /// The answer of applying one command: the store revision after it, and the
@@ -69,6 +80,8 @@ pub enum Request {
 pub struct Response {
     pub revision: i64,
     pub result: Option<Result<ByteBuf, MvccError>>,
+    /// For a batch: the response of each request, in order.
+    pub batch: Vec<Response>,
 }
 
 /// Bytes that serialize compactly.

@@ -88,11 +88,14 @@ fn duplicate() -> Status {
 /// Is a transaction read-only? Then it needs no Raft round, only a read
 /// index (as etcd serves such transactions).
 fn read_only(t: &TxnRequest) -> bool {
-    t.success.iter().chain(&t.failure).all(|op| match &op.request {
-        Some(request_op::Request::RequestRange(_)) | None => true,
-        Some(request_op::Request::RequestTxn(inner)) => read_only(inner),
-        _ => false,
-    })
+    t.success
+        .iter()
+        .chain(&t.failure)
+        .all(|op| match &op.request {
+            Some(request_op::Request::RequestRange(_)) | None => true,
+            Some(request_op::Request::RequestTxn(inner)) => read_only(inner),
+            _ => false,
+        })
 }
 
 #[tonic::async_trait]
@@ -131,7 +134,10 @@ impl kv_server::Kv for Kv {
         if req.key.is_empty() {
             return Err(Status::invalid_argument(EMPTY_KEY));
         }
-        let resp = self.0.write(Command::DeleteRange(req.encode_to_vec())).await?;
+        let resp = self
+            .0
+            .write(Command::DeleteRange(req.encode_to_vec()))
+            .await?;
         let (rev, mut out): (i64, DeleteRangeResponse) = applied(resp)?;
         out.header = Some(self.0.header(rev));
         Ok(Response::new(out))
@@ -193,7 +199,10 @@ mod tests {
             success: vec![put_op("a"), put_op("a")],
             ..Default::default()
         };
-        assert_eq!(check_txn(&t, 128).unwrap_err().message(), duplicate().message());
+        assert_eq!(
+            check_txn(&t, 128).unwrap_err().message(),
+            duplicate().message()
+        );
         let t = TxnRequest {
             success: (0..129).map(|i| put_op(&i.to_string())).collect(),
             ..Default::default()

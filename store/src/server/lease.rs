@@ -120,7 +120,9 @@ impl lease_server::Lease for Lease {
         req: Request<LeaseTimeToLiveRequest>,
     ) -> Result<Response<LeaseTimeToLiveResponse>, Status> {
         let req = req.into_inner();
-        let clock = self.lease_call(LeaderRequest::LeaseTimeToLive(req.id)).await?;
+        let clock = self
+            .lease_call(LeaderRequest::LeaseTimeToLive(req.id))
+            .await?;
         self.0.read_index().await?;
         let mvcc = self.0.shared.mvcc();
         let header = Some(self.0.header(mvcc.revision()));

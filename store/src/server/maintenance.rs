@@ -10,9 +10,9 @@ use tonic::{Request, Response, Status};
 use crate::node::Node;
 use crate::proto::etcdserverpb::{
     maintenance_server, AlarmRequest, AlarmResponse, DefragmentRequest, DefragmentResponse,
-    DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest,
-    HashResponse, MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse,
-    StatusRequest, StatusResponse,
+    DowngradeRequest, DowngradeResponse, HashKvRequest, HashKvResponse, HashRequest, HashResponse,
+    MoveLeaderRequest, MoveLeaderResponse, SnapshotRequest, SnapshotResponse, StatusRequest,
+    StatusResponse,
 };
 
 pub struct Maintenance(pub Arc<Node>);
@@ -30,7 +30,10 @@ impl maintenance_server::Maintenance for Maintenance {
         }))
     }
 
-    async fn status(&self, _req: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        _req: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         let m = self.0.raft.metrics().borrow().clone();
         let (revision, size) = {
             let mvcc = self.0.shared.mvcc();
@@ -73,7 +76,10 @@ impl maintenance_server::Maintenance for Maintenance {
         Err(Status::unimplemented("hash is not supported"))
     }
 
-    async fn hash_kv(&self, _req: Request<HashKvRequest>) -> Result<Response<HashKvResponse>, Status> {
+    async fn hash_kv(
+        &self,
+        _req: Request<HashKvRequest>,
+    ) -> Result<Response<HashKvResponse>, Status> {
         Err(Status::unimplemented("hashkv is not supported"))
     }
 

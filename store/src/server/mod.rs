@@ -52,10 +52,12 @@ pub async fn serve(node: Arc<Node>) -> Result<Vec<JoinHandle<()>>, StartError> {
                     .max_decoding_message_size(max),
             );
         tasks.push(tokio::spawn(async move {
-            let incoming = TcpListenerStream::new(listener);
             let stop = n.clone();
             if let Err(e) = router
-                .serve_with_incoming_shutdown(incoming, async move { stop.stopped().await })
+                .serve_with_incoming_shutdown(
+                    incoming(listener),
+                    async move { stop.stopped().await },
+                )
                 .await
             {
                 tracing::error!(%url, error = %e, "client server failed");
@@ -71,10 +73,12 @@ pub async fn serve(node: Arc<Node>) -> Result<Vec<JoinHandle<()>>, StartError> {
                 .max_encoding_message_size(MAX_PEER_MESSAGE),
         );
         tasks.push(tokio::spawn(async move {
-            let incoming = TcpListenerStream::new(listener);
             let stop = n.clone();
             if let Err(e) = router
-                .serve_with_incoming_shutdown(incoming, async move { stop.stopped().await })
+                .serve_with_incoming_shutdown(
+                    incoming(listener),
+                    async move { stop.stopped().await },
+                )
                 .await
             {
                 tracing::error!(%url, error = %e, "peer server failed");
@@ -82,6 +86,21 @@ pub async fn serve(node: Arc<Node>) -> Result<Vec<JoinHandle<()>>, StartError> {
         }));
     }
     Ok(tasks)
+}
+
+/// Accepted connections with Nagle's algorithm off: small gRPC replies
+/// must not wait for the peer's delayed ACK (the builder's `tcp_nodelay`
+/// only applies to listeners it binds itself).
+fn incoming(
+    listener: TcpListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    use tokio_stream::StreamExt;
+    TcpListenerStream::new(listener).map(|conn| {
+        if let Ok(c) = &conn {
+            let _ = c.set_nodelay(true);
+        }
+        conn
+    })
 }
 
 async fn bind(url: &str) -> Result<TcpListener, StartError> {
@@ -115,7 +134,9 @@ pub(crate) fn check_size<M: Message>(node: &Node, m: &M) -> Result<(), Status> {
 }
 
 /// Decodes what applying a write answered.
-pub(crate) fn applied<M: Message + Default>(resp: crate::raft::types::Response) -> Result<(i64, M), Status> {
+pub(crate) fn applied<M: Message + Default>(
+    resp: crate::raft::types::Response,
+) -> Result<(i64, M), Status> {
     match resp.result {
         Some(Ok(bytes)) => {
             let m = M::decode(bytes.0.as_slice()).map_err(|e| Status::internal(e.to_string()))?;

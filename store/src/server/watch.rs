@@ -135,8 +135,7 @@ async fn start(
                     watch_id: id,
                     canceled: true,
                     compact_revision: compacted,
-                    cancel_reason: "etcdserver: mvcc: required revision has been compacted"
-                        .into(),
+                    cancel_reason: "etcdserver: mvcc: required revision has been compacted".into(),
                     ..Default::default()
                 }))
                 .await;

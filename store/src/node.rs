@@ -192,6 +192,7 @@ pub struct Node {
     shutdown: watch::Sender<bool>,
     reads: std::sync::Mutex<ReadBatch>,
     writes: std::sync::Mutex<WriteBatch>,
+    proposals: std::sync::Mutex<WriteBatch>,
 }
 
 /// Writes waiting to be sent, and how many batches are in flight.
@@ -204,12 +205,20 @@ struct WriteBatch {
     in_flight: usize,
 }
 
-/// Batches one member keeps in flight at once: enough to overlap one
-/// batch's replication with the next one's log sync.
+/// Where writes are batched: on their way to the leader, and on the leader
+/// on their way into the log.
+#[derive(Debug, Clone, Copy)]
+enum Stage {
+    Forward,
+    Propose,
+}
+
+/// Batches in flight at once per stage: enough to overlap one batch's
+/// replication with the next one's log sync.
 const MAX_WRITE_BATCHES_IN_FLIGHT: usize = 2;
-/// Largest batch: bounded so that a batch of maximal requests still fits a
-/// peer message.
-const MAX_WRITE_BATCH: usize = 64;
+/// Largest batch, so that a full append RPC (`max_payload_entries` of them)
+/// stays within the peer message limit.
+const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024;
 
 /// Callers waiting for the next read-index round.
 #[derive(Default)]
@@ -318,6 +327,7 @@ impl Node {
             shutdown,
             reads: Default::default(),
             writes: Default::default(),
+            proposals: Default::default(),
         });
         tokio::spawn(node.clone().lease_loop());
         tokio::spawn(node.clone().publish_loop());
@@ -372,7 +382,10 @@ impl Node {
     /// to a few seconds for a leader to exist. A request is sent again only
     /// when the member it reached was not the leader (so it was not
     /// proposed there): writes are never applied twice.
-    pub async fn leader_call(&self, req: LeaderRequest) -> Result<LeaderResponse, Status> {
+    pub async fn leader_call(
+        self: &Arc<Self>,
+        req: LeaderRequest,
+    ) -> Result<LeaderResponse, Status> {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         loop {
             let attempt = match self.leader() {
@@ -420,15 +433,12 @@ impl Node {
     }
 
     /// Serves a leader-only request on this member, which believes it leads.
-    pub async fn serve_leader(&self, req: LeaderRequest) -> Result<LeaderResponse, Status> {
+    pub async fn serve_leader(
+        self: &Arc<Self>,
+        req: LeaderRequest,
+    ) -> Result<LeaderResponse, Status> {
         match req {
-            LeaderRequest::Write(r) => {
-                let resp = tokio::time::timeout(LEADER_WAIT, self.raft.client_write(r))
-                    .await
-                    .map_err(|_| Status::unavailable(TIMED_OUT))?
-                    .map_err(write_error)?;
-                Ok(LeaderResponse::Write(resp.data))
-            }
+            LeaderRequest::Write(r) => Ok(LeaderResponse::Write(self.propose(r).await?)),
             LeaderRequest::ReadIndex => {
                 let (read_log_id, _) = self.raft.get_read_log_id().await.map_err(|e| match e {
                     RaftError::APIError(_) => Status::unavailable(NOT_LEADER),
@@ -520,15 +530,22 @@ impl Node {
     }
 
     /// Replicates a command and returns what applying it answered.
+    pub async fn write(self: &Arc<Self>, req: Request) -> Result<Response, Status> {
+        self.batched(Stage::Forward, req).await
+    }
+
+    /// Sends `req` on at `stage` together with whatever else waits there.
     ///
     /// Commands that arrive while earlier ones are in flight travel together
-    /// as one [`Request::Batch`]: one Raft entry, one log sync, one forward.
-    /// (openraft waits for the log sync of each entry before taking the
-    /// next, so batching here is what lets throughput grow with load.)
-    pub async fn write(self: &Arc<Self>, req: Request) -> Result<Response, Status> {
+    /// as one [`Request::Batch`]: each member batches what it sends to the
+    /// leader, and the leader batches what it proposes (its own and every
+    /// member's batches) into one Raft entry. openraft syncs the log once per
+    /// entry before taking the next, so this is what lets throughput grow
+    /// with load.
+    async fn batched(self: &Arc<Self>, stage: Stage, req: Request) -> Result<Response, Status> {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let start_driver = {
-            let mut b = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+            let mut b = self.batch(stage).lock().unwrap_or_else(|e| e.into_inner());
             b.waiting.push((req, tx));
             if b.in_flight < MAX_WRITE_BATCHES_IN_FLIGHT {
                 b.in_flight += 1;
@@ -538,22 +555,50 @@ impl Node {
             }
         };
         if start_driver {
-            tokio::spawn(self.clone().drive_writes());
+            tokio::spawn(self.clone().drive_writes(stage));
         }
         rx.await
             .unwrap_or_else(|_| Err(Status::unavailable(TIMED_OUT)))
     }
 
+    /// Proposes a command on this member, the leader (batched). Boxed:
+    /// batching and forwarding call each other, and a boxed future with a
+    /// named `Send` bound ends the cycle for the compiler.
+    fn propose(
+        self: &Arc<Self>,
+        req: Request,
+    ) -> futures::future::BoxFuture<'static, Result<Response, Status>> {
+        let node = self.clone();
+        Box::pin(async move { node.batched(Stage::Propose, req).await })
+    }
+
+    fn batch(&self, stage: Stage) -> &std::sync::Mutex<WriteBatch> {
+        match stage {
+            Stage::Forward => &self.writes,
+            Stage::Propose => &self.proposals,
+        }
+    }
+
     /// Sends batches of waiting writes until none is left.
-    async fn drive_writes(self: Arc<Self>) {
+    async fn drive_writes(self: Arc<Self>, stage: Stage) {
         loop {
             let batch = {
-                let mut b = self.writes.lock().unwrap_or_else(|e| e.into_inner());
+                let mut b = self.batch(stage).lock().unwrap_or_else(|e| e.into_inner());
                 if b.waiting.is_empty() {
                     b.in_flight -= 1;
                     return;
                 }
-                let n = b.waiting.len().min(MAX_WRITE_BATCH);
+                // At least one request, and no more than fits a peer message.
+                let mut bytes = 0;
+                let n = b
+                    .waiting
+                    .iter()
+                    .take_while(|(r, _)| {
+                        bytes += r.approx_size();
+                        bytes <= MAX_BATCH_BYTES
+                    })
+                    .count()
+                    .max(1);
                 b.waiting.drain(..n).collect::<Vec<_>>()
             };
             let (reqs, txs): (Vec<Request>, Vec<_>) = batch.into_iter().unzip();
@@ -565,10 +610,16 @@ impl Node {
             } else {
                 Request::Batch(reqs)
             };
-            let result = match self.leader_call(LeaderRequest::Write(req)).await {
-                Ok(LeaderResponse::Write(r)) => Ok(r),
-                Ok(_) => Err(Status::internal("unexpected reply to write")),
-                Err(e) => Err(e),
+            let result = match stage {
+                Stage::Forward => match self.leader_call(LeaderRequest::Write(req)).await {
+                    Ok(LeaderResponse::Write(r)) => Ok(r),
+                    Ok(_) => Err(Status::internal("unexpected reply to write")),
+                    Err(e) => Err(e),
+                },
+                Stage::Propose => tokio::time::timeout(LEADER_WAIT, self.raft.client_write(req))
+                    .await
+                    .map_err(|_| Status::unavailable(TIMED_OUT))
+                    .and_then(|r| r.map(|r| r.data).map_err(write_error)),
             };
             match result {
                 Ok(r) if single => {

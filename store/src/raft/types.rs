@@ -73,6 +73,17 @@ pub enum Request {
     Batch(Vec<Request>),
 }
 
+impl Request {
+    /// About how many bytes the request takes in the log.
+    pub fn approx_size(&self) -> usize {
+        match self {
+            Request::Put(b) | Request::DeleteRange(b) | Request::Txn(b) => b.len() + 16,
+            Request::Batch(reqs) => reqs.iter().map(Request::approx_size).sum::<usize>() + 8,
+            _ => 64,
+        }
+    }
+}
+
 /// The answer of applying one command: the store revision after it, and the
 /// protobuf-encoded response of the matching etcd call or the reason it
 /// failed (failing commands change nothing).

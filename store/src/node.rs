@@ -50,30 +50,6 @@ pub struct Config {
     pub max_txn_ops: usize,
 }
 
-impl Config {
-    /// A single member on the given ports, as tests and `shoal up` use.
-    pub fn single(name: &str, data_dir: PathBuf, client_port: u16, peer_port: u16) -> Self {
-        let client = format!("http://127.0.0.1:{client_port}");
-        let peer = format!("http://127.0.0.1:{peer_port}");
-        Config {
-            name: name.to_string(),
-            data_dir,
-            listen_client_urls: vec![client.clone()],
-            advertise_client_urls: vec![client],
-            listen_peer_urls: vec![peer.clone()],
-            initial_advertise_peer_urls: vec![peer],
-            initial_cluster: Vec::new(),
-            initial_cluster_state_existing: false,
-            initial_cluster_token: "etcd-cluster".into(),
-            heartbeat_interval: Duration::from_millis(100),
-            election_timeout: Duration::from_millis(1000),
-            snapshot_count: 10_000,
-            max_request_bytes: 3 * 512 * 1024,
-            max_txn_ops: 128,
-        }
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot create data dir {path}: {source}")]
@@ -123,6 +99,15 @@ pub fn socket_addr(url: &str) -> Result<SocketAddr, StartError> {
     hostport
         .parse()
         .map_err(|e| StartError::Config(format!("{url}: {e}")))
+}
+
+/// Is `url` an `http(s)://host:port` URL (a peer URL may name a host)?
+fn valid_url(url: &str) -> bool {
+    url.parse::<http::Uri>().is_ok_and(|u| {
+        matches!(u.scheme_str(), Some("http" | "https"))
+            && u.port_u16().is_some()
+            && u.host().is_some_and(|h| !h.is_empty())
+    })
 }
 
 /// A request only the leader can serve; members that are not the leader
@@ -669,7 +654,7 @@ impl Node {
         peer_urls: Vec<String>,
         learner: bool,
     ) -> Result<LeaderResponse, Status> {
-        if peer_urls.is_empty() || peer_urls.iter().any(|u| socket_addr(u).is_err()) {
+        if peer_urls.is_empty() || !peer_urls.iter().all(|u| valid_url(u)) {
             return Err(Status::invalid_argument(
                 "etcdserver: given member URLs are invalid",
             ));
@@ -817,5 +802,36 @@ fn write_error(e: RaftError<NodeId, ClientWriteError<NodeId, Member>>) -> Status
             Status::failed_precondition(format!("etcdserver: {c}"))
         }
         RaftError::Fatal(f) => Status::unavailable(format!("etcdserver: {f}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn member_ids_depend_on_peer_urls_and_token_only() {
+        let a = member_id(&["http://a:2380".into(), "http://b:2380".into()], "t");
+        let b = member_id(&["http://b:2380".into(), "http://a:2380".into()], "t");
+        assert_eq!(a, b);
+        assert_ne!(a, member_id(&["http://a:2380".into()], "t"));
+        assert_ne!(
+            a,
+            member_id(&["http://a:2380".into(), "http://b:2380".into()], "u")
+        );
+    }
+
+    #[test]
+    fn urls_are_checked_as_etcd_would() {
+        assert!(valid_url("http://s1:2380"));
+        assert!(valid_url("http://127.0.0.1:2380"));
+        assert!(!valid_url("s1:2380"));
+        assert!(!valid_url("http://s1"));
+        assert!(!valid_url("ftp://s1:2380"));
+        assert_eq!(
+            socket_addr("http://localhost:2379").unwrap(),
+            "127.0.0.1:2379".parse().unwrap()
+        );
+        assert!(socket_addr("https://0.0.0.0:2379").is_err());
     }
 }

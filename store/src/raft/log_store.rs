@@ -26,9 +26,27 @@ const KEY_COMMITTED: &[u8] = b"committed";
 
 #[derive(Clone)]
 pub struct LogStore {
+    // Dropped before `db`: the sync thread ends first, so the database is
+    // closed by whoever drops the store, never by that thread while the
+    // process is exiting.
+    syncer: Arc<Syncer>,
     db: Arc<DB>,
-    /// Appends waiting for the WAL to be synced (see [`group_commit`]).
-    syncer: std::sync::mpsc::Sender<LogFlushed<TypeConfig>>,
+}
+
+/// The group-commit thread and the queue of appends waiting for it.
+struct Syncer {
+    tx: Option<std::sync::mpsc::Sender<LogFlushed<TypeConfig>>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for Syncer {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread once it has synced what is left.
+        self.tx.take();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Syncs the WAL for every append waiting, as one fsync: appends that arrive
@@ -72,13 +90,17 @@ pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, bincode::Error>
 
 impl LogStore {
     pub(crate) fn new(db: Arc<DB>) -> Self {
-        let (syncer, rx) = std::sync::mpsc::channel();
+        let (tx, rx) = std::sync::mpsc::channel();
         let sync_db = db.clone();
-        std::thread::Builder::new()
+        let thread = std::thread::Builder::new()
             .name("log-sync".into())
             .spawn(move || group_commit(sync_db, rx))
             .expect("spawn the log sync thread");
-        Self { db, syncer }
+        let syncer = Arc::new(Syncer {
+            tx: Some(tx),
+            thread: Some(thread),
+        });
+        Self { syncer, db }
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
@@ -207,7 +229,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
             callback.log_io_completed(Err(std::io::Error::other(e.to_string())));
             return Err(StorageIOError::write_logs(&e).into());
         }
-        if let Err(std::sync::mpsc::SendError(callback)) = self.syncer.send(callback) {
+        let queued = match &self.syncer.tx {
+            Some(tx) => tx.send(callback),
+            None => Err(std::sync::mpsc::SendError(callback)),
+        };
+        if let Err(std::sync::mpsc::SendError(callback)) = queued {
             // The sync thread is gone (it only ends with the store): sync here.
             let r = sync_wal(&self.db);
             callback.log_io_completed(r.map_err(|e| std::io::Error::other(e.to_string())));

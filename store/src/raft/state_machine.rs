@@ -56,6 +56,14 @@ struct SnapshotData {
     members: BTreeMap<NodeId, MemberAttrs>,
 }
 
+/// The state machine's metadata row by row (see [`StateMachine::put_meta`]).
+struct SmMeta<'a> {
+    revisions: (i64, i64),
+    applied: &'a Option<LogId>,
+    membership: &'a StoredMembership,
+    members: &'a BTreeMap<NodeId, MemberAttrs>,
+}
+
 #[derive(Serialize, Deserialize)]
 struct StoredSnapshot {
     meta: SnapshotMeta<NodeId, Member>,
@@ -197,28 +205,35 @@ impl StateMachine {
             let m = self.shared.mvcc();
             (m.revision(), m.compact_revision())
         };
+        self.put_meta(
+            &mut batch,
+            &SmMeta {
+                revisions: (current, compacted),
+                applied: &self.last_applied,
+                membership: &self.membership,
+                members: &self.shared.members(),
+            },
+        )?;
+        self.db.write(batch).map_err(sm_write_err)
+    }
+
+    /// Adds the state machine's metadata to a write batch: it always
+    /// changes together with the rows it describes.
+    fn put_meta(&self, batch: &mut WriteBatch, m: &SmMeta<'_>) -> Result<(), StorageError> {
         let sm = self.cf(CF_SM);
         batch.put_cf(
             sm,
             KEY_REVISIONS,
-            encode(&(current, compacted)).map_err(sm_write_err)?,
+            encode(&m.revisions).map_err(sm_write_err)?,
         );
-        batch.put_cf(
-            sm,
-            KEY_APPLIED,
-            encode(&self.last_applied).map_err(sm_write_err)?,
-        );
+        batch.put_cf(sm, KEY_APPLIED, encode(m.applied).map_err(sm_write_err)?);
         batch.put_cf(
             sm,
             KEY_MEMBERSHIP,
-            encode(&self.membership).map_err(sm_write_err)?,
+            encode(m.membership).map_err(sm_write_err)?,
         );
-        batch.put_cf(
-            sm,
-            KEY_MEMBERS,
-            encode(&self.shared.members()).map_err(sm_write_err)?,
-        );
-        self.db.write(batch).map_err(sm_write_err)
+        batch.put_cf(sm, KEY_MEMBERS, encode(m.members).map_err(sm_write_err)?);
+        Ok(())
     }
 
     fn snapshot_data(&self) -> Result<Vec<u8>, StorageError> {
@@ -365,27 +380,15 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
                 encode(ttl).map_err(sm_write_err)?,
             );
         }
-        let sm = self.cf(CF_SM);
-        batch.put_cf(
-            sm,
-            KEY_REVISIONS,
-            encode(&(data.current, data.compacted)).map_err(sm_write_err)?,
-        );
-        batch.put_cf(
-            sm,
-            KEY_APPLIED,
-            encode(&meta.last_log_id).map_err(sm_write_err)?,
-        );
-        batch.put_cf(
-            sm,
-            KEY_MEMBERSHIP,
-            encode(&meta.last_membership).map_err(sm_write_err)?,
-        );
-        batch.put_cf(
-            sm,
-            KEY_MEMBERS,
-            encode(&data.members).map_err(sm_write_err)?,
-        );
+        self.put_meta(
+            &mut batch,
+            &SmMeta {
+                revisions: (data.current, data.compacted),
+                applied: &meta.last_log_id,
+                membership: &meta.last_membership,
+                members: &data.members,
+            },
+        )?;
         self.db.write(batch).map_err(sm_write_err)?;
         save_snapshot(&self.db, meta, &bytes)?;
         self.load()

@@ -14,6 +14,7 @@ use prost::Message;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::Router;
 use tonic::transport::Server;
 use tonic::Status;
 
@@ -51,18 +52,7 @@ pub async fn serve(node: Arc<Node>) -> Result<Vec<JoinHandle<()>>, StartError> {
                 MaintenanceServer::new(maintenance::Maintenance(n.clone()))
                     .max_decoding_message_size(max),
             );
-        tasks.push(tokio::spawn(async move {
-            let stop = n.clone();
-            if let Err(e) = router
-                .serve_with_incoming_shutdown(
-                    incoming(listener),
-                    async move { stop.stopped().await },
-                )
-                .await
-            {
-                tracing::error!(%url, error = %e, "client server failed");
-            }
-        }));
+        tasks.push(spawn_server(router, listener, url, n));
     }
     for url in node.config.listen_peer_urls.clone() {
         let listener = bind(&url).await?;
@@ -72,20 +62,27 @@ pub async fn serve(node: Arc<Node>) -> Result<Vec<JoinHandle<()>>, StartError> {
                 .max_decoding_message_size(MAX_PEER_MESSAGE)
                 .max_encoding_message_size(MAX_PEER_MESSAGE),
         );
-        tasks.push(tokio::spawn(async move {
-            let stop = n.clone();
-            if let Err(e) = router
-                .serve_with_incoming_shutdown(
-                    incoming(listener),
-                    async move { stop.stopped().await },
-                )
-                .await
-            {
-                tracing::error!(%url, error = %e, "peer server failed");
-            }
-        }));
+        tasks.push(spawn_server(router, listener, url, n));
     }
     Ok(tasks)
+}
+
+/// Serves `router` on `listener` until the member stops.
+fn spawn_server(
+    router: Router,
+    listener: TcpListener,
+    url: String,
+    node: Arc<Node>,
+) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        let stop = async move { node.stopped().await };
+        if let Err(e) = router
+            .serve_with_incoming_shutdown(incoming(listener), stop)
+            .await
+        {
+            tracing::error!(%url, error = %e, "gRPC server failed");
+        }
+    })
 }
 
 /// Accepted connections with Nagle's algorithm off: small gRPC replies

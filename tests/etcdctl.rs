@@ -79,6 +79,7 @@ async fn etcdctl_kv_txn_watch_compaction() {
     // -w json: the same fields etcd prints, bytes in base64.
     let j = json(&c.etcdctl_ok(&["get", "foo", "-w", "json"]));
     let rev1 = j["kvs"][0]["mod_revision"].as_i64().expect("mod_revision");
+    assert_eq!(rev1, 2, "a new store is at revision 1, as etcd's is");
     assert_eq!(j["kvs"][0]["key"], b64("foo"));
     assert_eq!(j["kvs"][0]["value"], b64("bar"));
     assert_eq!(j["kvs"][0]["version"], 1);

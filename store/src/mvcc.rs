@@ -113,7 +113,7 @@ pub struct Lease {
 }
 
 /// The key space.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub struct Mvcc {
     current: i64,
     compacted: i64,
@@ -121,6 +121,20 @@ pub struct Mvcc {
     leases: BTreeMap<i64, Lease>,
     /// Bytes of all stored versions, reported as the database size.
     size: i64,
+}
+
+impl Default for Mvcc {
+    /// An empty store is at revision 1, as etcd's is: the first change
+    /// gets revision 2.
+    fn default() -> Self {
+        Mvcc {
+            current: 1,
+            compacted: 0,
+            index: BTreeMap::new(),
+            leases: BTreeMap::new(),
+            size: 0,
+        }
+    }
 }
 
 /// A write transaction in progress: every change shares one main revision.
@@ -164,7 +178,7 @@ impl Mvcc {
         compacted: i64,
     ) -> Self {
         let mut m = Mvcc {
-            current,
+            current: current.max(1),
             compacted,
             ..Default::default()
         };
@@ -773,11 +787,11 @@ mod tests {
         let r = put(&mut m, "a", "2");
         assert_eq!(r.prev_kv.unwrap().value, b"1");
         let a = get(&m, "a", 0).unwrap().unwrap();
-        assert_eq!((a.create_revision, a.mod_revision, a.version), (1, 3, 2));
-        assert_eq!(get(&m, "a", 1).unwrap().unwrap().value, b"1");
-        assert_eq!(m.revision(), 3);
+        assert_eq!((a.create_revision, a.mod_revision, a.version), (2, 4, 2));
+        assert_eq!(get(&m, "a", 2).unwrap().unwrap().value, b"1");
+        assert_eq!(m.revision(), 4);
         assert!(matches!(
-            get(&m, "a", 4),
+            get(&m, "a", 5),
             Err(MvccError::FutureRevision { .. })
         ));
     }
@@ -797,7 +811,7 @@ mod tests {
             )
             .unwrap();
         assert_eq!(d.deleted, 1);
-        assert_eq!(m.revision(), 2);
+        assert_eq!(m.revision(), 3);
         // Deleting nothing does not move the revision.
         let d = m
             .delete_range(
@@ -809,11 +823,11 @@ mod tests {
             )
             .unwrap();
         assert_eq!(d.deleted, 0);
-        assert_eq!(m.revision(), 2);
+        assert_eq!(m.revision(), 3);
         put(&mut m, "a", "2");
         let a = get(&m, "a", 0).unwrap().unwrap();
-        assert_eq!((a.create_revision, a.version), (3, 1));
-        assert!(get(&m, "a", 2).unwrap().is_none());
+        assert_eq!((a.create_revision, a.version), (4, 1));
+        assert!(get(&m, "a", 3).unwrap().is_none());
     }
 
     #[test]
@@ -823,12 +837,12 @@ mod tests {
         put(&mut m, "a", "2");
         put(&mut m, "b", "1");
         let mut ch = Changes::default();
-        m.compact(2, &mut ch).unwrap();
+        m.compact(3, &mut ch).unwrap();
         assert_eq!(ch.rows.len(), 1);
-        assert!(matches!(get(&m, "a", 1), Err(MvccError::Compacted { .. })));
-        assert_eq!(get(&m, "a", 2).unwrap().unwrap().value, b"2");
+        assert!(matches!(get(&m, "a", 2), Err(MvccError::Compacted { .. })));
+        assert_eq!(get(&m, "a", 3).unwrap().unwrap().value, b"2");
         assert!(matches!(
-            m.compact(2, &mut ch),
+            m.compact(3, &mut ch),
             Err(MvccError::Compacted { .. })
         ));
     }
@@ -873,14 +887,14 @@ mod tests {
         let mut ch = Changes::default();
         let r = m.txn(&req, &mut ch).unwrap();
         assert!(r.succeeded);
-        assert_eq!(m.revision(), 2);
+        assert_eq!(m.revision(), 3);
         let Some(response_op::Response::ResponseRange(rr)) = &r.responses[2].response else {
             panic!("range response expected");
         };
         assert_eq!(rr.kvs[0].value, b"2");
         let r = m.txn(&req, &mut ch).unwrap();
         assert!(!r.succeeded);
-        assert_eq!(m.revision(), 2);
+        assert_eq!(m.revision(), 3);
     }
 
     #[test]
@@ -911,7 +925,7 @@ mod tests {
         ));
         m.lease_revoke(7, &mut ch).unwrap();
         assert!(get(&m, "k", 0).unwrap().is_none());
-        assert_eq!(m.revision(), 2);
+        assert_eq!(m.revision(), 3);
     }
 
     #[test]
@@ -921,7 +935,7 @@ mod tests {
         put(&mut m, "a", "2");
         let (rows, leases) = m.dump();
         let r = Mvcc::restore(rows, leases, m.revision(), m.compact_revision());
-        assert_eq!(get(&r, "a", 1).unwrap().unwrap().value, b"1");
+        assert_eq!(get(&r, "a", 2).unwrap().unwrap().value, b"1");
         assert_eq!(get(&r, "a", 0).unwrap().unwrap().version, 2);
     }
 
@@ -931,12 +945,12 @@ mod tests {
         put(&mut m, "b", "1");
         put(&mut m, "a", "1");
         put(&mut m, "b", "2");
-        let ev = m.history(b"a", &prefix_end(b""), 2).unwrap();
+        let ev = m.history(b"a", &prefix_end(b""), 3).unwrap();
         let revs: Vec<i64> = ev
             .iter()
             .map(|e| e.kv.as_ref().unwrap().mod_revision)
             .collect();
-        assert_eq!(revs, vec![2, 3]);
+        assert_eq!(revs, vec![3, 4]);
         assert_eq!(ev[1].prev_kv.as_ref().unwrap().value, b"1");
     }
 

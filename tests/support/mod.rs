@@ -49,7 +49,16 @@ impl Member {
     }
 }
 
+/// What the members run: shoal's store, or etcd itself (the reference the
+/// etcdctl tests are checked against).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Shoal,
+    Etcd,
+}
+
 pub struct TestCluster {
+    pub kind: Kind,
     pub dir: TempDir,
     pub members: Vec<Member>,
     /// Extra flags given to every member (e.g. `--snapshot-count`).
@@ -62,7 +71,16 @@ impl TestCluster {
         Self::start_with(n, &[]).await
     }
 
+    /// Starts `n` etcd members (Debian's etcd-server) the same way.
+    pub async fn start_etcd(n: usize) -> TestCluster {
+        Self::start_kind(Kind::Etcd, n, &[]).await
+    }
+
     pub async fn start_with(n: usize, extra: &[&str]) -> TestCluster {
+        Self::start_kind(Kind::Shoal, n, extra).await
+    }
+
+    async fn start_kind(kind: Kind, n: usize, extra: &[&str]) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let members = (1..=n)
             .map(|i| Member {
@@ -74,6 +92,7 @@ impl TestCluster {
             })
             .collect();
         let mut c = TestCluster {
+            kind,
             dir,
             members,
             extra: extra.iter().map(|s| s.to_string()).collect(),
@@ -103,8 +122,16 @@ impl TestCluster {
             .append(true)
             .open(m.data_dir.with_extension("log"))
             .expect("log file");
-        let child = Command::new(SHOAL)
-            .args(["store", "--name", &m.name])
+        let mut cmd = match self.kind {
+            Kind::Shoal => {
+                let mut c = Command::new(SHOAL);
+                c.arg("store");
+                c
+            }
+            Kind::Etcd => Command::new("etcd"),
+        };
+        let child = cmd
+            .args(["--name", &m.name])
             .arg("--data-dir")
             .arg(&m.data_dir)
             .args(["--listen-client-urls", &m.client_url()])
@@ -117,7 +144,7 @@ impl TestCluster {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("start shoal store");
+            .expect("start the member (etcd comes from apt-get install etcd-server)");
         m.child = Some(child);
     }
 

@@ -81,7 +81,9 @@ impl Shared {
 
 /// Live watch subscriptions. The state machine publishes every applied
 /// event; each subscription gets those in its range from its first revision
-/// on.
+/// on. A subscription whose queue is full (its client reads too slowly) is
+/// dropped; its owner sees the channel close and resumes from history
+/// (etcd's "unsynced" watchers), so memory stays bounded.
 #[derive(Default)]
 pub struct WatchHub {
     inner: Mutex<HubInner>,
@@ -97,14 +99,19 @@ struct Sub {
     key: Vec<u8>,
     range_end: Vec<u8>,
     min_rev: i64,
-    tx: mpsc::UnboundedSender<Vec<Event>>,
+    tx: mpsc::Sender<Vec<Event>>,
 }
+
+/// Batches of events a subscription may have queued before it is dropped.
+const SUB_QUEUE: usize = 1024;
 
 /// A live subscription; its owner calls [`WatchHub::unsubscribe`] when done
 /// (a subscription whose receiver is gone is also dropped on the next event).
 pub struct Subscription {
     pub id: u64,
-    pub rx: mpsc::UnboundedReceiver<Vec<Event>>,
+    /// The first revision it delivers.
+    pub from: i64,
+    pub rx: mpsc::Receiver<Vec<Event>>,
 }
 
 /// Is `k` in the etcd range `[key, range_end)`?
@@ -120,7 +127,7 @@ pub fn in_range(k: &[u8], key: &[u8], range_end: &[u8]) -> bool {
 
 impl WatchHub {
     fn subscribe(&self, key: Vec<u8>, range_end: Vec<u8>, min_rev: i64) -> Subscription {
-        let (tx, rx) = mpsc::unbounded_channel();
+        let (tx, rx) = mpsc::channel(SUB_QUEUE);
         let mut inner = lock(&self.inner);
         inner.next += 1;
         let id = inner.next;
@@ -133,7 +140,11 @@ impl WatchHub {
                 tx,
             },
         );
-        Subscription { id, rx }
+        Subscription {
+            id,
+            from: min_rev,
+            rx,
+        }
     }
 
     pub fn unsubscribe(&self, id: u64) {
@@ -159,7 +170,8 @@ impl WatchHub {
                 })
                 .cloned()
                 .collect();
-            if !mine.is_empty() && sub.tx.send(mine).is_err() {
+            // Full or closed: drop it (the owner resumes from history).
+            if !mine.is_empty() && sub.tx.try_send(mine).is_err() {
                 gone.push(*id);
             }
         }
@@ -228,4 +240,48 @@ impl LeaseClock {
 
 fn secs(ttl: i64) -> Duration {
     Duration::from_secs(ttl.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::mvcc::Changes;
+    use crate::proto::etcdserverpb::PutRequest;
+
+    #[test]
+    fn a_slow_subscription_is_dropped_and_resumes_from_history() {
+        let shared = Shared::default();
+        let (history, mut sub) = shared.watch(b"k", &[], 0).expect("watch");
+        assert!(history.is_empty());
+        assert_eq!(sub.from, 2);
+        let mut published = 0;
+        for i in 0..(SUB_QUEUE + 10) {
+            let mut ch = Changes::default();
+            shared
+                .mvcc_mut()
+                .put(
+                    &PutRequest {
+                        key: b"k".to_vec(),
+                        value: i.to_string().into_bytes(),
+                        ..Default::default()
+                    },
+                    &mut ch,
+                )
+                .expect("put");
+            shared.hub.publish(&ch.events);
+            published += 1;
+        }
+        // The queue held SUB_QUEUE batches; then the hub let go of it.
+        let mut received = 0;
+        while let Ok(batch) = sub.rx.try_recv() {
+            received += batch.len();
+        }
+        assert_eq!(received, SUB_QUEUE);
+        assert!(sub.rx.is_closed());
+        // Resuming from the next revision replays exactly what was missed.
+        let next = 2 + received as i64;
+        let (missed, _resumed) = shared.watch(b"k", &[], next).expect("resume");
+        assert_eq!(missed.len(), published - received);
+        assert_eq!(missed[0].kv.as_ref().map(|kv| kv.mod_revision), Some(next));
+    }
 }

@@ -3,6 +3,7 @@
 
 use std::collections::HashMap;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,7 +42,7 @@ impl watch_server::Watch for Watch {
         let (tx, rx) = mpsc::channel(256);
         let node = self.0.clone();
         tokio::spawn(async move {
-            let mut watches: HashMap<i64, (u64, JoinHandle<()>)> = HashMap::new();
+            let mut watches: HashMap<i64, (Arc<AtomicU64>, JoinHandle<()>)> = HashMap::new();
             let mut next_id: i64 = 0;
             while let Some(msg) = inbound.next().await {
                 let Ok(msg) = msg else { break };
@@ -76,7 +77,7 @@ impl watch_server::Watch for Watch {
                     Some(watch_request::RequestUnion::CancelRequest(c)) => {
                         if let Some((sub, task)) = watches.remove(&c.watch_id) {
                             task.abort();
-                            node.shared.hub.unsubscribe(sub);
+                            node.shared.hub.unsubscribe(sub.load(Ordering::Relaxed));
                             let resp = WatchResponse {
                                 header: Some(node.current_header()),
                                 watch_id: c.watch_id,
@@ -104,7 +105,7 @@ impl watch_server::Watch for Watch {
             }
             for (_, (sub, task)) in watches {
                 task.abort();
-                node.shared.hub.unsubscribe(sub);
+                node.shared.hub.unsubscribe(sub.load(Ordering::Relaxed));
             }
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))
@@ -118,27 +119,18 @@ async fn start(
     id: i64,
     c: WatchCreateRequest,
     tx: Out,
-) -> Option<(u64, JoinHandle<()>)> {
+) -> Option<(Arc<AtomicU64>, JoinHandle<()>)> {
     let created = WatchResponse {
         header: Some(node.current_header()),
         watch_id: id,
         created: true,
         ..Default::default()
     };
-    let (history, mut sub) = match node.shared.watch(&c.key, &c.range_end, c.start_revision) {
+    let (history, sub) = match node.shared.watch(&c.key, &c.range_end, c.start_revision) {
         Ok(x) => x,
-        Err(MvccError::Compacted { compacted, .. }) => {
+        Err(e @ MvccError::Compacted { .. }) => {
             let _ = tx.send(Ok(created)).await;
-            let _ = tx
-                .send(Ok(WatchResponse {
-                    header: Some(node.current_header()),
-                    watch_id: id,
-                    canceled: true,
-                    compact_revision: compacted,
-                    cancel_reason: "etcdserver: mvcc: required revision has been compacted".into(),
-                    ..Default::default()
-                }))
-                .await;
+            let _ = tx.send(Ok(cancelled(node, id, &e))).await;
             return None;
         }
         Err(e) => {
@@ -150,6 +142,7 @@ async fn start(
         node.shared.hub.unsubscribe(sub.id);
         return None;
     }
+    let mut sub = sub;
     let no_put = c.filters.contains(&(FilterType::Noput as i32));
     let no_delete = c.filters.contains(&(FilterType::Nodelete as i32));
     let filter = move |mut events: Vec<Event>| -> Vec<Event> {
@@ -164,9 +157,12 @@ async fn start(
         }
         events
     };
-    let sub_id = sub.id;
+    let sub_id = Arc::new(AtomicU64::new(sub.id));
+    let current_sub = sub_id.clone();
     let node = node.clone();
     let task = tokio::spawn(async move {
+        // The next revision this watch has to deliver.
+        let mut next_rev = sub.from;
         let send = |events: Vec<Event>| {
             let rev = events
                 .last()
@@ -179,6 +175,9 @@ async fn start(
                 ..Default::default()
             }
         };
+        if let Some(rev) = last_rev(&history) {
+            next_rev = rev + 1;
+        }
         let history = filter(history);
         if !history.is_empty() && tx.send(Ok(send(history))).await.is_err() {
             return;
@@ -189,7 +188,30 @@ async fn start(
         loop {
             tokio::select! {
                 batch = sub.rx.recv() => {
-                    let Some(batch) = batch else { return };
+                    let Some(batch) = batch else {
+                        // Dropped for falling behind: resume from history.
+                        let (history, resumed) =
+                            match node.shared.watch(&c.key, &c.range_end, next_rev) {
+                                Ok(x) => x,
+                                Err(e) => {
+                                    let _ = tx.send(Ok(cancelled(&node, id, &e))).await;
+                                    return;
+                                }
+                            };
+                        sub = resumed;
+                        current_sub.store(sub.id, Ordering::Relaxed);
+                        if let Some(rev) = last_rev(&history) {
+                            next_rev = rev + 1;
+                        }
+                        let history = filter(history);
+                        if !history.is_empty() && tx.send(Ok(send(history))).await.is_err() {
+                            return;
+                        }
+                        continue;
+                    };
+                    if let Some(rev) = last_rev(&batch) {
+                        next_rev = rev + 1;
+                    }
                     let events = filter(batch);
                     if events.is_empty() {
                         continue;
@@ -216,4 +238,29 @@ async fn start(
         }
     });
     Some((sub_id, task))
+}
+
+/// The revision of the last event of a batch.
+fn last_rev(events: &[Event]) -> Option<i64> {
+    events
+        .last()
+        .and_then(|e| e.kv.as_ref())
+        .map(|kv| kv.mod_revision)
+}
+
+/// The response that ends a watch that cannot go on: its start revision
+/// was compacted (etcd reports the compaction revision) or it failed.
+fn cancelled(node: &Node, id: i64, e: &MvccError) -> WatchResponse {
+    let compact_revision = match e {
+        MvccError::Compacted { compacted, .. } => *compacted,
+        _ => 0,
+    };
+    WatchResponse {
+        header: Some(node.current_header()),
+        watch_id: id,
+        canceled: true,
+        compact_revision,
+        cancel_reason: format!("etcdserver: {e}"),
+        ..Default::default()
+    }
 }

@@ -114,6 +114,72 @@ async fn kv_txn_watch_compaction(c: TestCluster) {
     assert_eq!(j["kvs"][0]["version"], 2);
     assert_eq!(j["kvs"][0]["create_revision"], rev1);
 
+    // Sorting, limits, counts and ranges, as etcd applies them.
+    assert_eq!(
+        c.etcdctl_ok(&[
+            "get",
+            "foo",
+            "--prefix",
+            "--sort-by=MODIFY",
+            "--order=DESCEND"
+        ]),
+        "foo2
+bar2
+foo
+baz
+"
+    );
+    assert_eq!(
+        c.etcdctl_ok(&["get", "foo", "--prefix", "--limit=1", "--order=DESCEND"]),
+        "foo2
+bar2
+"
+    );
+    let j = json(&c.etcdctl_ok(&["get", "foo", "--prefix", "--limit=1", "-w", "json"]));
+    assert_eq!(j["count"], 2);
+    assert_eq!(j["more"], true);
+    assert_eq!(
+        c.etcdctl_ok(&["get", "foo", "foo2"]),
+        "foo
+baz
+"
+    );
+    assert_eq!(
+        c.etcdctl_ok(&["get", "foo1", "--from-key"]),
+        "foo2
+bar2
+"
+    );
+    assert_eq!(
+        c.etcdctl_ok(&[
+            "get",
+            "foo",
+            "--prefix",
+            "--sort-by=VALUE",
+            "--print-value-only"
+        ]),
+        "bar2
+baz
+"
+    );
+    assert_eq!(
+        c.etcdctl_ok(&["put", "foo", "baz", "--prev-kv"]),
+        "OK
+foo
+baz
+"
+    );
+    assert_eq!(
+        c.etcdctl_ok(&["put", "foo", "--ignore-value"]),
+        "OK
+"
+    );
+    let out = c.etcdctl(&["put", "nokey", "--ignore-value"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("etcdserver: key not found"));
+    let j = json(&c.etcdctl_ok(&["get", "foo", "-w", "json"]));
+    assert_eq!(j["kvs"][0]["version"], 4);
+    assert_eq!(j["kvs"][0]["value"], b64("baz"));
+
     // A revision from the future is refused in etcd's words.
     let out = c.etcdctl(&["get", "foo", "--rev=1000000"]);
     assert!(!out.status.success());

@@ -188,6 +188,8 @@ async fn history_under_member_crashes_is_linearizable() {
         .filter(|o| !matches!(o.output, Output::Unknown))
         .count();
     assert!(completed > 100, "too few operations completed: {completed}");
+    // Every member, once caught up, holds exactly the same data.
+    c.assert_same_data().await;
     match check(&history, Duration::from_secs(60)) {
         CheckResult::Ok => {}
         CheckResult::Illegal { key, detail } => {

@@ -246,6 +246,42 @@ impl TestCluster {
         }
     }
 
+    /// Checks that every running member holds the same data: their HashKV
+    /// at the current revision (once each has applied it) agree.
+    pub async fn assert_same_data(&self) {
+        use shoal_store::proto::etcdserverpb::{HashKvRequest, RangeRequest};
+        let first = self.running().next().expect("a running member");
+        let rev = eventually(Duration::from_secs(20), "the current revision", || async {
+            let mut c = kv(&self.members[first].client_url()).await.ok()?;
+            let r = c
+                .range(RangeRequest {
+                    key: vec![0],
+                    range_end: vec![0],
+                    count_only: true,
+                    ..Default::default()
+                })
+                .await
+                .ok()?;
+            r.into_inner().header.map(|h| h.revision)
+        })
+        .await;
+        let mut hashes = Vec::new();
+        for i in self.running() {
+            let url = self.members[i].client_url();
+            let h = eventually(Duration::from_secs(20), "hashkv", || async {
+                let mut m = maintenance(&url).await.ok()?;
+                let r = m.hash_kv(HashKvRequest { revision: rev }).await.ok()?;
+                Some(r.into_inner().hash)
+            })
+            .await;
+            hashes.push((self.members[i].name.clone(), h));
+        }
+        assert!(
+            hashes.windows(2).all(|w| w[0].1 == w[1].1),
+            "members disagree at revision {rev}: {hashes:?}"
+        );
+    }
+
     /// Runs the real etcdctl (API v3) against the running members.
     pub fn etcdctl(&self, args: &[&str]) -> Output {
         etcdctl(&self.endpoints(), args, None)

@@ -78,9 +78,18 @@ impl maintenance_server::Maintenance for Maintenance {
 
     async fn hash_kv(
         &self,
-        _req: Request<HashKvRequest>,
+        req: Request<HashKvRequest>,
     ) -> Result<Response<HashKvResponse>, Status> {
-        Err(Status::unimplemented("hashkv is not supported"))
+        // Local, as in etcd: each member answers for what it has applied.
+        let mvcc = self.0.shared.mvcc();
+        let hash = mvcc
+            .hash_kv(req.into_inner().revision)
+            .map_err(|e| super::mvcc_status(&e))?;
+        Ok(Response::new(HashKvResponse {
+            header: Some(self.0.header(mvcc.revision())),
+            hash,
+            compact_revision: mvcc.compact_revision(),
+        }))
     }
 
     type SnapshotStream = Pin<Box<dyn Stream<Item = Result<SnapshotResponse, Status>> + Send>>;

@@ -144,6 +144,41 @@ async fn watch_protocol(c: TestCluster) {
     let rev = r.header.as_ref().map_or(0, |h| h.revision);
     assert!(rev >= 5, "progress revision {rev}");
 
+    // A progress response comes after the events up to its revision.
+    let put_rev = kvc
+        .put(put("a", "2b"))
+        .await
+        .expect("put")
+        .into_inner()
+        .header
+        .map_or(0, |h| h.revision);
+    s.send(RequestUnion::ProgressRequest(WatchProgressRequest {}))
+        .await;
+    // The member may answer before it has applied the put itself (it may
+    // not lead); then its progress revision is older, and we ask again.
+    let mut seen = Vec::new();
+    loop {
+        let r = s.next().await;
+        if r.watch_id == 0 {
+            seen.extend(
+                r.events
+                    .iter()
+                    .filter_map(|e| e.kv.as_ref().map(|kv| kv.mod_revision)),
+            );
+        } else if r.watch_id == -1 {
+            let progress = r.header.map_or(0, |h| h.revision);
+            if progress >= put_rev {
+                assert!(
+                    seen.contains(&put_rev),
+                    "progress at {progress} overtook the event at {put_rev}"
+                );
+                break;
+            }
+            s.send(RequestUnion::ProgressRequest(WatchProgressRequest {}))
+                .await;
+        }
+    }
+
     // Cancel watch 0: a cancel response, then no more of its events.
     s.send(RequestUnion::CancelRequest(WatchCancelRequest {
         watch_id: 0,
@@ -179,13 +214,13 @@ async fn watch_protocol(c: TestCluster) {
     let r = s.next().await;
     assert!(r.created);
     let mut values = Vec::new();
-    while values.len() < 3 {
+    while values.len() < 4 {
         let r = s.next().await;
         values.extend(r.events.into_iter().filter_map(|e| {
             e.kv.map(|kv| String::from_utf8_lossy(&kv.value).into_owned())
         }));
     }
-    assert_eq!(values, ["1", "2", "3"]);
+    assert_eq!(values, ["1", "2", "2b", "3"]);
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -23,8 +23,8 @@ use std::ops::Bound;
 
 use crate::proto::etcdserverpb::{
     compare, range_request, request_op, response_op, Compare, DeleteRangeRequest,
-    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, RequestOp,
-    ResponseOp, TxnRequest, TxnResponse,
+    DeleteRangeResponse, PutRequest, PutResponse, RangeRequest, RangeResponse, ResponseOp,
+    TxnRequest, TxnResponse,
 };
 use crate::proto::mvccpb::{event::EventType, Event, KeyValue};
 
@@ -135,6 +135,14 @@ impl Default for Mvcc {
             size: 0,
         }
     }
+}
+
+/// The branch a transaction takes and, in order, those of the nested
+/// transactions on it.
+#[derive(Debug)]
+struct Path {
+    succeeded: bool,
+    nested: Vec<Path>,
 }
 
 /// A write transaction in progress: every change shares one main revision.
@@ -395,13 +403,58 @@ impl Mvcc {
     }
 
     pub fn txn(&mut self, req: &TxnRequest, changes: &mut Changes) -> Result<TxnResponse> {
-        // Decide every branch and validate every op first: a transaction
-        // either applies completely or not at all.
-        self.check_txn(req)?;
+        // Decide every branch, nested ones included, on the state before the
+        // transaction, and validate the ops on that path: a transaction
+        // applies completely or not at all (etcd's compareToPath).
+        let path = self.decide(req);
+        self.check_txn(req, &path)?;
         let mut txn = self.begin(changes);
-        let resp = self.txn_in(&mut txn, req);
+        let resp = self.txn_in(&mut txn, req, &path);
         self.end(txn);
         Ok(resp)
+    }
+
+    /// A transaction without puts or deletes, evaluated without changing
+    /// anything (so under a read lock).
+    pub fn txn_read_only(&self, req: &TxnRequest) -> Result<TxnResponse> {
+        let path = self.decide(req);
+        self.check_txn(req, &path)?;
+        Ok(self.read_txn(req, &path))
+    }
+
+    fn read_txn(&self, req: &TxnRequest, path: &Path) -> TxnResponse {
+        let ops = if path.succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut nested = path.nested.iter();
+        let responses = ops
+            .iter()
+            .filter_map(|op| {
+                let response = match &op.request {
+                    Some(request_op::Request::RequestRange(r)) => {
+                        let rev = if r.revision > 0 { r.revision } else { i64::MAX };
+                        response_op::Response::ResponseRange(
+                            self.range_at(r, rev).unwrap_or_default(),
+                        )
+                    }
+                    Some(request_op::Request::RequestTxn(t)) => {
+                        let p = nested.next()?;
+                        response_op::Response::ResponseTxn(self.read_txn(t, p))
+                    }
+                    _ => return None,
+                };
+                Some(ResponseOp {
+                    response: Some(response),
+                })
+            })
+            .collect();
+        TxnResponse {
+            header: None,
+            succeeded: path.succeeded,
+            responses,
+        }
     }
 
     fn begin<'c>(&self, changes: &'c mut Changes) -> WriteTxn<'c> {
@@ -454,28 +507,56 @@ impl Mvcc {
         })
     }
 
-    fn branch<'r>(&self, req: &'r TxnRequest) -> (bool, &'r [RequestOp]) {
-        let ok = req.compare.iter().all(|c| self.compare(c));
-        (ok, if ok { &req.success } else { &req.failure })
+    /// The branches a transaction takes, decided before any of it runs.
+    fn decide(&self, req: &TxnRequest) -> Path {
+        let succeeded = req.compare.iter().all(|c| self.compare(c));
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let nested = ops
+            .iter()
+            .filter_map(|op| match &op.request {
+                Some(request_op::Request::RequestTxn(t)) => Some(self.decide(t)),
+                _ => None,
+            })
+            .collect();
+        Path { succeeded, nested }
     }
 
-    fn check_txn(&self, req: &TxnRequest) -> Result<()> {
-        let (_, ops) = self.branch(req);
+    fn check_txn(&self, req: &TxnRequest, path: &Path) -> Result<()> {
+        let ops = if path.succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut nested = path.nested.iter();
         for op in ops {
             match &op.request {
                 Some(request_op::Request::RequestRange(r)) => {
                     self.check_revision(r.revision)?;
                 }
                 Some(request_op::Request::RequestPut(p)) => self.check_put(p)?,
-                Some(request_op::Request::RequestTxn(t)) => self.check_txn(t)?,
+                Some(request_op::Request::RequestTxn(t)) => {
+                    if let Some(p) = nested.next() {
+                        self.check_txn(t, p)?;
+                    }
+                }
                 Some(request_op::Request::RequestDeleteRange(_)) | None => {}
             }
         }
         Ok(())
     }
 
-    fn txn_in(&mut self, txn: &mut WriteTxn<'_>, req: &TxnRequest) -> TxnResponse {
-        let (succeeded, ops) = self.branch(req);
+    fn txn_in(&mut self, txn: &mut WriteTxn<'_>, req: &TxnRequest, path: &Path) -> TxnResponse {
+        let succeeded = path.succeeded;
+        let ops = if succeeded {
+            &req.success
+        } else {
+            &req.failure
+        };
+        let mut nested = path.nested.iter();
         let mut responses = Vec::with_capacity(ops.len());
         for op in ops {
             let response = match &op.request {
@@ -497,7 +578,8 @@ impl Mvcc {
                     ))
                 }
                 Some(request_op::Request::RequestTxn(t)) => {
-                    response_op::Response::ResponseTxn(self.txn_in(txn, t))
+                    let Some(p) = nested.next() else { continue };
+                    response_op::Response::ResponseTxn(self.txn_in(txn, t, p))
                 }
                 None => continue,
             };
@@ -802,6 +884,7 @@ pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::proto::etcdserverpb::RequestOp;
 
     fn put(m: &mut Mvcc, k: &str, v: &str) -> PutResponse {
         let mut ch = Changes::default();
@@ -942,6 +1025,50 @@ mod tests {
         let r = m.txn(&req, &mut ch).unwrap();
         assert!(!r.succeeded);
         assert_eq!(m.revision(), 3);
+    }
+
+    #[test]
+    fn nested_branches_are_decided_before_the_transaction_runs() {
+        use compare::{CompareResult, CompareTarget, TargetUnion};
+        let mut m = Mvcc::new();
+        let put_op = |k: &str, lease: i64| RequestOp {
+            request: Some(request_op::Request::RequestPut(PutRequest {
+                key: k.into(),
+                value: "v".into(),
+                lease,
+                ..Default::default()
+            })),
+        };
+        // The inner compare sees "a" absent (the outer put has not run yet
+        // when branches are decided), so its failure branch runs.
+        let inner = TxnRequest {
+            compare: vec![Compare {
+                result: CompareResult::Equal as i32,
+                target: CompareTarget::Value as i32,
+                key: "a".into(),
+                target_union: Some(TargetUnion::Value("v".into())),
+                range_end: vec![],
+            }],
+            success: vec![put_op("k", 0x77)],
+            failure: vec![put_op("f", 0)],
+        };
+        let outer = TxnRequest {
+            success: vec![
+                put_op("a", 0),
+                RequestOp {
+                    request: Some(request_op::Request::RequestTxn(inner)),
+                },
+            ],
+            ..Default::default()
+        };
+        let mut ch = Changes::default();
+        let r = m.txn(&outer, &mut ch).unwrap();
+        let Some(response_op::Response::ResponseTxn(t)) = &r.responses[1].response else {
+            panic!("nested response expected");
+        };
+        assert!(!t.succeeded);
+        assert!(get(&m, "k", 0).unwrap().is_none());
+        assert!(get(&m, "f", 0).unwrap().is_some());
     }
 
     #[test]

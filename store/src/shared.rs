@@ -93,13 +93,36 @@ pub struct WatchHub {
 struct HubInner {
     next: u64,
     subs: HashMap<u64, Sub>,
+    /// The revision of the last events published: every event up to it is
+    /// in the queues of the subscriptions it concerns.
+    published: i64,
+}
+
+/// What a subscription's queue carries.
+#[derive(Debug)]
+pub enum Item {
+    Events(Vec<Event>),
+    /// A progress request: every event up to `round.revision` is ahead of
+    /// this marker in the queue.
+    Progress(std::sync::Arc<ProgressRound>),
+}
+
+/// One progress request of a watch stream, answered once every watch of
+/// the stream has passed its marker (so after all their earlier events), and
+/// not at all if one of them has fallen behind (as etcd answers only when
+/// every watcher is synced).
+#[derive(Debug)]
+pub struct ProgressRound {
+    pub revision: i64,
+    pub remaining: std::sync::atomic::AtomicUsize,
+    pub failed: std::sync::atomic::AtomicBool,
 }
 
 struct Sub {
     key: Vec<u8>,
     range_end: Vec<u8>,
     min_rev: i64,
-    tx: mpsc::Sender<Vec<Event>>,
+    tx: mpsc::Sender<Item>,
 }
 
 /// Batches of events a subscription may have queued before it is dropped.
@@ -111,7 +134,7 @@ pub struct Subscription {
     pub id: u64,
     /// The first revision it delivers.
     pub from: i64,
-    pub rx: mpsc::Receiver<Vec<Event>>,
+    pub rx: mpsc::Receiver<Item>,
 }
 
 /// Is `k` in the etcd range `[key, range_end)`?
@@ -147,6 +170,50 @@ impl WatchHub {
         }
     }
 
+    /// The revision up to which every event is queued.
+    pub fn published(&self) -> i64 {
+        lock(&self.inner).published
+    }
+
+    pub(crate) fn set_published(&self, rev: i64) {
+        lock(&self.inner).published = rev;
+    }
+
+    /// Queues a progress marker behind everything published so far in each
+    /// of `subs`; returns the round, or `None` if there is nothing to wait
+    /// for (no subscription).
+    pub fn progress(&self, subs: &[u64]) -> std::sync::Arc<ProgressRound> {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let mut inner = lock(&self.inner);
+        let round = std::sync::Arc::new(ProgressRound {
+            revision: inner.published,
+            remaining: AtomicUsize::new(subs.len()),
+            failed: AtomicBool::new(false),
+        });
+        let mut gone = Vec::new();
+        for id in subs {
+            let queued = inner
+                .subs
+                .get(id)
+                .is_some_and(|s| s.tx.try_send(Item::Progress(round.clone())).is_ok());
+            if !queued {
+                // Behind or gone: this round gets no answer.
+                round.failed.store(true, Ordering::Relaxed);
+                round.remaining.fetch_sub(1, Ordering::Relaxed);
+                gone.push(*id);
+            }
+        }
+        for id in gone {
+            inner.subs.remove(&id);
+        }
+        round
+    }
+
+    /// Drops every subscription; their owners resume from history.
+    pub(crate) fn drop_all(&self) {
+        lock(&self.inner).subs.clear();
+    }
+
     pub fn unsubscribe(&self, id: u64) {
         lock(&self.inner).subs.remove(&id);
     }
@@ -171,12 +238,19 @@ impl WatchHub {
                 .cloned()
                 .collect();
             // Full or closed: drop it (the owner resumes from history).
-            if !mine.is_empty() && sub.tx.try_send(mine).is_err() {
+            if !mine.is_empty() && sub.tx.try_send(Item::Events(mine)).is_err() {
                 gone.push(*id);
             }
         }
         for id in gone {
             inner.subs.remove(&id);
+        }
+        if let Some(rev) = events
+            .last()
+            .and_then(|e| e.kv.as_ref())
+            .map(|kv| kv.mod_revision)
+        {
+            inner.published = inner.published.max(rev);
         }
     }
 }
@@ -273,7 +347,7 @@ mod tests {
         }
         // The queue held SUB_QUEUE batches; then the hub let go of it.
         let mut received = 0;
-        while let Ok(batch) = sub.rx.try_recv() {
+        while let Ok(Item::Events(batch)) = sub.rx.try_recv() {
             received += batch.len();
         }
         assert_eq!(received, SUB_QUEUE);

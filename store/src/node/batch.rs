@@ -30,6 +30,9 @@ enum Stage {
 /// Batches in flight at once per stage: enough to overlap one batch's
 /// replication with the next one's log sync.
 const MAX_WRITE_BATCHES_IN_FLIGHT: usize = 2;
+/// Writes that may wait at one stage (e.g. while there is no leader); more
+/// are refused with etcd's "too many requests".
+const MAX_WAITING_WRITES: usize = 20_000;
 /// Largest batch, so that a full append RPC (`max_payload_entries` of them)
 /// stays within the peer message limit.
 const MAX_BATCH_BYTES: usize = 2 * 1024 * 1024;
@@ -108,6 +111,9 @@ impl Node {
         let (tx, rx) = tokio::sync::oneshot::channel();
         let start_driver = {
             let mut b = self.batch(stage).lock().unwrap_or_else(|e| e.into_inner());
+            if b.waiting.len() >= MAX_WAITING_WRITES {
+                return Err(Status::resource_exhausted("etcdserver: too many requests"));
+            }
             b.waiting.push((req, tx));
             if b.in_flight < MAX_WRITE_BATCHES_IN_FLIGHT {
                 b.in_flight += 1;
@@ -146,6 +152,9 @@ impl Node {
         loop {
             let batch = {
                 let mut b = self.batch(stage).lock().unwrap_or_else(|e| e.into_inner());
+                // A caller that gave up (its client went away) no longer
+                // waits for an answer: its write is not sent late.
+                b.waiting.retain(|(_, tx)| !tx.is_closed());
                 if b.waiting.is_empty() {
                     b.in_flight -= 1;
                     return;

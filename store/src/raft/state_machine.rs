@@ -135,7 +135,9 @@ impl StateMachine {
             leases.push((i64::from_be_bytes(id), ttl));
         }
         self.shared.leases.reset(leases.iter().copied());
-        *self.shared.mvcc_mut() = Mvcc::restore(rows, leases, current, compacted);
+        let restored = Mvcc::restore(rows, leases, current, compacted);
+        self.shared.hub.set_published(restored.revision());
+        *self.shared.mvcc_mut() = restored;
         self.shared.set_members(members);
         Ok(())
     }
@@ -324,11 +326,17 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             responses.push(resp);
         }
         self.persist(&changes)?;
-        for (id, ttl) in &changes.granted {
-            self.shared.leases.granted(*id, *ttl);
-        }
+        // A lease granted and revoked (or revoked and granted again) in one
+        // batch: its clock follows whether it exists now.
         for id in &changes.revoked {
-            self.shared.leases.revoked(*id);
+            if self.shared.mvcc().lease(*id).is_none() {
+                self.shared.leases.revoked(*id);
+            }
+        }
+        for (id, ttl) in &changes.granted {
+            if self.shared.mvcc().lease(*id).is_some() {
+                self.shared.leases.granted(*id, *ttl);
+            }
         }
         self.shared.hub.publish(&changes.events);
         Ok(responses)
@@ -366,10 +374,10 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
 
         // Replace the persisted state wholesale, then reload it.
         let mut batch = WriteBatch::default();
-        // Row keys are 16 or 17 bytes; lease ids are positive.
+        // Row keys are 16 or 17 bytes; every lease row starts with
+        // "lease/" (and "lease0" is the first key after them).
         batch.delete_range_cf(self.cf(CF_KV), &[][..], &[0xff; 18][..]);
-        batch.delete_range_cf(self.cf(CF_SM), LEASE_PREFIX, &lease_key(i64::MAX)[..]);
-        batch.delete_cf(self.cf(CF_SM), lease_key(i64::MAX));
+        batch.delete_range_cf(self.cf(CF_SM), LEASE_PREFIX, b"lease0");
         for (k, v) in &data.rows {
             batch.put_cf(self.cf(CF_KV), &k.0, &v.0);
         }
@@ -391,7 +399,11 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
         )?;
         self.db.write(batch).map_err(sm_write_err)?;
         save_snapshot(&self.db, meta, &bytes)?;
-        self.load()
+        self.load()?;
+        // Live watches missed whatever the snapshot skipped over: let them
+        // resume from the new history (or learn it was compacted).
+        self.shared.hub.drop_all();
+        Ok(())
     }
 
     async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot<TypeConfig>>, StorageError> {

@@ -149,11 +149,8 @@ impl kv_server::Kv for Kv {
         check_txn(&req, self.0.config.max_txn_ops)?;
         if read_only(&req) {
             self.0.read_index().await?;
-            // Evaluating a read-only transaction changes nothing, so it can
-            // run on a scratch copy of its changes.
-            let mut mvcc = self.0.shared.mvcc_mut();
-            let mut scratch = crate::mvcc::Changes::default();
-            let mut out = mvcc.txn(&req, &mut scratch).map_err(|e| mvcc_status(&e))?;
+            let mvcc = self.0.shared.mvcc();
+            let mut out = mvcc.txn_read_only(&req).map_err(|e| mvcc_status(&e))?;
             out.header = Some(self.0.header(mvcc.revision()));
             return Ok(Response::new(out));
         }

@@ -21,6 +21,7 @@ use crate::proto::etcdserverpb::{
     WatchRequest, WatchResponse,
 };
 use crate::proto::mvccpb::{event::EventType, Event};
+use crate::shared::Item;
 
 pub struct Watch(pub Arc<Node>);
 
@@ -90,14 +91,19 @@ impl watch_server::Watch for Watch {
                         }
                     }
                     Some(watch_request::RequestUnion::ProgressRequest(_)) => {
-                        // Not tied to one watch: the client hands it to all.
-                        let resp = WatchResponse {
-                            header: Some(node.current_header()),
-                            watch_id: -1,
-                            ..Default::default()
-                        };
-                        if tx.send(Ok(resp)).await.is_err() {
-                            break;
+                        // Answered (for no watch in particular: watch id -1)
+                        // once every watch has sent the events up to the
+                        // revision it reports; with no watch, at once.
+                        let subs: Vec<u64> = watches
+                            .values()
+                            .map(|(sub, _)| sub.load(Ordering::Relaxed))
+                            .collect();
+                        let round = node.shared.hub.progress(&subs);
+                        if subs.is_empty() {
+                            let resp = progress_response(&node, -1, round.revision);
+                            if tx.send(Ok(resp)).await.is_err() {
+                                break;
+                            }
                         }
                     }
                     None => {}
@@ -187,27 +193,42 @@ async fn start(
         let mut idle = true;
         loop {
             tokio::select! {
-                batch = sub.rx.recv() => {
-                    let Some(batch) = batch else {
-                        // Dropped for falling behind: resume from history.
-                        let (history, resumed) =
-                            match node.shared.watch(&c.key, &c.range_end, next_rev) {
-                                Ok(x) => x,
-                                Err(e) => {
-                                    let _ = tx.send(Ok(cancelled(&node, id, &e))).await;
+                item = sub.rx.recv() => {
+                    let batch = match item {
+                        Some(Item::Events(batch)) => batch,
+                        Some(Item::Progress(round)) => {
+                            // The last watch of the stream to pass the marker
+                            // answers the progress request.
+                            let last = round.remaining.fetch_sub(1, Ordering::AcqRel) == 1;
+                            if last && !round.failed.load(Ordering::Acquire) {
+                                let resp = progress_response(&node, -1, round.revision);
+                                if tx.send(Ok(resp)).await.is_err() {
                                     return;
                                 }
-                            };
-                        sub = resumed;
-                        current_sub.store(sub.id, Ordering::Relaxed);
-                        if let Some(rev) = last_rev(&history) {
-                            next_rev = rev + 1;
+                            }
+                            continue;
                         }
-                        let history = filter(history);
-                        if !history.is_empty() && tx.send(Ok(send(history))).await.is_err() {
-                            return;
+                        None => {
+                            // Dropped for falling behind: resume from history.
+                            let (history, resumed) =
+                                match node.shared.watch(&c.key, &c.range_end, next_rev) {
+                                    Ok(x) => x,
+                                    Err(e) => {
+                                        let _ = tx.send(Ok(cancelled(&node, id, &e))).await;
+                                        return;
+                                    }
+                                };
+                            sub = resumed;
+                            current_sub.store(sub.id, Ordering::Relaxed);
+                            if let Some(rev) = last_rev(&history) {
+                                next_rev = rev + 1;
+                            }
+                            let history = filter(history);
+                            if !history.is_empty() && tx.send(Ok(send(history))).await.is_err() {
+                                return;
+                            }
+                            continue;
                         }
-                        continue;
                     };
                     if let Some(rev) = last_rev(&batch) {
                         next_rev = rev + 1;
@@ -222,12 +243,11 @@ async fn start(
                     }
                 }
                 _ = progress.tick(), if c.progress_notify => {
-                    if idle {
-                        let resp = WatchResponse {
-                            header: Some(node.current_header()),
-                            watch_id: id,
-                            ..Default::default()
-                        };
+                    // Everything up to `published` was queued before it was
+                    // set, so with an empty queue it has all been sent.
+                    let published = node.shared.hub.published();
+                    if idle && sub.rx.is_empty() {
+                        let resp = progress_response(&node, id, published);
                         if tx.send(Ok(resp)).await.is_err() {
                             return;
                         }
@@ -238,6 +258,15 @@ async fn start(
         }
     });
     Some((sub_id, task))
+}
+
+/// A progress notification: no events, the revision the watch is at.
+fn progress_response(node: &Node, watch_id: i64, revision: i64) -> WatchResponse {
+    WatchResponse {
+        header: Some(node.header(revision)),
+        watch_id,
+        ..Default::default()
+    }
 }
 
 /// The revision of the last event of a batch.

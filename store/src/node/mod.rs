@@ -242,8 +242,7 @@ impl Node {
         Ok(node)
     }
 
-    /// Resolves once the member is told to stop (or was removed from the
-    /// cluster).
+    /// Resolves once the member is told to stop ([`Node::stop`]).
     pub async fn stopped(&self) {
         let mut rx = self.shutdown.subscribe();
         let _ = rx.wait_for(|s| *s).await;

@@ -49,13 +49,18 @@ impl watch_server::Watch for Watch {
                 let Ok(msg) = msg else { break };
                 match msg.request_union {
                     Some(watch_request::RequestUnion::CreateRequest(c)) => {
+                        // A watch that ended by itself (compacted, failed)
+                        // frees its id.
+                        watches.retain(|_, (_, task)| !task.is_finished());
+                        // Ids the server picks only go up, as etcd's do.
                         let id = if c.watch_id != 0 {
                             c.watch_id
                         } else {
                             while watches.contains_key(&next_id) {
                                 next_id += 1;
                             }
-                            next_id
+                            next_id += 1;
+                            next_id - 1
                         };
                         if watches.contains_key(&id) {
                             let resp = WatchResponse {

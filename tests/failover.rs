@@ -231,3 +231,43 @@ async fn support_member_id(c: &TestCluster, i: usize) -> u64 {
         .expect("header")
         .member_id
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_stops_a_member_promptly_even_with_open_streams() {
+    let mut c = TestCluster::start(3).await;
+    let url = c.members[0].client_url();
+    let mut client = kv(&url).await.expect("client");
+    client
+        .put(PutRequest {
+            key: b"acked/kept".to_vec(),
+            value: b"1".to_vec(),
+            ..Default::default()
+        })
+        .await
+        .expect("put");
+    // A watch held open on the member being stopped.
+    let mut watch = std::process::Command::new("etcdctl")
+        .env("ETCDCTL_API", "3")
+        .arg(format!("--endpoints={}", url.replace("http://", "")))
+        .args(["watch", "acked/"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("etcdctl watch");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let took = c.terminate(0).expect("the member exits on SIGTERM");
+    assert!(took < Duration::from_secs(8), "stopping took {took:?}");
+    let _ = watch.kill();
+    let _ = watch.wait();
+    c.spawn(0, "new");
+    let url = c.members[0].client_url();
+    eventually(
+        Duration::from_secs(20),
+        "the data after a restart",
+        || async {
+            let s = stored_keys(&url, false).await?;
+            s.contains("acked/kept").then_some(())
+        },
+    )
+    .await;
+}

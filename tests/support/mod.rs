@@ -168,6 +168,25 @@ impl TestCluster {
         }
     }
 
+    /// SIGTERM, as an operator stops a member; returns how long it took to
+    /// exit, or `None` if it had not exited after 10 s (it is killed then).
+    pub fn terminate(&mut self, i: usize) -> Option<Duration> {
+        let mut child = self.members[i].child.take()?;
+        let start = Instant::now();
+        let _ = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = child.try_wait() {
+                return Some(start.elapsed());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+
     pub fn restart(&mut self, i: usize) {
         self.kill(i);
         self.spawn(i, "new");

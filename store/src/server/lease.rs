@@ -95,7 +95,12 @@ impl lease_server::Lease for Lease {
         let node = self.0.clone();
         tokio::spawn(async move {
             let this = Lease(node);
-            while let Some(Ok(msg)) = inbound.next().await {
+            loop {
+                let msg = tokio::select! {
+                    msg = inbound.next() => msg,
+                    _ = this.0.stopped() => break,
+                };
+                let Some(Ok(msg)) = msg else { break };
                 let reply = match this.lease_call(LeaderRequest::LeaseKeepAlive(msg.id)).await {
                     // An unknown lease answers TTL 0: the client reports it
                     // expired or revoked.

@@ -45,8 +45,14 @@ impl watch_server::Watch for Watch {
         tokio::spawn(async move {
             let mut watches: HashMap<i64, (Arc<AtomicU64>, JoinHandle<()>)> = HashMap::new();
             let mut next_id: i64 = 0;
-            while let Some(msg) = inbound.next().await {
-                let Ok(msg) = msg else { break };
+            loop {
+                // A stopping member ends its watch streams, so that the
+                // server can finish shutting down.
+                let msg = tokio::select! {
+                    msg = inbound.next() => msg,
+                    _ = node.stopped() => break,
+                };
+                let Some(Ok(msg)) = msg else { break };
                 match msg.request_union {
                     Some(watch_request::RequestUnion::CreateRequest(c)) => {
                         // A watch that ended by itself (compacted, failed)

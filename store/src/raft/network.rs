@@ -96,11 +96,19 @@ pub struct Connection {
 #[error("{0}")]
 struct Transport(String);
 
+/// The Raft RPCs of the peer service.
+#[derive(Debug, Clone, Copy)]
+enum Rpc {
+    Append,
+    Vote,
+    Snapshot,
+}
+
 impl Connection {
     /// Sends one RPC; the reply is the remote's `Result<Resp, Err>`.
     async fn call<Req, Resp, Err>(
         &mut self,
-        method: &'static str,
+        rpc: Rpc,
         req: &Req,
         option: &RPCOption,
     ) -> Result<Resp, RPCError<NodeId, Member, Err>>
@@ -121,14 +129,14 @@ impl Connection {
         let mut request = tonic::Request::new(Payload { data: data.into() });
         request.set_timeout(option.hard_ttl());
         let mut client = client;
-        let reply = match method {
-            "append" => client.append_entries(request).await,
-            "vote" => client.vote(request).await,
-            _ => client.install_snapshot(request).await,
+        let reply = match rpc {
+            Rpc::Append => client.append_entries(request).await,
+            Rpc::Vote => client.vote(request).await,
+            Rpc::Snapshot => client.install_snapshot(request).await,
         };
         let reply = reply.map_err(|status| {
             let e = Transport(format!(
-                "{method} to {:x}: {}",
+                "{rpc:?} to {:x}: {}",
                 self.target,
                 status.message()
             ));
@@ -149,7 +157,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: AppendEntriesRequest<TypeConfig>,
         option: RPCOption,
     ) -> Result<AppendEntriesResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call("append", &rpc, &option).await
+        self.call(Rpc::Append, &rpc, &option).await
     }
 
     async fn install_snapshot(
@@ -160,7 +168,7 @@ impl RaftNetwork<TypeConfig> for Connection {
         InstallSnapshotResponse<NodeId>,
         RPCError<NodeId, Member, RaftError<NodeId, InstallSnapshotError>>,
     > {
-        self.call("snapshot", &rpc, &option).await
+        self.call(Rpc::Snapshot, &rpc, &option).await
     }
 
     async fn vote(
@@ -168,6 +176,6 @@ impl RaftNetwork<TypeConfig> for Connection {
         rpc: VoteRequest<NodeId>,
         option: RPCOption,
     ) -> Result<VoteResponse<NodeId>, RPCError<NodeId, Member, RaftError<NodeId>>> {
-        self.call("vote", &rpc, &option).await
+        self.call(Rpc::Vote, &rpc, &option).await
     }
 }

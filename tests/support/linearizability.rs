@@ -1636,6 +1636,35 @@ fn writes(op: &KeyOp) -> Option<State> {
 mod tests {
     use super::*;
 
+    /// Runs the operations one by one in the order of their linearization
+    /// points against a plain map, and records the outputs of those that
+    /// completed: a history that is linearizable by construction.
+    fn run_at_points<T: Ord>(ops: &mut [Operation], mut points: Vec<(T, usize)>) {
+        points.sort_unstable();
+        let mut store: HashMap<String, String> = HashMap::new();
+        for (_, i) in points {
+            let o = &mut ops[i];
+            let cur = store.get(&o.key).cloned();
+            let out = match &o.input {
+                Input::Get => Output::Get(cur),
+                Input::Put(v) => {
+                    store.insert(o.key.clone(), v.clone());
+                    Output::Put
+                }
+                Input::Cas { expected, new } => {
+                    let ok = cur == *expected;
+                    if ok {
+                        store.insert(o.key.clone(), new.clone());
+                    }
+                    Output::Cas(ok)
+                }
+            };
+            if o.ret != UNKNOWN_RETURN {
+                o.output = out;
+            }
+        }
+    }
+
     const T: Duration = Duration::from_secs(30);
 
     fn op(
@@ -2038,29 +2067,7 @@ mod tests {
             }
             ops.push(op(c, key, input, Output::Unknown, call, ret));
         }
-        points.sort_unstable();
-        let mut store: HashMap<String, String> = HashMap::new();
-        for (_, i) in points {
-            let o = &mut ops[i];
-            let cur = store.get(&o.key).cloned();
-            let out = match &o.input {
-                Input::Get => Output::Get(cur),
-                Input::Put(v) => {
-                    store.insert(o.key.clone(), v.clone());
-                    Output::Put
-                }
-                Input::Cas { expected, new } => {
-                    let ok = cur == *expected;
-                    if ok {
-                        store.insert(o.key.clone(), new.clone());
-                    }
-                    Output::Cas(ok)
-                }
-            };
-            if o.ret != UNKNOWN_RETURN {
-                o.output = out;
-            }
-        }
+        run_at_points(&mut ops, points);
         ops
     }
 
@@ -2210,29 +2217,7 @@ mod tests {
             let key = keys[rng.below(keys.len() as u64) as usize];
             ops.push(op(i % 3, key, input, Output::Unknown, call, ret));
         }
-        points.sort_unstable();
-        let mut store: HashMap<String, String> = HashMap::new();
-        for (_, i) in points {
-            let o = &mut ops[i];
-            let cur = store.get(&o.key).cloned();
-            let out = match &o.input {
-                Input::Get => Output::Get(cur),
-                Input::Put(v) => {
-                    store.insert(o.key.clone(), v.clone());
-                    Output::Put
-                }
-                Input::Cas { expected, new } => {
-                    let ok = cur == *expected;
-                    if ok {
-                        store.insert(o.key.clone(), new.clone());
-                    }
-                    Output::Cas(ok)
-                }
-            };
-            if o.ret != UNKNOWN_RETURN {
-                o.output = out;
-            }
-        }
+        run_at_points(&mut ops, points);
         if rng.below(2) == 0 {
             let i = rng.below(n as u64) as usize;
             let scrambled = match ops[i].output {

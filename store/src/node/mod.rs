@@ -259,12 +259,12 @@ impl Node {
     }
 
     pub fn header(&self, revision: i64) -> ResponseHeader {
-        let m = self.raft.metrics().borrow().clone();
+        let raft_term = self.raft.metrics().borrow().current_term;
         ResponseHeader {
             cluster_id: self.cluster_id,
             member_id: self.id,
             revision,
-            raft_term: m.current_term,
+            raft_term,
         }
     }
 
@@ -275,7 +275,8 @@ impl Node {
     }
 
     fn leader(&self) -> Option<(NodeId, Member)> {
-        let m = self.raft.metrics().borrow().clone();
+        let metrics = self.raft.metrics();
+        let m = metrics.borrow();
         let leader = m.current_leader?;
         let node = m.membership_config.membership().get_node(&leader)?.clone();
         Some((leader, node))

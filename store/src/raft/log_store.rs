@@ -89,18 +89,19 @@ pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, bincode::Error>
 }
 
 impl LogStore {
-    pub(crate) fn new(db: Arc<DB>) -> Self {
+    /// Opens the log on `db` and starts its sync thread (which the OS may
+    /// refuse when out of resources).
+    pub(crate) fn new(db: Arc<DB>) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel();
         let sync_db = db.clone();
         let thread = std::thread::Builder::new()
             .name("log-sync".into())
-            .spawn(move || group_commit(sync_db, rx))
-            .expect("spawn the log sync thread");
+            .spawn(move || group_commit(sync_db, rx))?;
         let syncer = Arc::new(Syncer {
             tx: Some(tx),
             thread: Some(thread),
         });
-        Self { syncer, db }
+        Ok(Self { syncer, db })
     }
 
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {

@@ -26,6 +26,8 @@ pub enum OpenError {
         #[source]
         source: rocksdb::Error,
     },
+    #[error("cannot start the log sync thread: {0}")]
+    SyncThread(#[source] std::io::Error),
     #[error("cannot load the state machine: {0}")]
     Load(#[from] types::StorageError),
 }
@@ -50,5 +52,6 @@ pub fn open_storage(
     })?;
     let db = Arc::new(db);
     let sm = StateMachine::open(db.clone(), shared)?;
-    Ok((LogStore::new(db), sm))
+    let log = LogStore::new(db).map_err(OpenError::SyncThread)?;
+    Ok((log, sm))
 }

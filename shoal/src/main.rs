@@ -1,7 +1,9 @@
 //! `shoal`: the one binary of the system, one subcommand per component.
 
+mod apiserver;
 mod bench;
 mod store;
+mod up;
 
 use clap::{Parser, Subcommand};
 
@@ -20,26 +22,38 @@ struct Cli {
 enum Command {
     /// Run one member of a store cluster (speaks the etcd v3 API).
     Store(store::StoreArgs),
+    /// Serve the Kubernetes API over a store cluster.
+    Apiserver(shoal_apiserver::Config),
+    /// Run a whole cluster on this machine and write a kubeconfig.
+    Up(up::UpArgs),
     /// Load generators.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // `shoal up` talks to a person on stdout; its components' logs would
+    // drown that out, so it shows only warnings unless RUST_LOG says more.
+    let default_filter = match cli.command {
+        Command::Up(_) => "warn,openraft=off",
+        _ => "info,openraft=warn",
+    };
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| "info,openraft=warn".into()),
+                .unwrap_or_else(|_| default_filter.into()),
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async move {
         match cli.command {
             Command::Store(args) => store::run(args).await,
+            Command::Apiserver(config) => apiserver::run(config).await,
+            Command::Up(args) => up::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
         }
     })

@@ -2,6 +2,8 @@
 //! clients. Children are killed when the cluster is dropped.
 #![allow(dead_code)]
 
+pub mod kube;
+
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Output, Stdio};

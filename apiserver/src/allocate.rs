@@ -1,0 +1,307 @@
+//! ClusterIP and NodePort allocation for Services.
+//!
+//! Each allocated address or port is a key of its own
+//! (`/registry/shoal/serviceips/<ip>`, `/registry/shoal/nodeports/<port>`),
+//! created in the same transaction as the Service with a guard that it is
+//! absent. Two apiservers that pick the same address cannot both succeed, so
+//! there are no duplicates without any lock; deleting the Service deletes
+//! its keys in the same transaction too.
+
+use std::collections::HashSet;
+use std::net::Ipv4Addr;
+
+use rand::Rng;
+use serde_json::{json, Value};
+
+use crate::error::{ApiError, Cause, Result};
+use crate::resources::Resource;
+use crate::server::Api;
+use crate::storage::{Guard, Op};
+
+const IPS: &str = "/registry/shoal/serviceips/";
+const PORTS: &str = "/registry/shoal/nodeports/";
+
+/// An IPv4 range such as 10.96.0.0/12.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Cidr {
+    pub base: u32,
+    pub bits: u8,
+}
+
+impl Cidr {
+    pub fn parse(text: &str) -> Result<Cidr, String> {
+        let (ip, bits) = text
+            .split_once('/')
+            .ok_or_else(|| format!("{text:?} is not a CIDR (like 10.96.0.0/12)"))?;
+        let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{text:?}: {e}"))?;
+        let bits: u8 = bits.parse().map_err(|e| format!("{text:?}: {e}"))?;
+        if !(8..=30).contains(&bits) {
+            return Err(format!(
+                "{text:?}: the prefix length must be between 8 and 30"
+            ));
+        }
+        let mask = u32::MAX << (32 - bits);
+        Ok(Cidr {
+            base: u32::from(ip) & mask,
+            bits,
+        })
+    }
+
+    pub fn size(&self) -> u32 {
+        1 << (32 - self.bits)
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        let mask = u32::MAX << (32 - self.bits);
+        u32::from(ip) & mask == self.base
+    }
+
+    pub fn nth(&self, n: u32) -> Ipv4Addr {
+        Ipv4Addr::from(self.base + n)
+    }
+}
+
+/// A range of ports such as 30000-32767.
+pub fn parse_port_range(text: &str) -> Result<(u16, u16), String> {
+    let (low, high) = text
+        .split_once('-')
+        .ok_or_else(|| format!("{text:?} is not a port range (like 30000-32767)"))?;
+    let low: u16 = low.trim().parse().map_err(|e| format!("{text:?}: {e}"))?;
+    let high: u16 = high.trim().parse().map_err(|e| format!("{text:?}: {e}"))?;
+    if low == 0 || low > high {
+        return Err(format!("{text:?} is empty"));
+    }
+    Ok((low, high))
+}
+
+async fn taken(api: &Api, prefix: &str) -> Result<HashSet<String>> {
+    let listed = api.store.list(prefix, None, 0, 0).await?;
+    Ok(listed
+        .kvs
+        .iter()
+        .map(|kv| String::from_utf8_lossy(&kv.key[prefix.len()..]).into_owned())
+        .collect())
+}
+
+/// Picks a free value at random, trying the whole range before giving up.
+fn pick(
+    taken: &HashSet<String>,
+    low: u32,
+    high: u32,
+    show: impl Fn(u32) -> String,
+) -> Option<String> {
+    let span = high - low + 1;
+    let start = rand::thread_rng().gen_range(0..span);
+    (0..span)
+        .map(|i| show(low + (start + i) % span))
+        .find(|v| !taken.contains(v))
+}
+
+/// Allocates what a new Service needs, adding the guards and puts to its
+/// transaction. Returns whether anything was allocated.
+pub async fn on_create(
+    api: &Api,
+    resource: &Resource,
+    object: &mut Value,
+    guards: &mut Vec<Guard>,
+    ops: &mut Vec<Op>,
+) -> Result<bool> {
+    if resource.kind != "Service" || !resource.group.is_empty() {
+        return Ok(false);
+    }
+    let name = crate::object::name(object).to_string();
+    let owner = format!(
+        "{}/{}",
+        crate::object::namespace(object).unwrap_or_default(),
+        name
+    );
+    let kind = object
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
+    let mut allocated = false;
+    let invalid = |causes| ApiError::invalid(resource, &name, causes);
+
+    if kind != "ExternalName" {
+        let requested = object
+            .pointer("/spec/clusterIP")
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string();
+        let ip = if requested == "None" {
+            None
+        } else if requested.is_empty() {
+            let used = taken(api, IPS).await?;
+            let cidr = api.service_cidr;
+            // Dynamic addresses come from above the first 1/16 of the
+            // range, which is left for addresses chosen by hand (such as
+            // the DNS service's).
+            let low = (cidr.size() / 16).clamp(16, 256);
+            let ip = pick(&used, low, cidr.size() - 2, |n| cidr.nth(n).to_string()).ok_or_else(
+                || {
+                    invalid(vec![Cause::invalid(
+                        "spec.clusterIPs",
+                        &json!([]),
+                        "failed to allocate IP: range is full",
+                    )])
+                },
+            )?;
+            Some(ip)
+        } else {
+            let parsed: Ipv4Addr = requested.parse().map_err(|_| {
+                invalid(vec![Cause::invalid(
+                    "spec.clusterIPs[0]",
+                    &json!(requested),
+                    "must be a valid IP address, (e.g. 10.9.8.7 or 2001:db8::ffff)",
+                )])
+            })?;
+            if !api.service_cidr.contains(parsed) {
+                return Err(invalid(vec![Cause::invalid(
+                    "spec.clusterIPs",
+                    &json!([requested]),
+                    format!(
+                        "failed to allocate IP {requested}: the provided IP ({requested}) is not in the valid range. The range of valid IPs is {}/{}",
+                        Ipv4Addr::from(api.service_cidr.base),
+                        api.service_cidr.bits
+                    ),
+                )]));
+            }
+            if taken(api, IPS).await?.contains(&requested) {
+                return Err(invalid(vec![Cause::invalid(
+                    "spec.clusterIPs",
+                    &json!([requested]),
+                    format!("failed to allocate IP {requested}: provided IP is already allocated"),
+                )]));
+            }
+            Some(requested)
+        };
+        match ip {
+            Some(ip) => {
+                let key = format!("{IPS}{ip}");
+                guards.push(Guard::Absent(key.clone()));
+                ops.push(Op::Put(key, owner.clone().into_bytes()));
+                object["spec"]["clusterIP"] = json!(ip);
+                object["spec"]["clusterIPs"] = json!([ip]);
+                allocated = true;
+            }
+            None => {
+                object["spec"]["clusterIPs"] = json!(["None"]);
+            }
+        }
+    }
+
+    if kind == "NodePort" || kind == "LoadBalancer" {
+        let (low, high) = api.node_ports;
+        let mut used = taken(api, PORTS).await?;
+        let count = object
+            .pointer("/spec/ports")
+            .and_then(Value::as_array)
+            .map_or(0, Vec::len);
+        for i in 0..count {
+            let port = &mut object["spec"]["ports"][i];
+            let protocol = port
+                .get("protocol")
+                .and_then(Value::as_str)
+                .unwrap_or("TCP")
+                .to_string();
+            let number = match port.get("nodePort").and_then(Value::as_i64) {
+                Some(n) if n != 0 => {
+                    if n < i64::from(low) || n > i64::from(high) {
+                        return Err(invalid(vec![Cause::invalid(
+                            format!("spec.ports[{i}].nodePort"),
+                            &json!(n),
+                            format!("provided port is not in the valid range. The range of valid ports is {low}-{high}"),
+                        )]));
+                    }
+                    if used.contains(&format!("{protocol}-{n}")) {
+                        return Err(invalid(vec![Cause::invalid(
+                            format!("spec.ports[{i}].nodePort"),
+                            &json!(n),
+                            "provided port is already allocated",
+                        )]));
+                    }
+                    n
+                }
+                _ => {
+                    let chosen = pick(&used, u32::from(low), u32::from(high), |n| {
+                        format!("{protocol}-{n}")
+                    })
+                    .ok_or_else(|| {
+                        invalid(vec![Cause::invalid(
+                            format!("spec.ports[{i}].nodePort"),
+                            &json!(0),
+                            "failed to allocate a nodePort: range is full",
+                        )])
+                    })?;
+                    chosen
+                        .rsplit('-')
+                        .next()
+                        .and_then(|n| n.parse().ok())
+                        .unwrap_or_default()
+                }
+            };
+            let entry = format!("{protocol}-{number}");
+            used.insert(entry.clone());
+            let key = format!("{PORTS}{entry}");
+            guards.push(Guard::Absent(key.clone()));
+            ops.push(Op::Put(key, owner.clone().into_bytes()));
+            port["nodePort"] = json!(number);
+            allocated = true;
+        }
+    }
+    Ok(allocated)
+}
+
+/// The deletes that release what a Service held.
+pub fn on_delete(resource: &Resource, object: &Value) -> Vec<Op> {
+    if resource.kind != "Service" || !resource.group.is_empty() {
+        return Vec::new();
+    }
+    let mut ops = Vec::new();
+    if let Some(ip) = object.pointer("/spec/clusterIP").and_then(Value::as_str) {
+        if ip != "None" && !ip.is_empty() {
+            ops.push(Op::Delete(format!("{IPS}{ip}")));
+        }
+    }
+    for port in object
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        if let Some(n) = port.get("nodePort").and_then(Value::as_i64) {
+            let protocol = port
+                .get("protocol")
+                .and_then(Value::as_str)
+                .unwrap_or("TCP");
+            ops.push(Op::Delete(format!("{PORTS}{protocol}-{n}")));
+        }
+    }
+    ops
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cidrs() {
+        let c = Cidr::parse("10.96.0.0/12").unwrap();
+        assert_eq!(c.size(), 1 << 20);
+        assert!(c.contains("10.100.1.2".parse().unwrap()));
+        assert!(!c.contains("10.112.0.1".parse().unwrap()));
+        assert_eq!(c.nth(10).to_string(), "10.96.0.10");
+        assert!(Cidr::parse("10.96.0.0").is_err());
+        assert_eq!(parse_port_range("30000-32767").unwrap(), (30000, 32767));
+        assert!(parse_port_range("5-1").is_err());
+    }
+
+    #[test]
+    fn picks_skip_taken_values() {
+        let taken: HashSet<String> = (1..10).map(|n| n.to_string()).collect();
+        assert_eq!(pick(&taken, 1, 10, |n| n.to_string()), Some("10".into()));
+        let all: HashSet<String> = (1..=10).map(|n| n.to_string()).collect();
+        assert_eq!(pick(&all, 1, 10, |n| n.to_string()), None);
+    }
+}

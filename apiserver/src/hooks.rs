@@ -1,0 +1,150 @@
+//! Per-kind changes the server makes to an object on its way in, beyond
+//! defaulting: the selector and labels of a Job, a pod's service account,
+//! the PodScheduled condition set by a binding.
+
+use serde_json::{json, Value};
+
+use crate::object::{now, set_path};
+use crate::resources::Resource;
+
+pub fn before_create(resource: &Resource, object: &mut Value) {
+    match (resource.group, resource.kind) {
+        ("", "Pod") => pod_service_account(object.get_mut("spec")),
+        ("batch", "Job") => job_selector(object),
+        _ => {}
+    }
+}
+
+pub fn before_update(resource: &Resource, old: &Value, object: &mut Value) {
+    if let ("batch", "Job") = (resource.group, resource.kind) {
+        // The generated selector and labels survive a client that replaces
+        // the whole object without them.
+        if object.pointer("/spec/selector").is_none() {
+            if let Some(selector) = old.pointer("/spec/selector") {
+                set_path(object, &["spec", "selector"], selector.clone());
+            }
+        }
+    }
+}
+
+fn pod_service_account(spec: Option<&mut Value>) {
+    let Some(spec) = spec.and_then(Value::as_object_mut) else {
+        return;
+    };
+    let name = spec
+        .get("serviceAccountName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+        .or_else(|| spec.get("serviceAccount").and_then(Value::as_str))
+        .unwrap_or("default")
+        .to_string();
+    spec.insert("serviceAccountName".into(), json!(name));
+    spec.insert("serviceAccount".into(), json!(name));
+}
+
+/// Unless `manualSelector` is set, a Job selects its pods by its own uid.
+fn job_selector(object: &mut Value) {
+    if object.pointer("/spec/manualSelector") == Some(&json!(true)) {
+        return;
+    }
+    let uid = object
+        .pointer("/metadata/uid")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let name = crate::object::name(object).to_string();
+    set_path(
+        object,
+        &["spec", "selector"],
+        json!({"matchLabels": {"batch.kubernetes.io/controller-uid": uid}}),
+    );
+    for (key, value) in [
+        ("batch.kubernetes.io/controller-uid", &uid),
+        ("batch.kubernetes.io/job-name", &name),
+        ("controller-uid", &uid),
+        ("job-name", &name),
+    ] {
+        set_path(
+            object,
+            &["spec", "template", "metadata", "labels", key],
+            json!(value),
+        );
+    }
+}
+
+/// Sets a pod condition, moving lastTransitionTime only when the status
+/// changes.
+pub fn set_condition(
+    object: &mut Value,
+    kind: &str,
+    status: &str,
+    reason: Option<&str>,
+    message: Option<&str>,
+) {
+    let mut conditions = object
+        .pointer("/status/conditions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    let mut condition =
+        json!({"type": kind, "status": status, "lastProbeTime": null, "lastTransitionTime": now()});
+    if let Some(r) = reason {
+        condition["reason"] = json!(r);
+    }
+    if let Some(m) = message {
+        condition["message"] = json!(m);
+    }
+    match conditions
+        .iter_mut()
+        .find(|c| c.get("type").and_then(Value::as_str) == Some(kind))
+    {
+        Some(existing) => {
+            if existing.get("status").and_then(Value::as_str) == Some(status) {
+                condition["lastTransitionTime"] = existing["lastTransitionTime"].clone();
+            }
+            *existing = condition;
+        }
+        None => conditions.push(condition),
+    }
+    set_path(object, &["status", "conditions"], Value::Array(conditions));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn jobs_select_their_pods_by_uid() {
+        let jobs = crate::resources::find("batch", "v1", "jobs").unwrap();
+        let mut job =
+            json!({"metadata": {"name": "pi", "uid": "u-1"}, "spec": {"template": {"spec": {}}}});
+        before_create(jobs, &mut job);
+        assert_eq!(
+            job.pointer("/spec/selector/matchLabels/batch.kubernetes.io~1controller-uid"),
+            Some(&json!("u-1"))
+        );
+        assert_eq!(
+            job.pointer("/spec/template/metadata/labels/job-name"),
+            Some(&json!("pi"))
+        );
+    }
+
+    #[test]
+    fn conditions_keep_their_transition_time() {
+        let mut pod = json!({"status": {"conditions": [{"type": "Ready", "status": "True", "lastTransitionTime": "2020-01-01T00:00:00Z"}]}});
+        set_condition(&mut pod, "Ready", "True", None, None);
+        assert_eq!(
+            pod.pointer("/status/conditions/0/lastTransitionTime"),
+            Some(&json!("2020-01-01T00:00:00Z"))
+        );
+        set_condition(&mut pod, "PodScheduled", "True", None, None);
+        assert_eq!(
+            pod.pointer("/status/conditions")
+                .unwrap()
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
+    }
+}

@@ -1,0 +1,109 @@
+//! Namespace lifecycle inside the apiserver: the namespaces every cluster
+//! has (`default`, `kube-system`, `kube-public`, `kube-node-lease`, and the
+//! `kubernetes` Service in `default`), and the finalizer that empties a
+//! deleted namespace and then removes it.
+//!
+//! Every apiserver runs the finalizer; the work is idempotent (guarded
+//! deletes), so replicas racing on one namespace do no harm, and a namespace
+//! whose apiserver died mid-way is finished by the next pass.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::error::Result;
+use crate::resources::{self, RESOURCES};
+use crate::rest::Ctx;
+use crate::server::Api;
+use crate::storage::{Guard, Op};
+
+pub const SYSTEM_NAMESPACES: &[&str] =
+    &["default", "kube-system", "kube-public", "kube-node-lease"];
+
+pub async fn run(api: Arc<Api>) {
+    loop {
+        match bootstrap(&api).await {
+            Ok(()) => break,
+            Err(e) => {
+                tracing::warn!(error = %e.message, "cannot create the system namespaces yet; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    }
+    loop {
+        if let Err(e) = finalize(&api).await {
+            tracing::debug!(error = %e.message, "namespace finalizer pass failed");
+        }
+        tokio::select! {
+            () = api.namespaces_changed.notified() => {}
+            () = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+    }
+}
+
+async fn create_if_missing(api: &Api, mut ctx: Ctx, object: Value) -> Result<()> {
+    match crate::rest::create_internal(api, &mut ctx, object).await {
+        Ok(_) => Ok(()),
+        Err(e) if e.reason == "AlreadyExists" => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+async fn bootstrap(api: &Api) -> Result<()> {
+    let namespaces = resources::find("", "v1", "namespaces").expect("namespaces are served");
+    for name in SYSTEM_NAMESPACES {
+        let ctx = Ctx::internal(namespaces, None);
+        create_if_missing(api, ctx, json!({"metadata": {"name": name}})).await?;
+    }
+    let services = resources::find("", "v1", "services").expect("services are served");
+    let first = api.service_cidr.nth(1).to_string();
+    let service = json!({
+        "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
+        "spec": {"type": "ClusterIP", "clusterIP": first, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
+    });
+    create_if_missing(api, Ctx::internal(services, Some("default")), service).await
+}
+
+/// Empties and removes every namespace marked for deletion.
+async fn finalize(api: &Api) -> Result<()> {
+    let namespaces = resources::find("", "v1", "namespaces").expect("namespaces are served");
+    let listed = api.store.list(&namespaces.prefix(None), None, 0, 0).await?;
+    for kv in listed.kvs {
+        let Ok(object) = serde_json::from_slice::<Value>(&kv.value) else {
+            continue;
+        };
+        if object.pointer("/metadata/deletionTimestamp").is_none() {
+            continue;
+        }
+        let name = crate::object::name(&object).to_string();
+        tracing::info!(namespace = %name, "deleting the namespace's content");
+        for resource in RESOURCES.iter().filter(|r| r.namespaced) {
+            let prefix = resource.prefix(Some(&name));
+            let content = api.store.list(&prefix, None, 0, 0).await?;
+            for item in content.kvs {
+                let key = String::from_utf8_lossy(&item.key).into_owned();
+                let mut ops = vec![Op::Delete(key.clone())];
+                if let Ok(value) = serde_json::from_slice::<Value>(&item.value) {
+                    ops.extend(crate::allocate::on_delete(resource, &value));
+                }
+                api.store
+                    .txn(
+                        &key,
+                        vec![Guard::ModRevision(key.clone(), item.mod_revision)],
+                        ops,
+                    )
+                    .await?;
+            }
+        }
+        let key = namespaces.key(None, &name);
+        api.store
+            .txn(
+                &key,
+                vec![Guard::ModRevision(key.clone(), kv.mod_revision)],
+                vec![Op::Delete(key.clone())],
+            )
+            .await?;
+    }
+    Ok(())
+}

@@ -1,0 +1,273 @@
+//! DELETE of one object and of collections: preconditions, graceful pod
+//! deletion, finalizers and deletionTimestamp, namespace termination.
+
+use http::StatusCode;
+use serde_json::{json, Value};
+
+use super::read::{list_objects, load, Selectors, Stored};
+use super::Ctx;
+use crate::error::{ApiError, Result};
+use crate::object::{meta_mut, now};
+use crate::server::Api;
+use crate::storage::{Guard, Op, Written};
+
+/// DeleteOptions from the body and the query (the query wins, as kubectl
+/// sends both forms depending on the version).
+#[derive(Debug, Default)]
+struct Options {
+    grace_period: Option<i64>,
+    propagation: Option<String>,
+    uid: Option<String>,
+    resource_version: Option<String>,
+}
+
+fn options(ctx: &Ctx, body: &[u8]) -> Result<Options> {
+    let mut options = Options::default();
+    if !body.iter().all(u8::is_ascii_whitespace) {
+        let value = super::decode(ctx, body)
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {}", e.message)))?;
+        options.grace_period = value.get("gracePeriodSeconds").and_then(Value::as_i64);
+        options.propagation = value
+            .get("propagationPolicy")
+            .and_then(Value::as_str)
+            .map(String::from);
+        options.uid = value
+            .pointer("/preconditions/uid")
+            .and_then(Value::as_str)
+            .map(String::from);
+        options.resource_version = value
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+            .map(String::from);
+    }
+    if let Some(g) = ctx.param("gracePeriodSeconds") {
+        options.grace_period = Some(
+            g.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?,
+        );
+    }
+    if let Some(p) = ctx.param("propagationPolicy") {
+        options.propagation = Some(p.to_string());
+    }
+    if let Some(p) = options.propagation.as_deref() {
+        if !["Orphan", "Background", "Foreground"].contains(&p) {
+            return Err(ApiError::bad_request(format!(
+                "propagationPolicy: Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
+            )));
+        }
+    }
+    Ok(options)
+}
+
+pub async fn delete(api: &Api, ctx: &Ctx, body: bytes::Bytes) -> Result<(StatusCode, Value)> {
+    if ctx.sub.is_some() {
+        return Err(ApiError::method_not_allowed("DELETE"));
+    }
+    let name = ctx.name.clone().unwrap_or_default();
+    let current = load(api, ctx, &name).await?;
+    delete_loaded(api, ctx, current, &body).await
+}
+
+pub async fn delete_loaded(
+    api: &Api,
+    ctx: &Ctx,
+    current: Stored,
+    body: &[u8],
+) -> Result<(StatusCode, Value)> {
+    let options = options(ctx, body)?;
+    let name = crate::object::name(&current.object).to_string();
+    if let Some(uid) = &options.uid {
+        if current
+            .object
+            .pointer("/metadata/uid")
+            .and_then(Value::as_str)
+            != Some(uid)
+        {
+            return Err(ApiError::new(
+                409,
+                "Conflict",
+                format!("Operation cannot be fulfilled on {} \"{name}\": Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    ctx.resource.qualified(),
+                    current.object.pointer("/metadata/uid").and_then(Value::as_str).unwrap_or_default()),
+            ));
+        }
+    }
+    if let Some(rv) = &options.resource_version {
+        if *rv != current.revision.to_string() {
+            return Err(ApiError::conflict(ctx.resource, &name));
+        }
+    }
+    let resource = ctx.storage();
+    let mut object = current.object.clone();
+    let already_deleting = object.pointer("/metadata/deletionTimestamp").is_some();
+    let finalizers = object
+        .pointer("/metadata/finalizers")
+        .and_then(Value::as_array)
+        .is_some_and(|f| !f.is_empty());
+
+    if resource.kind == "Namespace" && resource.group.is_empty() {
+        if !already_deleting {
+            meta_mut(&mut object).insert("deletionTimestamp".into(), json!(now()));
+            object["status"] = json!({"phase": "Terminating"});
+            let stored = write_back(api, ctx, &current, object).await?;
+            api.namespaces_changed.notify_one();
+            return Ok((StatusCode::OK, stored));
+        }
+        return Ok((StatusCode::OK, object));
+    }
+
+    // A pod that a node runs is deleted gracefully: it gets a deletion
+    // timestamp, its agent stops it and then deletes it with grace 0.
+    let grace = if resource.kind == "Pod" && resource.group.is_empty() {
+        let scheduled = object
+            .pointer("/spec/nodeName")
+            .and_then(Value::as_str)
+            .is_some_and(|n| !n.is_empty());
+        let finished = matches!(
+            object.pointer("/status/phase").and_then(Value::as_str),
+            Some("Succeeded" | "Failed")
+        );
+        let default = object
+            .pointer("/spec/terminationGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(30);
+        if scheduled && !finished {
+            options.grace_period.unwrap_or(default).max(0)
+        } else {
+            0
+        }
+    } else {
+        0
+    };
+
+    if grace > 0 || finalizers {
+        if already_deleting {
+            // A second delete may only shorten the grace period.
+            let current_grace = object
+                .pointer("/metadata/deletionGracePeriodSeconds")
+                .and_then(Value::as_i64)
+                .unwrap_or(0);
+            if grace >= current_grace {
+                return Ok((StatusCode::OK, object));
+            }
+        }
+        let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
+        let meta = meta_mut(&mut object);
+        meta.insert(
+            "deletionTimestamp".into(),
+            json!(crate::object::format_time(at)),
+        );
+        meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+        if ctx.dry_run() {
+            return Ok((StatusCode::OK, object));
+        }
+        let stored = write_back(api, ctx, &current, object).await?;
+        return Ok((StatusCode::OK, stored));
+    }
+    if ctx.dry_run() {
+        return Ok((StatusCode::OK, object));
+    }
+    let removed = remove(api, ctx, current, object).await?;
+    Ok((StatusCode::OK, removed))
+}
+
+/// Writes a deletion mark over `current`.
+async fn write_back(api: &Api, ctx: &Ctx, current: &Stored, mut object: Value) -> Result<Value> {
+    let name = crate::object::name(&object).to_string();
+    let key = ctx.key(&name);
+    let ops = vec![Op::Put(key.clone(), super::write::encode(&object)?)];
+    match api
+        .store
+        .txn(
+            &key,
+            vec![Guard::ModRevision(key.clone(), current.revision)],
+            ops,
+        )
+        .await?
+    {
+        Written::Ok(revision) => {
+            meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
+            Ok(object)
+        }
+        Written::Failed(None) => Err(ApiError::not_found(ctx.resource, &name)),
+        Written::Failed(Some(_)) => Err(ApiError::conflict(ctx.resource, &name)),
+    }
+}
+
+/// Removes the object from the store (and what was allocated for it).
+pub async fn remove(api: &Api, ctx: &Ctx, current: Stored, mut object: Value) -> Result<Value> {
+    let name = crate::object::name(&current.object).to_string();
+    let key = ctx.key(&name);
+    let mut ops = vec![Op::Delete(key.clone())];
+    ops.extend(crate::allocate::on_delete(ctx.storage(), &current.object));
+    match api
+        .store
+        .txn(
+            &key,
+            vec![Guard::ModRevision(key.clone(), current.revision)],
+            ops,
+        )
+        .await?
+    {
+        Written::Ok(revision) => {
+            meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
+            Ok(object)
+        }
+        Written::Failed(None) => Err(ApiError::not_found(ctx.resource, &name)),
+        Written::Failed(Some(_)) => Err(ApiError::conflict(ctx.resource, &name)),
+    }
+}
+
+pub async fn delete_collection(
+    api: &Api,
+    ctx: &Ctx,
+    body: bytes::Bytes,
+) -> Result<(StatusCode, Value)> {
+    let selectors = Selectors::parse(ctx)?;
+    let (items, revision, _) = list_objects(api, ctx, &selectors, 0, None).await?;
+    let mut deleted = Vec::new();
+    for item in items {
+        let name = crate::object::name(&item).to_string();
+        let revision: i64 = item
+            .pointer("/metadata/resourceVersion")
+            .and_then(Value::as_str)
+            .and_then(|r| r.parse().ok())
+            .unwrap_or_default();
+        let item_ctx = Ctx {
+            resource: ctx.resource,
+            namespace: crate::object::namespace(&item).map(String::from),
+            name: Some(name),
+            sub: None,
+            query: ctx.query.clone(),
+            accept: ctx.accept.clone(),
+            content_type: ctx.content_type.clone(),
+            method: ctx.method.clone(),
+            warnings: Vec::new(),
+        };
+        match delete_loaded(
+            api,
+            &item_ctx,
+            Stored {
+                object: item,
+                revision,
+            },
+            &body,
+        )
+        .await
+        {
+            Ok((_, object)) => deleted.push(object),
+            // Gone or changed meanwhile: someone else dealt with it.
+            Err(e) if e.code == 404 || e.code == 409 => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok((
+        StatusCode::OK,
+        json!({
+            "kind": format!("{}List", ctx.resource.kind),
+            "apiVersion": ctx.resource.api_version(),
+            "metadata": {"resourceVersion": revision.to_string()},
+            "items": deleted,
+        }),
+    ))
+}

@@ -1,0 +1,386 @@
+//! Generic REST handlers: one dispatcher parses the path against the
+//! resource table and hands the request to the verb's handler.
+//!
+//! ```text
+//!   /api/v1[/namespaces/{ns}]/{plural}[/{name}[/{sub}]]
+//!   /apis/{group}/{version}[/namespaces/{ns}]/{plural}[/{name}[/{sub}]]
+//!        │
+//!        ├─ GET     get / list / watch          read.rs, watch.rs
+//!        ├─ POST    create, binding, eviction    write.rs
+//!        ├─ PUT     update (+status, +scale)     write.rs
+//!        ├─ PATCH   json / merge / strategic / apply   write.rs + patch/
+//!        └─ DELETE  delete, deletecollection     delete.rs
+//! ```
+
+mod delete;
+mod read;
+pub mod watch;
+mod write;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use http::{header, HeaderValue, Method, StatusCode};
+use serde_json::Value;
+
+use crate::error::{ApiError, Result};
+use crate::resources::{self, Resource, Sub};
+use crate::server::Api;
+
+/// Bodies larger than this are refused with 413, as Kubernetes does.
+pub const MAX_BODY: usize = 3 * 1024 * 1024;
+
+/// How the client wants objects back.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Accept {
+    Json,
+    Yaml,
+    /// Server-side printing (`as=Table`); the rows carry the object as
+    /// `None`, `Metadata` (the default) or `Object`.
+    Table {
+        include: String,
+    },
+}
+
+/// One parsed request.
+pub struct Ctx {
+    /// The resource as the client addressed it.
+    pub resource: &'static Resource,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    pub sub: Option<Sub>,
+    pub query: HashMap<String, String>,
+    pub accept: Accept,
+    pub content_type: String,
+    pub method: Method,
+    /// Warnings for the `Warning` header (unknown fields under Warn).
+    pub warnings: Vec<String>,
+}
+
+impl Ctx {
+    /// A context for the server's own writes (bootstrap objects).
+    pub fn internal(resource: &'static Resource, namespace: Option<&str>) -> Ctx {
+        Ctx {
+            resource,
+            namespace: namespace.map(String::from),
+            name: None,
+            sub: None,
+            query: HashMap::new(),
+            accept: Accept::Json,
+            content_type: "application/json".into(),
+            method: Method::POST,
+            warnings: Vec::new(),
+        }
+    }
+
+    pub fn param(&self, name: &str) -> Option<&str> {
+        self.query
+            .get(name)
+            .map(String::as_str)
+            .filter(|v| !v.is_empty())
+    }
+
+    pub fn flag(&self, name: &str) -> bool {
+        matches!(self.param(name), Some("true" | "1"))
+    }
+
+    pub fn dry_run(&self) -> bool {
+        self.param("dryRun") == Some("All")
+    }
+
+    /// The resource objects are stored as (autoscaling/v1 HPAs are stored
+    /// as v2).
+    pub fn storage(&self) -> &'static Resource {
+        crate::convert::storage_resource(self.resource)
+    }
+
+    pub fn key(&self, name: &str) -> String {
+        self.storage().key(self.namespace.as_deref(), name)
+    }
+}
+
+fn parse_accept(headers: &http::HeaderMap, query: &HashMap<String, String>) -> Accept {
+    let accept = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    // The first acceptable type wins, as the client ordered them.
+    for part in accept.split(',') {
+        let part = part.trim();
+        if part.contains("as=Table") && part.contains("g=meta.k8s.io") {
+            let include = query
+                .get("includeObject")
+                .cloned()
+                .unwrap_or_else(|| "Metadata".into());
+            return Accept::Table { include };
+        }
+        if part.starts_with("application/json") || part.starts_with("*/*") {
+            return Accept::Json;
+        }
+        if part.starts_with("application/yaml") {
+            return Accept::Yaml;
+        }
+    }
+    Accept::Json
+}
+
+/// What a request path names.
+#[derive(Debug)]
+struct Route {
+    resource: &'static Resource,
+    namespace: Option<String>,
+    name: Option<String>,
+    sub: Option<String>,
+}
+
+/// Splits a path into the resource it names.
+fn route(path: &str) -> Option<Route> {
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let (group, version, rest) = match segments.as_slice() {
+        ["api", version, rest @ ..] => ("", *version, rest),
+        ["apis", group, version, rest @ ..] => (*group, *version, rest),
+        _ => return None,
+    };
+    let namespaced =
+        |plural: &str| resources::find(group, version, plural).filter(|r| r.namespaced);
+    match rest {
+        ["namespaces", ns, plural, tail @ ..] if namespaced(plural).is_some() => {
+            let resource = namespaced(plural)?;
+            if tail.len() > 2 {
+                return None;
+            }
+            Some(Route {
+                resource,
+                namespace: Some(ns.to_string()),
+                name: tail.first().map(|s| s.to_string()),
+                sub: tail.get(1).map(|s| s.to_string()),
+            })
+        }
+        [plural, tail @ ..] if tail.len() <= 2 => {
+            let resource = resources::find(group, version, plural)?;
+            Some(Route {
+                resource,
+                namespace: None,
+                name: tail.first().map(|s| s.to_string()),
+                sub: tail.get(1).map(|s| s.to_string()),
+            })
+        }
+        _ => None,
+    }
+}
+
+pub async fn dispatch(State(api): State<Arc<Api>>, request: Request) -> Response {
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let span = tracing::debug_span!("request", %method, %path);
+    let _enter = span.enter();
+    match handle(api, request).await {
+        Ok(response) => response,
+        Err(error) => {
+            if error.code >= 500 {
+                tracing::warn!(%method, %path, code = error.code, message = %error.message, "request failed");
+            }
+            error.into_response()
+        }
+    }
+}
+
+async fn handle(api: Arc<Api>, request: Request) -> Result<Response> {
+    let (parts, body) = request.into_parts();
+    let Some(Route {
+        resource,
+        namespace,
+        name,
+        sub,
+    }) = route(parts.uri.path())
+    else {
+        return Err(ApiError::path_not_found());
+    };
+    let query: HashMap<String, String> =
+        serde_urlencoded::from_str(parts.uri.query().unwrap_or_default())
+            .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+    let sub = match sub {
+        None => None,
+        Some(s) => match Sub::parse(&s).filter(|s| resource.has(*s)) {
+            Some(sub) => Some(sub),
+            None => return Err(ApiError::path_not_found()),
+        },
+    };
+    if let (Some(ns), true) = (&namespace, resource.namespaced) {
+        if !crate::validation::is_dns1123_label(ns) {
+            return Err(ApiError::path_not_found());
+        }
+    }
+    let accept = parse_accept(&parts.headers, &query);
+    let content_type = parts
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("application/json")
+        .to_string();
+    let mut ctx = Ctx {
+        resource,
+        namespace,
+        name,
+        sub,
+        query,
+        accept,
+        content_type,
+        method: parts.method.clone(),
+        warnings: Vec::new(),
+    };
+    let watching = ctx.flag("watch");
+    let result = match (&parts.method, ctx.name.is_some()) {
+        (&Method::GET, false) if watching => return watch::serve(api, ctx).await,
+        (&Method::GET, false) => read::list(&api, &ctx).await,
+        (&Method::GET, true) => read::get(&api, &ctx).await,
+        (&Method::POST, false) => {
+            let body = read_body(body).await?;
+            write::create(&api, &mut ctx, body).await
+        }
+        (&Method::POST, true) => {
+            let body = read_body(body).await?;
+            write::post_subresource(&api, &mut ctx, body).await
+        }
+        (&Method::PUT, true) => {
+            let body = read_body(body).await?;
+            write::replace(&api, &mut ctx, body).await
+        }
+        (&Method::PATCH, true) => {
+            let body = read_body(body).await?;
+            write::patch(&api, &mut ctx, body).await
+        }
+        (&Method::DELETE, true) => {
+            let body = read_body(body).await?;
+            delete::delete(&api, &ctx, body).await
+        }
+        (&Method::DELETE, false) => {
+            let body = read_body(body).await?;
+            delete::delete_collection(&api, &ctx, body).await
+        }
+        (method, _) => Err(ApiError::method_not_allowed(method.as_str())),
+    };
+    let (code, object) = result?;
+    Ok(respond(&ctx, code, object))
+}
+
+/// Creates an object on the server's own behalf.
+pub async fn create_internal(api: &Api, ctx: &mut Ctx, mut object: Value) -> Result<Value> {
+    object["apiVersion"] = serde_json::json!(ctx.resource.api_version());
+    object["kind"] = serde_json::json!(ctx.resource.kind);
+    write::create_object(api, ctx, object).await
+}
+
+async fn read_body(body: Body) -> Result<bytes::Bytes> {
+    axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
+        let too_large = std::error::Error::source(&e)
+            .is_some_and(|s| s.to_string().contains("length limit"))
+            || e.to_string().contains("length limit");
+        if too_large {
+            ApiError::too_large()
+        } else {
+            ApiError::bad_request(format!("could not read the request body: {e}"))
+        }
+    })
+}
+
+/// Decodes a request body as JSON or YAML, by its content type.
+pub fn decode(ctx: &Ctx, body: &[u8]) -> Result<Value> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiError::bad_request("the request body is empty"));
+    }
+    let kind = ctx
+        .content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim();
+    let value: Value = match kind {
+        "application/yaml" | "application/apply-patch+yaml" | "text/yaml" => {
+            serde_norway::from_slice(body).map_err(|e| {
+                ApiError::bad_request(format!("error converting YAML to JSON: yaml: {e}"))
+            })?
+        }
+        "application/vnd.kubernetes.protobuf" => {
+            crate::protobuf::decode_object(body).map_err(|e| {
+                ApiError::bad_request(format!(
+                    "the body is not a valid Kubernetes protobuf object: {e}"
+                ))
+            })?
+        }
+        "application/json" | "" | "*/*" => serde_json::from_slice(body).map_err(|e| {
+            ApiError::bad_request(format!("json: cannot decode the request body: {e}"))
+        })?,
+        other => return Err(ApiError::unsupported_media_type(other)),
+    };
+    if !value.is_object() {
+        return Err(ApiError::bad_request(format!(
+            "the request body must be a JSON object, not {}",
+            match value {
+                Value::Array(_) => "an array",
+                Value::String(_) => "a string",
+                Value::Number(_) => "a number",
+                Value::Bool(_) => "a boolean",
+                _ => "null",
+            }
+        )));
+    }
+    Ok(value)
+}
+
+/// Writes `object` back in the format the client asked for.
+pub fn respond(ctx: &Ctx, code: StatusCode, object: Value) -> Response {
+    let object = crate::convert::to_served(ctx.resource, object);
+    let object = match &ctx.accept {
+        Accept::Table { include } if is_object_or_list(&object) => {
+            crate::table::table(ctx.resource, &object, include)
+        }
+        _ => object,
+    };
+    let mut response = match ctx.accept {
+        Accept::Yaml => {
+            let text = serde_norway::to_string(&object).unwrap_or_default();
+            (code, [(header::CONTENT_TYPE, "application/yaml")], text).into_response()
+        }
+        _ => (code, axum::Json(object)).into_response(),
+    };
+    for warning in &ctx.warnings {
+        if let Ok(value) = HeaderValue::from_str(&format!("299 - {warning:?}")) {
+            response.headers_mut().append(header::WARNING, value);
+        }
+    }
+    response
+}
+
+fn is_object_or_list(object: &Value) -> bool {
+    let kind = object
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    kind != "Status" && kind != "Scale"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_name_resources() {
+        let r = route("/api/v1/namespaces/default/pods/web/status").unwrap();
+        assert_eq!(r.resource.plural, "pods");
+        assert_eq!(r.namespace.as_deref(), Some("default"));
+        assert_eq!(r.name.as_deref(), Some("web"));
+        assert_eq!(r.sub.as_deref(), Some("status"));
+        let r = route("/api/v1/namespaces/default").unwrap();
+        assert_eq!(r.resource.plural, "namespaces");
+        assert_eq!(r.name.as_deref(), Some("default"));
+        let r = route("/apis/apps/v1/deployments").unwrap();
+        assert_eq!((r.resource.plural, r.namespace), ("deployments", None));
+        assert!(route("/apis/apps/v1/namespaces/x/nothing").is_none());
+        assert!(route("/api/v1/namespaces/x/pods/a/b/c").is_none());
+        assert!(route("/metrics").is_none());
+    }
+}

@@ -1,0 +1,331 @@
+//! The HTTPS server: configuration, routes, bearer-token authentication,
+//! and the accept loop (TLS, HTTP/1.1 and HTTP/2 with upgrades).
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::service::TowerToHyperService;
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Notify};
+use tokio::task::JoinHandle;
+
+use crate::allocate::{parse_port_range, Cidr};
+use crate::error::ApiError;
+use crate::storage::Store;
+use crate::{discovery, namespaces, openapi, rest, tls};
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct Config {
+    /// Store members (etcd v3 API) to use, comma-separated; any of them may
+    /// be down.
+    #[arg(
+        long,
+        env = "SHOAL_ETCD_SERVERS",
+        value_delimiter = ',',
+        required = true
+    )]
+    pub etcd_servers: Vec<String>,
+    /// Address to listen on.
+    #[arg(long, env = "SHOAL_BIND_ADDRESS", default_value = "0.0.0.0")]
+    pub bind_address: String,
+    /// Port for HTTPS (0 picks a free one).
+    #[arg(long, env = "SHOAL_SECURE_PORT", default_value_t = 6443)]
+    pub secure_port: u16,
+    /// Range that Service cluster IPs are allocated from.
+    #[arg(
+        long,
+        env = "SHOAL_SERVICE_CLUSTER_IP_RANGE",
+        default_value = "10.96.0.0/12"
+    )]
+    pub service_cluster_ip_range: String,
+    /// Range that NodePorts are allocated from.
+    #[arg(
+        long,
+        env = "SHOAL_SERVICE_NODE_PORT_RANGE",
+        default_value = "30000-32767"
+    )]
+    pub service_node_port_range: String,
+    /// Serving certificate (PEM, may include the chain). Without it, a
+    /// cluster CA and a certificate are generated into the data dir.
+    #[arg(long, env = "SHOAL_TLS_CERT_FILE", requires = "tls_private_key_file")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// Private key of `--tls-cert-file` (PEM).
+    #[arg(long, env = "SHOAL_TLS_PRIVATE_KEY_FILE", requires = "tls_cert_file")]
+    pub tls_private_key_file: Option<PathBuf>,
+    /// Bearer tokens, one per line as `token,user,uid[,"group1,group2"]`.
+    /// Without it every request is allowed (a warning is logged).
+    #[arg(long, env = "SHOAL_TOKEN_AUTH_FILE")]
+    pub token_auth_file: Option<PathBuf>,
+    /// Extra names and addresses the generated serving certificate is valid
+    /// for, comma-separated.
+    #[arg(long, env = "SHOAL_TLS_SAN", value_delimiter = ',')]
+    pub tls_san: Vec<String>,
+    /// Where generated certificates are kept.
+    #[arg(
+        long,
+        env = "SHOAL_APISERVER_DATA_DIR",
+        default_value = "/var/lib/shoal/apiserver"
+    )]
+    pub data_dir: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    #[error(transparent)]
+    Store(#[from] crate::storage::Error),
+    #[error(transparent)]
+    Tls(#[from] tls::Error),
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the token file {path}: {source}")]
+    Tokens {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Shared by every request.
+pub struct Api {
+    pub store: Store,
+    pub service_cidr: Cidr,
+    pub node_ports: (u16, u16),
+    /// Bearer token → user name; `None` when authentication is off.
+    pub tokens: Option<HashMap<String, String>>,
+    /// Wakes the namespace finalizer when a namespace is deleted.
+    pub namespaces_changed: Notify,
+}
+
+/// A running apiserver.
+pub struct Running {
+    pub addr: SocketAddr,
+    /// PEM of the CA that signed the serving certificate, when generated.
+    pub ca_pem: Option<String>,
+    pub api: Arc<Api>,
+    shutdown: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl Running {
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        for task in self.tasks {
+            task.abort();
+            let _ = task.await;
+        }
+    }
+}
+
+/// Parses a token file as kube-apiserver's `--token-auth-file`.
+pub fn parse_tokens(text: &str) -> HashMap<String, String> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .filter_map(|line| {
+            let mut fields = line.split(',');
+            let token = fields.next()?.trim().to_string();
+            let user = fields.next()?.trim().to_string();
+            (!token.is_empty()).then_some((token, user))
+        })
+        .collect()
+}
+
+async fn authenticate(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let open = matches!(path, "/healthz" | "/livez" | "/readyz");
+    if let (Some(tokens), false) = (&api.tokens, open) {
+        let token = request
+            .headers()
+            .get(http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .map(str::trim);
+        if !token.is_some_and(|t| tokens.contains_key(t)) {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(request).await
+}
+
+async fn healthy() -> &'static str {
+    "ok"
+}
+
+async fn ready(State(api): State<Arc<Api>>) -> Response {
+    match tokio::time::timeout(Duration::from_secs(3), api.store.revision()).await {
+        Ok(Ok(_)) => "ok".into_response(),
+        Ok(Err(e)) => (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            format!("[-]etcd failed: {e}\nreadyz check failed"),
+        )
+            .into_response(),
+        Err(_) => (
+            http::StatusCode::SERVICE_UNAVAILABLE,
+            "[-]etcd failed: timed out\nreadyz check failed",
+        )
+            .into_response(),
+    }
+}
+
+pub fn router(api: Arc<Api>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthy))
+        .route("/livez", get(healthy))
+        .route("/readyz", get(ready))
+        .route("/version", get(discovery::version))
+        .route("/api", get(discovery::api))
+        .route("/api/", get(discovery::api))
+        .route("/apis", get(discovery::apis))
+        .route("/apis/", get(discovery::apis))
+        .route("/api/{version}", get(discovery::core_version))
+        .route("/apis/{group}", get(discovery::group))
+        .route("/apis/{group}/{version}", get(discovery::group_version))
+        .route("/openapi/v3", get(openapi::root))
+        .route("/openapi/v3/api/{version}", get(openapi::core))
+        .route("/openapi/v3/apis/{group}/{version}", get(openapi::group))
+        .fallback(rest::dispatch)
+        .layer(middleware::from_fn_with_state(api.clone(), authenticate))
+        .with_state(api)
+}
+
+pub async fn start(config: Config) -> Result<Running, StartError> {
+    let service_cidr = Cidr::parse(&config.service_cluster_ip_range).map_err(StartError::Config)?;
+    let node_ports =
+        parse_port_range(&config.service_node_port_range).map_err(StartError::Config)?;
+    let store = Store::new(&config.etcd_servers)?;
+    let tokens = match &config.token_auth_file {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|source| StartError::Tokens {
+                path: path.clone(),
+                source,
+            })?;
+            Some(parse_tokens(&text))
+        }
+        None => {
+            tracing::warn!("no --token-auth-file: every request is allowed without authentication");
+            None
+        }
+    };
+    let (cert, key, ca_pem) = match (&config.tls_cert_file, &config.tls_private_key_file) {
+        (Some(cert), Some(key)) => (cert.clone(), key.clone(), None),
+        _ => {
+            let files = tls::Files::in_dir(&config.data_dir);
+            let mut extra = config.tls_san.clone();
+            extra.push(config.bind_address.clone());
+            tls::ensure_generated(&files, &tls::default_names(&extra))?;
+            let ca = std::fs::read_to_string(&files.ca_cert).map_err(|source| tls::Error::Io {
+                path: files.ca_cert.clone(),
+                source,
+            })?;
+            (files.cert, files.key, Some(ca))
+        }
+    };
+    let tls_config = tls::server_config(&cert, &key)?;
+    let addr = format!("{}:{}", config.bind_address, config.secure_port);
+    let listener = TcpListener::bind(&addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            addr: addr.clone(),
+            source,
+        })?;
+    let local = listener
+        .local_addr()
+        .map_err(|source| StartError::Bind { addr, source })?;
+    let api = Arc::new(Api {
+        store,
+        service_cidr,
+        node_ports,
+        tokens,
+        namespaces_changed: Notify::new(),
+    });
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let tasks = vec![
+        tokio::spawn(accept_loop(
+            listener,
+            tls_config,
+            router(api.clone()),
+            shutdown_rx,
+        )),
+        tokio::spawn(namespaces::run(api.clone())),
+    ];
+    tracing::info!(%local, "apiserver listening");
+    Ok(Running {
+        addr: local,
+        ca_pem,
+        api,
+        shutdown,
+        tasks,
+    })
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    router: Router,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+    loop {
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(pair) => pair,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.changed() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let service = TowerToHyperService::new(router.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => return,
+            };
+            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+            if let Err(e) = builder
+                .serve_connection_with_upgrades(TokioIo::new(tls), service)
+                .await
+            {
+                tracing::debug!(%peer, error = %e, "connection ended");
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn token_files_like_kube_apiserver() {
+        let tokens = parse_tokens("# comment\nabc,admin,1,\"system:masters\"\n\nxyz,bob,2\n");
+        assert_eq!(tokens.get("abc").map(String::as_str), Some("admin"));
+        assert_eq!(tokens.get("xyz").map(String::as_str), Some("bob"));
+        assert_eq!(tokens.len(), 2);
+    }
+}

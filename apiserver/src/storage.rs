@@ -1,0 +1,482 @@
+//! The apiserver's view of the store: an etcd v3 client over tonic that fails
+//! over between the configured endpoints (any of them may be down), and the
+//! few operations the REST layer is built from.
+//!
+//! Every write is a `Txn` guarded by a compare on the key's revision, which is
+//! how Kubernetes gets optimistic concurrency out of etcd: create requires
+//! `create_revision == 0`, update and delete require `mod_revision == rv`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use futures::Stream;
+use shoal_store::proto::etcdserverpb::{
+    compare, kv_client::KvClient, request_op, watch_client::WatchClient, watch_request, Compare,
+    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
+    WatchRequest,
+};
+use shoal_store::proto::mvccpb::{event::EventType, KeyValue};
+use tonic::transport::{Channel, Endpoint};
+use tonic::Code;
+
+/// How long one unary call may take before the next endpoint is tried.
+const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request keeps trying endpoints before it gives up.
+const RETRY_BUDGET: Duration = Duration::from_secs(12);
+/// Largest message the store accepts from us or sends back (a list).
+const MAX_MESSAGE: usize = 512 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("invalid store endpoint {url:?}: {reason}")]
+    BadEndpoint { url: String, reason: String },
+    #[error("the store is unavailable: {0}")]
+    Unavailable(String),
+    #[error("the requested resource version {requested} has been compacted (oldest available is {compacted})")]
+    Compacted { requested: i64, compacted: i64 },
+    #[error("the requested resource version {requested} is newer than the store's {current}")]
+    FutureRevision { requested: i64, current: i64 },
+    #[error("store error: {0}")]
+    Other(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// The outcome of a guarded write.
+#[derive(Debug)]
+pub enum Written {
+    /// Applied at this revision.
+    Ok(i64),
+    /// A guard failed; the key's current value, if it exists.
+    Failed(Option<KeyValue>),
+}
+
+#[derive(Debug, Clone)]
+pub struct Listed {
+    pub kvs: Vec<KeyValue>,
+    pub more: bool,
+    /// The store revision the list was read at.
+    pub revision: i64,
+}
+
+/// One change seen by a watch.
+#[derive(Debug, Clone)]
+pub enum Change {
+    Put {
+        kv: KeyValue,
+        prev: Option<KeyValue>,
+    },
+    Delete {
+        kv: KeyValue,
+        prev: Option<KeyValue>,
+    },
+    /// Nothing changed up to this revision (a progress notification).
+    Progress(i64),
+}
+
+pub struct Store {
+    endpoints: Vec<String>,
+    channels: Vec<Channel>,
+    current: AtomicUsize,
+}
+
+/// The end of the key range holding every key that starts with `prefix`.
+pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+fn retryable(status: &tonic::Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::DeadlineExceeded | Code::Cancelled
+    )
+}
+
+impl Store {
+    pub fn new(endpoints: &[String]) -> Result<Store> {
+        if endpoints.is_empty() {
+            return Err(Error::BadEndpoint {
+                url: String::new(),
+                reason: "no --etcd-servers given".into(),
+            });
+        }
+        let mut channels = Vec::new();
+        for url in endpoints {
+            let with_scheme = if url.contains("://") {
+                url.clone()
+            } else {
+                format!("http://{url}")
+            };
+            let endpoint = Endpoint::from_shared(with_scheme).map_err(|e| Error::BadEndpoint {
+                url: url.clone(),
+                reason: e.to_string(),
+            })?;
+            let channel = endpoint
+                .connect_timeout(Duration::from_secs(1))
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(5))
+                .keep_alive_timeout(Duration::from_secs(3))
+                .connect_lazy();
+            channels.push(channel);
+        }
+        Ok(Store {
+            endpoints: endpoints.to_vec(),
+            channels,
+            current: AtomicUsize::new(0),
+        })
+    }
+
+    fn kv(&self, index: usize) -> KvClient<Channel> {
+        KvClient::new(self.channels[index % self.channels.len()].clone())
+            .max_decoding_message_size(MAX_MESSAGE)
+            .max_encoding_message_size(MAX_MESSAGE)
+    }
+
+    /// Runs `call` against the current endpoint, moving on to the next one
+    /// when it is unreachable, until the retry budget is spent.
+    async fn with_retry<T, F, Fut>(&self, mut call: F) -> Result<T>
+    where
+        F: FnMut(KvClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        let deadline = tokio::time::Instant::now() + RETRY_BUDGET;
+        loop {
+            let index = self.current.load(Ordering::Relaxed);
+            let last = match tokio::time::timeout(CALL_TIMEOUT, call(self.kv(index))).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(status)) if !retryable(&status) => {
+                    return Err(classify(status));
+                }
+                Ok(Err(status)) => status.message().to_string(),
+                Err(_) => "timed out".to_string(),
+            };
+            tracing::debug!(endpoint = %self.endpoints[index % self.endpoints.len()], error = %last, "store endpoint failed; trying the next");
+            let _ = self.current.compare_exchange(
+                index,
+                (index + 1) % self.channels.len(),
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            );
+            if tokio::time::Instant::now() >= deadline {
+                return Err(Error::Unavailable(last));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
+        let request = RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let response = self
+            .with_retry(|mut kv| {
+                let request = request.clone();
+                async move { kv.range(request).await }
+            })
+            .await?
+            .into_inner();
+        Ok(response.kvs.into_iter().next())
+    }
+
+    /// Keys under `prefix` from `start` (inclusive; `None` = the prefix
+    /// itself), at most `limit` of them (0 = all), at `revision` (0 = now).
+    pub async fn list(
+        &self,
+        prefix: &str,
+        start: Option<&[u8]>,
+        limit: i64,
+        revision: i64,
+    ) -> Result<Listed> {
+        let request = RangeRequest {
+            key: start.unwrap_or(prefix.as_bytes()).to_vec(),
+            range_end: prefix_end(prefix.as_bytes()),
+            limit,
+            revision,
+            ..Default::default()
+        };
+        let response = self
+            .with_retry(|mut kv| {
+                let request = request.clone();
+                async move { kv.range(request).await }
+            })
+            .await?
+            .into_inner();
+        Ok(Listed {
+            kvs: response.kvs,
+            more: response.more,
+            revision: response.header.map(|h| h.revision).unwrap_or_default(),
+        })
+    }
+
+    /// The store's current revision.
+    pub async fn revision(&self) -> Result<i64> {
+        let request = RangeRequest {
+            key: b"/registry/shoal/revision".to_vec(),
+            count_only: true,
+            ..Default::default()
+        };
+        let response = self
+            .with_retry(|mut kv| {
+                let request = request.clone();
+                async move { kv.range(request).await }
+            })
+            .await?
+            .into_inner();
+        Ok(response.header.map(|h| h.revision).unwrap_or_default())
+    }
+
+    /// Applies `ops` if every guard holds; otherwise reads `key` back.
+    pub async fn txn(&self, key: &str, guards: Vec<Guard>, ops: Vec<Op>) -> Result<Written> {
+        let request = TxnRequest {
+            compare: guards.into_iter().map(Guard::into_compare).collect(),
+            success: ops.into_iter().map(Op::into_request).collect(),
+            failure: vec![RequestOp {
+                request: Some(request_op::Request::RequestRange(RangeRequest {
+                    key: key.as_bytes().to_vec(),
+                    ..Default::default()
+                })),
+            }],
+        };
+        let response = self
+            .with_retry(|mut kv| {
+                let request = request.clone();
+                async move { kv.txn(request).await }
+            })
+            .await?
+            .into_inner();
+        let revision = response.header.map(|h| h.revision).unwrap_or_default();
+        if response.succeeded {
+            return Ok(Written::Ok(revision));
+        }
+        let current = response
+            .responses
+            .into_iter()
+            .find_map(|r| match r.response {
+                Some(shoal_store::proto::etcdserverpb::response_op::Response::ResponseRange(
+                    range,
+                )) => range.kvs.into_iter().next(),
+                _ => None,
+            });
+        Ok(Written::Failed(current))
+    }
+
+    /// Watches every key under `prefix` from `start` (inclusive). The stream
+    /// ends with an error when the store cancels the watch (compaction).
+    pub async fn watch(
+        &self,
+        prefix: &str,
+        start: i64,
+    ) -> Result<impl Stream<Item = Result<Vec<Change>>> + Send + 'static> {
+        let create = WatchRequest {
+            request_union: Some(watch_request::RequestUnion::CreateRequest(
+                WatchCreateRequest {
+                    key: prefix.as_bytes().to_vec(),
+                    range_end: prefix_end(prefix.as_bytes()),
+                    start_revision: start,
+                    progress_notify: true,
+                    prev_kv: true,
+                    ..Default::default()
+                },
+            )),
+        };
+        let deadline = tokio::time::Instant::now() + RETRY_BUDGET;
+        let (mut responses, requests) = loop {
+            let index = self.current.load(Ordering::Relaxed);
+            let mut client = WatchClient::new(self.channels[index].clone())
+                .max_decoding_message_size(MAX_MESSAGE);
+            // The sender stays alive as long as the stream: dropping it
+            // would end the watch from our side.
+            let (tx, rx) = tokio::sync::mpsc::channel::<WatchRequest>(4);
+            let _ = tx.send(create.clone()).await;
+            let opened = tokio::time::timeout(
+                CALL_TIMEOUT,
+                client.watch(tokio_stream::wrappers::ReceiverStream::new(rx)),
+            )
+            .await;
+            match opened {
+                Ok(Ok(stream)) => break (stream.into_inner(), tx),
+                Ok(Err(status)) if !retryable(&status) => return Err(classify(status)),
+                Ok(Err(_)) | Err(_) => {
+                    let _ = self.current.compare_exchange(
+                        index,
+                        (index + 1) % self.channels.len(),
+                        Ordering::Relaxed,
+                        Ordering::Relaxed,
+                    );
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(Error::Unavailable("no store endpoint answers".into()));
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            }
+        };
+        // The first response confirms the watch (or refuses it).
+        match responses.message().await {
+            Ok(Some(first)) if first.created && !first.canceled => {}
+            Ok(Some(first)) if first.compact_revision > 0 => {
+                return Err(Error::Compacted {
+                    requested: start,
+                    compacted: first.compact_revision,
+                })
+            }
+            Ok(Some(first)) => {
+                let revision = first.header.map(|h| h.revision).unwrap_or_default();
+                if start > revision + 1 {
+                    return Err(Error::FutureRevision {
+                        requested: start - 1,
+                        current: revision,
+                    });
+                }
+                return Err(Error::Other(first.cancel_reason));
+            }
+            Ok(None) => return Err(Error::Unavailable("watch stream closed".into())),
+            Err(status) => return Err(classify(status)),
+        }
+        Ok(async_stream(responses, requests, start))
+    }
+}
+
+fn async_stream(
+    responses: tonic::Streaming<shoal_store::proto::etcdserverpb::WatchResponse>,
+    requests: tokio::sync::mpsc::Sender<WatchRequest>,
+    start: i64,
+) -> impl Stream<Item = Result<Vec<Change>>> + Send + 'static {
+    futures::stream::unfold(Some((responses, requests)), move |state| async move {
+        let (mut responses, requests) = state?;
+        match responses.message().await {
+            Ok(Some(response)) => {
+                if response.canceled {
+                    let error = if response.compact_revision > 0 {
+                        Error::Compacted {
+                            requested: start,
+                            compacted: response.compact_revision,
+                        }
+                    } else {
+                        Error::Other(response.cancel_reason)
+                    };
+                    return Some((Err(error), None));
+                }
+                let revision = response.header.map(|h| h.revision).unwrap_or_default();
+                let changes = if response.events.is_empty() {
+                    vec![Change::Progress(revision)]
+                } else {
+                    response
+                        .events
+                        .into_iter()
+                        .filter_map(|event| {
+                            let kv = event.kv?;
+                            let prev = event.prev_kv;
+                            Some(if event.r#type == EventType::Delete as i32 {
+                                Change::Delete { kv, prev }
+                            } else {
+                                Change::Put { kv, prev }
+                            })
+                        })
+                        .collect()
+                };
+                Some((Ok(changes), Some((responses, requests))))
+            }
+            Ok(None) => Some((
+                Err(Error::Unavailable("the store closed the watch".into())),
+                None,
+            )),
+            Err(status) => Some((Err(classify(status)), None)),
+        }
+    })
+}
+
+fn classify(status: tonic::Status) -> Error {
+    let message = status.message().to_string();
+    if message.contains("compacted") {
+        return Error::Compacted {
+            requested: 0,
+            compacted: 0,
+        };
+    }
+    if message.contains("future rev") {
+        return Error::FutureRevision {
+            requested: 0,
+            current: 0,
+        };
+    }
+    match status.code() {
+        Code::Unavailable | Code::DeadlineExceeded => Error::Unavailable(message),
+        _ => Error::Other(message),
+    }
+}
+
+/// A condition a guarded write checks.
+#[derive(Debug, Clone)]
+pub enum Guard {
+    /// The key does not exist.
+    Absent(String),
+    /// The key was last modified at this revision.
+    ModRevision(String, i64),
+}
+
+impl Guard {
+    fn into_compare(self) -> Compare {
+        match self {
+            Guard::Absent(key) => Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Create as i32,
+                key: key.into_bytes(),
+                target_union: Some(compare::TargetUnion::CreateRevision(0)),
+                range_end: vec![],
+            },
+            Guard::ModRevision(key, revision) => Compare {
+                result: compare::CompareResult::Equal as i32,
+                target: compare::CompareTarget::Mod as i32,
+                key: key.into_bytes(),
+                target_union: Some(compare::TargetUnion::ModRevision(revision)),
+                range_end: vec![],
+            },
+        }
+    }
+}
+
+/// A write inside a guarded transaction.
+#[derive(Debug, Clone)]
+pub enum Op {
+    Put(String, Vec<u8>),
+    Delete(String),
+}
+
+impl Op {
+    fn into_request(self) -> RequestOp {
+        let request = match self {
+            Op::Put(key, value) => request_op::Request::RequestPut(PutRequest {
+                key: key.into_bytes(),
+                value,
+                ..Default::default()
+            }),
+            Op::Delete(key) => request_op::Request::RequestDeleteRange(DeleteRangeRequest {
+                key: key.into_bytes(),
+                ..Default::default()
+            }),
+        };
+        RequestOp {
+            request: Some(request),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_increments_the_last_byte() {
+        assert_eq!(prefix_end(b"/registry/pods/"), b"/registry/pods0".to_vec());
+        assert_eq!(prefix_end(b"a\xff"), b"b".to_vec());
+        assert_eq!(prefix_end(b"\xff"), vec![0]);
+    }
+}

@@ -1,0 +1,181 @@
+//! Serving certificates. By default the apiserver makes a cluster CA and a
+//! serving certificate signed by it on first start (kept in the data dir
+//! and reused afterwards); `--tls-cert-file`/`--tls-private-key-file` give
+//! them instead.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot make a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{path} holds no usable {what}")]
+    Pem { path: PathBuf, what: &'static str },
+    #[error("the certificate and key do not work together: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where the generated files live in the data dir.
+pub struct Files {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Files {
+    pub fn in_dir(dir: &Path) -> Files {
+        Files {
+            ca_cert: dir.join("ca.crt"),
+            ca_key: dir.join("ca.key"),
+            cert: dir.join("apiserver.crt"),
+            key: dir.join("apiserver.key"),
+        }
+    }
+}
+
+fn write(path: &Path, text: &str, private: bool) -> Result<()> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    std::fs::write(path, text).map_err(io)?;
+    if private {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+    }
+    Ok(())
+}
+
+/// Makes the CA and serving certificate unless they exist already.
+pub fn ensure_generated(files: &Files, names: &[String]) -> Result<()> {
+    if files.ca_cert.exists() && files.cert.exists() && files.key.exists() {
+        return Ok(());
+    }
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name.push(DnType::CommonName, "shoal-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    ca.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    let ca_cert = ca.self_signed(&ca_key)?;
+
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(names.to_vec())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let issuer = Issuer::from_params(&ca, &ca_key);
+    let cert = params.signed_by(&key, &issuer)?;
+
+    write(&files.ca_cert, &ca_cert.pem(), false)?;
+    write(&files.ca_key, &ca_key.serialize_pem(), true)?;
+    write(&files.key, &key.serialize_pem(), true)?;
+    write(
+        &files.cert,
+        &format!("{}{}", cert.pem(), ca_cert.pem()),
+        false,
+    )?;
+    Ok(())
+}
+
+/// The names a locally generated serving certificate is valid for.
+pub fn default_names(extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = [
+        "localhost",
+        "127.0.0.1",
+        "::1",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        "10.96.0.1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
+        let host = host.trim();
+        if !host.is_empty() {
+            names.push(host.to_string());
+        }
+    }
+    for name in extra {
+        if !name.is_empty() && name != "0.0.0.0" && !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
+pub fn server_config(cert: &Path, key: &Path) -> Result<Arc<rustls::ServerConfig>> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let cert_pem = read(cert)?;
+    let key_pem = read(key)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .filter_map(|c| c.ok())
+        .collect();
+    if certs.is_empty() {
+        return Err(Error::Pem {
+            path: cert.to_path_buf(),
+            what: "certificate",
+        });
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .ok()
+        .flatten()
+        .ok_or_else(|| Error::Pem {
+            path: key.to_path_buf(),
+            what: "private key",
+        })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certificates_load_and_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files::in_dir(dir.path());
+        ensure_generated(&files, &default_names(&[])).unwrap();
+        server_config(&files.cert, &files.key).unwrap();
+        let before = std::fs::read(&files.ca_cert).unwrap();
+        ensure_generated(&files, &default_names(&[])).unwrap();
+        assert_eq!(before, std::fs::read(&files.ca_cert).unwrap());
+    }
+}

@@ -1,0 +1,256 @@
+//! Harness for the Kubernetes API: `shoal up` as a real process, driven by
+//! the real kubectl (a plain 1.32 client) and curl. The cluster is stopped
+//! when dropped.
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use tempfile::TempDir;
+
+/// A plain kubectl 1.32 (not the dispatcher at /usr/bin/kubectl).
+pub const KUBECTL: &str = "/usr/lib/google-cloud-sdk/bin/kubectl.1.32";
+
+pub fn manifest(name: &str) -> String {
+    format!("{}/../tests/manifests/{name}", env!("CARGO_MANIFEST_DIR"))
+}
+
+pub struct ShoalUp {
+    pub dir: TempDir,
+    child: Option<Child>,
+    pub kubeconfig: PathBuf,
+}
+
+impl ShoalUp {
+    pub fn start() -> ShoalUp {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut up = ShoalUp {
+            kubeconfig: dir.path().join("kubeconfig"),
+            dir,
+            child: None,
+        };
+        up.spawn();
+        up
+    }
+
+    /// Starts `shoal up` on the data dir and waits until kubectl can talk
+    /// to it.
+    pub fn spawn(&mut self) {
+        let _ = std::fs::remove_file(&self.kubeconfig);
+        let log = std::fs::File::create(self.dir.path().join("up.log")).expect("log file");
+        let child = Command::new(super::SHOAL)
+            .args(["up", "--port", "0", "--data-dir"])
+            .arg(self.dir.path())
+            .env("RUST_LOG", "info,openraft=warn")
+            .stdout(log.try_clone().expect("log file"))
+            .stderr(log)
+            .spawn()
+            .expect("start shoal up");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            if self.kubeconfig.exists()
+                && self.kubectl(&["get", "--raw", "/readyz"]).status.success()
+            {
+                // The system namespaces are created right after start-up.
+                if self
+                    .kubectl(&["get", "namespace", "kube-system"])
+                    .status
+                    .success()
+                {
+                    return;
+                }
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("shoal up exited with {status}:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "shoal up not ready in 60 s:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default()
+    }
+
+    /// SIGTERM, then waits for a clean exit.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(child.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                return child.wait().ok();
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        self.kubectl_with(args, None, &[])
+    }
+
+    pub fn kubectl_with(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
+        let mut command = Command::new(KUBECTL);
+        command
+            .args(args)
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env("HOME", self.dir.path())
+            .envs(env.iter().copied())
+            .stdin(if stdin.is_some() {
+                Stdio::piped()
+            } else {
+                Stdio::null()
+            })
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let mut child = command.spawn().expect("run kubectl");
+        if let Some(input) = stdin {
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(input.as_bytes())
+                .expect("write stdin");
+        }
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    /// Runs kubectl, expecting success; returns stdout.
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// Runs kubectl, expecting failure; returns stderr.
+    pub fn fails(&self, args: &[&str]) -> String {
+        let out = self.kubectl(args);
+        assert!(
+            !out.status.success(),
+            "kubectl {args:?} should have failed:\n{}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        String::from_utf8_lossy(&out.stderr).into_owned()
+    }
+
+    pub fn server(&self) -> String {
+        let config = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
+        config
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("server: "))
+            .expect("server in kubeconfig")
+            .to_string()
+    }
+
+    pub fn token(&self) -> String {
+        let config = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
+        config
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("token: "))
+            .expect("token in kubeconfig")
+            .to_string()
+    }
+
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.path().join("apiserver").join("ca.crt")
+    }
+
+    /// A raw HTTPS request with curl: (status code, body).
+    pub fn curl(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Option<&[u8]>,
+    ) -> (u16, String) {
+        self.curl_as(method, path, content_type, body, Some(&self.token()))
+    }
+
+    pub fn curl_as(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        body: Option<&[u8]>,
+        token: Option<&str>,
+    ) -> (u16, String) {
+        let body_file = self.dir.path().join(format!("body-{}", rand_suffix()));
+        let mut command = Command::new("curl");
+        command
+            .args(["-sS", "-X", method, "--cacert"])
+            .arg(self.ca_file())
+            .args(["-H", &format!("Content-Type: {content_type}")])
+            .args(["-w", "\n%{http_code}"]);
+        if let Some(token) = token {
+            command.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        if let Some(body) = body {
+            std::fs::write(&body_file, body).expect("write body");
+            command
+                .arg("--data-binary")
+                .arg(format!("@{}", body_file.display()));
+        }
+        command.arg(format!("{}{path}", self.server()));
+        let out = command.output().expect("run curl");
+        let _ = std::fs::remove_file(&body_file);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.trim().parse().unwrap_or(0), body.to_string())
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+fn rand_suffix() -> u64 {
+    use rand::Rng;
+    rand::thread_rng().gen()
+}
+
+impl Drop for ShoalUp {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- shoal up log ---\n{}", self.log());
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// Polls `check` until it returns true or `timeout` passes.
+pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if check() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    check()
+}

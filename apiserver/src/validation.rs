@@ -223,30 +223,35 @@ fn replicas(spec: &Value, causes: &mut Vec<Cause>) {
 
 /// A workload's selector must exist and select its template's labels.
 fn selector_matches_template(spec: &Value, causes: &mut Vec<Cause>) {
-    let Some(selector) = spec.get("selector").filter(|s| !s.is_null()) else {
-        causes.push(Cause::required("spec.selector"));
-        return;
-    };
     let labels = spec
         .pointer("/template/metadata/labels")
         .and_then(Value::as_object);
-    let matches = match crate::selectors::from_label_selector(selector) {
-        Some(s) if !s.is_empty() => s.matches(labels),
-        _ => {
-            causes.push(Cause::invalid(
-                "spec.selector",
-                selector,
-                "empty selector is invalid for deployment",
-            ));
-            return;
-        }
-    };
-    if !matches {
-        causes.push(Cause::invalid(
+    let mismatch = || {
+        Cause::invalid(
             "spec.template.metadata.labels",
             &Value::Object(labels.cloned().unwrap_or_default()),
             "`selector` does not match template `labels`",
-        ));
+        )
+    };
+    let selector = spec
+        .get("selector")
+        .filter(|s| s.as_object().is_some_and(|m| !m.is_empty()));
+    let Some(selector) = selector else {
+        causes.push(Cause::required("spec.selector"));
+        causes.push(mismatch());
+        return;
+    };
+    match crate::selectors::from_label_selector(selector) {
+        Some(s) if !s.is_empty() => {
+            if !s.matches(labels) {
+                causes.push(mismatch());
+            }
+        }
+        _ => causes.push(Cause::invalid(
+            "spec.selector",
+            selector,
+            "empty selector is invalid for deployment",
+        )),
     }
 }
 

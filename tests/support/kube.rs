@@ -254,3 +254,142 @@ pub fn eventually(timeout: Duration, mut check: impl FnMut() -> bool) -> bool {
     }
     check()
 }
+
+/// Runs kubectl against a kubeconfig.
+pub fn kubectl_at(kubeconfig: &Path, args: &[&str]) -> Output {
+    Command::new(KUBECTL)
+        .args(args)
+        .env("KUBECONFIG", kubeconfig)
+        .env("HOME", kubeconfig.parent().unwrap_or(Path::new("/tmp")))
+        .stdin(Stdio::null())
+        .output()
+        .expect("run kubectl")
+}
+
+pub fn kubeconfig_text(server: &str, ca_file: &Path, token: &str) -> String {
+    use base64::Engine;
+    let ca = std::fs::read(ca_file).expect("CA file");
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: {server}\n    certificate-authority-data: {}\nusers:\n- name: u\n  user:\n    token: {token}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n",
+        base64::engine::general_purpose::STANDARD.encode(ca)
+    )
+}
+
+/// One `shoal apiserver` process over a store cluster.
+pub struct Apiserver {
+    pub dir: PathBuf,
+    pub port: u16,
+    pub kubeconfig: PathBuf,
+    child: Option<Child>,
+}
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+impl Apiserver {
+    /// Starts an apiserver with its data in `dir`; `tls` reuses another's
+    /// certificate (so one CA serves both). Waits until it is ready.
+    pub fn start(endpoints: &str, dir: &Path, tls: Option<(&Path, &Path)>) -> Apiserver {
+        std::fs::create_dir_all(dir).expect("apiserver dir");
+        let tokens = dir.join("tokens.csv");
+        std::fs::write(&tokens, format!("{TOKEN},admin,admin,\"system:masters\"\n"))
+            .expect("tokens");
+        let port = super::free_port();
+        let log = std::fs::File::create(dir.join("apiserver.log")).expect("log");
+        let mut command = Command::new(super::SHOAL);
+        command
+            .args([
+                "apiserver",
+                "--etcd-servers",
+                endpoints,
+                "--bind-address",
+                "127.0.0.1",
+            ])
+            .args(["--secure-port", &port.to_string()])
+            .arg("--token-auth-file")
+            .arg(&tokens)
+            .arg("--data-dir")
+            .arg(dir)
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log);
+        let ca = match tls {
+            Some((cert, key)) => {
+                command
+                    .arg("--tls-cert-file")
+                    .arg(cert)
+                    .arg("--tls-private-key-file")
+                    .arg(key);
+                cert.parent().expect("cert dir").join("ca.crt")
+            }
+            None => dir.join("ca.crt"),
+        };
+        let child = command.spawn().expect("start shoal apiserver");
+        let kubeconfig = dir.join("kubeconfig");
+        let mut server = Apiserver {
+            dir: dir.to_path_buf(),
+            port,
+            kubeconfig: kubeconfig.clone(),
+            child: Some(child),
+        };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if ca.exists() {
+                std::fs::write(
+                    &kubeconfig,
+                    kubeconfig_text(&format!("https://127.0.0.1:{port}"), &ca, TOKEN),
+                )
+                .expect("kubeconfig");
+                if kubectl_at(&kubeconfig, &["get", "namespace", "default"])
+                    .status
+                    .success()
+                {
+                    return server;
+                }
+            }
+            if let Some(status) = server
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("shoal apiserver exited with {status}:\n{}", server.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "apiserver not ready in 30 s:\n{}",
+                server.log()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("apiserver.log")).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn ok(&self, args: &[&str]) -> String {
+        let out = kubectl_at(&self.kubeconfig, args);
+        assert!(
+            out.status.success(),
+            "kubectl {args:?} failed:\n{}\n{}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.log()
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Apiserver {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- apiserver {} log ---\n{}", self.port, self.log());
+        }
+        self.kill();
+    }
+}

@@ -274,17 +274,29 @@ pub async fn create_internal(api: &Api, ctx: &mut Ctx, mut object: Value) -> Res
     write::create_object(api, ctx, object).await
 }
 
+/// A body over the limit is still read (and thrown away) up to this much,
+/// so that the client sees the 413 instead of a reset stream.
+const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+
 async fn read_body(body: Body) -> Result<bytes::Bytes> {
-    axum::body::to_bytes(body, MAX_BODY).await.map_err(|e| {
-        let too_large = std::error::Error::source(&e)
-            .is_some_and(|s| s.to_string().contains("length limit"))
-            || e.to_string().contains("length limit");
-        if too_large {
-            ApiError::too_large()
-        } else {
-            ApiError::bad_request(format!("could not read the request body: {e}"))
+    use futures::StreamExt;
+    let mut stream = body.into_data_stream();
+    let mut buffer = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk
+            .map_err(|e| ApiError::bad_request(format!("could not read the request body: {e}")))?;
+        seen += chunk.len();
+        if seen <= MAX_BODY {
+            buffer.extend_from_slice(&chunk);
+        } else if seen > DRAIN_LIMIT {
+            break;
         }
-    })
+    }
+    if seen > MAX_BODY {
+        return Err(ApiError::too_large());
+    }
+    Ok(buffer.freeze())
 }
 
 /// Decodes a request body as JSON or YAML, by its content type.

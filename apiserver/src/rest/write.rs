@@ -59,9 +59,6 @@ fn unknown_fields(given: &Value, known: &Value, path: &str, out: &mut Vec<String
                 match k.get(field) {
                     Some(inner) => unknown_fields(value, inner, &at, out),
                     None if value.is_null() => {}
-                    // Empty objects and lists that the type leaves out.
-                    None if value.as_object().is_some_and(|m| m.is_empty())
-                        || value.as_array().is_some_and(|a| a.is_empty()) => {}
                     None => out.push(at),
                 }
             }

@@ -1,0 +1,36 @@
+//! The official Python client (`kubernetes` from PyPI, installed by
+//! `.ci/run` into a venv) against `shoal up`.
+
+mod support;
+
+use std::process::Command;
+
+use support::kube::ShoalUp;
+
+/// The venv `.ci/run` makes; `SHOAL_PYTHON` points elsewhere.
+fn python() -> String {
+    std::env::var("SHOAL_PYTHON").unwrap_or_else(|_| "/root/.cache/shoal-venv/bin/python".into())
+}
+
+#[test]
+fn python_client_lists_creates_patches_and_watches_pods() {
+    let python = python();
+    assert!(
+        std::path::Path::new(&python).exists(),
+        "{python} is missing: .ci/run creates it (python3 -m venv /root/.cache/shoal-venv && pip install kubernetes)"
+    );
+    let up = ShoalUp::start();
+    let script = format!("{}/../tests/python/pods.py", env!("CARGO_MANIFEST_DIR"));
+    let out = Command::new(&python)
+        .arg(script)
+        .arg("default")
+        .env("KUBECONFIG", &up.kubeconfig)
+        .output()
+        .expect("run python");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert!(stdout.contains("created py-pod Pending Always"), "{stdout}");
+    assert!(stdout.contains("conflict 409 Conflict"), "{stdout}");
+    assert!(stdout.trim_end().ends_with("ok"), "{stdout}");
+}

@@ -80,6 +80,27 @@ async fn two_apiservers_share_one_store() {
             .any(|l| l.contains("configmap/from-b"))
     }));
 
+    // A watch from a version the store has compacted away ends with 410.
+    let header: serde_json::Value = serde_json::from_str(&store.etcdctl_ok(&[
+        "get",
+        "/registry/configmaps/default/from-a",
+        "-w",
+        "json",
+    ]))
+    .unwrap();
+    let revision = header["header"]["revision"].as_i64().unwrap();
+    store.etcdctl_ok(&["compaction", &revision.to_string()]);
+    let raw = b.ok(&[
+        "get",
+        "--raw",
+        "/api/v1/namespaces/default/configmaps?watch=1&resourceVersion=2&timeoutSeconds=5",
+    ]);
+    let event: serde_json::Value =
+        serde_json::from_str(raw.lines().next().unwrap_or_default()).unwrap_or_default();
+    assert_eq!(event["type"], "ERROR", "{raw}");
+    assert_eq!(event["object"]["code"], 410, "{raw}");
+    assert_eq!(event["object"]["reason"], "Expired", "{raw}");
+
     // So does losing one store member (B moves to another endpoint).
     store.kill(0);
     assert!(

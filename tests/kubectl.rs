@@ -32,6 +32,21 @@ fn version_resources_and_namespaces() {
     assert_eq!(version["serverVersion"]["gitVersion"], "v1.32.0");
     assert_eq!(version["serverVersion"]["minor"], "32");
 
+    // The dispatcher at /usr/bin/kubectl picks its client by /version.
+    let out = std::process::Command::new("/usr/bin/kubectl")
+        .args(["get", "namespaces", "-o", "name"])
+        .env("KUBECONFIG", &up.kubeconfig)
+        .env("HOME", up.data_dir())
+        .output()
+        .expect("run /usr/bin/kubectl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("namespace/kube-system"), "{text}");
+
     let resources = up.ok(&["api-resources"]);
     let header = resources.lines().next().unwrap();
     assert!(header.starts_with("NAME"), "{resources}");
@@ -287,6 +302,9 @@ fn apply_the_guides_manifests_and_get_them_back() {
         "name",
     ]);
     assert_eq!(selected.trim(), "service/backend-service");
+    // Pages of one item each (limit and continue) still list everything.
+    let paged = up.ok(&["get", "services", "--chunk-size=1", "-o", "name"]);
+    assert_eq!(paged.lines().count(), 3, "{paged}");
     let all_ns = up.ok(&["get", "services", "-A", "-o", "name"]);
     assert!(all_ns.contains("service/kubernetes"), "{all_ns}");
 

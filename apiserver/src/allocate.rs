@@ -253,15 +253,12 @@ pub async fn on_create(
     Ok(allocated)
 }
 
-/// The deletes that release what a Service held.
-pub fn on_delete(resource: &Resource, object: &Value) -> Vec<Op> {
-    if resource.kind != "Service" || !resource.group.is_empty() {
-        return Vec::new();
-    }
-    let mut ops = Vec::new();
+/// The allocation keys a Service holds.
+fn held_keys(object: &Value) -> Vec<String> {
+    let mut keys = Vec::new();
     if let Some(ip) = object.pointer("/spec/clusterIP").and_then(Value::as_str) {
         if ip != "None" && !ip.is_empty() {
-            ops.push(Op::Delete(format!("{IPS}{ip}")));
+            keys.push(format!("{IPS}{ip}"));
         }
     }
     for port in object
@@ -270,15 +267,118 @@ pub fn on_delete(resource: &Resource, object: &Value) -> Vec<Op> {
         .into_iter()
         .flatten()
     {
-        if let Some(n) = port.get("nodePort").and_then(Value::as_i64) {
+        if let Some(n) = port
+            .get("nodePort")
+            .and_then(Value::as_i64)
+            .filter(|n| *n != 0)
+        {
             let protocol = port
                 .get("protocol")
                 .and_then(Value::as_str)
                 .unwrap_or("TCP");
-            ops.push(Op::Delete(format!("{PORTS}{protocol}-{n}")));
+            keys.push(format!("{PORTS}{protocol}-{n}"));
         }
     }
-    ops
+    keys
+}
+
+/// The deletes that release what a Service held.
+pub fn on_delete(resource: &Resource, object: &Value) -> Vec<Op> {
+    if resource.kind != "Service" || !resource.group.is_empty() {
+        return Vec::new();
+    }
+    held_keys(object).into_iter().map(Op::Delete).collect()
+}
+
+/// An updated Service: node ports for ports that need one (a type changed
+/// to NodePort, a port added), none for types without them, and the keys
+/// of the new allocations taken and of the old ones released in the
+/// update's transaction.
+pub async fn on_update(
+    api: &Api,
+    resource: &Resource,
+    old: &Value,
+    object: &mut Value,
+    guards: &mut Vec<Guard>,
+    ops: &mut Vec<Op>,
+) -> Result<()> {
+    if resource.kind != "Service" || !resource.group.is_empty() {
+        return Ok(());
+    }
+    let name = crate::object::name(object).to_string();
+    let owner = format!(
+        "{}/{name}",
+        crate::object::namespace(object).unwrap_or_default()
+    );
+    let kind = object
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP")
+        .to_string();
+    let wants_ports = kind == "NodePort" || kind == "LoadBalancer";
+    let before: HashSet<String> = held_keys(old).into_iter().collect();
+    let count = object
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let mut used: Option<HashSet<String>> = None;
+    for i in 0..count {
+        let port = &mut object["spec"]["ports"][i];
+        let protocol = port
+            .get("protocol")
+            .and_then(Value::as_str)
+            .unwrap_or("TCP")
+            .to_string();
+        let current = port
+            .get("nodePort")
+            .and_then(Value::as_i64)
+            .filter(|n| *n != 0);
+        match (wants_ports, current) {
+            (false, Some(_)) => {
+                if let Some(map) = port.as_object_mut() {
+                    map.remove("nodePort");
+                }
+            }
+            (true, None) => {
+                if used.is_none() {
+                    used = Some(taken(api, PORTS).await?);
+                }
+                let used = used.as_mut().expect("filled above");
+                let (low, high) = api.node_ports;
+                let chosen = pick(used, u32::from(low), u32::from(high), |n| {
+                    format!("{protocol}-{n}")
+                })
+                .ok_or_else(|| {
+                    ApiError::invalid(
+                        resource,
+                        &name,
+                        vec![Cause::invalid(
+                            format!("spec.ports[{i}].nodePort"),
+                            &json!(0),
+                            "failed to allocate a nodePort: range is full",
+                        )],
+                    )
+                })?;
+                used.insert(chosen.clone());
+                let number: i64 = chosen
+                    .rsplit('-')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .unwrap_or_default();
+                port["nodePort"] = json!(number);
+            }
+            _ => {}
+        }
+    }
+    let after: HashSet<String> = held_keys(object).into_iter().collect();
+    for key in after.difference(&before) {
+        guards.push(Guard::Absent(key.clone()));
+        ops.push(Op::Put(key.clone(), owner.clone().into_bytes()));
+    }
+    for key in before.difference(&after) {
+        ops.push(Op::Delete(key.clone()));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -16,12 +16,61 @@ pub fn before_create(resource: &Resource, object: &mut Value) {
 }
 
 pub fn before_update(resource: &Resource, old: &Value, object: &mut Value) {
+    if let ("", "Service") = (resource.group, resource.kind) {
+        keep_service_allocations(old, object);
+    }
     if let ("batch", "Job") = (resource.group, resource.kind) {
         // The generated selector and labels survive a client that replaces
         // the whole object without them.
         if object.pointer("/spec/selector").is_none() {
             if let Some(selector) = old.pointer("/spec/selector") {
                 set_path(object, &["spec", "selector"], selector.clone());
+            }
+        }
+    }
+}
+
+/// A replaced Service keeps its cluster IP and the node ports of the ports
+/// it still has, as Kubernetes does when the client leaves them out.
+fn keep_service_allocations(old: &Value, object: &mut Value) {
+    let given = object
+        .pointer("/spec/clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if given.is_empty() {
+        for field in ["clusterIP", "clusterIPs"] {
+            if let Some(value) = old.pointer(&format!("/spec/{field}")) {
+                set_path(object, &["spec", field], value.clone());
+            }
+        }
+    }
+    let old_ports = old
+        .pointer("/spec/ports")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
+    if let Some(ports) = object
+        .pointer_mut("/spec/ports")
+        .and_then(Value::as_array_mut)
+    {
+        for port in ports {
+            if port
+                .get("nodePort")
+                .and_then(Value::as_i64)
+                .is_some_and(|n| n != 0)
+            {
+                continue;
+            }
+            let same = old_ports.iter().find(|p| {
+                p.get("port") == port.get("port")
+                    && p.get("protocol").and_then(Value::as_str).unwrap_or("TCP")
+                        == port
+                            .get("protocol")
+                            .and_then(Value::as_str)
+                            .unwrap_or("TCP")
+            });
+            if let Some(node_port) = same.and_then(|p| p.get("nodePort")) {
+                port["nodePort"] = node_port.clone();
             }
         }
     }

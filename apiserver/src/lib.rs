@@ -13,6 +13,7 @@
 //! ```
 
 pub mod allocate;
+pub mod compaction;
 pub mod convert;
 pub mod defaults;
 pub mod discovery;

@@ -21,7 +21,7 @@ use tokio::task::JoinHandle;
 use crate::allocate::{parse_port_range, Cidr};
 use crate::error::ApiError;
 use crate::storage::Store;
-use crate::{discovery, namespaces, openapi, rest, tls};
+use crate::{compaction, discovery, namespaces, openapi, rest, tls};
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Config {
@@ -69,6 +69,10 @@ pub struct Config {
     /// for, comma-separated.
     #[arg(long, env = "SHOAL_TLS_SAN", value_delimiter = ',')]
     pub tls_san: Vec<String>,
+    /// How often the store's history is compacted (to the revision of one
+    /// interval ago); 0 never compacts. Accepts `300`, `300s`, `5m`.
+    #[arg(long, env = "SHOAL_ETCD_COMPACTION_INTERVAL", default_value = "5m", value_parser = parse_duration)]
+    pub etcd_compaction_interval: Duration,
     /// Where generated certificates are kept.
     #[arg(
         long,
@@ -129,6 +133,25 @@ impl Running {
             let _ = task.await;
         }
     }
+}
+
+/// `300`, `300s`, `5m`, `1h` as a duration.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let text = text.trim();
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(i) => text.split_at(i),
+        None => (text, "s"),
+    };
+    let n: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration like 300s or 5m"))?;
+    let seconds = match unit {
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(format!("{text:?} is not a duration like 300s or 5m")),
+    };
+    Ok(Duration::from_secs(seconds))
 }
 
 /// Parses a token file as kube-apiserver's `--token-auth-file`.
@@ -262,6 +285,10 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             shutdown_rx,
         )),
         tokio::spawn(namespaces::run(api.clone())),
+        tokio::spawn(compaction::run(
+            api.clone(),
+            config.etcd_compaction_interval,
+        )),
     ];
     tracing::info!(%local, "apiserver listening");
     Ok(Running {
@@ -327,5 +354,14 @@ mod tests {
         assert_eq!(tokens.get("abc").map(String::as_str), Some("admin"));
         assert_eq!(tokens.get("xyz").map(String::as_str), Some("bob"));
         assert_eq!(tokens.len(), 2);
+    }
+
+    #[test]
+    fn durations_like_kube_apiserver_flags() {
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("300"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
+        assert!(parse_duration("five").is_err());
+        assert!(parse_duration("5d").is_err());
     }
 }

@@ -11,9 +11,9 @@ use std::time::Duration;
 
 use futures::Stream;
 use shoal_store::proto::etcdserverpb::{
-    compare, kv_client::KvClient, request_op, watch_client::WatchClient, watch_request, Compare,
-    DeleteRangeRequest, PutRequest, RangeRequest, RequestOp, TxnRequest, WatchCreateRequest,
-    WatchRequest,
+    compare, kv_client::KvClient, request_op, watch_client::WatchClient, watch_request,
+    CompactionRequest, Compare, DeleteRangeRequest, PutRequest, RangeRequest, RequestOp,
+    TxnRequest, WatchCreateRequest, WatchRequest,
 };
 use shoal_store::proto::mvccpb::{event::EventType, KeyValue};
 use tonic::transport::{Channel, Endpoint};
@@ -231,6 +231,17 @@ impl Store {
             .await?
             .into_inner();
         Ok(response.header.map(|h| h.revision).unwrap_or_default())
+    }
+
+    /// Drops the history before `revision` (an error if it is already gone).
+    pub async fn compact(&self, revision: i64) -> Result<()> {
+        let request = CompactionRequest {
+            revision,
+            physical: false,
+        };
+        self.with_retry(|mut kv| async move { kv.compact(request).await })
+            .await?;
+        Ok(())
     }
 
     /// Applies `ops` if every guard holds; otherwise reads `key` back.

@@ -33,6 +33,9 @@ pub enum BenchCommand {
     /// Drive a store cluster (shoal's or etcd's) with puts or ranges and print
     /// one JSON line with throughput and latencies.
     Store(StoreBench),
+    /// Drive the Kubernetes API: create pods, list them, watch them with
+    /// many watchers; print one JSON line.
+    Api(crate::bench_api::ApiBench),
 }
 
 /// The request every operation sends.
@@ -117,6 +120,7 @@ pub struct StoreBench {
 pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Store(args) => store(args).await,
+        BenchCommand::Api(args) => crate::bench_api::run(args).await,
     }
 }
 
@@ -465,7 +469,9 @@ mod tests {
             "shoal",
         ])
         .unwrap();
-        let BenchCommand::Store(args) = cli.cmd;
+        let BenchCommand::Store(args) = cli.cmd else {
+            panic!("parsed as another benchmark");
+        };
         assert_eq!(args.endpoints.len(), 2);
         assert_eq!(args.clients, 1);
         assert_eq!(args.conns, None);

@@ -2,6 +2,7 @@
 
 mod apiserver;
 mod bench;
+mod bench_api;
 mod store;
 mod up;
 

@@ -183,6 +183,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         tls_private_key_file: None,
         token_auth_file: Some(tokens),
         tls_san: vec![],
+        etcd_compaction_interval: Duration::from_secs(300),
         data_dir: dir.join("apiserver"),
     };
     let apiserver = shoal_apiserver::start(config)

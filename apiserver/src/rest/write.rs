@@ -507,37 +507,28 @@ pub async fn update_object(
             return super::delete::remove(api, ctx, current, object).await;
         }
     }
-    if ctx.dry_run() {
-        meta_mut(&mut object).insert(
-            "resourceVersion".into(),
-            json!(current.revision.to_string()),
-        );
-        return Ok(object);
-    }
     let key = ctx.key(&name);
-    if object == strip_rv(old) {
-        // Nothing changed: Kubernetes does not write (and keeps the version).
+    let mut guards = vec![Guard::ModRevision(key.clone(), current.revision)];
+    let mut ops = Vec::new();
+    crate::allocate::on_update(api, resource, old, &mut object, &mut guards, &mut ops).await?;
+    if ctx.dry_run() || object == strip_rv(old) {
+        // A dry run writes nothing; nor does an update that changes
+        // nothing (Kubernetes keeps the version then).
         meta_mut(&mut object).insert(
             "resourceVersion".into(),
             json!(current.revision.to_string()),
         );
         return Ok(object);
     }
-    let ops = vec![Op::Put(key.clone(), encode(&object)?)];
-    match api
-        .store
-        .txn(
-            &key,
-            vec![Guard::ModRevision(key.clone(), current.revision)],
-            ops,
-        )
-        .await?
-    {
+    ops.push(Op::Put(key.clone(), encode(&object)?));
+    match api.store.txn(&key, guards, ops).await? {
         Written::Ok(revision) => {
             meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
             Ok(object)
         }
         Written::Failed(None) => Err(ApiError::not_found(ctx.resource, &name)),
+        // The object changed meanwhile, or a node port it takes was taken
+        // concurrently: either way the client retries on the new state.
         Written::Failed(Some(_)) => Err(ApiError::conflict(ctx.resource, &name)),
     }
 }

@@ -9,6 +9,7 @@ use support::kube::ShoalUp;
 const CM: &str = "/api/v1/namespaces/default/configmaps";
 const PODS: &str = "/api/v1/namespaces/default/pods";
 const DEPLOYS: &str = "/apis/apps/v1/namespaces/default/deployments";
+const SVCS: &str = "/api/v1/namespaces/default/services";
 const JSON: &str = "application/json";
 
 fn deployment(selector: &str, labels: &str) -> String {
@@ -70,6 +71,13 @@ fn bad_requests_get_status_objects() {
         ("PATCH", format!("{CM}/exists"), "application/strategic-merge-patch+json", r#"{"$patch":"explode"}"#.into(), 400, "BadRequest", "explode"),
         ("PATCH", format!("{CM}/exists"), "application/apply-patch+yaml", "data: {a: b}".into(), 400, "BadRequest", "fieldManager"),
         ("DELETE", format!("{CM}/exists?propagationPolicy=Sideways"), JSON, String::new(), 400, "BadRequest", "propagationPolicy"),
+        ("PATCH", format!("{CM}/exists"), "application/json-patch+json", r#"[{"op":"replace","path":"","value":1}]"#.into(), 422, "Invalid", "not an object"),
+        ("PATCH", format!("{CM}/other"), "application/apply-patch+yaml", "metadata: {name: exists}".into(), 400, "BadRequest", "does not match the name on the URL"),
+        ("PUT", format!("{PODS}/p/binding"), JSON, "{}".into(), 405, "MethodNotAllowed", "PUT"),
+        ("GET", format!("{CM}?watch=1&resourceVersion=9223372036854775807"), JSON, String::new(), 400, "BadRequest", "invalid resource version"),
+        ("GET", format!("{CM}?watch=1&resourceVersion=-5"), JSON, String::new(), 400, "BadRequest", "invalid resource version"),
+        ("POST", SVCS.into(), JSON, r#"{"metadata":{"name":"s"},"spec":{"ports":[{"port":80,"nodePort":30080}]}}"#.into(), 422, "Invalid", "may not be used when `type` is 'ClusterIP'"),
+        ("POST", SVCS.into(), JSON, r#"{"metadata":{"name":"s"},"spec":{"type":"ExternalName","externalName":"x.example","clusterIP":"10.96.0.50"}}"#.into(), 422, "Invalid", "must be empty for ExternalName services"),
     ];
     for (method, path, content_type, body, code, reason, fragment) in cases {
         let body_bytes = (!body.is_empty() || method != "GET").then_some(body.as_bytes());
@@ -107,6 +115,14 @@ fn bad_requests_get_status_objects() {
     assert_eq!(code, 401, "{text}");
     let (code, _) = up.curl_as("GET", CM, JSON, None, Some("wrong-token"));
     assert_eq!(code, 401);
+
+    // A server-side dry run of a namespace deletion deletes nothing, and
+    // the system namespaces cannot be deleted at all.
+    up.ok(&["create", "namespace", "scratch"]);
+    up.ok(&["delete", "namespace", "scratch", "--dry-run=server"]);
+    assert!(up.ok(&["get", "namespace", "scratch"]).contains("Active"));
+    let err = up.fails(&["delete", "namespace", "default"]);
+    assert!(err.contains("this namespace may not be deleted"), "{err}");
 
     // Still serving, and nothing was half-written.
     assert_eq!(

@@ -35,9 +35,9 @@ impl Cidr {
             .ok_or_else(|| format!("{text:?} is not a CIDR (like 10.96.0.0/12)"))?;
         let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{text:?}: {e}"))?;
         let bits: u8 = bits.parse().map_err(|e| format!("{text:?}: {e}"))?;
-        if !(8..=30).contains(&bits) {
+        if !(8..=28).contains(&bits) {
             return Err(format!(
-                "{text:?}: the prefix length must be between 8 and 30"
+                "{text:?}: the prefix length must be between 8 and 28"
             ));
         }
         let mask = u32::MAX << (32 - bits);
@@ -137,16 +137,15 @@ pub async fn on_create(
             // Dynamic addresses come from above the first 1/16 of the
             // range, which is left for addresses chosen by hand (such as
             // the DNS service's).
-            let low = (cidr.size() / 16).clamp(16, 256);
-            let ip = pick(&used, low, cidr.size() - 2, |n| cidr.nth(n).to_string()).ok_or_else(
-                || {
-                    invalid(vec![Cause::invalid(
-                        "spec.clusterIPs",
-                        &json!([]),
-                        "failed to allocate IP: range is full",
-                    )])
-                },
-            )?;
+            let high = cidr.size() - 2;
+            let low = (cidr.size() / 16).clamp(16, 256).min(high);
+            let ip = pick(&used, low, high, |n| cidr.nth(n).to_string()).ok_or_else(|| {
+                invalid(vec![Cause::invalid(
+                    "spec.clusterIPs",
+                    &json!([]),
+                    "failed to allocate IP: range is full",
+                )])
+            })?;
             Some(ip)
         } else {
             let parsed: Ipv4Addr = requested.parse().map_err(|_| {
@@ -339,6 +338,35 @@ pub async fn on_update(
                     map.remove("nodePort");
                 }
             }
+            (true, Some(n)) if !before.contains(&format!("{PORTS}{protocol}-{n}")) => {
+                // A port chosen by hand: in range and free, as at create.
+                let (low, high) = api.node_ports;
+                let field = format!("spec.ports[{i}].nodePort");
+                if n < i64::from(low) || n > i64::from(high) {
+                    return Err(ApiError::invalid(resource, &name, vec![Cause::invalid(
+                        field,
+                        &json!(n),
+                        format!("provided port is not in the valid range. The range of valid ports is {low}-{high}"),
+                    )]));
+                }
+                if used.is_none() {
+                    used = Some(taken(api, PORTS).await?);
+                }
+                if used
+                    .as_ref()
+                    .is_some_and(|u| u.contains(&format!("{protocol}-{n}")))
+                {
+                    return Err(ApiError::invalid(
+                        resource,
+                        &name,
+                        vec![Cause::invalid(
+                            field,
+                            &json!(n),
+                            "provided port is already allocated",
+                        )],
+                    ));
+                }
+            }
             (true, None) => {
                 if used.is_none() {
                     used = Some(taken(api, PORTS).await?);
@@ -393,6 +421,8 @@ mod tests {
         assert!(!c.contains("10.112.0.1".parse().unwrap()));
         assert_eq!(c.nth(10).to_string(), "10.96.0.10");
         assert!(Cidr::parse("10.96.0.0").is_err());
+        assert!(Cidr::parse("10.96.0.0/29").is_err());
+        assert_eq!(Cidr::parse("10.96.0.0/28").unwrap().size(), 16);
         assert_eq!(parse_port_range("30000-32767").unwrap(), (30000, 32767));
         assert!(parse_port_range("5-1").is_err());
     }

@@ -49,18 +49,16 @@ fn keep_service_allocations(old: &Value, object: &mut Value) {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
+    let kind = object
+        .pointer("/spec/type")
+        .and_then(Value::as_str)
+        .unwrap_or("ClusterIP");
+    let wants_ports = kind == "NodePort" || kind == "LoadBalancer";
     if let Some(ports) = object
         .pointer_mut("/spec/ports")
         .and_then(Value::as_array_mut)
     {
         for port in ports {
-            if port
-                .get("nodePort")
-                .and_then(Value::as_i64)
-                .is_some_and(|n| n != 0)
-            {
-                continue;
-            }
             let same = old_ports.iter().find(|p| {
                 p.get("port") == port.get("port")
                     && p.get("protocol").and_then(Value::as_str).unwrap_or("TCP")
@@ -69,8 +67,23 @@ fn keep_service_allocations(old: &Value, object: &mut Value) {
                             .and_then(Value::as_str)
                             .unwrap_or("TCP")
             });
-            if let Some(node_port) = same.and_then(|p| p.get("nodePort")) {
-                port["nodePort"] = node_port.clone();
+            let nonzero = |v: &&Value| v.as_i64().is_some_and(|n| n != 0);
+            let old_node_port = same
+                .and_then(|p| p.get("nodePort"))
+                .filter(nonzero)
+                .cloned();
+            let given = port.get("nodePort").filter(nonzero).cloned();
+            match (wants_ports, given, old_node_port) {
+                // Left out by the client: kept.
+                (true, None, Some(n)) => port["nodePort"] = n,
+                // The type no longer has node ports: the old one goes with
+                // it (one the client set anew is left for validation).
+                (false, Some(g), Some(n)) if g == n => {
+                    if let Some(map) = port.as_object_mut() {
+                        map.remove("nodePort");
+                    }
+                }
+                _ => {}
             }
         }
     }

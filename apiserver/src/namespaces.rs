@@ -65,6 +65,32 @@ async fn bootstrap(api: &Api) -> Result<()> {
     create_if_missing(api, Ctx::internal(services, Some("default")), service).await
 }
 
+/// Deletes what is in a namespace; true when there was nothing left.
+async fn empty_namespace(api: &Api, name: &str) -> Result<bool> {
+    let mut empty = true;
+    for resource in RESOURCES.iter().filter(|r| r.namespaced) {
+        let prefix = resource.prefix(Some(name));
+        let content = api.store.list(&prefix, None, 0, 0).await?;
+        for item in content.kvs {
+            empty = false;
+            let key = String::from_utf8_lossy(&item.key).into_owned();
+            let mut ops = vec![Op::Delete(key.clone())];
+            if let Ok(value) = serde_json::from_slice::<Value>(&item.value) {
+                ops.extend(crate::allocate::on_delete(resource, &value));
+            }
+            // A lost race is seen (and dealt with) by the next pass.
+            api.store
+                .txn(
+                    &key,
+                    vec![Guard::ModRevision(key.clone(), item.mod_revision)],
+                    ops,
+                )
+                .await?;
+        }
+    }
+    Ok(empty)
+}
+
 /// Empties and removes every namespace marked for deletion.
 async fn finalize(api: &Api) -> Result<()> {
     let namespaces = resources::find("", "v1", "namespaces").expect("namespaces are served");
@@ -78,23 +104,18 @@ async fn finalize(api: &Api) -> Result<()> {
         }
         let name = crate::object::name(&object).to_string();
         tracing::info!(namespace = %name, "deleting the namespace's content");
-        for resource in RESOURCES.iter().filter(|r| r.namespaced) {
-            let prefix = resource.prefix(Some(&name));
-            let content = api.store.list(&prefix, None, 0, 0).await?;
-            for item in content.kvs {
-                let key = String::from_utf8_lossy(&item.key).into_owned();
-                let mut ops = vec![Op::Delete(key.clone())];
-                if let Ok(value) = serde_json::from_slice::<Value>(&item.value) {
-                    ops.extend(crate::allocate::on_delete(resource, &value));
-                }
-                api.store
-                    .txn(
-                        &key,
-                        vec![Guard::ModRevision(key.clone(), item.mod_revision)],
-                        ops,
-                    )
-                    .await?;
+        // The namespace goes only once a pass finds it empty, so nothing
+        // that was written meanwhile (or whose delete lost a race) is left
+        // behind in a namespace that no longer exists.
+        let mut empty = false;
+        for _ in 0..5 {
+            if empty_namespace(api, &name).await? {
+                empty = true;
+                break;
             }
+        }
+        if !empty {
+            continue;
         }
         let key = namespaces.key(None, &name);
         api.store

@@ -139,9 +139,21 @@ impl Store {
             .max_encoding_message_size(MAX_MESSAGE)
     }
 
-    /// Runs `call` against the current endpoint, moving on to the next one
+    /// Runs a read against the current endpoint, moving on to the next one
     /// when it is unreachable, until the retry budget is spent.
-    async fn with_retry<T, F, Fut>(&self, mut call: F) -> Result<T>
+    async fn with_retry<T, F, Fut>(&self, call: F) -> Result<T>
+    where
+        F: FnMut(KvClient<Channel>) -> Fut,
+        Fut: std::future::Future<Output = Result<T, tonic::Status>>,
+    {
+        self.retrying(true, call).await
+    }
+
+    /// Runs `call`, moving on to the next endpoint when one fails. A write
+    /// (`idempotent == false`) is only retried when the store said it is
+    /// unavailable; after a timeout or a broken connection it may have been
+    /// applied, so the caller gets the error rather than a second attempt.
+    async fn retrying<T, F, Fut>(&self, idempotent: bool, mut call: F) -> Result<T>
     where
         F: FnMut(KvClient<Channel>) -> Fut,
         Fut: std::future::Future<Output = Result<T, tonic::Status>>,
@@ -154,7 +166,18 @@ impl Store {
                 Ok(Err(status)) if !retryable(&status) => {
                     return Err(classify(status));
                 }
+                Ok(Err(status)) if !idempotent && status.code() != Code::Unavailable => {
+                    return Err(Error::Unavailable(format!(
+                        "the write's outcome is unknown: {}",
+                        status.message()
+                    )));
+                }
                 Ok(Err(status)) => status.message().to_string(),
+                Err(_) if !idempotent => {
+                    return Err(Error::Unavailable(
+                        "the write timed out; its outcome is unknown".into(),
+                    ))
+                }
                 Err(_) => "timed out".to_string(),
             };
             tracing::debug!(endpoint = %self.endpoints[index % self.endpoints.len()], error = %last, "store endpoint failed; trying the next");
@@ -239,7 +262,7 @@ impl Store {
             revision,
             physical: false,
         };
-        self.with_retry(|mut kv| async move { kv.compact(request).await })
+        self.retrying(false, |mut kv| async move { kv.compact(request).await })
             .await?;
         Ok(())
     }
@@ -257,7 +280,7 @@ impl Store {
             }],
         };
         let response = self
-            .with_retry(|mut kv| {
+            .retrying(false, |mut kv| {
                 let request = request.clone();
                 async move { kv.txn(request).await }
             })

@@ -332,6 +332,16 @@ fn service(spec: &Value, causes: &mut Vec<Cause>) {
     {
         causes.push(Cause::required("spec.externalName"));
     }
+    let cluster_ip = spec
+        .get("clusterIP")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    if kind == "ExternalName" && !cluster_ip.is_empty() {
+        causes.push(Cause::forbidden(
+            "spec.clusterIP",
+            "must be empty for ExternalName services",
+        ));
+    }
     let many = ports.is_some_and(|p| p.len() > 1);
     for (i, port) in ports.into_iter().flatten().enumerate() {
         let number = port.get("port").and_then(Value::as_i64).unwrap_or(0);
@@ -350,6 +360,13 @@ fn service(spec: &Value, causes: &mut Vec<Cause>) {
                 .is_empty()
         {
             causes.push(Cause::required(format!("spec.ports[{i}].name")));
+        }
+        let node_port = port.get("nodePort").and_then(Value::as_i64).unwrap_or(0);
+        if node_port != 0 && (kind == "ClusterIP" || kind == "ExternalName") {
+            causes.push(Cause::forbidden(
+                format!("spec.ports[{i}].nodePort"),
+                format!("may not be used when `type` is '{kind}'"),
+            ));
         }
         if let Some(protocol) = port.get("protocol").and_then(Value::as_str) {
             if !["TCP", "UDP", "SCTP"].contains(&protocol) {

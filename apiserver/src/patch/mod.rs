@@ -40,6 +40,18 @@ impl PatchType {
 
 /// `current` with the patch in `body` applied.
 pub fn apply_patch(ctx: &Ctx, kind: PatchType, current: &Value, body: &[u8]) -> Result<Value> {
+    let patched = patched(ctx, kind, current, body)?;
+    if !patched.is_object() {
+        return Err(ApiError::new(
+            422,
+            "Invalid",
+            "the patch turns the object into something that is not an object",
+        ));
+    }
+    Ok(patched)
+}
+
+fn patched(ctx: &Ctx, kind: PatchType, current: &Value, body: &[u8]) -> Result<Value> {
     match kind {
         PatchType::Json => {
             let operations: json_patch::Patch = serde_json::from_slice(body)

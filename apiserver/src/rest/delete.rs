@@ -11,6 +11,9 @@ use crate::object::{meta_mut, now};
 use crate::server::Api;
 use crate::storage::{Guard, Op, Written};
 
+/// Longest grace period honoured (ten years); longer ones are cut to it.
+const MAX_GRACE_SECONDS: i64 = 10 * 365 * 24 * 3600;
+
 /// DeleteOptions from the body and the query (the query wins, as kubectl
 /// sends both forms depending on the version).
 #[derive(Debug, Default)]
@@ -19,6 +22,8 @@ struct Options {
     propagation: Option<String>,
     uid: Option<String>,
     resource_version: Option<String>,
+    /// `dryRun: [All]` in the body (the query form is `Ctx::dry_run`).
+    dry_run: bool,
 }
 
 fn options(ctx: &Ctx, body: &[u8]) -> Result<Options> {
@@ -39,6 +44,10 @@ fn options(ctx: &Ctx, body: &[u8]) -> Result<Options> {
             .pointer("/preconditions/resourceVersion")
             .and_then(Value::as_str)
             .map(String::from);
+        options.dry_run = value
+            .get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|d| d.iter().any(|v| v == "All"));
     }
     if let Some(g) = ctx.param("gracePeriodSeconds") {
         options.grace_period = Some(
@@ -64,8 +73,18 @@ pub async fn delete(api: &Api, ctx: &Ctx, body: bytes::Bytes) -> Result<(StatusC
         return Err(ApiError::method_not_allowed("DELETE"));
     }
     let name = ctx.name.clone().unwrap_or_default();
-    let current = load(api, ctx, &name).await?;
-    delete_loaded(api, ctx, current, &body).await
+    let given = options(ctx, &body)?;
+    let unconditional = given.uid.is_none() && given.resource_version.is_none();
+    // Without preconditions a concurrent change (a status update, say) is
+    // not the client's problem: delete what is there now.
+    for attempt in 0.. {
+        let current = load(api, ctx, &name).await?;
+        match delete_loaded(api, ctx, current, &body).await {
+            Err(e) if e.reason == "Conflict" && unconditional && attempt < 5 => continue,
+            other => return other,
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 pub async fn delete_loaded(
@@ -75,6 +94,7 @@ pub async fn delete_loaded(
     body: &[u8],
 ) -> Result<(StatusCode, Value)> {
     let options = options(ctx, body)?;
+    let dry_run = options.dry_run || ctx.dry_run();
     let name = crate::object::name(&current.object).to_string();
     if let Some(uid) = &options.uid {
         if current
@@ -106,9 +126,19 @@ pub async fn delete_loaded(
         .is_some_and(|f| !f.is_empty());
 
     if resource.kind == "Namespace" && resource.group.is_empty() {
+        if ["default", "kube-system", "kube-public"].contains(&name.as_str()) {
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                format!("namespaces \"{name}\" is forbidden: this namespace may not be deleted"),
+            ));
+        }
         if !already_deleting {
             meta_mut(&mut object).insert("deletionTimestamp".into(), json!(now()));
             object["status"] = json!({"phase": "Terminating"});
+            if dry_run {
+                return Ok((StatusCode::OK, object));
+            }
             let stored = write_back(api, ctx, &current, object).await?;
             api.namespaces_changed.notify_one();
             return Ok((StatusCode::OK, stored));
@@ -132,7 +162,11 @@ pub async fn delete_loaded(
             .and_then(Value::as_i64)
             .unwrap_or(30);
         if scheduled && !finished {
-            options.grace_period.unwrap_or(default).max(0)
+            // Bounded so that now + grace stays a valid time.
+            options
+                .grace_period
+                .unwrap_or(default)
+                .clamp(0, MAX_GRACE_SECONDS)
         } else {
             0
         }
@@ -158,13 +192,13 @@ pub async fn delete_loaded(
             json!(crate::object::format_time(at)),
         );
         meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
-        if ctx.dry_run() {
+        if dry_run {
             return Ok((StatusCode::OK, object));
         }
         let stored = write_back(api, ctx, &current, object).await?;
         return Ok((StatusCode::OK, stored));
     }
-    if ctx.dry_run() {
+    if dry_run {
         return Ok((StatusCode::OK, object));
     }
     let removed = remove(api, ctx, current, object).await?;

@@ -190,6 +190,13 @@ pub async fn dispatch(State(api): State<Arc<Api>>, request: Request) -> Response
 
 async fn handle(api: Arc<Api>, request: Request) -> Result<Response> {
     let (parts, body) = request.into_parts();
+    // The body is read before anything can fail, so that every error
+    // reaches the client as a response rather than a reset stream.
+    let body = if parts.method == Method::GET || parts.method == Method::HEAD {
+        bytes::Bytes::new()
+    } else {
+        read_body(body).await?
+    };
     let Some(Route {
         resource,
         namespace,
@@ -237,30 +244,12 @@ async fn handle(api: Arc<Api>, request: Request) -> Result<Response> {
         (&Method::GET, false) if watching => return watch::serve(api, ctx).await,
         (&Method::GET, false) => read::list(&api, &ctx).await,
         (&Method::GET, true) => read::get(&api, &ctx).await,
-        (&Method::POST, false) => {
-            let body = read_body(body).await?;
-            write::create(&api, &mut ctx, body).await
-        }
-        (&Method::POST, true) => {
-            let body = read_body(body).await?;
-            write::post_subresource(&api, &mut ctx, body).await
-        }
-        (&Method::PUT, true) => {
-            let body = read_body(body).await?;
-            write::replace(&api, &mut ctx, body).await
-        }
-        (&Method::PATCH, true) => {
-            let body = read_body(body).await?;
-            write::patch(&api, &mut ctx, body).await
-        }
-        (&Method::DELETE, true) => {
-            let body = read_body(body).await?;
-            delete::delete(&api, &ctx, body).await
-        }
-        (&Method::DELETE, false) => {
-            let body = read_body(body).await?;
-            delete::delete_collection(&api, &ctx, body).await
-        }
+        (&Method::POST, false) => write::create(&api, &mut ctx, body).await,
+        (&Method::POST, true) => write::post_subresource(&api, &mut ctx, body).await,
+        (&Method::PUT, true) => write::replace(&api, &mut ctx, body).await,
+        (&Method::PATCH, true) => write::patch(&api, &mut ctx, body).await,
+        (&Method::DELETE, true) => delete::delete(&api, &ctx, body).await,
+        (&Method::DELETE, false) => delete::delete_collection(&api, &ctx, body).await,
         (method, _) => Err(ApiError::method_not_allowed(method.as_str())),
     };
     let (code, object) = result?;

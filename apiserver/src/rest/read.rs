@@ -127,7 +127,12 @@ pub async fn list_objects(
         None => (0, prefix.as_bytes().to_vec()),
     };
     // A single name is a direct read, not a scan.
-    if let Some(name) = selectors.fields.required("metadata.name") {
+    let one_key = !ctx.storage().namespaced || ctx.namespace.is_some();
+    if let Some(name) = selectors
+        .fields
+        .required("metadata.name")
+        .filter(|_| one_key)
+    {
         if limit == 0 && revision == 0 {
             let key = ctx.key(name);
             let mut items = Vec::new();

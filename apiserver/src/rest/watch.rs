@@ -34,10 +34,14 @@ pub async fn serve(api: Arc<Api>, ctx: Ctx) -> Result<Response> {
     let selectors = Selectors::parse(&ctx)?;
     let bookmarks = ctx.flag("allowWatchBookmarks");
     let timeout = match ctx.param("timeoutSeconds") {
-        Some(t) => Duration::from_secs(
-            t.parse()
-                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {t:?}")))?,
-        ),
+        Some(t) => match t
+            .parse::<u64>()
+            .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {t:?}")))?
+        {
+            // 0 means "the server's default", as in Kubernetes.
+            0 => DEFAULT_TIMEOUT,
+            seconds => Duration::from_secs(seconds.min(24 * 3600)),
+        },
         None => DEFAULT_TIMEOUT,
     };
     let rv = ctx.param("resourceVersion").map(String::from);
@@ -53,9 +57,13 @@ pub async fn serve(api: Arc<Api>, ctx: Ctx) -> Result<Response> {
     } else {
         match rv.as_deref() {
             Some(rv) => {
-                rv.parse::<i64>().map_err(|_| {
-                    ApiError::bad_request(format!("invalid resource version {rv:?}"))
-                })? + 1
+                rv.parse::<i64>()
+                    .ok()
+                    .filter(|v| (0..i64::MAX).contains(v))
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!("invalid resource version {rv:?}"))
+                    })?
+                    + 1
             }
             None => api.store.revision().await? + 1,
         }

@@ -144,8 +144,11 @@ fn check_type(ctx: &Ctx, object: &mut Value) -> Result<()> {
             )));
         }
     }
-    object["apiVersion"] = json!(expected);
-    object["kind"] = json!(resource.kind);
+    let map = object
+        .as_object_mut()
+        .ok_or_else(|| ApiError::bad_request("the object must be a JSON object"))?;
+    map.insert("apiVersion".into(), json!(expected));
+    map.insert("kind".into(), json!(resource.kind));
     Ok(())
 }
 
@@ -346,7 +349,16 @@ pub fn encode(object: &Value) -> Result<Vec<u8>> {
     serde_json::to_vec(&copy).map_err(|e| ApiError::internal(e.to_string()))
 }
 
+/// Only the main resource, `status` and `scale` take PUT and PATCH.
+fn updatable(ctx: &Ctx) -> Result<()> {
+    match ctx.sub {
+        None | Some(Sub::Status) | Some(Sub::Scale) => Ok(()),
+        Some(_) => Err(ApiError::method_not_allowed(ctx.method.as_str())),
+    }
+}
+
 pub async fn replace(api: &Api, ctx: &mut Ctx, body: bytes::Bytes) -> Result<(StatusCode, Value)> {
+    updatable(ctx)?;
     let mut object = decode(ctx, &body)?;
     let name = ctx.name.clone().unwrap_or_default();
     if ctx.sub == Some(Sub::Scale) {
@@ -369,10 +381,18 @@ pub async fn replace(api: &Api, ctx: &mut Ctx, body: bytes::Bytes) -> Result<(St
         }
         _ => {}
     }
-    let current = load(api, ctx, &name).await?;
     let expected = meta_str(&object, "resourceVersion").map(String::from);
-    let updated = update_object(api, ctx, current, object, expected).await?;
-    Ok((StatusCode::OK, updated))
+    // Without a resourceVersion the client asked for an unconditional
+    // update: a concurrent change is retried on, not reported.
+    for attempt in 0.. {
+        let current = load(api, ctx, &name).await?;
+        match update_object(api, ctx, current, object.clone(), expected.clone()).await {
+            Err(e) if e.reason == "Conflict" && expected.is_none() && attempt < 5 => continue,
+            Err(e) => return Err(e),
+            Ok(updated) => return Ok((StatusCode::OK, updated)),
+        }
+    }
+    unreachable!("the loop returns")
 }
 
 async fn set_replicas(
@@ -502,7 +522,13 @@ pub async fn update_object(
             .pointer("/metadata/finalizers")
             .and_then(Value::as_array)
             .is_some_and(|f| !f.is_empty());
-        if had && !has && !ctx.dry_run() {
+        // A graceful deletion still running (a pod its node is stopping)
+        // is finished by whoever deletes it with grace 0, not here.
+        let grace = old
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0);
+        if had && !has && grace == 0 && !ctx.dry_run() {
             // The last finalizer is gone: the object can go.
             return super::delete::remove(api, ctx, current, object).await;
         }
@@ -540,6 +566,7 @@ fn strip_rv(object: &Value) -> Value {
 }
 
 pub async fn patch(api: &Api, ctx: &mut Ctx, body: bytes::Bytes) -> Result<(StatusCode, Value)> {
+    updatable(ctx)?;
     let name = ctx.name.clone().unwrap_or_default();
     let kind = ctx
         .content_type
@@ -559,7 +586,19 @@ pub async fn patch(api: &Api, ctx: &mut Ctx, body: bytes::Bytes) -> Result<(Stat
         let current = match load(api, ctx, &name).await {
             Ok(current) => current,
             Err(e) if e.code == 404 && patch_type == crate::patch::PatchType::Apply => {
-                let applied = crate::patch::apply::decode(&body)?;
+                let mut applied = crate::patch::apply::decode(&body)?;
+                // The object is the one the URL names.
+                match meta_str(&applied, "name") {
+                    Some(given) if given != name => {
+                        return Err(ApiError::bad_request(format!(
+                            "the name of the object ({given}) does not match the name on the URL ({name})"
+                        )))
+                    }
+                    Some(_) => {}
+                    None => {
+                        meta_mut(&mut applied).insert("name".into(), json!(name));
+                    }
+                }
                 let mut applied = crate::patch::apply::new_object(ctx, applied)?;
                 check_type(ctx, &mut applied)?;
                 let applied = crate::convert::to_storage(ctx.resource, applied);

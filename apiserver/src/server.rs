@@ -73,6 +73,13 @@ pub struct Config {
     /// interval ago); 0 never compacts. Accepts `300`, `300s`, `5m`.
     #[arg(long, env = "SHOAL_ETCD_COMPACTION_INTERVAL", default_value = "5m", value_parser = parse_duration)]
     pub etcd_compaction_interval: Duration,
+    /// CA that node agents' serving certificates are checked against
+    /// (for logs, exec, attach); default: the cluster CA in the data dir.
+    #[arg(long, env = "SHOAL_KUBELET_CERTIFICATE_AUTHORITY")]
+    pub kubelet_certificate_authority: Option<PathBuf>,
+    /// File holding the bearer token the apiserver presents to node agents.
+    #[arg(long, env = "SHOAL_KUBELET_TOKEN_FILE")]
+    pub kubelet_token_file: Option<PathBuf>,
     /// Where generated certificates are kept.
     #[arg(
         long,
@@ -113,6 +120,8 @@ pub struct Api {
     pub tokens: Option<HashMap<String, String>>,
     /// Wakes the namespace finalizer when a namespace is deleted.
     pub namespaces_changed: Notify,
+    /// How logs, exec and attach reach node agents.
+    pub agents: crate::rest::AgentClient,
 }
 
 /// A running apiserver.
@@ -259,6 +268,25 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         }
     };
     let tls_config = tls::server_config(&cert, &key)?;
+    let agent_ca = config
+        .kubelet_certificate_authority
+        .clone()
+        .unwrap_or_else(|| tls::Files::in_dir(&config.data_dir).ca_cert);
+    let agents = crate::rest::AgentClient {
+        tls: tls::client_config(&agent_ca)?,
+        token: match &config.kubelet_token_file {
+            Some(path) => Some(
+                std::fs::read_to_string(path)
+                    .map_err(|source| StartError::Tokens {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .trim()
+                    .to_string(),
+            ),
+            None => None,
+        },
+    };
     let addr = format!("{}:{}", config.bind_address, config.secure_port);
     let listener = TcpListener::bind(&addr)
         .await
@@ -275,6 +303,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         node_ports,
         tokens,
         namespaces_changed: Notify::new(),
+        agents,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let tasks = vec![

@@ -184,6 +184,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         token_auth_file: Some(tokens),
         tls_san: vec![],
         etcd_compaction_interval: Duration::from_secs(300),
+        kubelet_certificate_authority: None,
+        kubelet_token_file: None,
         data_dir: dir.join("apiserver"),
     };
     let apiserver = shoal_apiserver::start(config)

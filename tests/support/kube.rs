@@ -289,6 +289,16 @@ impl Apiserver {
     /// Starts an apiserver with its data in `dir`; `tls` reuses another's
     /// certificate (so one CA serves both). Waits until it is ready.
     pub fn start(endpoints: &str, dir: &Path, tls: Option<(&Path, &Path)>) -> Apiserver {
+        Self::start_with(endpoints, dir, tls, &[])
+    }
+
+    /// As `start`, with extra flags.
+    pub fn start_with(
+        endpoints: &str,
+        dir: &Path,
+        tls: Option<(&Path, &Path)>,
+        extra: &[&str],
+    ) -> Apiserver {
         std::fs::create_dir_all(dir).expect("apiserver dir");
         let tokens = dir.join("tokens.csv");
         std::fs::write(&tokens, format!("{TOKEN},admin,admin,\"system:masters\"\n"))
@@ -309,6 +319,7 @@ impl Apiserver {
             .arg(&tokens)
             .arg("--data-dir")
             .arg(dir)
+            .args(extra)
             .stdout(log.try_clone().expect("log"))
             .stderr(log);
         let ca = match tls {

@@ -13,6 +13,8 @@
 //! ```
 
 mod delete;
+mod proxy;
+pub use proxy::AgentClient;
 mod read;
 pub mod watch;
 mod write;
@@ -188,15 +190,8 @@ pub async fn dispatch(State(api): State<Arc<Api>>, request: Request) -> Response
     }
 }
 
-async fn handle(api: Arc<Api>, request: Request) -> Result<Response> {
-    let (parts, body) = request.into_parts();
-    // The body is read before anything can fail, so that every error
-    // reaches the client as a response rather than a reset stream.
-    let body = if parts.method == Method::GET || parts.method == Method::HEAD {
-        bytes::Bytes::new()
-    } else {
-        read_body(body).await?
-    };
+/// Parses what a request addresses and how it wants the answer.
+fn context(parts: &http::request::Parts) -> Result<Ctx> {
     let Some(Route {
         resource,
         namespace,
@@ -228,7 +223,7 @@ async fn handle(api: Arc<Api>, request: Request) -> Result<Response> {
         .and_then(|v| v.to_str().ok())
         .unwrap_or("application/json")
         .to_string();
-    let mut ctx = Ctx {
+    Ok(Ctx {
         resource,
         namespace,
         name,
@@ -238,7 +233,32 @@ async fn handle(api: Arc<Api>, request: Request) -> Result<Response> {
         content_type,
         method: parts.method.clone(),
         warnings: Vec::new(),
+    })
+}
+
+async fn handle(api: Arc<Api>, request: Request) -> Result<Response> {
+    let (parts, body) = request.into_parts();
+    let streaming = route(parts.uri.path())
+        .and_then(|r| r.sub)
+        .is_some_and(|s| s == "exec" || s == "attach");
+    if streaming && parts.headers.contains_key(header::UPGRADE) {
+        // exec and attach keep the connection: it is handed to the agent.
+        let ctx = context(&parts)?;
+        if ctx.name.is_some() && matches!(ctx.sub, Some(Sub::Exec | Sub::Attach)) {
+            return proxy::stream(api, &ctx, Request::from_parts(parts, body)).await;
+        }
+    }
+    // The body is read before anything can fail, so that every error
+    // reaches the client as a response rather than a reset stream.
+    let body = if parts.method == Method::GET || parts.method == Method::HEAD {
+        bytes::Bytes::new()
+    } else {
+        read_body(body).await?
     };
+    let mut ctx = context(&parts)?;
+    if ctx.sub == Some(Sub::Log) && ctx.name.is_some() && parts.method == Method::GET {
+        return proxy::log(&api, &ctx, parts.uri.query().unwrap_or_default()).await;
+    }
     let watching = ctx.flag("watch");
     let result = match (&parts.method, ctx.name.is_some()) {
         (&Method::GET, false) if watching => return watch::serve(api, ctx).await,

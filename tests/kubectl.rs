@@ -569,6 +569,45 @@ fn label_annotate_scale_patch_edit_delete() {
         .map(|m| m["manager"].as_str().unwrap())
         .collect();
     assert!(managers.contains(&"kubectl"), "{managers:?}");
+
+    // Another manager applying a field kubectl's apply owns is a conflict,
+    // until it forces.
+    let conflicting = std::fs::read_to_string(manifest("service.yaml"))
+        .unwrap()
+        .replace("targetPort: 8080", "targetPort: 9090");
+    let file = up.data_dir().join("service-other.yaml");
+    std::fs::write(&file, conflicting).unwrap();
+    let err = up.fails(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    assert!(
+        err.contains("Apply failed with 1 conflict: conflict with \"kubectl\""),
+        "{err}"
+    );
+    assert!(err.contains(".targetPort"), "{err}");
+    up.ok(&[
+        "apply",
+        "--server-side",
+        "--field-manager=other",
+        "--force-conflicts",
+        "-f",
+        file.to_str().unwrap(),
+    ]);
+    assert_eq!(
+        up.ok(&[
+            "get",
+            "svc",
+            "backend-service",
+            "-o",
+            "jsonpath={.spec.ports[0].targetPort}"
+        ]),
+        "9090"
+    );
+
     let changed = std::fs::read_to_string(manifest("deployment.yaml"))
         .unwrap()
         .replace("nginx:1.25", "nginx:1.28");

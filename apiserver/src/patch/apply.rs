@@ -6,9 +6,12 @@
 //! field that the manager applied before and no longer applies is removed,
 //! which is how apply deletes what the user took out of a manifest.
 //!
-//! Not done: conflict detection between managers (Kubernetes answers 409
-//! when another manager owns a field with a different value unless `force`
-//! is set); here the last applier wins.
+//! Every other write records, for its field manager (operation Update),
+//! the fields it changed, and takes them away from the other managers, so
+//! ownership follows the last writer as in Kubernetes. An apply that would
+//! change a field another manager owns is a 409 conflict naming the field
+//! and the manager, unless `force=true` (`kubectl apply --server-side
+//! --force-conflicts`), which takes the fields over.
 
 use serde_json::{json, Map, Value};
 
@@ -65,6 +68,61 @@ pub fn apply(ctx: &Ctx, current: &Value, applied: Value) -> Result<Value> {
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
+    // Fields this apply would change that another manager owns.
+    let wanted = leaves(&new_fields);
+    let mut conflicts: Vec<(String, String, Vec<String>)> = Vec::new();
+    for entry in &managed {
+        let other = entry
+            .get("manager")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let operation = entry
+            .get("operation")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        if other == manager && operation == "Apply" {
+            continue;
+        }
+        let owned = entry
+            .get("fieldsV1")
+            .and_then(Value::as_object)
+            .map(leaves)
+            .unwrap_or_default();
+        let clashing: Vec<Vec<String>> = wanted
+            .iter()
+            .filter(|path| owned.contains(path))
+            .filter(|path| value_at(current, path) != value_at(&applied, path))
+            .cloned()
+            .collect();
+        if !clashing.is_empty() {
+            let version = entry
+                .get("apiVersion")
+                .and_then(Value::as_str)
+                .unwrap_or_default()
+                .to_string();
+            conflicts.push((
+                other.to_string(),
+                version,
+                clashing.iter().map(|p| render(p)).collect(),
+            ));
+        }
+    }
+    if !conflicts.is_empty() {
+        if ctx.param("force") == Some("true") {
+            let taken: Vec<Vec<String>> = wanted.clone();
+            for entry in managed.iter_mut() {
+                let own = entry.get("manager").and_then(Value::as_str) == Some(manager.as_str())
+                    && entry.get("operation").and_then(Value::as_str) == Some("Apply");
+                if !own {
+                    if let Some(Value::Object(tree)) = entry.get_mut("fieldsV1") {
+                        remove_leaves(tree, &taken);
+                    }
+                }
+            }
+        } else {
+            return Err(conflict_error(ctx, &conflicts));
+        }
+    }
     let position = managed.iter().position(|m| {
         m.get("manager").and_then(Value::as_str) == Some(manager.as_str())
             && m.get("operation").and_then(Value::as_str) == Some("Apply")
@@ -86,6 +144,211 @@ pub fn apply(ctx: &Ctx, current: &Value, applied: Value) -> Result<Value> {
     }
     crate::object::meta_mut(&mut merged).insert("managedFields".into(), Value::Array(managed));
     Ok(merged)
+}
+
+fn conflict_error(ctx: &Ctx, conflicts: &[(String, String, Vec<String>)]) -> ApiError {
+    let count: usize = conflicts.iter().map(|(_, _, fields)| fields.len()).sum();
+    let mut causes = Vec::new();
+    let mut lines = Vec::new();
+    for (manager, version, fields) in conflicts {
+        for field in fields {
+            causes.push(json!({
+                "reason": "FieldManagerConflict",
+                "message": format!("conflict with \"{manager}\" using {version}"),
+                "field": field,
+            }));
+            lines.push((manager.clone(), version.clone(), field.clone()));
+        }
+    }
+    let message = if count == 1 {
+        let (manager, version, field) = &lines[0];
+        format!(
+            "Apply failed with 1 conflict: conflict with \"{manager}\" using {version}: {field}"
+        )
+    } else {
+        let list: Vec<String> = lines
+            .iter()
+            .map(|(m, v, f)| format!("conflict with \"{m}\" using {v}: {f}"))
+            .collect();
+        format!("Apply failed with {count} conflicts: {}", list.join("\n"))
+    };
+    ApiError {
+        details: Some(json!({
+            "name": ctx.name.clone().unwrap_or_default(),
+            "group": ctx.resource.group,
+            "kind": ctx.resource.plural,
+            "causes": causes,
+        })),
+        ..ApiError::new(409, "Conflict", message)
+    }
+}
+
+/// Records a write that is not an apply: the fields it changed become its
+/// manager's (operation Update) and stop being anyone else's.
+pub fn record_update(ctx: &Ctx, old: Option<&Value>, object: &mut Value) {
+    let manager = ctx.param("fieldManager").unwrap_or("unknown").to_string();
+    let kind = ctx.resource.kind;
+    let mut managed: Vec<Value> = object
+        .pointer("/metadata/managedFields")
+        .and_then(Value::as_array)
+        .cloned()
+        .or_else(|| {
+            old.and_then(|o| o.pointer("/metadata/managedFields"))
+                .and_then(Value::as_array)
+                .cloned()
+        })
+        .unwrap_or_default();
+    let all = field_set(kind, object, &mut Vec::new());
+    let changed: Vec<Vec<String>> = leaves(&all)
+        .into_iter()
+        .filter(|path| !is_server_owned(path))
+        .filter(|path| old.is_none_or(|o| value_at(o, path) != value_at(object, path)))
+        .collect();
+    if changed.is_empty() {
+        if !managed.is_empty() {
+            crate::object::meta_mut(object).insert("managedFields".into(), Value::Array(managed));
+        }
+        return;
+    }
+    for entry in managed.iter_mut() {
+        if let Some(Value::Object(tree)) = entry.get_mut("fieldsV1") {
+            remove_leaves(tree, &changed);
+        }
+    }
+    managed.retain(|e| {
+        e.get("fieldsV1")
+            .and_then(Value::as_object)
+            .is_some_and(|t| !t.is_empty())
+    });
+    let mut mine = managed
+        .iter()
+        .position(|e| {
+            e.get("manager").and_then(Value::as_str) == Some(manager.as_str())
+                && e.get("operation").and_then(Value::as_str) == Some("Update")
+        })
+        .map(|i| managed.remove(i))
+        .and_then(|e| e.get("fieldsV1").and_then(Value::as_object).cloned())
+        .unwrap_or_default();
+    for path in &changed {
+        insert_leaf(&mut mine, path);
+    }
+    managed.push(json!({
+        "manager": manager,
+        "operation": "Update",
+        "apiVersion": ctx.resource.api_version(),
+        "time": crate::object::now(),
+        "fieldsType": "FieldsV1",
+        "fieldsV1": Value::Object(mine),
+    }));
+    crate::object::meta_mut(object).insert("managedFields".into(), Value::Array(managed));
+}
+
+/// Fields the server sets, which no manager owns.
+fn is_server_owned(path: &[String]) -> bool {
+    matches!(
+        path,
+        [m, f] if m == "f:metadata"
+            && ["f:uid", "f:creationTimestamp", "f:generation", "f:deletionTimestamp", "f:deletionGracePeriodSeconds"].contains(&f.as_str())
+    )
+}
+
+/// Paths to the leaves of a FieldsV1 tree (a `.` entry is the element
+/// itself, not a field, and is left out).
+pub fn leaves(tree: &Map<String, Value>) -> Vec<Vec<String>> {
+    fn walk(tree: &Map<String, Value>, prefix: &mut Vec<String>, out: &mut Vec<Vec<String>>) {
+        for (key, child) in tree {
+            if key == "." {
+                continue;
+            }
+            prefix.push(key.clone());
+            match child.as_object() {
+                Some(inner) if inner.keys().any(|k| k != ".") => walk(inner, prefix, out),
+                _ => out.push(prefix.clone()),
+            }
+            prefix.pop();
+        }
+    }
+    let mut out = Vec::new();
+    walk(tree, &mut Vec::new(), &mut out);
+    out
+}
+
+fn insert_leaf(tree: &mut Map<String, Value>, path: &[String]) {
+    let mut current = tree;
+    for (i, key) in path.iter().enumerate() {
+        let child = current.entry(key.clone()).or_insert_with(|| json!({}));
+        if !child.is_object() {
+            *child = json!({});
+        }
+        let map = child.as_object_mut().expect("made an object above");
+        if key.starts_with("k:") && i + 1 < path.len() {
+            map.entry(".").or_insert_with(|| json!({}));
+        }
+        current = map;
+    }
+}
+
+/// Removes leaves from a tree, and the branches they leave empty.
+fn remove_leaves(tree: &mut Map<String, Value>, paths: &[Vec<String>]) {
+    fn remove(tree: &mut Map<String, Value>, path: &[String]) {
+        let Some((first, rest)) = path.split_first() else {
+            return;
+        };
+        if rest.is_empty() {
+            tree.remove(first);
+            return;
+        }
+        if let Some(Value::Object(child)) = tree.get_mut(first) {
+            remove(child, rest);
+            if child.keys().all(|k| k == ".") {
+                tree.remove(first);
+            }
+        }
+    }
+    for path in paths {
+        remove(tree, path);
+    }
+}
+
+/// The value a FieldsV1 path names in an object.
+fn value_at<'a>(object: &'a Value, path: &[String]) -> Option<&'a Value> {
+    let mut current = object;
+    for key in path {
+        current = if let Some(field) = key.strip_prefix("f:") {
+            current.get(field)?
+        } else if let Some(wanted) = key.strip_prefix("k:") {
+            let wanted: Map<String, Value> = serde_json::from_str(wanted).ok()?;
+            current
+                .as_array()?
+                .iter()
+                .find(|item| wanted.iter().all(|(k, v)| item.get(k) == Some(v)))?
+        } else if let Some(value) = key.strip_prefix("v:") {
+            let value: Value = serde_json::from_str(value).ok()?;
+            current.as_array()?.iter().find(|item| **item == value)?
+        } else {
+            return None;
+        };
+    }
+    Some(current)
+}
+
+/// `.spec.template.spec.containers[name="nginx"].image`, as Kubernetes
+/// names fields in conflicts.
+fn render(path: &[String]) -> String {
+    let mut text = String::new();
+    for key in path {
+        if let Some(field) = key.strip_prefix("f:") {
+            text.push('.');
+            text.push_str(field);
+        } else if let Some(keys) = key.strip_prefix("k:") {
+            let keys: Map<String, Value> = serde_json::from_str(keys).unwrap_or_default();
+            let parts: Vec<String> = keys.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            text.push_str(&format!("[{}]", parts.join(",")));
+        } else if let Some(value) = key.strip_prefix("v:") {
+            text.push_str(&format!("[={value}]"));
+        }
+    }
+    text
 }
 
 /// The fields `value` sets, as a FieldsV1 tree.
@@ -135,6 +398,11 @@ pub fn field_set(kind: &str, value: &Value, path: &mut Vec<String>) -> Map<Strin
             _ => Map::new(),
         };
         path.pop();
+        // An object whose only fields are not tracked (metadata holding just
+        // the name) sets nothing.
+        if sub.is_empty() && child.as_object().is_some_and(|m| !m.is_empty()) {
+            continue;
+        }
         set.insert(format!("f:{key}"), Value::Object(sub));
     }
     set
@@ -205,6 +473,41 @@ mod tests {
             json!({"f:metadata": {"f:labels": {"f:app": {}}},
                    "f:spec": {"f:replicas": {}, "f:template": {"f:spec": {"f:containers": {"k:{\"name\":\"nginx\"}": {".": {}, "f:image": {}, "f:name": {}}}}}}})
         );
+    }
+
+    #[test]
+    fn leaves_paths_and_rendering() {
+        let set = field_set(
+            "Deployment",
+            &json!({"spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "nginx", "image": "x"}]}}}}),
+            &mut Vec::new(),
+        );
+        let paths = leaves(&set);
+        assert!(paths.contains(&vec!["f:spec".to_string(), "f:replicas".to_string()]));
+        let image: Vec<String> = [
+            "f:spec",
+            "f:template",
+            "f:spec",
+            "f:containers",
+            "k:{\"name\":\"nginx\"}",
+            "f:image",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        assert!(paths.contains(&image));
+        assert_eq!(
+            render(&image),
+            ".spec.template.spec.containers[name=\"nginx\"].image"
+        );
+        let object = json!({"spec": {"template": {"spec": {"containers": [{"name": "nginx", "image": "x"}]}}}});
+        assert_eq!(value_at(&object, &image), Some(&json!("x")));
+        let mut tree = set.clone();
+        remove_leaves(&mut tree, std::slice::from_ref(&image));
+        assert!(!leaves(&tree).contains(&image));
+        let mut rebuilt = Map::new();
+        insert_leaf(&mut rebuilt, &image);
+        assert_eq!(leaves(&rebuilt), vec![image]);
     }
 
     #[test]

@@ -18,6 +18,11 @@ use crate::server::Api;
 use crate::storage::{Guard, Op, Written};
 use crate::{defaults, validation};
 
+/// Server-side apply records its own managed fields.
+fn is_apply(ctx: &Ctx) -> bool {
+    ctx.content_type.starts_with("application/apply-patch")
+}
+
 /// Kinds whose `metadata.generation` counts spec changes.
 fn tracks_generation(resource: &Resource) -> bool {
     matches!(
@@ -318,6 +323,9 @@ pub async fn create_object(api: &Api, ctx: &mut Ctx, mut object: Value) -> Resul
     crate::hooks::before_create(resource, &mut object);
     defaults::apply(resource, &mut object);
     validate(resource, &object)?;
+    if !is_apply(ctx) {
+        crate::patch::apply::record_update(ctx, None, &mut object);
+    }
     namespace_accepts(api, ctx, &name).await?;
     let key = ctx.key(&name);
     let mut guards = vec![Guard::Absent(key.clone())];
@@ -532,6 +540,9 @@ pub async fn update_object(
             // The last finalizer is gone: the object can go.
             return super::delete::remove(api, ctx, current, object).await;
         }
+    }
+    if !is_apply(ctx) {
+        crate::patch::apply::record_update(ctx, Some(old), &mut object);
     }
     let key = ctx.key(&name);
     let mut guards = vec![Guard::ModRevision(key.clone(), current.revision)];

@@ -242,25 +242,7 @@ fn decode_message(name: &str, bytes: &[u8], depth: usize) -> Result<Value, Strin
         .get(name)
         .ok_or_else(|| format!("unknown protobuf message {name}"))?;
     let mut object = Map::new();
-    let mut reader = Reader { bytes, at: 0 };
-    while !reader.done() {
-        let key = reader.varint()?;
-        let tag = (key >> 3) as u32;
-        let wire = (key & 7) as u8;
-        let raw = match wire {
-            0 => Raw::Varint(reader.varint()?),
-            1 => Raw::Fixed64(u64::from_le_bytes(
-                reader.take(8)?.try_into().map_err(|_| "bad fixed64")?,
-            )),
-            2 => {
-                let len = usize::try_from(reader.varint()?).map_err(|_| "length overflows")?;
-                Raw::Bytes(reader.take(len)?.to_vec())
-            }
-            5 => Raw::Fixed32(u32::from_le_bytes(
-                reader.take(4)?.try_into().map_err(|_| "bad fixed32")?,
-            )),
-            other => return Err(format!("unsupported wire type {other} in {name}")),
-        };
+    for (tag, raw) in raw_fields(bytes).map_err(|e| format!("{e} in {name}"))? {
         let Some(field) = message.fields.iter().find(|f| f.tag == tag) else {
             continue;
         };
@@ -289,7 +271,8 @@ fn decode_message(name: &str, bytes: &[u8], depth: usize) -> Result<Value, Strin
                 }
             }
             ty => {
-                let values = if field.repeated && wire == 2 && is_packable(ty) {
+                let packed = matches!(raw, Raw::Bytes(_));
+                let values = if field.repeated && packed && is_packable(ty) {
                     let Raw::Bytes(packed) = raw else {
                         unreachable!("wire type 2 is bytes")
                     };

@@ -9,7 +9,7 @@ use super::Ctx;
 use crate::error::{ApiError, Result};
 use crate::object::{meta_mut, now};
 use crate::server::Api;
-use crate::storage::{Guard, Op, Written};
+use crate::storage::{Guard, Op};
 
 /// Longest grace period honoured (ten years); longer ones are cut to it.
 const MAX_GRACE_SECONDS: i64 = 10 * 365 * 24 * 3600;
@@ -206,50 +206,22 @@ pub async fn delete_loaded(
 }
 
 /// Writes a deletion mark over `current`.
-async fn write_back(api: &Api, ctx: &Ctx, current: &Stored, mut object: Value) -> Result<Value> {
+async fn write_back(api: &Api, ctx: &Ctx, current: &Stored, object: Value) -> Result<Value> {
     let name = crate::object::name(&object).to_string();
     let key = ctx.key(&name);
     let ops = vec![Op::Put(key.clone(), super::write::encode(&object)?)];
-    match api
-        .store
-        .txn(
-            &key,
-            vec![Guard::ModRevision(key.clone(), current.revision)],
-            ops,
-        )
-        .await?
-    {
-        Written::Ok(revision) => {
-            meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
-            Ok(object)
-        }
-        Written::Failed(None) => Err(ApiError::not_found(ctx.resource, &name)),
-        Written::Failed(Some(_)) => Err(ApiError::conflict(ctx.resource, &name)),
-    }
+    let guards = vec![Guard::ModRevision(key, current.revision)];
+    super::write::commit(api, ctx, &name, guards, ops, object).await
 }
 
 /// Removes the object from the store (and what was allocated for it).
-pub async fn remove(api: &Api, ctx: &Ctx, current: Stored, mut object: Value) -> Result<Value> {
+pub async fn remove(api: &Api, ctx: &Ctx, current: Stored, object: Value) -> Result<Value> {
     let name = crate::object::name(&current.object).to_string();
     let key = ctx.key(&name);
     let mut ops = vec![Op::Delete(key.clone())];
     ops.extend(crate::allocate::on_delete(ctx.storage(), &current.object));
-    match api
-        .store
-        .txn(
-            &key,
-            vec![Guard::ModRevision(key.clone(), current.revision)],
-            ops,
-        )
-        .await?
-    {
-        Written::Ok(revision) => {
-            meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
-            Ok(object)
-        }
-        Written::Failed(None) => Err(ApiError::not_found(ctx.resource, &name)),
-        Written::Failed(Some(_)) => Err(ApiError::conflict(ctx.resource, &name)),
-    }
+    let guards = vec![Guard::ModRevision(key, current.revision)];
+    super::write::commit(api, ctx, &name, guards, ops, object).await
 }
 
 pub async fn delete_collection(

@@ -557,16 +557,30 @@ pub async fn update_object(
         );
         return Ok(object);
     }
-    ops.push(Op::Put(key.clone(), encode(&object)?));
-    match api.store.txn(&key, guards, ops).await? {
+    ops.push(Op::Put(key, encode(&object)?));
+    // A failed guard means the object changed meanwhile, or a node port it
+    // takes was taken concurrently: either way the client retries on the
+    // new state.
+    commit(api, ctx, &name, guards, ops, object).await
+}
+
+/// Runs a guarded write of `object` and stamps its new resourceVersion: a
+/// vanished key is 404, any other failed guard 409.
+pub async fn commit(
+    api: &Api,
+    ctx: &Ctx,
+    name: &str,
+    guards: Vec<Guard>,
+    ops: Vec<Op>,
+    mut object: Value,
+) -> Result<Value> {
+    match api.store.txn(&ctx.key(name), guards, ops).await? {
         Written::Ok(revision) => {
             meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
             Ok(object)
         }
-        Written::Failed(None) => Err(ApiError::not_found(ctx.resource, &name)),
-        // The object changed meanwhile, or a node port it takes was taken
-        // concurrently: either way the client retries on the new state.
-        Written::Failed(Some(_)) => Err(ApiError::conflict(ctx.resource, &name)),
+        Written::Failed(None) => Err(ApiError::not_found(ctx.resource, name)),
+        Written::Failed(Some(_)) => Err(ApiError::conflict(ctx.resource, name)),
     }
 }
 

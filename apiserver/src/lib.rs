@@ -14,11 +14,14 @@
 
 pub mod allocate;
 pub mod compaction;
+pub mod controllers;
 pub mod convert;
 pub mod defaults;
 pub mod discovery;
 pub mod error;
+pub mod events;
 pub mod hooks;
+pub mod leader;
 pub mod namespaces;
 pub mod object;
 pub mod openapi;
@@ -26,6 +29,7 @@ pub mod patch;
 pub mod protobuf;
 pub mod resources;
 pub mod rest;
+pub mod scheduler;
 pub mod schema;
 pub mod selectors;
 pub mod server;

@@ -1,8 +1,10 @@
 //! `shoal`: the one binary of the system, one subcommand per component.
 
+mod agent;
 mod apiserver;
 mod bench;
 mod bench_api;
+mod controllers;
 mod store;
 mod up;
 
@@ -25,6 +27,10 @@ enum Command {
     Store(store::StoreArgs),
     /// Serve the Kubernetes API over a store cluster.
     Apiserver(shoal_apiserver::Config),
+    /// Run the scheduler and the control loops (one replica leads).
+    Controllers(controllers::ControllersArgs),
+    /// Run a node agent (today: simulated nodes, --simulate).
+    Agent(agent::AgentArgs),
     /// Run a whole cluster on this machine and write a kubeconfig.
     Up(up::UpArgs),
     /// Load generators.
@@ -55,6 +61,8 @@ fn main() -> anyhow::Result<()> {
             Command::Store(args) => store::run(args).await,
             Command::Apiserver(config) => apiserver::run(config).await,
             Command::Up(args) => up::run(args).await,
+            Command::Controllers(args) => controllers::run(args).await,
+            Command::Agent(args) => agent::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
         }
     })

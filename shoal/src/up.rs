@@ -223,8 +223,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("Stop with Ctrl-C.");
     let _ = std::io::stdout().flush();
 
+    // The scheduler and the control loops, as a client of the apiserver
+    // (through the kubeconfig just written), under leader election.
+    let client = shoal_apiserver::controllers::client_from_kubeconfig(&kubeconfig_path)
+        .await
+        .context("a client for the controllers")?;
+    let controllers = tokio::spawn(shoal_apiserver::controllers::run_elected(
+        client,
+        crate::controllers::identity(),
+    ));
+
     crate::apiserver::wait_for_signal().await?;
     println!("stopping");
+    controllers.abort();
     apiserver.stop().await;
     for node in &nodes {
         node.stop();

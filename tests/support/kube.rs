@@ -404,3 +404,55 @@ impl Drop for Apiserver {
         self.kill();
     }
 }
+
+/// `shoal agent --simulate` as a process: `count` nodes named `prefix-i`.
+pub struct SimulatedNodes {
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl SimulatedNodes {
+    pub fn start(kubeconfig: &Path, count: usize, prefix: &str) -> SimulatedNodes {
+        let log = kubeconfig.with_file_name(format!("agent-{prefix}.log"));
+        let file = std::fs::File::create(&log).expect("agent log");
+        let child = Command::new(super::SHOAL)
+            .args([
+                "agent",
+                "--simulate",
+                "--count",
+                &count.to_string(),
+                "--name-prefix",
+                prefix,
+            ])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .stdout(file.try_clone().expect("agent log"))
+            .stderr(file)
+            .spawn()
+            .expect("start shoal agent --simulate");
+        SimulatedNodes {
+            child: Some(child),
+            log,
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for SimulatedNodes {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- simulated nodes log ---\n{}", self.log());
+        }
+        self.kill();
+    }
+}

@@ -6,14 +6,23 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 
+pub mod replicaset;
+
 type Loop = fn(kube::Client) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// (name, constructor, enabled by default)
-pub const REGISTRY: &[(&str, Loop, bool)] = &[(
-    "scheduler",
-    |client| Box::pin(crate::scheduler::run(client)),
-    true,
-)];
+pub const REGISTRY: &[(&str, Loop, bool)] = &[
+    (
+        "scheduler",
+        |client| Box::pin(crate::scheduler::run(client)),
+        true,
+    ),
+    (
+        "replicaset",
+        |client| Box::pin(replicaset::run(client)),
+        true,
+    ),
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

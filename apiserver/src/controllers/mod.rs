@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 
+pub mod deployment;
 pub mod replicaset;
 
 type Loop = fn(kube::Client) -> Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -20,6 +21,11 @@ pub const REGISTRY: &[(&str, Loop, bool)] = &[
     (
         "replicaset",
         |client| Box::pin(replicaset::run(client)),
+        true,
+    ),
+    (
+        "deployment",
+        |client| Box::pin(deployment::run(client)),
         true,
     ),
 ];

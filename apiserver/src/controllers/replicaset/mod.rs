@@ -51,7 +51,7 @@ pub async fn run(client: kube::Client) {
         .run(reconcile, retry, Arc::new(client))
         .for_each(|result| {
             if let Err(e) = result {
-                tracing::debug!(error = %e, "replicaset reconcile failed");
+                tracing::warn!(error = %e, "replicaset reconcile failed");
             }
             futures::future::ready(())
         })

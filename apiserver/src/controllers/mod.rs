@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub mod deployment;
+pub mod nodelifecycle;
 pub mod replicaset;
 
 type Loop = fn(kube::Client) -> Pin<Box<dyn Future<Output = ()> + Send>>;
@@ -26,6 +27,11 @@ pub const REGISTRY: &[(&str, Loop, bool)] = &[
     (
         "deployment",
         |client| Box::pin(deployment::run(client)),
+        true,
+    ),
+    (
+        "nodelifecycle",
+        |client| Box::pin(nodelifecycle::run(client)),
         true,
     ),
 ];

@@ -139,6 +139,69 @@ fn rollout_history_undo_and_scale() {
     let described = up.ok(&["describe", "deployment", "nginx-deployment"]);
     assert!(described.contains("ScalingReplicaSet"), "{described}");
     assert!(described.contains("NewReplicaSetAvailable"), "{described}");
+
+    // Cascading deletion through the garbage collector: orphaning a
+    // ReplicaSet keeps its pods (now ownerless); deleting the Deployment
+    // removes its ReplicaSets and their pods.
+    let current = up.ok(&[
+        "get",
+        "rs",
+        "-o",
+        "jsonpath={.items[?(@.spec.replicas==5)].metadata.name}",
+    ]);
+    up.ok(&[
+        "delete",
+        "deployment",
+        "nginx-deployment",
+        "--cascade=foreground",
+        "--wait=false",
+    ]);
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            !up.kubectl(&["get", "deployment", "nginx-deployment"])
+                .status
+                .success()
+                && up.ok(&["get", "rs", "-o", "name"]).trim().is_empty()
+                && up
+                    .ok(&["get", "pods", "-l", "app=nginx", "-o", "name"])
+                    .trim()
+                    .is_empty()
+        }),
+        "{} {}",
+        current,
+        up.ok(&["get", "all"])
+    );
+    up.ok(&["apply", "-f", &manifest("replicaset.yaml")]);
+    assert!(eventually(Duration::from_secs(30), || {
+        up.ok(&["get", "pods", "-l", "app=nginx", "-o", "name"])
+            .lines()
+            .count()
+            == 3
+    }));
+    up.ok(&["delete", "rs", "nginx-replicaset", "--cascade=orphan"]);
+    assert!(eventually(Duration::from_secs(30), || {
+        !up.kubectl(&["get", "rs", "nginx-replicaset"])
+            .status
+            .success()
+            && up
+                .ok(&[
+                    "get",
+                    "pods",
+                    "-l",
+                    "app=nginx",
+                    "-o",
+                    "jsonpath={.items[*].metadata.ownerReferences}",
+                ])
+                .trim()
+                .is_empty()
+    }));
+    assert_eq!(
+        up.ok(&["get", "pods", "-l", "app=nginx", "-o", "name"])
+            .lines()
+            .count(),
+        3,
+        "orphans stay"
+    );
 }
 
 #[test]

@@ -7,6 +7,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub mod deployment;
+pub mod garbagecollector;
 pub mod nodelifecycle;
 pub mod replicaset;
 
@@ -32,6 +33,11 @@ pub const REGISTRY: &[(&str, Loop, bool)] = &[
     (
         "nodelifecycle",
         |client| Box::pin(nodelifecycle::run(client)),
+        true,
+    ),
+    (
+        "garbagecollector",
+        |client| Box::pin(garbagecollector::run(client)),
         true,
     ),
 ];

@@ -174,6 +174,26 @@ pub async fn delete_loaded(
         0
     };
 
+    // Foreground and Orphan deletion wait for the garbage collector: it
+    // deletes (or releases) the dependents, then removes this finalizer.
+    let mut finalizers = finalizers;
+    if !already_deleting {
+        let finalizer = match options.propagation.as_deref() {
+            Some("Foreground") => Some("foregroundDeletion"),
+            Some("Orphan") => Some("orphan"),
+            _ => None,
+        };
+        if let Some(finalizer) = finalizer {
+            let meta = meta_mut(&mut object);
+            let list = meta.entry("finalizers").or_insert_with(|| json!([]));
+            if let Some(items) = list.as_array_mut() {
+                if !items.iter().any(|f| f == finalizer) {
+                    items.push(json!(finalizer));
+                }
+            }
+            finalizers = true;
+        }
+    }
     if grace > 0 || finalizers {
         if already_deleting {
             // A second delete may only shorten the grace period.

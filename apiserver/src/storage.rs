@@ -199,14 +199,22 @@ impl Store {
             key: key.as_bytes().to_vec(),
             ..Default::default()
         };
+        let response = self.range(request).await?;
+        Ok(response.kvs.into_iter().next())
+    }
+
+    /// A Range, retried on another endpoint when one fails.
+    async fn range(
+        &self,
+        request: RangeRequest,
+    ) -> Result<shoal_store::proto::etcdserverpb::RangeResponse> {
         let response = self
             .with_retry(|mut kv| {
                 let request = request.clone();
                 async move { kv.range(request).await }
             })
-            .await?
-            .into_inner();
-        Ok(response.kvs.into_iter().next())
+            .await?;
+        Ok(response.into_inner())
     }
 
     /// Keys under `prefix` from `start` (inclusive; `None` = the prefix
@@ -225,13 +233,7 @@ impl Store {
             revision,
             ..Default::default()
         };
-        let response = self
-            .with_retry(|mut kv| {
-                let request = request.clone();
-                async move { kv.range(request).await }
-            })
-            .await?
-            .into_inner();
+        let response = self.range(request).await?;
         Ok(Listed {
             kvs: response.kvs,
             more: response.more,
@@ -246,13 +248,7 @@ impl Store {
             count_only: true,
             ..Default::default()
         };
-        let response = self
-            .with_retry(|mut kv| {
-                let request = request.clone();
-                async move { kv.range(request).await }
-            })
-            .await?
-            .into_inner();
+        let response = self.range(request).await?;
         Ok(response.header.map(|h| h.revision).unwrap_or_default())
     }
 

@@ -256,12 +256,7 @@ fn unfit(pod: &Pod, node: &Node, bound: &[&Pod]) -> Vec<String> {
 
 /// The owner a pod's replicas share (its controller's uid).
 fn owner(pod: &Pod) -> Option<&str> {
-    pod.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-        .map(|o| o.uid.as_str())
+    crate::controllers::replicaset::sync::controller_uid(pod)
 }
 
 /// The node for `pod` among `nodes`, given the pods already bound to each;

@@ -11,6 +11,23 @@ pub struct ControllersArgs {
     /// kubeconfig of the cluster.
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: PathBuf,
+    /// How long a node's Lease may go unrenewed before the node and its
+    /// pods turn Unknown (`5s`, `40s`, `1m`).
+    #[arg(long, env = "SHOAL_NODE_MONITOR_GRACE_PERIOD", default_value = "5s", value_parser = shoal_apiserver::server::parse_duration)]
+    node_monitor_grace_period: std::time::Duration,
+    /// How long after that the pods of an unreachable node are deleted
+    /// (unless they tolerate the unreachable taint for longer).
+    #[arg(long, env = "SHOAL_POD_EVICTION_TIMEOUT", default_value = "5s", value_parser = shoal_apiserver::server::parse_duration)]
+    pod_eviction_timeout: std::time::Duration,
+}
+
+impl ControllersArgs {
+    pub fn settings(&self) -> shoal_apiserver::controllers::Settings {
+        shoal_apiserver::controllers::Settings {
+            node_monitor_grace_period: self.node_monitor_grace_period,
+            pod_eviction_timeout: self.pod_eviction_timeout,
+        }
+    }
 }
 
 /// A name that tells replicas apart in the Lease.
@@ -21,11 +38,12 @@ pub fn identity() -> String {
 
 pub async fn run(args: ControllersArgs) -> anyhow::Result<()> {
     shoal_apiserver::controllers::check()?;
+    let settings = args.settings();
     let client = shoal_apiserver::controllers::client_from_kubeconfig(&args.kubeconfig)
         .await
         .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
     tokio::select! {
-        () = shoal_apiserver::controllers::run_elected(client, identity()) => {}
+        () = shoal_apiserver::controllers::run_elected(client, identity(), settings) => {}
         result = crate::apiserver::wait_for_signal() => result?,
     }
     Ok(())

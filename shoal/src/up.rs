@@ -36,6 +36,13 @@ pub struct UpArgs {
     /// Address the apiserver listens on.
     #[arg(long, env = "SHOAL_BIND_ADDRESS", default_value = "127.0.0.1")]
     bind_address: String,
+    /// How long a node's Lease may go unrenewed before the node and its
+    /// pods turn Unknown (`5s`, `40s`, `1m`).
+    #[arg(long, env = "SHOAL_NODE_MONITOR_GRACE_PERIOD", default_value = "5s", value_parser = shoal_apiserver::server::parse_duration)]
+    node_monitor_grace_period: Duration,
+    /// How long after that the pods of an unreachable node are deleted.
+    #[arg(long, env = "SHOAL_POD_EVICTION_TIMEOUT", default_value = "5s", value_parser = shoal_apiserver::server::parse_duration)]
+    pod_eviction_timeout: Duration,
 }
 
 /// What must stay the same from one run to the next.
@@ -231,6 +238,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let controllers = tokio::spawn(shoal_apiserver::controllers::run_elected(
         client,
         crate::controllers::identity(),
+        shoal_apiserver::controllers::Settings {
+            node_monitor_grace_period: args.node_monitor_grace_period,
+            pod_eviction_timeout: args.pod_eviction_timeout,
+        },
     ));
 
     crate::apiserver::wait_for_signal().await?;

@@ -11,33 +11,51 @@ pub mod garbagecollector;
 pub mod nodelifecycle;
 pub mod replicaset;
 
-type Loop = fn(kube::Client) -> Pin<Box<dyn Future<Output = ()> + Send>>;
+/// Tunables of the loops (flags of `shoal controllers`).
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Lease silence after which a node is unreachable.
+    pub node_monitor_grace_period: std::time::Duration,
+    /// Further time before the pods of an unreachable node are deleted.
+    pub pod_eviction_timeout: std::time::Duration,
+}
+
+impl Default for Settings {
+    fn default() -> Settings {
+        Settings {
+            node_monitor_grace_period: std::time::Duration::from_secs(5),
+            pod_eviction_timeout: std::time::Duration::from_secs(5),
+        }
+    }
+}
+
+type Loop = fn(kube::Client, Settings) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 
 /// (name, constructor, enabled by default)
 pub const REGISTRY: &[(&str, Loop, bool)] = &[
     (
         "scheduler",
-        |client| Box::pin(crate::scheduler::run(client)),
+        |client, _| Box::pin(crate::scheduler::run(client)),
         true,
     ),
     (
         "replicaset",
-        |client| Box::pin(replicaset::run(client)),
+        |client, _| Box::pin(replicaset::run(client)),
         true,
     ),
     (
         "deployment",
-        |client| Box::pin(deployment::run(client)),
+        |client, _| Box::pin(deployment::run(client)),
         true,
     ),
     (
         "nodelifecycle",
-        |client| Box::pin(nodelifecycle::run(client)),
+        |client, settings| Box::pin(nodelifecycle::run(client, settings)),
         true,
     ),
     (
         "garbagecollector",
-        |client| Box::pin(garbagecollector::run(client)),
+        |client, _| Box::pin(garbagecollector::run(client)),
         true,
     ),
 ];
@@ -60,12 +78,12 @@ pub fn check() -> Result<(), Error> {
 }
 
 /// Runs every enabled loop until the task is dropped (which stops them).
-pub async fn run_all(client: kube::Client) {
+pub async fn run_all(client: kube::Client, settings: Settings) {
     let mut tasks = Vec::new();
     for (name, start, enabled) in REGISTRY {
         if *enabled {
             tracing::info!(controller = name, "starting");
-            tasks.push(tokio::spawn(start(client.clone())));
+            tasks.push(tokio::spawn(start(client.clone(), settings.clone())));
         }
     }
     // Aborting this future drops the guards, which stops the loops.
@@ -82,13 +100,13 @@ impl Drop for AbortOnDrop {
 }
 
 /// Runs the loops under leader election, as `identity`.
-pub async fn run_elected(client: kube::Client, identity: String) {
+pub async fn run_elected(client: kube::Client, identity: String, settings: Settings) {
     crate::leader::run(
         client.clone(),
         "kube-system",
         "shoal-controllers",
         identity,
-        move || run_all(client.clone()),
+        move || run_all(client.clone(), settings.clone()),
     )
     .await;
 }

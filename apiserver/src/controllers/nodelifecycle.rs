@@ -19,11 +19,6 @@ use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::ResourceExt;
 use serde_json::json;
 
-/// Lease silence after which a node is unreachable.
-pub const GRACE: Duration = Duration::from_secs(5);
-/// Further time before the pods of an unreachable node are deleted.
-pub const EVICTION: Duration = Duration::from_secs(5);
-
 const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 
 fn last_heartbeat(lease: Option<&Lease>, node: &Node) -> Option<i64> {
@@ -57,7 +52,7 @@ fn has_unreachable_taint(node: &Node) -> bool {
 }
 
 /// How long a pod may stay on an unreachable node.
-fn tolerated(pod: &Pod) -> Duration {
+fn tolerated(pod: &Pod, eviction: Duration) -> Duration {
     pod.spec
         .as_ref()
         .and_then(|s| s.tolerations.as_ref())
@@ -72,7 +67,7 @@ fn tolerated(pod: &Pod) -> Duration {
             Some(s) => Duration::from_secs(s.max(0) as u64),
             None => Duration::from_secs(u64::MAX / 4),
         })
-        .unwrap_or(EVICTION)
+        .unwrap_or(eviction)
 }
 
 fn owned_by_statefulset(pod: &Pod) -> bool {
@@ -81,7 +76,9 @@ fn owned_by_statefulset(pod: &Pod) -> bool {
         .any(|o| o.kind == "StatefulSet" && o.controller == Some(true))
 }
 
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, settings: super::Settings) {
+    let grace = settings.node_monitor_grace_period;
+    let eviction = settings.pod_eviction_timeout;
     let (nodes, node_writer) = reflector::store::<Node>();
     let (leases, lease_writer) = reflector::store::<Lease>();
     let (pods, pod_writer) = reflector::store::<Pod>();
@@ -128,7 +125,7 @@ pub async fn run(client: kube::Client) {
                 .find(|l| l.name_any() == name)
                 .map(|l| l.as_ref());
             let silent =
-                last_heartbeat(lease, &node).is_none_or(|t| now - t > GRACE.as_secs() as i64);
+                last_heartbeat(lease, &node).is_none_or(|t| now - t > grace.as_secs() as i64);
             if !silent {
                 lost_since.remove(&name);
                 if has_unreachable_taint(&node) && ready_status(&node).as_deref() == Some("True") {
@@ -216,7 +213,7 @@ pub async fn run(client: kube::Client) {
                         )
                         .await;
                 }
-                if !owned_by_statefulset(pod) && since.elapsed() >= tolerated(pod) {
+                if !owned_by_statefulset(pod) && since.elapsed() >= tolerated(pod, eviction) {
                     tracing::warn!(pod = %pod.name_any(), node = %name, "evicting a pod from an unreachable node");
                     let _ = api.delete(&pod.name_any(), &DeleteParams::default()).await;
                 }

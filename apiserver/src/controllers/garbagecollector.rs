@@ -5,13 +5,16 @@
 //! deleted first and goes once none is left; an owner deleted with
 //! `orphan` has its dependents released (their owner reference removed).
 //!
-//! It polls the kinds that can own or be owned every second; the decisions
-//! are `plan`, a pure function of those objects.
+//! It keeps watch-fed caches of the kinds that can own or be owned and
+//! looks at them every second; the decisions are `plan`, a pure function
+//! of those objects.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
-use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use futures::StreamExt;
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::runtime::{reflector, watcher, WatchStreamExt};
 use serde_json::{json, Value};
 
 /// (group, version, kind, plural) of the kinds the collector looks at.
@@ -129,12 +132,12 @@ fn resource(kind: usize) -> ApiResource {
     }
 }
 
-async fn collect(client: &kube::Client) -> Result<(Vec<Item>, Vec<DynamicObject>), kube::Error> {
+/// The objects of every kind looked at, from watch-fed caches.
+fn collect(stores: &[reflector::Store<DynamicObject>]) -> (Vec<Item>, Vec<DynamicObject>) {
     let mut items = Vec::new();
     let mut objects = Vec::new();
-    for kind in 0..KINDS.len() {
-        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource(kind));
-        for object in api.list(&ListParams::default()).await?.items {
+    for (kind, store) in stores.iter().enumerate() {
+        for object in store.state() {
             let meta = &object.metadata;
             items.push(Item {
                 kind,
@@ -152,22 +155,30 @@ async fn collect(client: &kube::Client) -> Result<(Vec<Item>, Vec<DynamicObject>
                     .map(|o| (o.uid.clone(), o.block_owner_deletion == Some(true)))
                     .collect(),
             });
-            objects.push(object);
+            objects.push((*object).clone());
         }
     }
-    Ok((items, objects))
+    (items, objects)
 }
 
 pub async fn run(client: kube::Client) {
+    let mut stores = Vec::new();
+    for kind in 0..KINDS.len() {
+        let writer = reflector::store::Writer::<DynamicObject>::new(resource(kind));
+        stores.push(writer.as_reader());
+        let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource(kind));
+        tokio::spawn(
+            reflector(writer, watcher(api, watcher::Config::default()))
+                .default_backoff()
+                .for_each(|_| futures::future::ready(())),
+        );
+    }
+    for store in &stores {
+        let _ = store.wait_until_ready().await;
+    }
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (items, objects) = match collect(&client).await {
-            Ok(found) => found,
-            Err(e) => {
-                tracing::debug!(error = %e, "garbage collector cannot list");
-                continue;
-            }
-        };
+        let (items, objects) = collect(&stores);
         for action in plan(&items) {
             let result = match &action {
                 Action::Delete(i) => {

@@ -15,6 +15,9 @@
 #   WATCHERS      concurrent watchers (default 1000)
 #   WATCH_EVENTS  pods created while they watch (default 100)
 #   REPEAT        runs (default 3)
+#   CONTROLLERS=1 also run the scheduler and control loops in the cluster
+#                 (by default the API is measured alone: with no nodes the
+#                 scheduler would mark all PODS pods unschedulable meanwhile)
 #   KEEP_TMP=1    keep the data directories and logs (the path is printed)
 set -euo pipefail
 
@@ -43,7 +46,9 @@ RESULTS="$TMP/results.jsonl"
 for run in $(seq 1 "$REPEAT"); do
   DIR="$TMP/run-$run"
   mkdir -p "$DIR"
-  "$SHOAL" up --data-dir "$DIR" --port 0 >"$DIR/up.log" 2>&1 &
+  UP_FLAGS=(--data-dir "$DIR" --port 0)
+  [ "${CONTROLLERS:-0}" = 1 ] || UP_FLAGS+=(--no-controllers)
+  "$SHOAL" up "${UP_FLAGS[@]}" >"$DIR/up.log" 2>&1 &
   UP_PID=$!
   for _ in $(seq 1 300); do
     [ -f "$DIR/kubeconfig" ] && break

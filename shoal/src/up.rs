@@ -36,6 +36,11 @@ pub struct UpArgs {
     /// Address the apiserver listens on.
     #[arg(long, env = "SHOAL_BIND_ADDRESS", default_value = "127.0.0.1")]
     bind_address: String,
+    /// Run the store and the apiserver only, without the scheduler and the
+    /// control loops (to measure the API alone, or run them elsewhere with
+    /// `shoal controllers`).
+    #[arg(long, env = "SHOAL_NO_CONTROLLERS")]
+    no_controllers: bool,
     /// How long a node's Lease may go unrenewed before the node and its
     /// pods turn Unknown (`5s`, `40s`, `1m`).
     #[arg(long, env = "SHOAL_NODE_MONITOR_GRACE_PERIOD", default_value = "5s", value_parser = shoal_apiserver::server::parse_duration)]
@@ -232,21 +237,27 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     // The scheduler and the control loops, as a client of the apiserver
     // (through the kubeconfig just written), under leader election.
-    let client = shoal_apiserver::controllers::client_from_kubeconfig(&kubeconfig_path)
-        .await
-        .context("a client for the controllers")?;
-    let controllers = tokio::spawn(shoal_apiserver::controllers::run_elected(
-        client,
-        crate::controllers::identity(),
-        shoal_apiserver::controllers::Settings {
-            node_monitor_grace_period: args.node_monitor_grace_period,
-            pod_eviction_timeout: args.pod_eviction_timeout,
-        },
-    ));
+    let controllers = if args.no_controllers {
+        None
+    } else {
+        let client = shoal_apiserver::controllers::client_from_kubeconfig(&kubeconfig_path)
+            .await
+            .context("a client for the controllers")?;
+        Some(tokio::spawn(shoal_apiserver::controllers::run_elected(
+            client,
+            crate::controllers::identity(),
+            shoal_apiserver::controllers::Settings {
+                node_monitor_grace_period: args.node_monitor_grace_period,
+                pod_eviction_timeout: args.pod_eviction_timeout,
+            },
+        )))
+    };
 
     crate::apiserver::wait_for_signal().await?;
     println!("stopping");
-    controllers.abort();
+    if let Some(controllers) = controllers {
+        controllers.abort();
+    }
     apiserver.stop().await;
     for node in &nodes {
         node.stop();

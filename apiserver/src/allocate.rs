@@ -97,6 +97,56 @@ fn pick(
         .find(|v| !taken.contains(v))
 }
 
+/// The node port of `spec.ports[i]`: the one asked for, checked to be in
+/// range and free, or a free one picked at random; either way marked used.
+fn node_port(
+    (low, high): (u16, u16),
+    used: &mut HashSet<String>,
+    protocol: &str,
+    asked: Option<i64>,
+    i: usize,
+) -> Result<i64, Cause> {
+    let field = format!("spec.ports[{i}].nodePort");
+    let number = match asked {
+        Some(n) => {
+            if n < i64::from(low) || n > i64::from(high) {
+                return Err(Cause::invalid(
+                    field,
+                    &json!(n),
+                    format!("provided port is not in the valid range. The range of valid ports is {low}-{high}"),
+                ));
+            }
+            if used.contains(&format!("{protocol}-{n}")) {
+                return Err(Cause::invalid(
+                    field,
+                    &json!(n),
+                    "provided port is already allocated",
+                ));
+            }
+            n
+        }
+        None => {
+            let chosen = pick(used, u32::from(low), u32::from(high), |n| {
+                format!("{protocol}-{n}")
+            })
+            .ok_or_else(|| {
+                Cause::invalid(
+                    field,
+                    &json!(0),
+                    "failed to allocate a nodePort: range is full",
+                )
+            })?;
+            chosen
+                .rsplit('-')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_default()
+        }
+    };
+    used.insert(format!("{protocol}-{number}"));
+    Ok(number)
+}
+
 /// Allocates what a new Service needs, adding the guards and puts to its
 /// transaction. Returns whether anything was allocated.
 pub async fn on_create(
@@ -191,7 +241,6 @@ pub async fn on_create(
     }
 
     if kind == "NodePort" || kind == "LoadBalancer" {
-        let (low, high) = api.node_ports;
         let mut used = taken(api, PORTS).await?;
         let count = object
             .pointer("/spec/ports")
@@ -204,45 +253,13 @@ pub async fn on_create(
                 .and_then(Value::as_str)
                 .unwrap_or("TCP")
                 .to_string();
-            let number = match port.get("nodePort").and_then(Value::as_i64) {
-                Some(n) if n != 0 => {
-                    if n < i64::from(low) || n > i64::from(high) {
-                        return Err(invalid(vec![Cause::invalid(
-                            format!("spec.ports[{i}].nodePort"),
-                            &json!(n),
-                            format!("provided port is not in the valid range. The range of valid ports is {low}-{high}"),
-                        )]));
-                    }
-                    if used.contains(&format!("{protocol}-{n}")) {
-                        return Err(invalid(vec![Cause::invalid(
-                            format!("spec.ports[{i}].nodePort"),
-                            &json!(n),
-                            "provided port is already allocated",
-                        )]));
-                    }
-                    n
-                }
-                _ => {
-                    let chosen = pick(&used, u32::from(low), u32::from(high), |n| {
-                        format!("{protocol}-{n}")
-                    })
-                    .ok_or_else(|| {
-                        invalid(vec![Cause::invalid(
-                            format!("spec.ports[{i}].nodePort"),
-                            &json!(0),
-                            "failed to allocate a nodePort: range is full",
-                        )])
-                    })?;
-                    chosen
-                        .rsplit('-')
-                        .next()
-                        .and_then(|n| n.parse().ok())
-                        .unwrap_or_default()
-                }
-            };
-            let entry = format!("{protocol}-{number}");
-            used.insert(entry.clone());
-            let key = format!("{PORTS}{entry}");
+            let asked = port
+                .get("nodePort")
+                .and_then(Value::as_i64)
+                .filter(|n| *n != 0);
+            let number = node_port(api.node_ports, &mut used, &protocol, asked, i)
+                .map_err(|cause| invalid(vec![cause]))?;
+            let key = format!("{PORTS}{protocol}-{number}");
             guards.push(Guard::Absent(key.clone()));
             ops.push(Op::Put(key, owner.clone().into_bytes()));
             port["nodePort"] = json!(number);
@@ -338,61 +355,16 @@ pub async fn on_update(
                     map.remove("nodePort");
                 }
             }
-            (true, Some(n)) if !before.contains(&format!("{PORTS}{protocol}-{n}")) => {
-                // A port chosen by hand: in range and free, as at create.
-                let (low, high) = api.node_ports;
-                let field = format!("spec.ports[{i}].nodePort");
-                if n < i64::from(low) || n > i64::from(high) {
-                    return Err(ApiError::invalid(resource, &name, vec![Cause::invalid(
-                        field,
-                        &json!(n),
-                        format!("provided port is not in the valid range. The range of valid ports is {low}-{high}"),
-                    )]));
-                }
-                if used.is_none() {
-                    used = Some(taken(api, PORTS).await?);
-                }
-                if used
-                    .as_ref()
-                    .is_some_and(|u| u.contains(&format!("{protocol}-{n}")))
-                {
-                    return Err(ApiError::invalid(
-                        resource,
-                        &name,
-                        vec![Cause::invalid(
-                            field,
-                            &json!(n),
-                            "provided port is already allocated",
-                        )],
-                    ));
-                }
-            }
-            (true, None) => {
+            (true, asked)
+                if asked.is_none_or(|n| !before.contains(&format!("{PORTS}{protocol}-{n}"))) =>
+            {
+                // A new port, or one chosen by hand: as at create.
                 if used.is_none() {
                     used = Some(taken(api, PORTS).await?);
                 }
                 let used = used.as_mut().expect("filled above");
-                let (low, high) = api.node_ports;
-                let chosen = pick(used, u32::from(low), u32::from(high), |n| {
-                    format!("{protocol}-{n}")
-                })
-                .ok_or_else(|| {
-                    ApiError::invalid(
-                        resource,
-                        &name,
-                        vec![Cause::invalid(
-                            format!("spec.ports[{i}].nodePort"),
-                            &json!(0),
-                            "failed to allocate a nodePort: range is full",
-                        )],
-                    )
-                })?;
-                used.insert(chosen.clone());
-                let number: i64 = chosen
-                    .rsplit('-')
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .unwrap_or_default();
+                let number = node_port(api.node_ports, used, &protocol, asked, i)
+                    .map_err(|cause| ApiError::invalid(resource, &name, vec![cause]))?;
                 port["nodePort"] = json!(number);
             }
             _ => {}

@@ -80,17 +80,9 @@ pub struct Store {
     current: AtomicUsize,
 }
 
-/// The end of the key range holding every key that starts with `prefix`.
-pub fn prefix_end(prefix: &[u8]) -> Vec<u8> {
-    let mut end = prefix.to_vec();
-    while let Some(last) = end.pop() {
-        if last < 0xff {
-            end.push(last + 1);
-            return end;
-        }
-    }
-    vec![0]
-}
+/// The end of the key range holding every key that starts with `prefix`
+/// (the store's own, as etcd clients compute it).
+pub use shoal_store::mvcc::prefix_end;
 
 fn retryable(status: &tonic::Status) -> bool {
     matches!(

@@ -127,6 +127,9 @@ async fn logs_and_exec_reach_the_agent() {
         &dir.path().join("apiserver"),
         None,
         &[
+            // The node here has no agent renewing its Lease: without the
+            // control loops nothing marks it lost or evicts its pod.
+            "--no-controllers",
             "--kubelet-certificate-authority",
             &ca,
             "--kubelet-token-file",

@@ -1,7 +1,8 @@
 //! The scheduler against simulated nodes (`shoal agent --simulate`), driven
 //! with kubectl: pods land on Ready nodes, spread out, with a Scheduled
 //! event; a pod that fits nowhere stays Pending with Kubernetes' message;
-//! deletion completes through the node.
+//! deletion completes through the node. Nodes get pod ranges and
+//! namespaces a default ServiceAccount on the way.
 
 mod support;
 
@@ -26,6 +27,39 @@ fn pods_are_scheduled_onto_simulated_nodes() {
         "{}",
         up.ok(&["get", "nodes"])
     );
+
+    // Node IPAM: each node has its own /24 of the pod network.
+    let ranges = || {
+        let out = up.ok(&[
+            "get",
+            "nodes",
+            "-o",
+            "jsonpath={range .items[*]}{.spec.podCIDR}{\"\\n\"}{end}",
+        ]);
+        out.lines()
+            .filter(|l| !l.is_empty())
+            .map(String::from)
+            .collect::<std::collections::BTreeSet<String>>()
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || ranges().len() == 3),
+        "{:?}",
+        ranges()
+    );
+    assert!(
+        ranges()
+            .iter()
+            .all(|r| r.starts_with("10.244.") && r.ends_with(".0/24")),
+        "{:?}",
+        ranges()
+    );
+    // Every namespace gets a `default` ServiceAccount.
+    up.ok(&["create", "namespace", "team-a"]);
+    assert!(eventually(Duration::from_secs(10), || {
+        up.kubectl(&["get", "serviceaccount", "default", "-n", "team-a"])
+            .status
+            .success()
+    }));
 
     for i in 0..6 {
         up.ok(&[

@@ -130,11 +130,47 @@ pub struct Running {
     /// PEM of the CA that signed the serving certificate, when generated.
     pub ca_pem: Option<String>,
     pub api: Arc<Api>,
+    /// The token of this process's own clients (its controllers), known
+    /// only to it, as kube-apiserver's loopback client.
+    loopback_token: String,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
 
 impl Running {
+    /// A client of this apiserver for its own control loops: it connects
+    /// over loopback with a token that only this process knows. With a
+    /// generated certificate the CA is checked; with `--tls-cert-file` the
+    /// certificate may not name 127.0.0.1, so it is not.
+    pub async fn loopback_client(&self) -> Result<kube::Client, kube::Error> {
+        let host = match self.addr.ip() {
+            ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+            std::net::IpAddr::V6(ip) => format!("[{ip}]"),
+            ip => ip.to_string(),
+        };
+        let server = format!("https://{host}:{}", self.addr.port());
+        let trust = match &self.ca_pem {
+            Some(pem) => format!(
+                "certificate-authority-data: {}",
+                base64::Engine::encode(&base64::engine::general_purpose::STANDARD, pem)
+            ),
+            None => "insecure-skip-tls-verify: true".to_string(),
+        };
+        let text = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: loopback\n  cluster:\n    server: {server}\n    {trust}\nusers:\n- name: loopback\n  user:\n    token: {}\ncontexts:\n- name: loopback\n  context:\n    cluster: loopback\n    user: loopback\ncurrent-context: loopback\n",
+            self.loopback_token
+        );
+        let kubeconfig = kube::config::Kubeconfig::from_yaml(&text)
+            .map_err(|e| kube::Error::Service(Box::new(e)))?;
+        let config = kube::Config::from_custom_kubeconfig(
+            kubeconfig,
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .map_err(|e| kube::Error::Service(Box::new(e)))?;
+        kube::Client::try_from(config)
+    }
+
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
         for task in self.tasks {
@@ -253,6 +289,15 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
             None
         }
     };
+    let loopback_token = {
+        use rand::Rng;
+        let bytes: [u8; 24] = rand::thread_rng().gen();
+        bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
+    };
+    let tokens = tokens.map(|mut tokens| {
+        tokens.insert(loopback_token.clone(), "system:apiserver".to_string());
+        tokens
+    });
     let (cert, key, ca_pem) = match (&config.tls_cert_file, &config.tls_private_key_file) {
         (Some(cert), Some(key)) => (cert.clone(), key.clone(), None),
         _ => {
@@ -324,6 +369,7 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         addr: local,
         ca_pem,
         api,
+        loopback_token,
         shutdown,
         tasks,
     })

@@ -299,7 +299,25 @@ pub fn spec(resource: &Resource, object: &Value) -> Vec<Cause> {
             );
             match spec.get("schedule").and_then(Value::as_str) {
                 None | Some("") => causes.push(Cause::required("spec.schedule")),
-                Some(_) => {}
+                Some(schedule) => {
+                    if let Err(e) = crate::controllers::cronjob::schedule::Schedule::parse(schedule)
+                    {
+                        causes.push(Cause::invalid(
+                            "spec.schedule",
+                            &Value::String(schedule.to_string()),
+                            e.to_string(),
+                        ));
+                    }
+                }
+            }
+            if let Some(zone) = spec.get("timeZone").and_then(Value::as_str) {
+                if jiff::tz::TimeZone::get(zone).is_err() {
+                    causes.push(Cause::invalid(
+                        "spec.timeZone",
+                        &Value::String(zone.to_string()),
+                        format!("unknown time zone {zone}"),
+                    ));
+                }
             }
         }
         ("", "Service") => service(&spec, &mut causes),
@@ -494,6 +512,27 @@ mod tests {
         let causes = spec(deployments, &d);
         assert_eq!(causes.len(), 1, "{causes:?}");
         assert_eq!(causes[0].field, "spec.template.metadata.labels");
+    }
+
+    #[test]
+    fn cronjob_schedules_and_time_zones_are_checked() {
+        let cronjobs = crate::resources::find("batch", "v1", "cronjobs").unwrap();
+        let cj = |schedule: &str, zone: Option<&str>| {
+            json!({"spec": {"schedule": schedule, "timeZone": zone, "jobTemplate": {"spec": {"template": {"spec": {
+                "restartPolicy": "OnFailure", "containers": [{"name": "c", "image": "busybox"}]}}}}}})
+        };
+        assert_eq!(
+            spec(cronjobs, &cj("*/5 * * * *", Some("Europe/Paris"))),
+            vec![]
+        );
+        let causes = spec(cronjobs, &cj("61 * * * *", None));
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(causes[0].field, "spec.schedule");
+        let causes = spec(cronjobs, &cj("TZ=UTC 0 2 * * *", None));
+        assert_eq!(causes[0].field, "spec.schedule");
+        let causes = spec(cronjobs, &cj("@daily", Some("Mars/Olympus")));
+        assert_eq!(causes.len(), 1, "{causes:?}");
+        assert_eq!(causes[0].field, "spec.timeZone");
     }
 
     #[test]

@@ -1,14 +1,46 @@
 //! `shoal apiserver`: the Kubernetes REST API over a store cluster, with
-//! kube-apiserver's flag names.
+//! kube-apiserver's flag names. The scheduler and the control loops run in
+//! the same process by default, under leader election: with several
+//! apiservers, one replica runs them and a standby takes over when it dies.
 
 use anyhow::Context;
+use clap::Args;
 
-pub async fn run(config: shoal_apiserver::Config) -> anyhow::Result<()> {
-    let running = shoal_apiserver::start(config)
+#[derive(Args)]
+pub struct ApiserverArgs {
+    #[command(flatten)]
+    pub config: shoal_apiserver::Config,
+    /// Serve the API only: no scheduler and no control loops in this
+    /// process (run them with `shoal controllers`).
+    #[arg(long, env = "SHOAL_NO_CONTROLLERS")]
+    pub no_controllers: bool,
+    #[command(flatten)]
+    pub controllers: crate::controllers::ControllerFlags,
+}
+
+pub async fn run(args: ApiserverArgs) -> anyhow::Result<()> {
+    shoal_apiserver::controllers::check()?;
+    let running = shoal_apiserver::start(args.config)
         .await
         .context("starting the apiserver")?;
     tracing::info!(addr = %running.addr, "apiserver ready");
+    let controllers = if args.no_controllers {
+        None
+    } else {
+        let client = running
+            .loopback_client()
+            .await
+            .context("a loopback client for the controllers")?;
+        Some(tokio::spawn(shoal_apiserver::controllers::run_elected(
+            client,
+            crate::controllers::identity(),
+            args.controllers.settings(),
+        )))
+    };
     wait_for_signal().await?;
+    if let Some(controllers) = controllers {
+        controllers.abort();
+    }
     running.stop().await;
     Ok(())
 }

@@ -36,6 +36,9 @@ pub enum BenchCommand {
     /// Drive the Kubernetes API: create pods, list them, watch them with
     /// many watchers; print one JSON line.
     Api(crate::bench_api::ApiBench),
+    /// Create Deployments and time how fast their pods get nodes; print
+    /// one JSON line.
+    Scheduler(crate::bench_scheduler::SchedulerBench),
 }
 
 /// The request every operation sends.
@@ -121,6 +124,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Store(args) => store(args).await,
         BenchCommand::Api(args) => crate::bench_api::run(args).await,
+        BenchCommand::Scheduler(args) => crate::bench_scheduler::run(args).await,
     }
 }
 

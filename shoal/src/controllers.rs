@@ -11,6 +11,14 @@ pub struct ControllersArgs {
     /// kubeconfig of the cluster.
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: PathBuf,
+    #[command(flatten)]
+    pub flags: ControllerFlags,
+}
+
+/// The tunables of the control loops, shared by `shoal controllers`,
+/// `shoal apiserver` and `shoal up`.
+#[derive(Args, Clone)]
+pub struct ControllerFlags {
     /// How long a node's Lease may go unrenewed before the node and its
     /// pods turn Unknown (`5s`, `40s`, `1m`).
     #[arg(long, env = "SHOAL_NODE_MONITOR_GRACE_PERIOD", default_value = "5s", value_parser = shoal_apiserver::server::parse_duration)]
@@ -19,13 +27,18 @@ pub struct ControllersArgs {
     /// (unless they tolerate the unreachable taint for longer).
     #[arg(long, env = "SHOAL_POD_EVICTION_TIMEOUT", default_value = "5s", value_parser = shoal_apiserver::server::parse_duration)]
     pod_eviction_timeout: std::time::Duration,
+    /// Addresses for LoadBalancer Services, as a CIDR (`172.18.255.0/24`);
+    /// without it they stay `<pending>`.
+    #[arg(long, env = "SHOAL_LOADBALANCER_IP_POOL")]
+    loadbalancer_ip_pool: Option<String>,
 }
 
-impl ControllersArgs {
+impl ControllerFlags {
     pub fn settings(&self) -> shoal_apiserver::controllers::Settings {
         shoal_apiserver::controllers::Settings {
             node_monitor_grace_period: self.node_monitor_grace_period,
             pod_eviction_timeout: self.pod_eviction_timeout,
+            loadbalancer_ip_pool: self.loadbalancer_ip_pool.clone(),
         }
     }
 }
@@ -38,7 +51,7 @@ pub fn identity() -> String {
 
 pub async fn run(args: ControllersArgs) -> anyhow::Result<()> {
     shoal_apiserver::controllers::check()?;
-    let settings = args.settings();
+    let settings = args.flags.settings();
     let client = shoal_apiserver::controllers::client_from_kubeconfig(&args.kubeconfig)
         .await
         .with_context(|| format!("reading {}", args.kubeconfig.display()))?;

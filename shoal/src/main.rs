@@ -4,6 +4,7 @@ mod agent;
 mod apiserver;
 mod bench;
 mod bench_api;
+mod bench_scheduler;
 mod controllers;
 mod store;
 mod up;
@@ -25,8 +26,9 @@ struct Cli {
 enum Command {
     /// Run one member of a store cluster (speaks the etcd v3 API).
     Store(store::StoreArgs),
-    /// Serve the Kubernetes API over a store cluster.
-    Apiserver(shoal_apiserver::Config),
+    /// Serve the Kubernetes API over a store cluster (with the scheduler
+    /// and the control loops, one replica leading).
+    Apiserver(apiserver::ApiserverArgs),
     /// Run the scheduler and the control loops (one replica leads).
     Controllers(controllers::ControllersArgs),
     /// Run a node agent (today: simulated nodes, --simulate).
@@ -59,7 +61,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Store(args) => store::run(args).await,
-            Command::Apiserver(config) => apiserver::run(config).await,
+            Command::Apiserver(args) => apiserver::run(args).await,
             Command::Up(args) => up::run(args).await,
             Command::Controllers(args) => controllers::run(args).await,
             Command::Agent(args) => agent::run(args).await,

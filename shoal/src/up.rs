@@ -41,13 +41,8 @@ pub struct UpArgs {
     /// `shoal controllers`).
     #[arg(long, env = "SHOAL_NO_CONTROLLERS")]
     no_controllers: bool,
-    /// How long a node's Lease may go unrenewed before the node and its
-    /// pods turn Unknown (`5s`, `40s`, `1m`).
-    #[arg(long, env = "SHOAL_NODE_MONITOR_GRACE_PERIOD", default_value = "5s", value_parser = shoal_apiserver::server::parse_duration)]
-    node_monitor_grace_period: Duration,
-    /// How long after that the pods of an unreachable node are deleted.
-    #[arg(long, env = "SHOAL_POD_EVICTION_TIMEOUT", default_value = "5s", value_parser = shoal_apiserver::server::parse_duration)]
-    pod_eviction_timeout: Duration,
+    #[command(flatten)]
+    controllers: crate::controllers::ControllerFlags,
 }
 
 /// What must stay the same from one run to the next.
@@ -235,21 +230,19 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("Stop with Ctrl-C.");
     let _ = std::io::stdout().flush();
 
-    // The scheduler and the control loops, as a client of the apiserver
-    // (through the kubeconfig just written), under leader election.
+    // The scheduler and the control loops, as a loopback client of the
+    // apiserver, under leader election.
     let controllers = if args.no_controllers {
         None
     } else {
-        let client = shoal_apiserver::controllers::client_from_kubeconfig(&kubeconfig_path)
+        let client = apiserver
+            .loopback_client()
             .await
             .context("a client for the controllers")?;
         Some(tokio::spawn(shoal_apiserver::controllers::run_elected(
             client,
             crate::controllers::identity(),
-            shoal_apiserver::controllers::Settings {
-                node_monitor_grace_period: args.node_monitor_grace_period,
-                pod_eviction_timeout: args.pod_eviction_timeout,
-            },
+            args.controllers.settings(),
         )))
     };
 

@@ -21,15 +21,23 @@ pub struct ShoalUp {
     pub dir: TempDir,
     child: Option<Child>,
     pub kubeconfig: PathBuf,
+    /// Extra flags of `shoal up`.
+    args: Vec<String>,
 }
 
 impl ShoalUp {
     pub fn start() -> ShoalUp {
+        ShoalUp::start_with(&[])
+    }
+
+    /// `shoal up` with extra flags (`--pod-eviction-timeout=2s`, ...).
+    pub fn start_with(args: &[&str]) -> ShoalUp {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut up = ShoalUp {
             kubeconfig: dir.path().join("kubeconfig"),
             dir,
             child: None,
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         up.spawn();
         up
@@ -43,6 +51,7 @@ impl ShoalUp {
         let child = Command::new(super::SHOAL)
             .args(["up", "--port", "0", "--data-dir"])
             .arg(self.dir.path())
+            .args(&self.args)
             .env("RUST_LOG", "info,openraft=warn")
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
@@ -381,6 +390,11 @@ impl Apiserver {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
     }
 
     pub fn ok(&self, args: &[&str]) -> String {

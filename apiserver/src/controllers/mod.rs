@@ -6,10 +6,18 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 
+pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
+pub mod endpoints;
 pub mod garbagecollector;
+pub mod job;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
+pub mod serviceaccount;
+pub mod statefulset;
+pub mod volumes;
 
 /// Tunables of the loops (flags of `shoal controllers`).
 #[derive(Debug, Clone)]
@@ -18,6 +26,9 @@ pub struct Settings {
     pub node_monitor_grace_period: std::time::Duration,
     /// Further time before the pods of an unreachable node are deleted.
     pub pod_eviction_timeout: std::time::Duration,
+    /// Addresses given to LoadBalancer Services (`--loadbalancer-ip-pool`,
+    /// a CIDR such as `172.18.255.0/24`); none means they stay pending.
+    pub loadbalancer_ip_pool: Option<String>,
 }
 
 impl Default for Settings {
@@ -25,6 +36,7 @@ impl Default for Settings {
         Settings {
             node_monitor_grace_period: std::time::Duration::from_secs(5),
             pod_eviction_timeout: std::time::Duration::from_secs(5),
+            loadbalancer_ip_pool: None,
         }
     }
 }
@@ -56,6 +68,46 @@ pub const REGISTRY: &[(&str, Loop, bool)] = &[
     (
         "garbagecollector",
         |client, _| Box::pin(garbagecollector::run(client)),
+        true,
+    ),
+    (
+        "nodeipam",
+        |client, _| Box::pin(nodeipam::run(client)),
+        true,
+    ),
+    (
+        "serviceaccount",
+        |client, _| Box::pin(serviceaccount::run(client)),
+        true,
+    ),
+    (
+        "job",
+        |client, settings| Box::pin(job::run(client, settings)),
+        true,
+    ),
+    (
+        "cronjob",
+        |client, settings| Box::pin(cronjob::run(client, settings)),
+        true,
+    ),
+    (
+        "statefulset",
+        |client, settings| Box::pin(statefulset::run(client, settings)),
+        true,
+    ),
+    (
+        "volumes",
+        |client, settings| Box::pin(volumes::run(client, settings)),
+        true,
+    ),
+    (
+        "daemonset",
+        |client, settings| Box::pin(daemonset::run(client, settings)),
+        true,
+    ),
+    (
+        "endpoints",
+        |client, settings| Box::pin(endpoints::run(client, settings)),
         true,
     ),
 ];

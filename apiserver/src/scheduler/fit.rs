@@ -4,13 +4,19 @@
 //! Filters: the node is Ready and schedulable, the pod's requests fit the
 //! node's allocatable minus what its pods request, the node matches the
 //! pod's nodeSelector and required node affinity, the pod tolerates the
-//! node's NoSchedule/NoExecute taints, and no hostPort clashes. Scores:
+//! node's NoSchedule/NoExecute taints, the volumes its claims are bound to
+//! can be reached from the node (local volumes: only their node), and no
+//! hostPort clashes. A claim that does not exist keeps the pod off every
+//! node. Scores:
 //! least allocated (cpu and memory), then fewest pods of the same owner
 //! (spreading replicas), then the name (deterministic).
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Node, NodeSelectorRequirement, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{
+    Node, NodeSelector, NodeSelectorRequirement, PersistentVolume, PersistentVolumeClaim, Pod,
+    Taint, Toleration,
+};
 
 use super::quantity;
 
@@ -86,7 +92,7 @@ fn is_ready(node: &Node) -> bool {
         .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
+pub fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
     tolerations.iter().any(|t| {
         let effect_ok = t
             .effect
@@ -131,7 +137,7 @@ fn requirement_matches(labels: &BTreeMap<String, String>, r: &NodeSelectorRequir
     }
 }
 
-fn matches_node_selection(pod: &Pod, node: &Node) -> bool {
+pub fn matches_node_selection(pod: &Pod, node: &Node) -> bool {
     let labels = node.metadata.labels.clone().unwrap_or_default();
     let Some(spec) = &pod.spec else { return true };
     if let Some(selector) = &spec.node_selector {
@@ -147,23 +153,85 @@ fn matches_node_selection(pod: &Pod, node: &Node) -> bool {
             a.required_during_scheduling_ignored_during_execution
                 .as_ref()
         });
-    match required {
-        None => true,
-        // Terms are ORed, the expressions of a term ANDed.
-        Some(selector) => selector.node_selector_terms.iter().any(|term| {
-            term.match_expressions
-                .iter()
-                .flatten()
-                .all(|r| requirement_matches(&labels, r))
-                && term.match_fields.iter().flatten().all(|r| {
-                    let fields = BTreeMap::from([(
-                        "metadata.name".to_string(),
-                        node_name(node).to_string(),
-                    )]);
-                    requirement_matches(&fields, r)
-                })
-        }),
+    required.is_none_or(|selector| selector_matches(selector, node))
+}
+
+/// Terms are ORed, the expressions of a term ANDed.
+fn selector_matches(selector: &NodeSelector, node: &Node) -> bool {
+    let labels = node.metadata.labels.clone().unwrap_or_default();
+    selector.node_selector_terms.iter().any(|term| {
+        term.match_expressions
+            .iter()
+            .flatten()
+            .all(|r| requirement_matches(&labels, r))
+            && term.match_fields.iter().flatten().all(|r| {
+                let fields =
+                    BTreeMap::from([("metadata.name".to_string(), node_name(node).to_string())]);
+                requirement_matches(&fields, r)
+            })
+    })
+}
+
+/// Whether a volume can be used from `node` (its required node affinity,
+/// e.g. the node a local volume lives on).
+pub fn volume_fits_node(volume: &PersistentVolume, node: &Node) -> bool {
+    volume
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_affinity.as_ref())
+        .and_then(|a| a.required.as_ref())
+        .is_none_or(|selector| selector_matches(selector, node))
+}
+
+/// The volumes the pod's claims are bound to (its node must reach each);
+/// or, when no node can do, why, in Kubernetes' words
+/// (`persistentvolumeclaim "data" not found`). A claim not bound yet puts
+/// no constraint: it is bound on the node the pod lands on.
+pub fn claimed_volumes<'a>(
+    pod: &Pod,
+    claims: &[PersistentVolumeClaim],
+    volumes: &'a [PersistentVolume],
+) -> Result<Vec<&'a PersistentVolume>, String> {
+    let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
+    let mut found = Vec::new();
+    for source in pod
+        .spec
+        .iter()
+        .flat_map(|s| s.volumes.iter().flatten())
+        .filter_map(|v| v.persistent_volume_claim.as_ref())
+    {
+        let name = source.claim_name.as_str();
+        let claim = claims.iter().find(|c| {
+            c.metadata.name.as_deref() == Some(name)
+                && c.metadata.namespace.as_deref().unwrap_or("default") == namespace
+        });
+        let Some(claim) = claim else {
+            return Err(format!("persistentvolumeclaim \"{name}\" not found"));
+        };
+        if claim.metadata.deletion_timestamp.is_some() {
+            return Err(format!("persistentvolumeclaim \"{name}\" is being deleted"));
+        }
+        let Some(bound) = claim
+            .spec
+            .as_ref()
+            .and_then(|s| s.volume_name.as_deref())
+            .filter(|v| !v.is_empty())
+        else {
+            continue;
+        };
+        match volumes
+            .iter()
+            .find(|v| v.metadata.name.as_deref() == Some(bound))
+        {
+            Some(volume) => found.push(volume),
+            None => {
+                return Err(format!(
+                "persistentvolume \"{bound}\" bound to persistentvolumeclaim \"{name}\" not found"
+            ))
+            }
+        }
     }
+    Ok(found)
 }
 
 fn host_ports(pod: &Pod) -> Vec<(i32, String)> {
@@ -180,7 +248,7 @@ fn host_ports(pod: &Pod) -> Vec<(i32, String)> {
 }
 
 /// Why a node cannot take a pod, in the scheduler's words.
-fn unfit(pod: &Pod, node: &Node, bound: &[&Pod]) -> Vec<String> {
+fn unfit(pod: &Pod, node: &Node, bound: &[&Pod], volumes: &[&PersistentVolume]) -> Vec<String> {
     let mut reasons = Vec::new();
     if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
         reasons.push("node(s) were unschedulable".to_string());
@@ -222,6 +290,10 @@ fn unfit(pod: &Pod, node: &Node, bound: &[&Pod]) -> Vec<String> {
     }
     if !matches_node_selection(pod, node) {
         reasons.push("node(s) didn't match Pod's node affinity/selector".to_string());
+        return reasons;
+    }
+    if !volumes.iter().all(|v| volume_fits_node(v, node)) {
+        reasons.push("node(s) had volume node affinity conflict".to_string());
         return reasons;
     }
     let want = requests(pod);
@@ -267,11 +339,22 @@ pub fn choose<'a>(
     nodes: &'a [Node],
     bound: &BTreeMap<String, Vec<&Pod>>,
 ) -> Result<&'a Node, String> {
+    choose_with_volumes(pod, nodes, bound, &[])
+}
+
+/// As `choose`, for a pod whose claims are bound to `volumes` (see
+/// `claimed_volumes`).
+pub fn choose_with_volumes<'a>(
+    pod: &Pod,
+    nodes: &'a [Node],
+    bound: &BTreeMap<String, Vec<&Pod>>,
+    volumes: &[&PersistentVolume],
+) -> Result<&'a Node, String> {
     let mut candidates = Vec::new();
     let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
     for node in nodes {
         let on_node = bound.get(node_name(node)).cloned().unwrap_or_default();
-        let why = unfit(pod, node, &on_node);
+        let why = unfit(pod, node, &on_node, volumes);
         if why.is_empty() {
             candidates.push((node, on_node));
         } else {
@@ -402,5 +485,54 @@ mod tests {
         tolerant.spec.as_mut().unwrap().tolerations =
             Some(serde_json::from_value(json!([{"key": "dedicated", "operator": "Equal", "value": "db", "effect": "NoSchedule"}])).unwrap());
         assert!(choose(&tolerant, &nodes, &BTreeMap::new()).is_ok());
+    }
+
+    #[test]
+    fn claims_keep_pods_where_their_volumes_are() {
+        let nodes = vec![
+            node("a", "4", json!({"kubernetes.io/hostname": "a"})),
+            node("b", "4", json!({"kubernetes.io/hostname": "b"})),
+        ];
+        let mut p = pod("1");
+        p.metadata.namespace = Some("default".into());
+        p.spec.as_mut().unwrap().volumes = Some(
+            serde_json::from_value(
+                json!([{"name": "data", "persistentVolumeClaim": {"claimName": "data-0"}}]),
+            )
+            .unwrap(),
+        );
+        assert_eq!(
+            claimed_volumes(&p, &[], &[]).unwrap_err(),
+            "persistentvolumeclaim \"data-0\" not found"
+        );
+        let mut claim: PersistentVolumeClaim = serde_json::from_value(
+            json!({"metadata": {"name": "data-0", "namespace": "default"}, "spec": {}}),
+        )
+        .unwrap();
+        // Not bound yet: any node.
+        assert!(claimed_volumes(&p, std::slice::from_ref(&claim), &[])
+            .unwrap()
+            .is_empty());
+        claim.spec.as_mut().unwrap().volume_name = Some("pv-1".into());
+        let volume: PersistentVolume = serde_json::from_value(json!({
+            "metadata": {"name": "pv-1"},
+            "spec": {"nodeAffinity": {"required": {"nodeSelectorTerms": [{"matchExpressions": [
+                {"key": "kubernetes.io/hostname", "operator": "In", "values": ["b"]}]}]}}}
+        }))
+        .unwrap();
+        let volumes = std::slice::from_ref(&volume);
+        let claims = std::slice::from_ref(&claim);
+        let needed = claimed_volumes(&p, claims, volumes).unwrap();
+        // "b" holds the volume though "a" is emptier after spreading.
+        let other = pod("1");
+        let mut bound = BTreeMap::new();
+        bound.insert("b".to_string(), vec![&other]);
+        let chosen = choose_with_volumes(&p, &nodes, &bound, &needed).unwrap();
+        assert_eq!(node_name(chosen), "b");
+        assert_eq!(
+            choose_with_volumes(&p, &nodes[..1], &bound, &needed).unwrap_err(),
+            "0/1 nodes are available: 1 node(s) had volume node affinity conflict."
+        );
+        assert!(claimed_volumes(&p, claims, &[]).is_err());
     }
 }

@@ -9,6 +9,10 @@
 //!                                   └─ PodScheduled=False + event FailedScheduling
 //! ```
 //!
+//! Claims and volumes are watched too: a pod whose claim does not exist
+//! waits, and one whose claim is bound to a local volume goes to that
+//! volume's node.
+//!
 //! It is an API client (kube-rs) like any other; the decisions are the pure
 //! functions in `fit.rs`.
 
@@ -20,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, Pod};
+use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use serde_json::json;
@@ -56,8 +60,12 @@ pub async fn run(client: kube::Client) {
     let (nodes, node_writer) = reflector::store::<Node>();
     let (pods, pod_writer) = reflector::store::<Pod>();
     let wake = Arc::new(tokio::sync::Notify::new());
+    let (claims, claim_writer) = reflector::store::<PersistentVolumeClaim>();
+    let (volumes, volume_writer) = reflector::store::<PersistentVolume>();
     let nodes_api: Api<Node> = Api::all(client.clone());
     let pods_api: Api<Pod> = Api::all(client.clone());
+    let claims_api: Api<PersistentVolumeClaim> = Api::all(client.clone());
+    let volumes_api: Api<PersistentVolume> = Api::all(client.clone());
     for stream in [
         reflector(node_writer, watcher(nodes_api, watcher::Config::default()))
             .default_backoff()
@@ -69,6 +77,24 @@ pub async fn run(client: kube::Client) {
             .touched_objects()
             .map(|_| ())
             .boxed(),
+        // Claims and volumes: a pod waiting for its claim, or bound to
+        // where its volume lives.
+        reflector(
+            claim_writer,
+            watcher(claims_api, watcher::Config::default()),
+        )
+        .default_backoff()
+        .touched_objects()
+        .map(|_| ())
+        .boxed(),
+        reflector(
+            volume_writer,
+            watcher(volumes_api, watcher::Config::default()),
+        )
+        .default_backoff()
+        .touched_objects()
+        .map(|_| ())
+        .boxed(),
     ] {
         let wake = wake.clone();
         tokio::spawn(stream.for_each(move |()| {
@@ -78,6 +104,8 @@ pub async fn run(client: kube::Client) {
     }
     let _ = nodes.wait_until_ready().await;
     let _ = pods.wait_until_ready().await;
+    let _ = claims.wait_until_ready().await;
+    let _ = volumes.wait_until_ready().await;
     // Bindings made but not yet seen in the cache, and the last reason told
     // to each unschedulable pod (so it is not written again and again).
     let mut assumed: HashMap<String, String> = HashMap::new();
@@ -85,6 +113,10 @@ pub async fn run(client: kube::Client) {
     loop {
         let node_list: Vec<Node> = nodes.state().iter().map(|n| (**n).clone()).collect();
         let all: Vec<Arc<Pod>> = pods.state();
+        let claim_list: Vec<PersistentVolumeClaim> =
+            claims.state().iter().map(|c| (**c).clone()).collect();
+        let volume_list: Vec<PersistentVolume> =
+            volumes.state().iter().map(|v| (**v).clone()).collect();
         assumed.retain(|k, _| all.iter().any(|p| key(p) == *k && pending(p)));
         let mut bound: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
         for pod in &all {
@@ -115,7 +147,10 @@ pub async fn run(client: kube::Client) {
         let mut newly: Vec<(String, String)> = Vec::new();
         for pod in waiting {
             let pod_key = key(pod);
-            match fit::choose(pod, &node_list, &bound) {
+            let chosen = fit::claimed_volumes(pod, &claim_list, &volume_list)
+                .map_err(|why| format!("0/{} nodes are available: {why}.", node_list.len()))
+                .and_then(|volumes| fit::choose_with_volumes(pod, &node_list, &bound, &volumes));
+            match chosen {
                 Ok(node) => {
                     let node_name = node.metadata.name.clone().unwrap_or_default();
                     match bind(&client, pod, &node_name).await {

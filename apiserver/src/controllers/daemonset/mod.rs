@@ -1,0 +1,262 @@
+//! The DaemonSet controller: one pod per eligible node, each created with a
+//! required node affinity for its node (`matchFields metadata.name`) and
+//! bound by the scheduler, as Kubernetes does since 1.12; rolling updates
+//! (maxUnavailable, maxSurge 0) or OnDelete; revisions as
+//! ControllerRevisions for `kubectl rollout history|undo|status`.
+//!
+//! ```text
+//!   watch daemonsets ─┐
+//!   watch pods (owned)┼─▶ reconcile ─▶ history::plan ─▶ sync::decide ─▶ create/delete pods,
+//!   watch nodes (all) ┘                                                  revisions, status
+//! ```
+//!
+//! The decisions are in `sync.rs` (pods, status) and `history.rs`
+//! (revisions); this module reads and writes.
+
+pub mod history;
+pub mod sync;
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::{ControllerRevision, DaemonSet};
+use k8s_openapi::api::core::v1::{Node, Pod};
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::ResourceExt;
+use serde_json::{json, Value};
+
+use crate::events;
+
+const COMPONENT: &str = "daemonset-controller";
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("API request failed: {0}")]
+    Api(#[from] kube::Error),
+    #[error("cannot build a {kind}: {source}")]
+    Build {
+        kind: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub async fn run(client: kube::Client, _settings: super::Settings) {
+    let sets: Api<DaemonSet> = Api::all(client.clone());
+    let controller = Controller::new(sets, watcher::Config::default());
+    let store = controller.store();
+    // A node that comes, goes or changes labels or taints may change where
+    // every DaemonSet runs.
+    controller
+        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .owns(
+            Api::<ControllerRevision>::all(client.clone()),
+            watcher::Config::default(),
+        )
+        .watches(
+            Api::<Node>::all(client.clone()),
+            watcher::Config::default(),
+            move |_: Node| {
+                store
+                    .state()
+                    .iter()
+                    .map(|ds| ObjectRef::from_obj(ds.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .run(reconcile, retry, Arc::new(client))
+        .for_each(|result| {
+            if let Err(e) = result {
+                tracing::warn!(error = %e, "daemonset reconcile failed");
+            }
+            futures::future::ready(())
+        })
+        .await;
+}
+
+fn retry(_: Arc<DaemonSet>, _: &Error, _: Arc<kube::Client>) -> Action {
+    Action::requeue(Duration::from_secs(2))
+}
+
+fn controlled_by(
+    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    uid: &str,
+) -> bool {
+    meta.owner_references
+        .iter()
+        .flatten()
+        .any(|o| o.controller == Some(true) && o.uid == uid)
+}
+
+async fn reconcile(ds: Arc<DaemonSet>, client: Arc<kube::Client>) -> Result<Action> {
+    let client = (*client).clone();
+    if ds.metadata.deletion_timestamp.is_some() {
+        // The garbage collector removes the pods and revisions.
+        return Ok(Action::await_change());
+    }
+    let namespace = ds.namespace().unwrap_or_else(|| "default".into());
+    let name = ds.name_any();
+    let uid = ds.uid().unwrap_or_default();
+    let selector = ds
+        .spec
+        .as_ref()
+        .and_then(|s| serde_json::to_value(&s.selector).ok())
+        .map(|s| crate::table::selector_string(&s))
+        .unwrap_or_default();
+    if selector.is_empty() {
+        return Ok(Action::await_change());
+    }
+    let pods_api: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let revisions_api: Api<ControllerRevision> = Api::namespaced(client.clone(), &namespace);
+    let sets: Api<DaemonSet> = Api::namespaced(client.clone(), &namespace);
+    let listed = ListParams::default().labels(&selector);
+    let nodes = Api::<Node>::all(client.clone())
+        .list(&ListParams::default())
+        .await?
+        .items;
+    let pods = pods_api.list(&listed).await?.items;
+    let revisions: Vec<ControllerRevision> = revisions_api
+        .list(&listed)
+        .await?
+        .items
+        .into_iter()
+        .filter(|r| controlled_by(&r.metadata, &uid))
+        .collect();
+
+    let live_hashes: BTreeSet<String> = pods
+        .iter()
+        .filter(|p| sync::target_node(p).is_some())
+        .filter_map(|p| p.labels().get(sync::HASH_LABEL).cloned())
+        .collect();
+    let plan = history::plan(&ds, &revisions, &live_hashes);
+    if let Some((revision, number)) = &plan.renumber {
+        let mut patch = json!({"revision": number});
+        if let Some(annotations) = &ds.metadata.annotations {
+            patch["metadata"] = json!({"annotations": annotations});
+        }
+        revisions_api
+            .patch(revision, &PatchParams::default(), &Patch::Merge(patch))
+            .await?;
+    }
+    if let Some(created) = &plan.create {
+        let revision: ControllerRevision =
+            serde_json::from_value(created.clone()).map_err(|source| Error::Build {
+                kind: "ControllerRevision",
+                source,
+            })?;
+        match revisions_api
+            .create(&PostParams::default(), &revision)
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 409 => {
+                // The name is taken by another template (a hash collision):
+                // count it, which changes the hash, and come back.
+                let existing = revisions_api.get(&revision.name_any()).await?;
+                if !(history::matches(&ds, &existing) && controlled_by(&existing.metadata, &uid)) {
+                    let collisions = ds
+                        .status
+                        .as_ref()
+                        .and_then(|s| s.collision_count)
+                        .unwrap_or(0);
+                    sets.patch_status(
+                        &name,
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"status": {"collisionCount": collisions + 1}})),
+                    )
+                    .await?;
+                    return Ok(Action::requeue(Duration::from_millis(200)));
+                }
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let now = jiff::Timestamp::now().as_second();
+    let decision = sync::decide(&ds, &nodes, &pods, &plan.hash, now);
+    for (pod, node) in &decision.failed {
+        events::record(
+            &client,
+            ds.as_ref(),
+            "Warning",
+            "FailedDaemonPod",
+            &format!(
+                "Found failed daemon pod {namespace}/{pod} on node {node}, will try to kill it"
+            ),
+            COMPONENT,
+        )
+        .await;
+    }
+    for pod in &decision.delete {
+        match pods_api.delete(pod, &DeleteParams::default()).await {
+            Ok(_) => {
+                events::record(
+                    &client,
+                    ds.as_ref(),
+                    "Normal",
+                    "SuccessfulDelete",
+                    &format!("Deleted pod: {pod}"),
+                    COMPONENT,
+                )
+                .await;
+            }
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    for node in &decision.create {
+        let pod: Pod =
+            serde_json::from_value(sync::new_pod(&ds, node, &plan.hash)).map_err(|source| {
+                Error::Build {
+                    kind: "Pod",
+                    source,
+                }
+            })?;
+        let created = pods_api.create(&PostParams::default(), &pod).await?;
+        events::record(
+            &client,
+            ds.as_ref(),
+            "Normal",
+            "SuccessfulCreate",
+            &format!("Created pod: {}", created.name_any()),
+            COMPONENT,
+        )
+        .await;
+    }
+    for revision in &plan.delete {
+        match revisions_api
+            .delete(revision, &DeleteParams::default())
+            .await
+        {
+            Ok(_) => {}
+            Err(kube::Error::Api(e)) if e.code == 404 => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+
+    let current = serde_json::to_value(&ds.status).unwrap_or(Value::Null);
+    let changed = decision.status.as_object().is_some_and(|want| {
+        want.iter()
+            .any(|(k, v)| current.get(k).unwrap_or(&json!(0)) != v)
+    });
+    if changed {
+        sets.patch_status(
+            &name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"status": decision.status})),
+        )
+        .await?;
+    }
+    // Pod events drive a rollout; while one is under way, look again soon
+    // anyway (e.g. for minReadySeconds to pass).
+    Ok(Action::requeue(Duration::from_secs(
+        if decision.progressing { 5 } else { 300 },
+    )))
+}

@@ -149,6 +149,11 @@ fn the_guides_parallel_job_runs_ten_pods_three_at_a_time() {
     ] {
         assert!(labels.contains(key), "{key} in {labels}");
     }
+    // The Job itself carries its template's labels, so it can be selected.
+    assert_eq!(
+        up.ok(&["get", "jobs", "-l", "job-name=database-backup", "-o", "name"]).trim(),
+        "job.batch/database-backup"
+    );
 
     // The job goes, and its pods with it (garbage collector).
     assert_eq!(

@@ -10,8 +10,30 @@ use crate::resources::Resource;
 pub fn before_create(resource: &Resource, object: &mut Value) {
     match (resource.group, resource.kind) {
         ("", "Pod") => pod_service_account(object.get_mut("spec")),
-        ("batch", "Job") => job_selector(object),
+        ("batch", "Job") => {
+            job_selector(object);
+            job_labels(object);
+        }
         _ => {}
+    }
+}
+
+/// A Job without labels of its own takes its pod template's (Kubernetes'
+/// Job defaulting), so `kubectl get jobs -l job-name=x` finds it.
+fn job_labels(object: &mut Value) {
+    let empty = object
+        .pointer("/metadata/labels")
+        .and_then(Value::as_object)
+        .is_none_or(|l| l.is_empty());
+    if !empty {
+        return;
+    }
+    if let Some(labels) = object
+        .pointer("/spec/template/metadata/labels")
+        .filter(|l| l.as_object().is_some_and(|l| !l.is_empty()))
+        .cloned()
+    {
+        set_path(object, &["metadata", "labels"], labels);
     }
 }
 
@@ -189,6 +211,12 @@ mod tests {
             job.pointer("/spec/template/metadata/labels/job-name"),
             Some(&json!("pi"))
         );
+        // Without labels of its own the Job takes the template's.
+        assert_eq!(job.pointer("/metadata/labels/job-name"), Some(&json!("pi")));
+        let mut labelled = json!({"metadata": {"name": "pi", "uid": "u-2", "labels": {"team": "a"}},
+                                  "spec": {"template": {"spec": {}}}});
+        before_create(jobs, &mut labelled);
+        assert_eq!(labelled.pointer("/metadata/labels"), Some(&json!({"team": "a"})));
     }
 
     #[test]

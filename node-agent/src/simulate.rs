@@ -1,7 +1,7 @@
 //! Simulated nodes: `shoal agent --simulate --count N --name-prefix P`
 //! registers nodes `P-0`..`P-(N-1)` with capacity, addresses and a Ready
 //! condition, renews each node's Lease in `kube-node-lease`, reports the
-//! pods bound to them Running and Ready (with a made-up pod IP), and
+//! pods bound to them Running and Ready (with a pod IP from the node's podCIDR), and
 //! finishes their graceful deletion, as an agent would once the containers
 //! stopped. Nothing runs.
 //!
@@ -26,7 +26,8 @@ use futures::StreamExt;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
 use serde_json::{json, Value};
 
 /// How long a simulated container runs.
@@ -160,6 +161,18 @@ fn running_status(pod: &Pod, host_ip: &str, pod_ip: &str) -> serde_json::Value {
     }})
 }
 
+/// The `n`-th pod address of a node: host `.2`..`.254` of its /24 pod
+/// range (`.1` is the node's own end of the pod network), cycling; without
+/// a range yet, one of 10.244.<node index>.0/24.
+fn pod_address(pod_cidr: Option<&str>, node_index: usize, n: u32) -> String {
+    let host = n % 253 + 2;
+    let prefix = pod_cidr
+        .and_then(|c| c.strip_suffix(".0/24"))
+        .map(str::to_string)
+        .unwrap_or_else(|| format!("10.244.{}", node_index % 256));
+    format!("{prefix}.{host}")
+}
+
 /// Runs the simulated nodes until the task is dropped.
 pub async fn run(client: kube::Client, config: Config) -> Result<(), kube::Error> {
     let names: Vec<String> = (0..config.count)
@@ -206,6 +219,15 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), kube::Error
         }
     });
 
+    // The nodes' pod ranges (`spec.podCIDR`, given by the controllers),
+    // which the pods' addresses come from.
+    let (node_store, node_writer) = reflector::store::<Node>();
+    let node_api: Api<Node> = Api::all(client.clone());
+    tokio::spawn(
+        reflector(node_writer, watcher(node_api, watcher::Config::default()))
+            .default_backoff()
+            .for_each(|_| futures::future::ready(())),
+    );
     let pods: Api<Pod> = Api::all(client.clone());
     let mut next_ip: HashMap<usize, u32> = HashMap::new();
     // The timer of each pod that is meant to end, by uid.
@@ -282,9 +304,12 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), kube::Error
             continue;
         }
         if phase == "Pending" || phase.is_empty() {
-            let n = next_ip.entry(i).or_insert(1);
+            let n = next_ip.entry(i).or_insert(0);
             *n += 1;
-            let pod_ip = format!("10.244.{}.{}", i % 256, *n % 254 + 1);
+            let range = node_store
+                .get(&ObjectRef::new(&node))
+                .and_then(|n| n.spec.as_ref().and_then(|s| s.pod_cidr.clone()));
+            let pod_ip = pod_address(range.as_deref(), i, *n);
             let status = running_status(&pod, &node_ip(i), &pod_ip);
             if let Err(e) = api
                 .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
@@ -491,6 +516,14 @@ async fn run_to_end(api: Api<Pod>, pod: Pod, plan: Plan) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pod_addresses_come_from_the_node_range() {
+        assert_eq!(pod_address(Some("10.244.7.0/24"), 3, 1), "10.244.7.3");
+        assert_eq!(pod_address(Some("10.244.7.0/24"), 3, 252), "10.244.7.254");
+        assert_eq!(pod_address(Some("10.244.7.0/24"), 3, 253), "10.244.7.2");
+        assert_eq!(pod_address(None, 3, 1), "10.244.3.3");
+    }
 
     fn pod(policy: &str, annotations: Value) -> Pod {
         serde_json::from_value(json!({

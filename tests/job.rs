@@ -151,7 +151,15 @@ fn the_guides_parallel_job_runs_ten_pods_three_at_a_time() {
     }
     // The Job itself carries its template's labels, so it can be selected.
     assert_eq!(
-        up.ok(&["get", "jobs", "-l", "job-name=database-backup", "-o", "name"]).trim(),
+        up.ok(&[
+            "get",
+            "jobs",
+            "-l",
+            "job-name=database-backup",
+            "-o",
+            "name"
+        ])
+        .trim(),
         "job.batch/database-backup"
     );
 

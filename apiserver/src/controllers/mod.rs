@@ -163,6 +163,30 @@ pub async fn run_elected(client: kube::Client, identity: String, settings: Setti
     .await;
 }
 
+/// The uid of an object's controlling owner.
+pub fn controller_uid<K: kube::Resource>(object: &K) -> Option<&str> {
+    object
+        .meta()
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+        .map(|o| o.uid.as_str())
+}
+
+/// Drops nulls, so that templates compare equal however they were written
+/// (for revision hashes and comparisons).
+pub fn strip_nulls(value: &mut serde_json::Value) {
+    match value {
+        serde_json::Value::Object(map) => {
+            map.retain(|_, v| !v.is_null());
+            map.values_mut().for_each(strip_nulls);
+        }
+        serde_json::Value::Array(items) => items.iter_mut().for_each(strip_nulls),
+        _ => {}
+    }
+}
+
 /// A kube client from a kubeconfig file.
 pub async fn client_from_kubeconfig(path: &std::path::Path) -> Result<kube::Client, kube::Error> {
     let kubeconfig =

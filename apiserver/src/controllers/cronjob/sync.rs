@@ -4,6 +4,7 @@
 //! time, which to delete (Replace, history limits), the status and events,
 //! and when the next schedule time is.
 
+pub use crate::controllers::controller_uid;
 use std::time::Duration;
 
 use jiff::tz::TimeZone;
@@ -56,15 +57,6 @@ pub fn finished_condition(job: &Job) -> Option<&'static str> {
             .iter()
             .any(|c| c.type_ == *kind && c.status == "True")
     })
-}
-
-pub fn controller_uid(job: &Job) -> Option<&str> {
-    job.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-        .map(|o| o.uid.as_str())
 }
 
 /// `<cronjob>-<scheduled minutes since the epoch>`: one name per schedule
@@ -146,7 +138,7 @@ pub fn decide(cj: &CronJob, jobs: &[Job], now: Timestamp) -> Decision {
     let cj_uid = cj.metadata.uid.as_deref().unwrap_or_default();
     let children: Vec<&Job> = jobs
         .iter()
-        .filter(|j| controller_uid(j) == Some(cj_uid))
+        .filter(|j| controller_uid(*j) == Some(cj_uid))
         .collect();
     let mut active = status.active.take().unwrap_or_default();
     let in_active = |active: &[ObjectReference], uid: &str| {

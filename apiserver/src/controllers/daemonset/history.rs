@@ -15,6 +15,7 @@ use serde_json::{json, Value};
 
 use super::sync::HASH_LABEL;
 use crate::controllers::deployment::sync::template_hash;
+use crate::controllers::strip_nulls;
 
 /// The template as compared and hashed: nulls dropped.
 pub fn template(ds: &DaemonSet) -> Value {
@@ -25,17 +26,6 @@ pub fn template(ds: &DaemonSet) -> Value {
         .unwrap_or(Value::Null);
     strip_nulls(&mut value);
     value
-}
-
-fn strip_nulls(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            map.retain(|_, v| !v.is_null());
-            map.values_mut().for_each(strip_nulls);
-        }
-        Value::Array(items) => items.iter_mut().for_each(strip_nulls),
-        _ => {}
-    }
 }
 
 /// The revision's `data`.

@@ -30,6 +30,7 @@ use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
+use crate::controllers::controller_uid;
 use crate::events;
 
 const COMPONENT: &str = "daemonset-controller";
@@ -85,16 +86,6 @@ fn retry(_: Arc<DaemonSet>, _: &Error, _: Arc<kube::Client>) -> Action {
     Action::requeue(Duration::from_secs(2))
 }
 
-fn controlled_by(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-    uid: &str,
-) -> bool {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .any(|o| o.controller == Some(true) && o.uid == uid)
-}
-
 async fn reconcile(ds: Arc<DaemonSet>, client: Arc<kube::Client>) -> Result<Action> {
     let client = (*client).clone();
     if ds.metadata.deletion_timestamp.is_some() {
@@ -127,7 +118,7 @@ async fn reconcile(ds: Arc<DaemonSet>, client: Arc<kube::Client>) -> Result<Acti
         .await?
         .items
         .into_iter()
-        .filter(|r| controlled_by(&r.metadata, &uid))
+        .filter(|r| controller_uid(r) == Some(uid.as_str()))
         .collect();
 
     let live_hashes: BTreeSet<String> = pods
@@ -160,7 +151,9 @@ async fn reconcile(ds: Arc<DaemonSet>, client: Arc<kube::Client>) -> Result<Acti
                 // The name is taken by another template (a hash collision):
                 // count it, which changes the hash, and come back.
                 let existing = revisions_api.get(&revision.name_any()).await?;
-                if !(history::matches(&ds, &existing) && controlled_by(&existing.metadata, &uid)) {
+                if !(history::matches(&ds, &existing)
+                    && controller_uid(&existing) == Some(uid.as_str()))
+                {
                     let collisions = ds
                         .status
                         .as_ref()

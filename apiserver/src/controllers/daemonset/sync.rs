@@ -272,7 +272,7 @@ pub fn decide(ds: &DaemonSet, nodes: &[Node], pods: &[Pod], hash: &str, now: i64
     let eligibility = Eligibility::new(ds);
 
     let mut by_node: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
-    for pod in pods.iter().filter(|p| controller_uid(p) == Some(uid)) {
+    for pod in pods.iter().filter(|p| controller_uid(*p) == Some(uid)) {
         match target_node(pod) {
             Some(node) => by_node.entry(node).or_default().push(pod),
             // Not ours to place: a daemon pod is always for one node.

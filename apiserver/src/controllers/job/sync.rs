@@ -17,6 +17,7 @@
 //! or `FailureTarget`), and `Complete` / `Failed` once no pod of it is
 //! running, terminating or uncounted, as Kubernetes 1.32 does.
 
+pub use crate::controllers::controller_uid;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
@@ -110,15 +111,6 @@ fn name(pod: &Pod) -> String {
 
 fn uid(pod: &Pod) -> &str {
     pod.metadata.uid.as_deref().unwrap_or_default()
-}
-
-pub fn controller_uid(pod: &Pod) -> Option<&str> {
-    pod.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-        .map(|o| o.uid.as_str())
 }
 
 /// The completion index of a pod, from its annotation (or label).
@@ -311,7 +303,7 @@ pub fn decide(job: &Job, pods: &[Pod], now: Timestamp) -> Decision {
     let job_uid = job.metadata.uid.as_deref().unwrap_or_default();
     let owned: Vec<&Pod> = pods
         .iter()
-        .filter(|p| controller_uid(p) == Some(job_uid))
+        .filter(|p| controller_uid(*p) == Some(job_uid))
         .collect();
     let by_uid: HashMap<&str, &Pod> = owned.iter().map(|p| (uid(p), *p)).collect();
     let indexed = spec.completion_mode.as_deref() == Some("Indexed");

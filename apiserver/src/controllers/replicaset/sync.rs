@@ -2,6 +2,7 @@
 //! its selector matches: adopt orphans, create or delete pods to reach the
 //! desired count, and the status to report.
 
+pub use crate::controllers::controller_uid;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::{json, Value};
@@ -31,15 +32,6 @@ fn selector(rs: &ReplicaSet) -> Option<LabelSelector> {
 
 fn labels(pod: &Pod) -> Value {
     json!({"metadata": {"labels": pod.metadata.labels.clone().unwrap_or_default()}})
-}
-
-pub fn controller_uid(pod: &Pod) -> Option<&str> {
-    pod.metadata
-        .owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-        .map(|o| o.uid.as_str())
 }
 
 fn is_active(pod: &Pod) -> bool {

@@ -31,6 +31,7 @@ use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
+use crate::controllers::controller_uid;
 use crate::events;
 
 const COMPONENT: &str = "statefulset-controller";
@@ -70,16 +71,6 @@ fn retry(_: Arc<StatefulSet>, _: &Error, _: Arc<kube::Client>) -> Action {
     Action::requeue(Duration::from_secs(2))
 }
 
-fn controlled_by(
-    meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
-) -> Option<&str> {
-    meta.owner_references
-        .iter()
-        .flatten()
-        .find(|o| o.controller == Some(true))
-        .map(|o| o.uid.as_str())
-}
-
 fn ignore_status(result: Result<(), kube::Error>, code: u16) -> Result<(), kube::Error> {
     match result {
         Err(kube::Error::Api(e)) if e.code == code => Ok(()),
@@ -114,7 +105,7 @@ async fn reconcile(set: Arc<StatefulSet>, client: Arc<kube::Client>) -> Result<A
     // Pods: ours, and orphans with one of our names (adopted).
     let mut pods = Vec::new();
     for p in pods_api.list(&by_labels).await?.items {
-        match controlled_by(&p.metadata) {
+        match controller_uid(&p) {
             Some(owner) if owner == uid => pods.push(p),
             None if pod::ordinal(&set, &p).is_some() && p.metadata.deletion_timestamp.is_none() => {
                 let patch = json!({"metadata": {"ownerReferences": [pod::owner_reference(&set)]}});
@@ -135,7 +126,7 @@ async fn reconcile(set: Arc<StatefulSet>, client: Arc<kube::Client>) -> Result<A
         .await?
         .items
         .into_iter()
-        .filter(|r| controlled_by(&r.metadata) == Some(uid.as_str()))
+        .filter(|r| controller_uid(r) == Some(uid.as_str()))
         .collect();
     let history = revision::resolve(&set, &revisions);
     if let Some(created) = &history.create {

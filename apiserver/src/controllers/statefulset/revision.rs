@@ -14,6 +14,7 @@ use serde_json::{json, Value};
 
 use super::sync::{Revision, REVISION_LABEL};
 use crate::controllers::deployment::sync::template_hash;
+use crate::controllers::strip_nulls;
 
 /// Kubernetes cuts the set's name so that the revision's name stays a
 /// valid object name.
@@ -30,18 +31,6 @@ pub struct History {
     /// (revision, new number): an older revision the template returned to.
     pub renumber: Option<(String, i64)>,
     pub collision_count: i32,
-}
-
-/// Drops nulls, so that templates compare equal however they were written.
-fn strip_nulls(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            map.retain(|_, v| !v.is_null());
-            map.values_mut().for_each(strip_nulls);
-        }
-        Value::Array(items) => items.iter_mut().for_each(strip_nulls),
-        _ => {}
-    }
 }
 
 /// The set's pod template as JSON, without nulls.

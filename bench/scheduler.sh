@@ -51,14 +51,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-start_up() { # DIR
-  "$SHOAL" up --data-dir "$1" --port 0 >"$1/up.log" 2>&1 &
+start_up() { # DIR [flags of shoal up]
+  local dir=$1; shift
+  "$SHOAL" up --data-dir "$dir" --port 0 "$@" >"$dir/up.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 1 300); do
-    [ -f "$1/kubeconfig" ] && KUBECONFIG="$1/kubeconfig" "$KUBECTL" get ns kube-system >/dev/null 2>&1 && return 0
+    [ -f "$dir/kubeconfig" ] && KUBECONFIG="$dir/kubeconfig" "$KUBECTL" get ns kube-system >/dev/null 2>&1 && return 0
     sleep 0.1
   done
-  log "shoal up did not start:"; cat "$1/up.log" >&2; exit 1
+  log "shoal up did not start:"; cat "$dir/up.log" >&2; exit 1
 }
 
 now() { date +%s.%N; }
@@ -66,10 +67,11 @@ now() { date +%s.%N; }
 RESULTS="$TMP/results.jsonl"
 for run in $(seq 1 "$REPEAT"); do
   DIR="$TMP/sched-$run"; mkdir -p "$DIR"
-  start_up "$DIR"
+  # Leases every 10 s, as the kubelet's default, so the grace period is
+  # Kubernetes' default too (40 s): 1,000 nodes renewing every second
+  # would be the load measured instead.
+  start_up "$DIR" --node-monitor-grace-period=40s
   export KUBECONFIG="$DIR/kubeconfig"
-  # Leases every 10 s, as the kubelet's default: 1,000 nodes renewing every
-  # second would be the load measured instead.
   "$SHOAL" agent --simulate --count "$NODES" --name-prefix sim --lease-interval 10 \
     --kubeconfig "$KUBECONFIG" >"$DIR/agent.log" 2>&1 &
   PIDS+=($!)

@@ -216,7 +216,10 @@ mod tests {
         let mut labelled = json!({"metadata": {"name": "pi", "uid": "u-2", "labels": {"team": "a"}},
                                   "spec": {"template": {"spec": {}}}});
         before_create(jobs, &mut labelled);
-        assert_eq!(labelled.pointer("/metadata/labels"), Some(&json!({"team": "a"})));
+        assert_eq!(
+            labelled.pointer("/metadata/labels"),
+            Some(&json!({"team": "a"}))
+        );
     }
 
     #[test]

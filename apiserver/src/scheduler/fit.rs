@@ -1,23 +1,35 @@
 //! Which node a pod goes to: filters (does it fit at all) and scores (where
-//! it fits best), as plain functions over the objects. No I/O here.
+//! it fits best), as plain functions over a `Snapshot` of the nodes and the
+//! pods placed on them. No I/O here.
 //!
-//! Filters: the node is Ready and schedulable, the pod's requests fit the
-//! node's allocatable minus what its pods request, the node matches the
-//! pod's nodeSelector and required node affinity, the pod tolerates the
-//! node's NoSchedule/NoExecute taints, the volumes its claims are bound to
-//! can be reached from the node (local volumes: only their node), and no
-//! hostPort clashes. A claim that does not exist keeps the pod off every
-//! node. Scores:
-//! least allocated (cpu and memory), then fewest pods of the same owner
-//! (spreading replicas), then the name (deterministic).
+//! Filters, in kube-scheduler's order, each node stopping at the first that
+//! refuses: the node is schedulable (or the pod tolerates
+//! `node.kubernetes.io/unschedulable`), Ready (or the pod tolerates the
+//! not-ready/unreachable taint), its NoSchedule/NoExecute taints are
+//! tolerated, it matches the pod's nodeSelector and required node
+//! affinity, the volumes the pod's claims are bound to can be reached from
+//! it (local volumes: only their node), the requests fit its allocatable
+//! minus what its pods request, no hostPort clashes, topology spread
+//! constraints (DoNotSchedule) and inter-pod affinity/anti-affinity (see
+//! `affinity.rs`). A claim that does not exist keeps the pod off every
+//! node.
+//!
+//! Scores, summed with kube-scheduler's default weights: least allocated
+//! (cpu and memory) ×1, preferred node affinity ×2, preferred inter-pod
+//! affinity ×2, topology spread (ScheduleAnyway) ×2, or, for a pod without
+//! spread constraints, spreading its owner's replicas ×2; ties go to the
+//! node with fewer pods, then to the first name.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use k8s_openapi::api::core::v1::{
-    Node, NodeSelector, NodeSelectorRequirement, PersistentVolume, PersistentVolumeClaim, Pod,
-    Taint, Toleration,
+    Node, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, PersistentVolume,
+    PersistentVolumeClaim, Pod, Taint, Toleration,
 };
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+
+use super::affinity::{self, InterPodFilter, Labels, SpreadFilter};
 use super::quantity;
 
 /// cpu (cores), memory (bytes), pods.
@@ -85,13 +97,6 @@ fn node_name(node: &Node) -> &str {
     node.metadata.name.as_deref().unwrap_or_default()
 }
 
-fn is_ready(node: &Node) -> bool {
-    node.status
-        .as_ref()
-        .and_then(|s| s.conditions.as_ref())
-        .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
-}
-
 pub fn tolerates(tolerations: &[Toleration], taint: &Taint) -> bool {
     tolerations.iter().any(|t| {
         let effect_ok = t
@@ -138,7 +143,7 @@ fn requirement_matches(labels: &BTreeMap<String, String>, r: &NodeSelectorRequir
 }
 
 pub fn matches_node_selection(pod: &Pod, node: &Node) -> bool {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
+    let labels = affinity::node_labels(node);
     let Some(spec) = &pod.spec else { return true };
     if let Some(selector) = &spec.node_selector {
         if !selector.iter().all(|(k, v)| labels.get(k) == Some(v)) {
@@ -156,20 +161,30 @@ pub fn matches_node_selection(pod: &Pod, node: &Node) -> bool {
     required.is_none_or(|selector| selector_matches(selector, node))
 }
 
-/// Terms are ORed, the expressions of a term ANDed.
+/// Terms are ORed.
 fn selector_matches(selector: &NodeSelector, node: &Node) -> bool {
-    let labels = node.metadata.labels.clone().unwrap_or_default();
-    selector.node_selector_terms.iter().any(|term| {
-        term.match_expressions
-            .iter()
-            .flatten()
-            .all(|r| requirement_matches(&labels, r))
-            && term.match_fields.iter().flatten().all(|r| {
-                let fields =
-                    BTreeMap::from([("metadata.name".to_string(), node_name(node).to_string())]);
-                requirement_matches(&fields, r)
-            })
-    })
+    selector
+        .node_selector_terms
+        .iter()
+        .any(|term| node_term_matches(term, node))
+}
+
+/// The expressions and fields of a term are ANDed; an empty term matches
+/// no node.
+pub fn node_term_matches(term: &NodeSelectorTerm, node: &Node) -> bool {
+    if affinity::term_is_empty(term) {
+        return false;
+    }
+    let labels = affinity::node_labels(node);
+    term.match_expressions
+        .iter()
+        .flatten()
+        .all(|r| requirement_matches(labels, r))
+        && term.match_fields.iter().flatten().all(|r| {
+            let fields =
+                BTreeMap::from([("metadata.name".to_string(), node_name(node).to_string())]);
+            requirement_matches(&fields, r)
+        })
 }
 
 /// Whether a volume can be used from `node` (its required node affinity,
@@ -247,83 +262,353 @@ fn host_ports(pod: &Pod) -> Vec<(i32, String)> {
         .collect()
 }
 
-/// Why a node cannot take a pod, in the scheduler's words.
-fn unfit(pod: &Pod, node: &Node, bound: &[&Pod], volumes: &[&PersistentVolume]) -> Vec<String> {
-    let mut reasons = Vec::new();
-    if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true) {
-        reasons.push("node(s) were unschedulable".to_string());
-        return reasons;
+/// The pods already placed (bound, or assumed while their binding is on
+/// its way), indexed by node, by owner and by whether they carry pod
+/// affinity terms, with each node's requested resources summed: what the
+/// filters and scores read, built once per scheduling pass.
+pub struct Snapshot<'a> {
+    pub(super) nodes: Vec<&'a Node>,
+    node_index: HashMap<&'a str, usize>,
+    /// Each placed pod and the index of its node.
+    pub(super) placed: Vec<(&'a Pod, usize)>,
+    on_node: Vec<Vec<&'a Pod>>,
+    used: Vec<Resources>,
+    /// Each node's allocatable resources, parsed once.
+    have: Vec<Resources>,
+    /// Owner uid → node index → pods of that owner there.
+    by_owner: HashMap<&'a str, HashMap<usize, i64>>,
+    /// (label key, value) → indexes into `placed` of the pods with it.
+    by_label: HashMap<&'a str, HashMap<&'a str, Vec<usize>>>,
+    /// Indexes into `placed` of the pods with pod (anti-)affinity terms.
+    pub(super) with_affinity: Vec<usize>,
+    /// Labels of each namespace (for namespaceSelector).
+    pub(super) namespaces: HashMap<String, Labels>,
+}
+
+impl<'a> Snapshot<'a> {
+    pub fn new(nodes: impl IntoIterator<Item = &'a Node>) -> Snapshot<'a> {
+        let nodes: Vec<&'a Node> = nodes.into_iter().collect();
+        Snapshot {
+            node_index: nodes
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (node_name(n), i))
+                .collect(),
+            placed: Vec::new(),
+            on_node: vec![Vec::new(); nodes.len()],
+            used: vec![Resources::default(); nodes.len()],
+            have: nodes.iter().map(|n| allocatable(n)).collect(),
+            nodes,
+            by_owner: HashMap::new(),
+            by_label: HashMap::new(),
+            with_affinity: Vec::new(),
+            namespaces: HashMap::new(),
+        }
     }
-    let tolerations = pod
-        .spec
-        .as_ref()
-        .and_then(|s| s.tolerations.clone())
-        .unwrap_or_default();
-    if !is_ready(node) {
-        let not_ready = Taint {
-            key: "node.kubernetes.io/not-ready".into(),
-            effect: "NoSchedule".into(),
-            ..Default::default()
+
+    pub fn with_namespaces(mut self, namespaces: HashMap<String, Labels>) -> Snapshot<'a> {
+        self.namespaces = namespaces;
+        self
+    }
+
+    /// Counts `pod` as running on `node` (ignored when there is no such
+    /// node).
+    pub fn place(&mut self, pod: &'a Pod, node: &str) {
+        let Some(&i) = self.node_index.get(node) else {
+            return;
         };
-        if !tolerates(&tolerations, &not_ready) {
-            reasons
-                .push("node(s) had untolerated taint {node.kubernetes.io/not-ready: }".to_string());
+        let index = self.placed.len();
+        if affinity::has_pod_affinity(pod) {
+            self.with_affinity.push(index);
+        }
+        for (k, v) in affinity::pod_labels(pod) {
+            self.by_label
+                .entry(k)
+                .or_default()
+                .entry(v)
+                .or_default()
+                .push(index);
+        }
+        self.placed.push((pod, i));
+        self.on_node[i].push(pod);
+        let r = requests(pod);
+        let used = &mut self.used[i];
+        used.cpu += r.cpu;
+        used.memory += r.memory;
+        used.pods += 1.0;
+        if let Some(uid) = owner(pod) {
+            *self.by_owner.entry(uid).or_default().entry(i).or_default() += 1;
+        }
+    }
+
+    /// The placed pods (with their node index) that `selector` may match:
+    /// those carrying the rarest of its matchLabels, or all of them when
+    /// it has none; none when there is no selector (which matches nothing).
+    pub(super) fn candidates<'s>(
+        &'s self,
+        selector: Option<&LabelSelector>,
+    ) -> Box<dyn Iterator<Item = (&'a Pod, usize)> + 's> {
+        let Some(selector) = selector else {
+            return Box::new(std::iter::empty());
+        };
+        let Some(labels) = selector.match_labels.as_ref().filter(|l| !l.is_empty()) else {
+            return Box::new(self.placed.iter().copied());
+        };
+        let rarest = labels
+            .iter()
+            .map(|(k, v)| {
+                self.by_label
+                    .get(k.as_str())
+                    .and_then(|values| values.get(v.as_str()))
+                    .map_or(&[][..], Vec::as_slice)
+            })
+            .min_by_key(|pods| pods.len())
+            .unwrap_or_default();
+        Box::new(rarest.iter().map(|&i| self.placed[i]))
+    }
+
+    /// The node for `pod`, whose claims are bound to `volumes` (see
+    /// `claimed_volumes`); or the message Kubernetes gives when none fits
+    /// (`0/3 nodes are available: 3 Insufficient cpu.`).
+    pub fn choose(&self, pod: &Pod, volumes: &[&PersistentVolume]) -> Result<&'a Node, String> {
+        self.choose_index(pod, volumes).map(|i| self.nodes[i])
+    }
+
+    fn choose_index(&self, pod: &Pod, volumes: &[&PersistentVolume]) -> Result<usize, String> {
+        let incoming = Incoming {
+            want: requests(pod),
+            tolerations: pod
+                .spec
+                .as_ref()
+                .and_then(|s| s.tolerations.as_deref())
+                .unwrap_or_default(),
+            ports: host_ports(pod),
+            inter_pod: InterPodFilter::new(pod, self),
+            spread: SpreadFilter::new(pod, self),
+        };
+        let mut candidates = Vec::new();
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        for (i, node) in self.nodes.iter().enumerate() {
+            let why = self.unfit(pod, &incoming, i, node, volumes);
+            if why.is_empty() {
+                candidates.push(i);
+            } else {
+                for reason in why {
+                    *reasons.entry(reason).or_default() += 1;
+                }
+            }
+        }
+        if candidates.is_empty() {
+            let mut parts: Vec<String> = reasons
+                .iter()
+                .map(|(reason, n)| format!("{n} {reason}"))
+                .collect();
+            parts.sort();
+            let detail = if parts.is_empty() {
+                String::new()
+            } else {
+                format!(" {}", parts.join(", "))
+            };
+            return Err(format!(
+                "0/{} nodes are available:{detail}.",
+                self.nodes.len()
+            ));
+        }
+        let scores = self.scores(pod, incoming.want, &candidates);
+        let best = candidates
+            .iter()
+            .zip(scores)
+            .max_by(|(a, sa), (b, sb)| {
+                sa.cmp(sb)
+                    .then_with(|| self.on_node[**b].len().cmp(&self.on_node[**a].len()))
+                    .then_with(|| node_name(self.nodes[**b]).cmp(node_name(self.nodes[**a])))
+            })
+            .map(|(i, _)| *i);
+        match best {
+            Some(i) => Ok(i),
+            None => Err(format!("0/{} nodes are available.", self.nodes.len())),
+        }
+    }
+
+    /// Why a node cannot take a pod, in the scheduler's words; Kubernetes'
+    /// filter order, stopping at the first plugin that refuses.
+    fn unfit(
+        &self,
+        pod: &Pod,
+        incoming: &Incoming,
+        i: usize,
+        node: &Node,
+        volumes: &[&PersistentVolume],
+    ) -> Vec<String> {
+        let refuse = |reason: &str| vec![reason.to_string()];
+        if let Some(reason) = node_refuses(node, incoming.tolerations) {
+            return vec![reason];
+        }
+        if !matches_node_selection(pod, node) {
+            return refuse("node(s) didn't match Pod's node affinity/selector");
+        }
+        if !volumes.iter().all(|v| volume_fits_node(v, node)) {
+            return refuse("node(s) had volume node affinity conflict");
+        }
+        let mut reasons = Vec::new();
+        let want = incoming.want;
+        let have = self.have[i];
+        let used = self.used[i];
+        if used.pods + 1.0 > have.pods {
+            reasons.push("Too many pods".to_string());
+        }
+        if want.cpu > 0.0 && used.cpu + want.cpu > have.cpu + 1e-9 {
+            reasons.push("Insufficient cpu".to_string());
+        }
+        if want.memory > 0.0 && used.memory + want.memory > have.memory {
+            reasons.push("Insufficient memory".to_string());
+        }
+        if !incoming.ports.is_empty()
+            && self.on_node[i]
+                .iter()
+                .any(|p| host_ports(p).iter().any(|hp| incoming.ports.contains(hp)))
+        {
+            reasons.push("node(s) didn't have free ports for the requested pod ports".to_string());
+        }
+        if !reasons.is_empty() {
             return reasons;
+        }
+        if let Some(reason) = incoming.spread.as_ref().and_then(|s| s.refuses(node)) {
+            return refuse(reason);
+        }
+        if let Some(reason) = incoming.inter_pod.as_ref().and_then(|f| f.refuses(node)) {
+            return refuse(reason);
+        }
+        reasons
+    }
+
+    /// The candidates' scores, as kube-scheduler's default weights combine
+    /// its plugins: least allocated ×1, node affinity ×2, inter-pod
+    /// affinity ×2, topology spread ×2 (each 0..=100). A pod without
+    /// spread constraints spreads its owner's replicas instead (as
+    /// Kubernetes' default constraints do), weight 2.
+    fn scores(&self, pod: &Pod, want: Resources, candidates: &[usize]) -> Vec<i64> {
+        let mut total: Vec<i64> = candidates
+            .iter()
+            .map(|&i| {
+                let have = self.have[i];
+                let used = self.used[i];
+                let free = |used: f64, have: f64| {
+                    if have > 0.0 {
+                        (have - used).max(0.0) / have
+                    } else {
+                        0.0
+                    }
+                };
+                let least = (free(used.cpu + want.cpu, have.cpu)
+                    + free(used.memory + want.memory, have.memory))
+                    / 2.0;
+                (least * 100.0) as i64
+            })
+            .collect();
+        let mut add = |scores: Vec<i64>, weight: i64| {
+            for (t, s) in total.iter_mut().zip(scores) {
+                *t += weight * s;
+            }
+        };
+        if affinity::has_preferred_node_affinity(pod) {
+            let raw: Vec<i64> = candidates
+                .iter()
+                .map(|&i| affinity::preferred_node_affinity(pod, self.nodes[i]))
+                .collect();
+            add(affinity::normalize_to_max(&raw), 2);
+        }
+        if let Some(raw) = affinity::inter_pod_raw_scores(pod, self, candidates) {
+            add(affinity::normalize_min_max(&raw), 2);
+        }
+        let has_constraints = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.topology_spread_constraints.as_ref())
+            .is_some_and(|c| !c.is_empty());
+        if let Some(scores) = affinity::spread_scores(pod, self, candidates) {
+            add(scores, 2);
+        } else if !has_constraints {
+            if let Some(counts) = owner(pod).and_then(|uid| self.by_owner.get(uid)) {
+                let here: Vec<i64> = candidates
+                    .iter()
+                    .map(|i| counts.get(i).copied().unwrap_or(0))
+                    .collect();
+                let max = here.iter().copied().max().unwrap_or(0);
+                add(
+                    here.iter()
+                        .map(|c| if max > 0 { 100 * (max - c) / max } else { 100 })
+                        .collect(),
+                    2,
+                );
+            }
+        }
+        total
+    }
+}
+
+/// What is worked out once per incoming pod.
+struct Incoming<'p, 's> {
+    want: Resources,
+    tolerations: &'p [Toleration],
+    ports: Vec<(i32, String)>,
+    inter_pod: Option<InterPodFilter>,
+    spread: Option<SpreadFilter<'s>>,
+}
+
+fn taint(key: &str) -> Taint {
+    Taint {
+        key: key.into(),
+        effect: "NoSchedule".into(),
+        ..Default::default()
+    }
+}
+
+/// The node-level filters: NodeUnschedulable (a cordoned node takes only
+/// pods tolerating `node.kubernetes.io/unschedulable:NoSchedule`, as
+/// DaemonSet pods do), readiness (a node whose Ready condition is False
+/// (or missing) counts as tainted `node.kubernetes.io/not-ready`, Unknown
+/// as `node.kubernetes.io/unreachable`, as the node lifecycle controller
+/// taints them) and TaintToleration (NoSchedule and NoExecute).
+pub fn node_refuses(node: &Node, tolerations: &[Toleration]) -> Option<String> {
+    if node.spec.as_ref().and_then(|s| s.unschedulable) == Some(true)
+        && !tolerates(tolerations, &taint("node.kubernetes.io/unschedulable"))
+    {
+        return Some("node(s) were unschedulable".to_string());
+    }
+    let ready = node
+        .status
+        .as_ref()
+        .and_then(|s| s.conditions.as_ref())
+        .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+        .map(|c| c.status.as_str());
+    let implied = match ready {
+        Some("True") => None,
+        Some("Unknown") => Some("node.kubernetes.io/unreachable"),
+        _ => Some("node.kubernetes.io/not-ready"),
+    };
+    if let Some(key) = implied {
+        if !tolerates(tolerations, &taint(key)) {
+            return Some(format!("node(s) had untolerated taint {{{key}: }}"));
         }
     }
     for taint in node
         .spec
         .as_ref()
-        .and_then(|s| s.taints.clone())
+        .and_then(|s| s.taints.as_deref())
         .unwrap_or_default()
     {
         if (taint.effect == "NoSchedule" || taint.effect == "NoExecute")
-            && !tolerates(&tolerations, &taint)
+            && !tolerates(tolerations, taint)
         {
-            reasons.push(format!(
+            return Some(format!(
                 "node(s) had untolerated taint {{{}: {}}}",
                 taint.key,
-                taint.value.clone().unwrap_or_default()
+                taint.value.as_deref().unwrap_or_default()
             ));
-            return reasons;
         }
     }
-    if !matches_node_selection(pod, node) {
-        reasons.push("node(s) didn't match Pod's node affinity/selector".to_string());
-        return reasons;
-    }
-    if !volumes.iter().all(|v| volume_fits_node(v, node)) {
-        reasons.push("node(s) had volume node affinity conflict".to_string());
-        return reasons;
-    }
-    let want = requests(pod);
-    let have = allocatable(node);
-    let used = bound.iter().fold(Resources::default(), |acc, p| {
-        let r = requests(p);
-        Resources {
-            cpu: acc.cpu + r.cpu,
-            memory: acc.memory + r.memory,
-            pods: acc.pods + 1.0,
-        }
-    });
-    if used.pods + 1.0 > have.pods {
-        reasons.push("Too many pods".to_string());
-    }
-    if want.cpu > 0.0 && used.cpu + want.cpu > have.cpu + 1e-9 {
-        reasons.push("Insufficient cpu".to_string());
-    }
-    if want.memory > 0.0 && used.memory + want.memory > have.memory {
-        reasons.push("Insufficient memory".to_string());
-    }
-    let ports = host_ports(pod);
-    if !ports.is_empty()
-        && bound
-            .iter()
-            .any(|p| host_ports(p).iter().any(|hp| ports.contains(hp)))
-    {
-        reasons.push("node(s) didn't have free ports for the requested pod ports".to_string());
-    }
-    reasons
+    None
 }
 
 /// The owner a pod's replicas share (its controller's uid).
@@ -350,65 +635,13 @@ pub fn choose_with_volumes<'a>(
     bound: &BTreeMap<String, Vec<&Pod>>,
     volumes: &[&PersistentVolume],
 ) -> Result<&'a Node, String> {
-    let mut candidates = Vec::new();
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    for node in nodes {
-        let on_node = bound.get(node_name(node)).cloned().unwrap_or_default();
-        let why = unfit(pod, node, &on_node, volumes);
-        if why.is_empty() {
-            candidates.push((node, on_node));
-        } else {
-            for reason in why {
-                *reasons.entry(reason).or_default() += 1;
-            }
+    let mut snapshot = Snapshot::new(nodes);
+    for (node, pods) in bound {
+        for p in pods {
+            snapshot.place(p, node);
         }
     }
-    let me = owner(pod);
-    let want = requests(pod);
-    let best = candidates.into_iter().max_by(|(a, a_pods), (b, b_pods)| {
-        let score = |node: &Node, pods: &[&Pod]| {
-            let have = allocatable(node);
-            let used = pods.iter().fold((want.cpu, want.memory), |(c, m), p| {
-                let r = requests(p);
-                (c + r.cpu, m + r.memory)
-            });
-            let free = |used: f64, have: f64| {
-                if have > 0.0 {
-                    (have - used).max(0.0) / have
-                } else {
-                    0.0
-                }
-            };
-            let least_allocated = (free(used.0, have.cpu) + free(used.1, have.memory)) / 2.0;
-            let same_owner = me.map_or(0, |uid| {
-                pods.iter().filter(|p| owner(p) == Some(uid)).count()
-            });
-            (
-                -(same_owner as i64),
-                (least_allocated * 1000.0) as i64,
-                -(pods.len() as i64),
-            )
-        };
-        score(a, a_pods)
-            .cmp(&score(b, b_pods))
-            .then_with(|| node_name(b).cmp(node_name(a)))
-    });
-    match best {
-        Some((node, _)) => Ok(node),
-        None => {
-            let mut parts: Vec<String> = reasons
-                .iter()
-                .map(|(reason, n)| format!("{n} {reason}"))
-                .collect();
-            parts.sort();
-            let detail = if parts.is_empty() {
-                String::new()
-            } else {
-                format!(" {}", parts.join(", "))
-            };
-            Err(format!("0/{} nodes are available:{detail}.", nodes.len()))
-        }
-    }
+    snapshot.choose_index(pod, volumes).map(|i| &nodes[i])
 }
 
 #[cfg(test)]
@@ -534,5 +767,176 @@ mod tests {
             "0/1 nodes are available: 1 node(s) had volume node affinity conflict."
         );
         assert!(claimed_volumes(&p, claims, &[]).is_err());
+    }
+    fn with(node: Node, patch: serde_json::Value) -> Node {
+        let mut value = serde_json::to_value(node).unwrap();
+        json_patch::merge(&mut value, &patch);
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn cordoned_and_not_ready_nodes_need_tolerations() {
+        let base = node("a", "4", json!({}));
+        let cordoned = with(base.clone(), json!({"spec": {"unschedulable": true}}));
+        let condition = |status: &str| {
+            with(
+                base.clone(),
+                json!({"status": {"conditions": [{"type": "Ready", "status": status}]}}),
+            )
+        };
+        let no_conditions = with(base.clone(), json!({"status": {"conditions": null}}));
+        let tolerate = |key: &str| -> Vec<Toleration> {
+            serde_json::from_value(
+                json!([{"key": key, "operator": "Exists", "effect": "NoSchedule"}]),
+            )
+            .unwrap()
+        };
+        let unschedulable = "node(s) were unschedulable".to_string();
+        let not_ready =
+            "node(s) had untolerated taint {node.kubernetes.io/not-ready: }".to_string();
+        let unreachable =
+            "node(s) had untolerated taint {node.kubernetes.io/unreachable: }".to_string();
+        let everything: Vec<Toleration> =
+            serde_json::from_value(json!([{"operator": "Exists"}])).unwrap();
+        // (node, tolerations, verdict)
+        let cases = [
+            (&base, vec![], None),
+            (&cordoned, vec![], Some(unschedulable.clone())),
+            (
+                &cordoned,
+                tolerate("node.kubernetes.io/unschedulable"),
+                None,
+            ),
+            (
+                &cordoned,
+                tolerate("node.kubernetes.io/not-ready"),
+                Some(unschedulable),
+            ),
+            (&condition("False"), vec![], Some(not_ready.clone())),
+            (
+                &condition("False"),
+                tolerate("node.kubernetes.io/not-ready"),
+                None,
+            ),
+            (
+                &condition("False"),
+                tolerate("node.kubernetes.io/unreachable"),
+                Some(not_ready.clone()),
+            ),
+            (&condition("Unknown"), vec![], Some(unreachable.clone())),
+            (
+                &condition("Unknown"),
+                tolerate("node.kubernetes.io/unreachable"),
+                None,
+            ),
+            (
+                &condition("Unknown"),
+                tolerate("node.kubernetes.io/not-ready"),
+                Some(unreachable),
+            ),
+            (&no_conditions, vec![], Some(not_ready)),
+            (&no_conditions, everything.clone(), None),
+            (&cordoned, everything, None),
+        ];
+        for (i, (node, tolerations, want)) in cases.into_iter().enumerate() {
+            assert_eq!(node_refuses(node, &tolerations), want, "case {i}");
+        }
+    }
+
+    #[test]
+    fn policies_combine_in_choose() {
+        let nodes = vec![
+            node("a", "4", json!({"kubernetes.io/hostname": "a"})),
+            node(
+                "b",
+                "4",
+                json!({"kubernetes.io/hostname": "b", "disk": "ssd"}),
+            ),
+            node("c", "4", json!({"kubernetes.io/hostname": "c"})),
+        ];
+        // Preferred node affinity beats the emptier nodes.
+        let mut prefers: Pod = pod("1");
+        prefers.spec.as_mut().unwrap().affinity = Some(serde_json::from_value(json!({
+            "nodeAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+                {"weight": 50, "preference": {"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}}]}
+        })).unwrap());
+        // b is busier (with a pod of another owner).
+        let mut busy = pod("1");
+        busy.metadata.owner_references = None;
+        let mut bound = BTreeMap::new();
+        bound.insert("b".to_string(), vec![&busy]);
+        assert_eq!(node_name(choose(&prefers, &nodes, &bound).unwrap()), "b");
+
+        // One replica per node, then Kubernetes' message.
+        let web = |name: &str| -> Pod {
+            serde_json::from_value(json!({
+                "metadata": {"name": name, "namespace": "default", "labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "c", "image": "i"}], "affinity": {"podAntiAffinity": {
+                    "requiredDuringSchedulingIgnoredDuringExecution": [{"topologyKey": "kubernetes.io/hostname",
+                        "labelSelector": {"matchLabels": {"app": "web"}}}]}}}
+            }))
+            .unwrap()
+        };
+        let replicas = [web("w0"), web("w1"), web("w2"), web("w3")];
+        let mut snapshot = Snapshot::new(&nodes);
+        let mut placed = Vec::new();
+        for replica in &replicas[..3] {
+            let chosen = node_name(snapshot.choose(replica, &[]).unwrap()).to_string();
+            snapshot.place(replica, &chosen);
+            placed.push(chosen);
+        }
+        placed.sort();
+        assert_eq!(placed, vec!["a", "b", "c"]);
+        assert_eq!(
+            snapshot.choose(&replicas[3], &[]).unwrap_err(),
+            "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules."
+        );
+    }
+    #[test]
+    fn candidates_come_from_the_label_index() {
+        let nodes = vec![node("a", "4", json!({}))];
+        let labelled = |labels: serde_json::Value| -> Pod {
+            serde_json::from_value(
+                json!({"metadata": {"name": "p", "labels": labels}, "spec": {"containers": []}}),
+            )
+            .unwrap()
+        };
+        let pods = [
+            labelled(json!({"app": "web", "tier": "front"})),
+            labelled(json!({"app": "web"})),
+            labelled(json!({"app": "db"})),
+        ];
+        let mut snapshot = Snapshot::new(&nodes);
+        for p in &pods {
+            snapshot.place(p, "a");
+        }
+        let selector =
+            |v: serde_json::Value| -> LabelSelector { serde_json::from_value(v).unwrap() };
+        // (selector, how many candidates)
+        let cases = [
+            (Some(selector(json!({"matchLabels": {"app": "web"}}))), 2),
+            (
+                Some(selector(
+                    json!({"matchLabels": {"app": "web", "tier": "front"}}),
+                )),
+                1,
+            ),
+            (Some(selector(json!({"matchLabels": {"app": "cache"}}))), 0),
+            (
+                Some(selector(
+                    json!({"matchExpressions": [{"key": "app", "operator": "Exists"}]}),
+                )),
+                3,
+            ),
+            (Some(selector(json!({}))), 3),
+            (None, 0),
+        ];
+        for (i, (selector, want)) in cases.into_iter().enumerate() {
+            assert_eq!(
+                snapshot.candidates(selector.as_ref()).count(),
+                want,
+                "case {i}"
+            );
+        }
     }
 }

@@ -1,30 +1,44 @@
 //! The scheduler: assigns each pending pod to a node through
 //! `pods/binding`, as kube-scheduler does, and tells the pod (condition
 //! PodScheduled=False, reason Unschedulable) and its events why when no node
-//! fits, retrying as nodes and pods change.
+//! fits, once per distinct reason.
 //!
 //! ```text
-//!   watch nodes ─┐                 ┌─ POST pods/{name}/binding + event Scheduled
-//!   watch pods ──┴─▶ caches ─▶ fit::choose ─┤
-//!                                   └─ PodScheduled=False + event FailedScheduling
+//!   watch nodes, pods, claims,  ─▶ caches ─┐
+//!   volumes, namespaces         ─▶ changes ─▶ queue (active / back-off /
+//!                                            unschedulable)
+//!                                             │ pop ready pods
+//!                                             ▼
+//!                        snapshot of placed pods ─▶ Snapshot::choose
+//!                        ├─ node: assume it, POST pods/{name}/binding
+//!                        │        (up to 64 in flight) + event Scheduled
+//!                        └─ none: unschedulable set; PodScheduled=False +
+//!                                 event FailedScheduling
 //! ```
 //!
-//! Claims and volumes are watched too: a pod whose claim does not exist
-//! waits, and one whose claim is bound to a local volume goes to that
-//! volume's node.
+//! A pod that found no node waits until a node is added or changes in a
+//! way that matters, a pod is deleted or bound, or a claim, volume or
+//! namespace changes (at most 30 s), and not before its back-off (1 s
+//! doubling to 10 s) is over. A pod is bound once: bindings in flight are
+//! assumed (counted on their node) until the cache shows them, pods the
+//! cache shows bound are skipped, and a 409 on binding means someone else
+//! bound it.
 //!
 //! It is an API client (kube-rs) like any other; the decisions are the pure
-//! functions in `fit.rs`.
+//! functions in `fit.rs` (filters, scores), `affinity.rs` (pod affinity,
+//! topology spread, preferred node affinity) and `queue.rs`.
 
+pub mod affinity;
 pub mod fit;
 pub mod quantity;
+pub mod queue;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::{Node, PersistentVolume, PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use serde_json::json;
@@ -55,130 +69,378 @@ fn key(pod: &Pod) -> String {
     )
 }
 
+/// What the watches tell the scheduling loop.
+#[derive(Debug)]
+enum Change {
+    Pod {
+        key: String,
+        pending: bool,
+        bound: bool,
+    },
+    PodDeleted(String),
+    /// A node with what of it matters for scheduling (labels, taints,
+    /// unschedulable, allocatable, readiness), to tell real changes from
+    /// heartbeats.
+    Node {
+        name: String,
+        fingerprint: String,
+    },
+    /// Claims, volumes, namespaces: may make room for waiting pods.
+    Other,
+    /// A watch (re)listed: anything may have changed.
+    Resync,
+}
+
+fn node_fingerprint(node: &Node) -> String {
+    let status = node.status.as_ref();
+    format!(
+        "{:?}|{:?}|{:?}|{:?}|{:?}",
+        node.metadata.labels,
+        node.spec.as_ref().map(|s| (&s.taints, s.unschedulable)),
+        status.and_then(|s| s.allocatable.as_ref()),
+        status
+            .and_then(|s| s.conditions.as_ref())
+            .and_then(|c| c.iter().find(|c| c.type_ == "Ready"))
+            .map(|c| &c.status),
+        node.metadata.deletion_timestamp,
+    )
+}
+
+fn pod_change(event: watcher::Event<Pod>) -> Option<Change> {
+    match event {
+        watcher::Event::Apply(pod) => Some(Change::Pod {
+            key: key(&pod),
+            pending: pending(&pod),
+            bound: bound_to(&pod).is_some(),
+        }),
+        watcher::Event::Delete(pod) => Some(Change::PodDeleted(key(&pod))),
+        watcher::Event::InitDone => Some(Change::Resync),
+        _ => None,
+    }
+}
+
+fn node_change(event: watcher::Event<Node>) -> Option<Change> {
+    match event {
+        watcher::Event::Apply(node) => Some(Change::Node {
+            name: node.metadata.name.clone().unwrap_or_default(),
+            fingerprint: node_fingerprint(&node),
+        }),
+        watcher::Event::InitDone => Some(Change::Resync),
+        _ => None,
+    }
+}
+
+fn other_change<K>(event: watcher::Event<K>) -> Option<Change> {
+    match event {
+        watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone => {
+            Some(Change::Other)
+        }
+        _ => None,
+    }
+}
+
+/// The node a pod runs on (while it counts: not Succeeded or Failed).
+fn bound_to(pod: &Pod) -> Option<&str> {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.node_name.as_deref())
+        .filter(|n| !n.is_empty())
+}
+
+fn counts(pod: &Pod) -> bool {
+    !matches!(
+        pod.status.as_ref().and_then(|s| s.phase.as_deref()),
+        Some("Succeeded" | "Failed")
+    )
+}
+
+/// How a binding request ended.
+enum Outcome {
+    Bound,
+    /// 409: someone else bound it (or it is being deleted).
+    Conflict,
+    Failed(kube::Error),
+}
+
+/// At most this many binding requests in flight.
+const BINDING_CONCURRENCY: usize = 64;
+
+/// Watches feed changes into one loop, which owns the queue.
+fn watch<K, F>(
+    api: Api<K>,
+    writer: reflector::store::Writer<K>,
+    changes: &tokio::sync::mpsc::UnboundedSender<Change>,
+    map: F,
+) where
+    K: kube::Resource<DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+    F: Fn(watcher::Event<K>) -> Option<Change> + Send + 'static,
+{
+    let changes = changes.clone();
+    tokio::spawn(
+        reflector(writer, watcher(api, watcher::Config::default()))
+            .default_backoff()
+            .for_each(move |event| {
+                if let Some(change) = event.ok().and_then(&map) {
+                    let _ = changes.send(change);
+                }
+                futures::future::ready(())
+            }),
+    );
+}
+
 /// Runs until the task is dropped.
 pub async fn run(client: kube::Client) {
     let (nodes, node_writer) = reflector::store::<Node>();
     let (pods, pod_writer) = reflector::store::<Pod>();
-    let wake = Arc::new(tokio::sync::Notify::new());
     let (claims, claim_writer) = reflector::store::<PersistentVolumeClaim>();
     let (volumes, volume_writer) = reflector::store::<PersistentVolume>();
-    let nodes_api: Api<Node> = Api::all(client.clone());
-    let pods_api: Api<Pod> = Api::all(client.clone());
-    let claims_api: Api<PersistentVolumeClaim> = Api::all(client.clone());
-    let volumes_api: Api<PersistentVolume> = Api::all(client.clone());
-    for stream in [
-        reflector(node_writer, watcher(nodes_api, watcher::Config::default()))
-            .default_backoff()
-            .touched_objects()
-            .map(|_| ())
-            .boxed(),
-        reflector(pod_writer, watcher(pods_api, watcher::Config::default()))
-            .default_backoff()
-            .touched_objects()
-            .map(|_| ())
-            .boxed(),
-        // Claims and volumes: a pod waiting for its claim, or bound to
-        // where its volume lives.
-        reflector(
-            claim_writer,
-            watcher(claims_api, watcher::Config::default()),
-        )
-        .default_backoff()
-        .touched_objects()
-        .map(|_| ())
-        .boxed(),
-        reflector(
-            volume_writer,
-            watcher(volumes_api, watcher::Config::default()),
-        )
-        .default_backoff()
-        .touched_objects()
-        .map(|_| ())
-        .boxed(),
-    ] {
-        let wake = wake.clone();
-        tokio::spawn(stream.for_each(move |()| {
-            wake.notify_one();
-            futures::future::ready(())
-        }));
-    }
+    let (namespaces, namespace_writer) = reflector::store::<Namespace>();
+    let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
+    watch(Api::all(client.clone()), node_writer, &tx, node_change);
+    watch(Api::all(client.clone()), pod_writer, &tx, pod_change);
+    // Claims and volumes: a pod waiting for its claim, or bound to where
+    // its volume lives.
+    watch::<PersistentVolumeClaim, _>(Api::all(client.clone()), claim_writer, &tx, other_change);
+    watch::<PersistentVolume, _>(Api::all(client.clone()), volume_writer, &tx, other_change);
+    watch::<Namespace, _>(
+        Api::all(client.clone()),
+        namespace_writer,
+        &tx,
+        other_change,
+    );
+    drop(tx);
     let _ = nodes.wait_until_ready().await;
     let _ = pods.wait_until_ready().await;
     let _ = claims.wait_until_ready().await;
     let _ = volumes.wait_until_ready().await;
-    // Bindings made but not yet seen in the cache, and the last reason told
-    // to each unschedulable pod (so it is not written again and again).
-    let mut assumed: HashMap<String, String> = HashMap::new();
-    let mut told: HashMap<String, String> = HashMap::new();
+    let _ = namespaces.wait_until_ready().await;
+
+    let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<(String, String, Outcome)>();
+    let slots = Arc::new(tokio::sync::Semaphore::new(BINDING_CONCURRENCY));
+    let mut state = State::default();
+    state.resync(&pods.state(), Instant::now());
     loop {
-        let node_list: Vec<Node> = nodes.state().iter().map(|n| (**n).clone()).collect();
-        let all: Vec<Arc<Pod>> = pods.state();
+        let wake_at = if state.queue.has_active() {
+            Instant::now()
+        } else {
+            state
+                .queue
+                .next_ready()
+                .unwrap_or_else(|| Instant::now() + Duration::from_secs(60))
+        };
+        tokio::select! {
+            change = changes.recv() => match change {
+                Some(change) => state.apply(change, &pods),
+                None => return,
+            },
+            Some((pod_key, node, outcome)) = done.recv() => state.finished(pod_key, node, outcome),
+            () = tokio::time::sleep_until(tokio::time::Instant::from_std(wake_at)) => {}
+        }
+        while let Ok(change) = changes.try_recv() {
+            state.apply(change, &pods);
+        }
+        while let Ok((pod_key, node, outcome)) = done.try_recv() {
+            state.finished(pod_key, node, outcome);
+        }
+        let batch: Vec<(String, Arc<Pod>)> = state
+            .queue
+            .pop_ready(Instant::now())
+            .into_iter()
+            .filter_map(|k| {
+                let pod = pods.get(&object_ref(&k))?;
+                Some((k, pod))
+            })
+            .collect();
+        if batch.is_empty() {
+            continue;
+        }
+        let all = pods.state();
+        let assumed: Vec<(Arc<Pod>, String)> = state
+            .assumed
+            .iter()
+            .filter_map(|(k, node)| Some((pods.get(&object_ref(k))?, node.clone())))
+            .collect();
+        let node_list = nodes.state();
         let claim_list: Vec<PersistentVolumeClaim> =
             claims.state().iter().map(|c| (**c).clone()).collect();
         let volume_list: Vec<PersistentVolume> =
             volumes.state().iter().map(|v| (**v).clone()).collect();
-        assumed.retain(|k, _| all.iter().any(|p| key(p) == *k && pending(p)));
-        let mut bound: BTreeMap<String, Vec<&Pod>> = BTreeMap::new();
-        for pod in &all {
-            if let Some(node) = pod
-                .spec
-                .as_ref()
-                .and_then(|s| s.node_name.as_deref())
-                .filter(|n| !n.is_empty())
-            {
-                if !matches!(
-                    pod.status.as_ref().and_then(|s| s.phase.as_deref()),
-                    Some("Succeeded" | "Failed")
-                ) {
-                    bound.entry(node.to_string()).or_default().push(pod);
-                }
-            }
-        }
-        for (pod_key, node) in &assumed {
-            if let Some(pod) = all.iter().find(|p| key(p) == *pod_key) {
-                bound.entry(node.clone()).or_default().push(pod);
-            }
-        }
-        let mut waiting: Vec<&Arc<Pod>> = all
+        let namespace_labels: HashMap<String, affinity::Labels> = namespaces
+            .state()
             .iter()
-            .filter(|p| pending(p) && !assumed.contains_key(&key(p)))
+            .map(|n| {
+                (
+                    n.metadata.name.clone().unwrap_or_default(),
+                    n.metadata.labels.clone().unwrap_or_default(),
+                )
+            })
             .collect();
-        waiting.sort_by_key(|p| p.metadata.creation_timestamp.as_ref().map(|t| t.0));
-        let mut newly: Vec<(String, String)> = Vec::new();
-        for pod in waiting {
-            let pod_key = key(pod);
+        let mut snapshot =
+            fit::Snapshot::new(node_list.iter().map(|n| &**n)).with_namespaces(namespace_labels);
+        for pod in &all {
+            if let Some(node) = bound_to(pod).filter(|_| counts(pod)) {
+                snapshot.place(pod, node);
+            }
+        }
+        for (pod, node) in &assumed {
+            if bound_to(pod).is_none() {
+                snapshot.place(pod, node);
+            }
+        }
+        for (pod_key, pod) in &batch {
+            // Never twice: skip what the latest cache shows bound or gone.
+            if !pending(pod) || state.assumed.contains_key(pod_key) {
+                continue;
+            }
             let chosen = fit::claimed_volumes(pod, &claim_list, &volume_list)
                 .map_err(|why| format!("0/{} nodes are available: {why}.", node_list.len()))
-                .and_then(|volumes| fit::choose_with_volumes(pod, &node_list, &bound, &volumes));
+                .and_then(|volumes| snapshot.choose(pod, &volumes));
             match chosen {
                 Ok(node) => {
                     let node_name = node.metadata.name.clone().unwrap_or_default();
-                    match bind(&client, pod, &node_name).await {
-                        Ok(()) => {
-                            told.remove(&pod_key);
-                            bound.entry(node_name.clone()).or_default().push(pod);
-                            newly.push((pod_key, node_name));
-                        }
-                        Err(e) => {
-                            tracing::debug!(pod = %pod_key, error = %e, "binding failed; will retry")
-                        }
-                    }
+                    snapshot.place(pod, &node_name);
+                    state.assumed.insert(pod_key.clone(), node_name.clone());
+                    let Ok(slot) = slots.clone().acquire_owned().await else {
+                        return;
+                    };
+                    let (client, pod, pod_key, done) = (
+                        client.clone(),
+                        pod.clone(),
+                        pod_key.clone(),
+                        done_tx.clone(),
+                    );
+                    tokio::spawn(async move {
+                        let outcome = match bind(&client, &pod, &node_name).await {
+                            Ok(()) => Outcome::Bound,
+                            Err(kube::Error::Api(status)) if status.code == 409 => {
+                                Outcome::Conflict
+                            }
+                            Err(e) => Outcome::Failed(e),
+                        };
+                        drop(slot);
+                        let _ = done.send((pod_key, node_name, outcome));
+                    });
                 }
                 Err(message) => {
-                    if told.get(&pod_key) != Some(&message) {
+                    state.queue.unschedulable(pod_key, Instant::now());
+                    // Told once per distinct reason, not on every retry.
+                    if state.told.get(pod_key) != Some(&message) {
                         if let Err(e) = unschedulable(&client, pod, &message).await {
                             tracing::debug!(pod = %pod_key, error = %e, "cannot record why the pod waits");
                         }
-                        told.insert(pod_key, message);
+                        state.told.insert(pod_key.clone(), message);
                     }
                 }
             }
         }
-        assumed.extend(newly);
-        told.retain(|k, _| all.iter().any(|p| key(p) == *k));
-        // Sleep until something changes (or a second passes, for pods whose
-        // change was missed by a reconnecting watch).
-        let _ = tokio::time::timeout(Duration::from_secs(1), wake.notified()).await;
+    }
+}
+
+fn object_ref(key: &str) -> reflector::ObjectRef<Pod> {
+    let (namespace, name) = key.split_once('/').unwrap_or(("", key));
+    reflector::ObjectRef::new(name).within(namespace)
+}
+
+/// The loop's memory besides the caches.
+#[derive(Default)]
+struct State {
+    queue: queue::Queue,
+    /// Bindings made (or in flight) but not yet seen in the cache.
+    assumed: HashMap<String, String>,
+    /// The last reason told to each unschedulable pod.
+    told: HashMap<String, String>,
+    /// Pods seen bound, to notice a newly bound one.
+    bound: HashSet<String>,
+    nodes: HashMap<String, String>,
+}
+
+impl State {
+    fn apply(&mut self, change: Change, pods: &reflector::Store<Pod>) {
+        let now = Instant::now();
+        match change {
+            Change::Pod {
+                key,
+                pending,
+                bound,
+            } => {
+                if bound {
+                    self.assumed.remove(&key);
+                    self.queue.remove(&key);
+                    self.told.remove(&key);
+                    // A pod placed may be what another's affinity waits for.
+                    if self.bound.insert(key) {
+                        self.queue.move_all(now);
+                    }
+                } else if pending {
+                    if !self.assumed.contains_key(&key) {
+                        self.queue.add(&key);
+                    }
+                } else {
+                    self.queue.remove(&key);
+                }
+            }
+            Change::PodDeleted(key) => {
+                self.assumed.remove(&key);
+                self.queue.remove(&key);
+                self.told.remove(&key);
+                self.bound.remove(&key);
+                self.queue.move_all(now);
+            }
+            Change::Node { name, fingerprint } => {
+                if self.nodes.get(&name) != Some(&fingerprint) {
+                    self.nodes.insert(name, fingerprint);
+                    self.queue.move_all(now);
+                }
+            }
+            Change::Other => self.queue.move_all(now),
+            Change::Resync => self.resync(&pods.state(), now),
+        }
+    }
+
+    /// After a (re)list: every pending pod queued, and what is gone
+    /// forgotten.
+    fn resync(&mut self, all: &[Arc<Pod>], now: Instant) {
+        let keys: HashSet<String> = all.iter().map(|p| key(p)).collect();
+        self.assumed.retain(|k, _| keys.contains(k));
+        self.told.retain(|k, _| keys.contains(k));
+        self.bound.retain(|k| keys.contains(k));
+        for pod in all {
+            let pod_key = key(pod);
+            if bound_to(pod).is_some() {
+                self.assumed.remove(&pod_key);
+                self.queue.remove(&pod_key);
+                self.bound.insert(pod_key);
+            } else if pending(pod) && !self.assumed.contains_key(&pod_key) {
+                self.queue.add(&pod_key);
+            }
+        }
+        self.queue.move_all(now);
+    }
+
+    /// A binding request ended.
+    fn finished(&mut self, pod_key: String, node: String, outcome: Outcome) {
+        match outcome {
+            // Stays assumed until the cache shows it bound.
+            Outcome::Bound => {
+                self.told.remove(&pod_key);
+            }
+            // Someone bound it (or it is going away): the cache will say.
+            Outcome::Conflict => {
+                self.assumed.remove(&pod_key);
+                self.queue.remove(&pod_key);
+            }
+            Outcome::Failed(e) => {
+                tracing::debug!(pod = %pod_key, node = %node, error = %e, "binding failed; will retry");
+                self.assumed.remove(&pod_key);
+                self.queue.retry(&pod_key, Instant::now());
+            }
+        }
     }
 }
 
@@ -227,4 +489,72 @@ async fn unschedulable(client: &kube::Client, pod: &Pod, message: &str) -> Resul
         .await?;
     events::record(client, pod, "Warning", "FailedScheduling", message, NAME).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node_event(labels: serde_json::Value) -> Change {
+        let node: Node = serde_json::from_value(
+            serde_json::json!({"metadata": {"name": "n", "labels": labels}}),
+        )
+        .unwrap();
+        Change::Node {
+            name: "n".into(),
+            fingerprint: node_fingerprint(&node),
+        }
+    }
+
+    fn pod_event(key: &str, pending: bool, bound: bool) -> Change {
+        Change::Pod {
+            key: key.into(),
+            pending,
+            bound,
+        }
+    }
+
+    #[test]
+    fn waiting_pods_move_on_changes_that_matter() {
+        let (pods, _writer) = reflector::store::<Pod>();
+        let mut state = State::default();
+        state.apply(node_event(serde_json::json!({})), &pods);
+        state.apply(pod_event("ns/p", true, false), &pods);
+        let t0 = Instant::now();
+        assert_eq!(state.queue.pop_ready(t0), vec!["ns/p"]);
+        state.queue.unschedulable("ns/p", t0);
+        // Its own PodScheduled condition, and a node heartbeat: no retry.
+        state.apply(pod_event("ns/p", true, false), &pods);
+        state.apply(node_event(serde_json::json!({})), &pods);
+        assert!(state.queue.is_unschedulable("ns/p"));
+        // A label on the node: back in the queue (after its back-off).
+        state.apply(node_event(serde_json::json!({"gpu": "yes"})), &pods);
+        assert!(!state.queue.is_unschedulable("ns/p") && state.queue.contains("ns/p"));
+        // Bound (by anyone): forgotten.
+        state.apply(pod_event("ns/p", false, true), &pods);
+        assert!(state.queue.is_empty());
+    }
+
+    #[test]
+    fn binding_outcomes() {
+        let (pods, _writer) = reflector::store::<Pod>();
+        let mut state = State::default();
+        for key in ["ns/a", "ns/b"] {
+            state.assumed.insert(key.into(), "n".into());
+            // Updates of an assumed pod do not queue it again.
+            state.apply(pod_event(key, true, false), &pods);
+        }
+        assert!(state.queue.is_empty());
+        // 409: someone bound it; the cache will show where.
+        state.finished("ns/a".into(), "n".into(), Outcome::Conflict);
+        assert!(!state.assumed.contains_key("ns/a") && !state.queue.contains("ns/a"));
+        // Any other failure: retried after a back-off.
+        let error = kube::Error::Api(Box::new(kube::core::Status::failure(
+            "boom",
+            "InternalError",
+        )));
+        state.finished("ns/b".into(), "n".into(), Outcome::Failed(error));
+        assert!(!state.assumed.contains_key("ns/b") && state.queue.contains("ns/b"));
+        assert!(state.queue.pop_ready(Instant::now()).is_empty());
+    }
 }

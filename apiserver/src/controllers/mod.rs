@@ -163,6 +163,14 @@ pub async fn run_elected(client: kube::Client, identity: String, settings: Setti
     .await;
 }
 
+/// A label selector as the `labelSelector` query of a list (`app=web,...`);
+/// empty when there is none.
+pub fn label_query(selector: &impl serde::Serialize) -> String {
+    serde_json::to_value(selector)
+        .map(|s| crate::table::selector_string(&s))
+        .unwrap_or_default()
+}
+
 /// The uid of an object's controlling owner.
 pub fn controller_uid<K: kube::Resource>(object: &K) -> Option<&str> {
     object

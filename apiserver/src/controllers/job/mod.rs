@@ -164,8 +164,7 @@ async fn reconcile(cached: Arc<Job>, ctx: Arc<Ctx>) -> Result<Action> {
     let selector = job
         .spec
         .as_ref()
-        .and_then(|s| serde_json::to_value(&s.selector).ok())
-        .map(|s| crate::table::selector_string(&s))
+        .map(|s| super::label_query(&s.selector))
         .filter(|s| !s.is_empty())
         .unwrap_or_else(|| format!("batch.kubernetes.io/controller-uid={uid}"));
     let listed = pods

@@ -97,8 +97,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, client: Arc<kube::Client>) -> Result<Act
     let selector = rs
         .spec
         .as_ref()
-        .and_then(|s| serde_json::to_value(&s.selector).ok())
-        .map(|s| crate::table::selector_string(&s))
+        .map(|s| super::label_query(&s.selector))
         .unwrap_or_default();
     if selector.is_empty() {
         return Ok(Action::await_change());

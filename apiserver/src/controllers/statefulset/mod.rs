@@ -90,8 +90,7 @@ async fn reconcile(set: Arc<StatefulSet>, client: Arc<kube::Client>) -> Result<A
     let selector = set
         .spec
         .as_ref()
-        .and_then(|s| serde_json::to_value(&s.selector).ok())
-        .map(|s| crate::table::selector_string(&s))
+        .map(|s| super::label_query(&s.selector))
         .unwrap_or_default();
     if selector.is_empty() {
         return Ok(Action::await_change());

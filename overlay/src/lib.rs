@@ -1,0 +1,27 @@
+//! shoal's pod network. Today: the network of one node, in the role a CNI
+//! plugin plays for the kubelet. The agent calls [`Network::new`] once it
+//! knows its `Node.spec.podCIDR`, then [`Network::create_sandbox`] before a
+//! pod's containers start (runc joins the namespace at
+//! [`Sandbox::netns_path`]) and [`Network::delete_sandbox`] after they
+//! stopped.
+//!
+//! ```text
+//!   cidr     the node's range and the roles of its addresses     (pure)
+//!   names    sandbox ids, veth names, the bridge MAC             (pure)
+//!   ipam     one file per allocated address under state_dir
+//!   netns    namespaces kept by bind mounts; running code inside one
+//!   network  bridge + veth + addresses + routes over netlink (rtnetlink)
+//! ```
+//!
+//! Coming next, on top of the same bridge and routing: the QUIC tunnels
+//! between nodes (a TUN device and a route per remote podCIDR), the service
+//! proxy and network policies.
+
+pub mod cidr;
+pub mod ipam;
+pub mod names;
+pub mod netns;
+pub mod network;
+
+pub use cidr::Ipv4Cidr;
+pub use network::{Error, Network, NodeNetwork, Result, Sandbox};

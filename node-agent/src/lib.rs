@@ -4,4 +4,6 @@
 //! many nodes on one machine. The agent that runs pods in real sandboxes
 //! comes with its own issue.
 
+pub mod image;
+pub mod runtime;
 pub mod simulate;

@@ -6,6 +6,8 @@ mod bench;
 mod bench_api;
 mod bench_scheduler;
 mod controllers;
+mod image;
+mod shim;
 mod store;
 mod up;
 
@@ -38,10 +40,20 @@ enum Command {
     /// Load generators.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
+    /// A node's image store: load image archives, list images.
+    #[command(subcommand)]
+    Image(image::ImageCommand),
+    /// Watch one container under runc (started by the container runtime).
+    #[command(hide = true)]
+    ContainerShim(shim::ShimArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    // One shim per container: no async runtime, no log setup to pay for.
+    if let Command::ContainerShim(args) = &cli.command {
+        return shim::run(args);
+    }
     // `shoal up` talks to a person on stdout; its components' logs would
     // drown that out, so it shows only warnings unless RUST_LOG says more.
     let default_filter = match cli.command {
@@ -66,6 +78,8 @@ fn main() -> anyhow::Result<()> {
             Command::Controllers(args) => controllers::run(args).await,
             Command::Agent(args) => agent::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
+            Command::Image(cmd) => image::run(cmd),
+            Command::ContainerShim(args) => shim::run(&args),
         }
     })
 }

@@ -1,0 +1,148 @@
+//! Container logs in the CRI format kubelet reads (and `kubectl logs
+//! --timestamps` shows): one line per line of output,
+//! `<RFC 3339 UTC, 9 digits> <stdout|stderr> <F|P> <text>`, where `P`
+//! marks a piece of a line longer than [`MAX_LINE`] that goes on in the
+//! next entry and `F` ends a line.
+
+use std::io::{self, BufRead, Write};
+use std::sync::{Arc, Mutex};
+
+/// Longest piece of a line in one entry (containerd's limit).
+pub const MAX_LINE: usize = 16 * 1024;
+
+/// `2026-11-29T19:00:00.000000000Z`.
+pub fn format_time(ts: jiff::Timestamp) -> String {
+    let dt = jiff::tz::Offset::UTC.to_datetime(ts);
+    format!(
+        "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}.{:09}Z",
+        dt.year(),
+        dt.month(),
+        dt.day(),
+        dt.hour(),
+        dt.minute(),
+        dt.second(),
+        dt.subsec_nanosecond()
+    )
+}
+
+/// The log entries for one chunk of output (`chunk` without its newline;
+/// `complete` when a newline or the end of the stream ended it).
+pub fn entries(ts: &str, stream: &str, chunk: &[u8], complete: bool) -> Vec<u8> {
+    let mut out = Vec::with_capacity(chunk.len() + 48);
+    let pieces: Vec<&[u8]> = if chunk.is_empty() {
+        vec![chunk]
+    } else {
+        chunk.chunks(MAX_LINE).collect()
+    };
+    let last = pieces.len() - 1;
+    for (i, piece) in pieces.into_iter().enumerate() {
+        let tag = if i == last && complete { "F" } else { "P" };
+        out.extend_from_slice(format!("{ts} {stream} {tag} ").as_bytes());
+        out.extend_from_slice(piece);
+        out.push(b'\n');
+    }
+    out
+}
+
+/// Copies `reader` into `log` as CRI entries tagged `stream` until the end
+/// of the stream; keeps the last bytes of output in `tail` (for a start
+/// error's message).
+pub fn copy_stream(
+    reader: impl io::Read,
+    stream: &str,
+    log: &Arc<Mutex<std::fs::File>>,
+    tail: &Arc<Mutex<Vec<u8>>>,
+) -> io::Result<()> {
+    let mut reader = io::BufReader::with_capacity(MAX_LINE, reader);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        // Bounded read: a line without newline ends at MAX_LINE bytes.
+        let n = io::Read::take(&mut reader, MAX_LINE as u64).read_until(b'\n', &mut line)?;
+        if n == 0 {
+            return Ok(());
+        }
+        let complete = line.last() == Some(&b'\n');
+        if complete {
+            line.pop();
+        }
+        // A full-length piece without newline goes on in the next entry;
+        // a short one without newline is the end of the stream.
+        let complete = complete || n < MAX_LINE;
+        let bytes = entries(
+            &format_time(jiff::Timestamp::now()),
+            stream,
+            &line,
+            complete,
+        );
+        if let Ok(mut file) = log.lock() {
+            file.write_all(&bytes)?;
+        }
+        if let Ok(mut tail) = tail.lock() {
+            tail.extend_from_slice(&line);
+            tail.push(b'\n');
+            let excess = tail.len().saturating_sub(4096);
+            tail.drain(..excess);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn times_have_nine_digits_in_utc() {
+        let ts: jiff::Timestamp = "2026-11-29T19:00:00.5+01:00".parse().unwrap();
+        assert_eq!(format_time(ts), "2026-11-29T18:00:00.500000000Z");
+    }
+
+    #[test]
+    fn lines_become_entries() {
+        let ts = "2026-11-29T19:00:00.000000000Z";
+        assert_eq!(
+            entries(ts, "stdout", b"hello", true),
+            b"2026-11-29T19:00:00.000000000Z stdout F hello\n"
+        );
+        assert_eq!(
+            entries(ts, "stderr", b"", true),
+            b"2026-11-29T19:00:00.000000000Z stderr F \n"
+        );
+        let long = vec![b'a'; MAX_LINE + 3];
+        let text = String::from_utf8(entries(ts, "stdout", &long, true)).unwrap();
+        let tags: Vec<&str> = text.lines().map(|l| l.split(' ').nth(2).unwrap()).collect();
+        assert_eq!(tags, ["P", "F"]);
+    }
+
+    #[test]
+    fn streams_copy_with_partial_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let log = Arc::new(Mutex::new(std::fs::File::create(&path).unwrap()));
+        let tail = Arc::new(Mutex::new(Vec::new()));
+        let mut input = b"one\ntwo\n".to_vec();
+        input.extend(vec![b'x'; MAX_LINE + 1]);
+        input.extend(b"\nlast");
+        copy_stream(&input[..], "stdout", &log, &tail).unwrap();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let parts: Vec<(String, String)> = text
+            .lines()
+            .map(|l| {
+                let f: Vec<&str> = l.splitn(4, ' ').collect();
+                (f[2].to_string(), f[3].chars().take(4).collect())
+            })
+            .collect();
+        let expect: Vec<(String, String)> = [
+            ("F", "one"),
+            ("F", "two"),
+            ("P", "xxxx"),
+            ("F", "x"),
+            ("F", "last"),
+        ]
+        .iter()
+        .map(|(a, b)| (a.to_string(), b.to_string()))
+        .collect();
+        assert_eq!(parts, expect);
+        assert!(String::from_utf8_lossy(&tail.lock().unwrap()).ends_with("last\n"));
+    }
+}

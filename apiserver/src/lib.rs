@@ -10,6 +10,7 @@
 //!   table       server-side printing for kubectl
 //!   storage     the etcd v3 client the rest is built on
 //!   namespaces  system namespaces and namespace deletion
+//!   endpoint_reconciler   this replica's address in Endpoints default/kubernetes
 //! ```
 
 pub mod allocate;
@@ -18,6 +19,7 @@ pub mod controllers;
 pub mod convert;
 pub mod defaults;
 pub mod discovery;
+pub mod endpoint_reconciler;
 pub mod error;
 pub mod events;
 pub mod hooks;

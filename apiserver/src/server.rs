@@ -135,6 +135,8 @@ pub struct Running {
     loopback_token: String,
     shutdown: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
+    /// Keeps this replica's address in Endpoints `default/kubernetes`.
+    endpoints: Option<crate::endpoint_reconciler::Handle>,
 }
 
 impl Running {
@@ -172,6 +174,10 @@ impl Running {
     }
 
     pub async fn stop(self) {
+        // Out of the `kubernetes` Service's endpoints while still serving.
+        if let Some(endpoints) = self.endpoints {
+            endpoints.stop().await;
+        }
         let _ = self.shutdown.send(true);
         for task in self.tasks {
             task.abort();
@@ -272,6 +278,16 @@ pub fn router(api: Arc<Api>) -> Router {
 }
 
 pub async fn start(config: Config) -> Result<Running, StartError> {
+    start_advertising(config, None).await
+}
+
+/// As [`start`], with the address this replica gives the cluster in
+/// Endpoints `default/kubernetes` (default: see
+/// [`crate::endpoint_reconciler::advertise_address`]).
+pub async fn start_advertising(
+    config: Config,
+    advertise_address: Option<std::net::IpAddr>,
+) -> Result<Running, StartError> {
     let service_cidr = Cidr::parse(&config.service_cluster_ip_range).map_err(StartError::Config)?;
     let node_ports =
         parse_port_range(&config.service_node_port_range).map_err(StartError::Config)?;
@@ -365,14 +381,33 @@ pub async fn start(config: Config) -> Result<Running, StartError> {
         )),
     ];
     tracing::info!(%local, "apiserver listening");
-    Ok(Running {
+    let mut running = Running {
         addr: local,
         ca_pem,
         api,
         loopback_token,
         shutdown,
         tasks,
-    })
+        endpoints: None,
+    };
+    let me = crate::endpoint_reconciler::Master {
+        ip: crate::endpoint_reconciler::advertise_address(advertise_address, &config.bind_address),
+        port: local.port(),
+    };
+    match running.loopback_client().await {
+        Ok(client) => {
+            running.endpoints = Some(crate::endpoint_reconciler::start(
+                running.api.clone(),
+                client,
+                &config.etcd_servers,
+                me,
+            ))
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "no loopback client: the kubernetes Service gets no endpoints from this apiserver")
+        }
+    }
+    Ok(running)
 }
 
 async fn accept_loop(

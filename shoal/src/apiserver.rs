@@ -16,11 +16,17 @@ pub struct ApiserverArgs {
     pub no_controllers: bool,
     #[command(flatten)]
     pub controllers: crate::controllers::ControllerFlags,
+    /// The address this apiserver gives the cluster (its entry in
+    /// Endpoints `default/kubernetes`, with `--secure-port`). Default:
+    /// `--bind-address`, or when that is 0.0.0.0 this machine's address on
+    /// its default route (else its first non-loopback IPv4).
+    #[arg(long, env = "SHOAL_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<std::net::IpAddr>,
 }
 
 pub async fn run(args: ApiserverArgs) -> anyhow::Result<()> {
     shoal_apiserver::controllers::check()?;
-    let running = shoal_apiserver::start(args.config)
+    let running = shoal_apiserver::server::start_advertising(args.config, args.advertise_address)
         .await
         .context("starting the apiserver")?;
     tracing::info!(addr = %running.addr, "apiserver ready");

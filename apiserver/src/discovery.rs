@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 
 use crate::error::ApiError;
 use crate::resources::{self, Resource, VERBS};
+use crate::rest::metrics;
 
 /// The Kubernetes version this server implements, so that clients (and
 /// the kubectl dispatcher, which picks a client by it) know what to expect.
@@ -135,13 +136,35 @@ pub async fn apis(request: Request) -> Response {
         .filter(|(g, _)| !g.is_empty())
         .collect();
     if wants_aggregated(&request) {
-        return aggregated(groups.iter().map(|(g, v)| group_discovery(g, v)).collect());
+        let mut list: Vec<Value> = groups.iter().map(|(g, v)| group_discovery(g, v)).collect();
+        list.push(metrics_group_discovery());
+        return aggregated(list);
     }
-    let list: Vec<Value> = groups.iter().map(|(g, v)| group_entry(g, v)).collect();
+    let mut list: Vec<Value> = groups.iter().map(|(g, v)| group_entry(g, v)).collect();
+    list.push(group_entry(metrics::GROUP, &[metrics::VERSION]));
     axum::Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": list})).into_response()
 }
 
+/// `metrics.k8s.io` (served by `rest::metrics`, read-only) in aggregated
+/// discovery.
+fn metrics_group_discovery() -> Value {
+    json!({
+        "metadata": {"name": metrics::GROUP, "creationTimestamp": null},
+        "versions": [{
+            "version": metrics::VERSION,
+            "resources": metrics::aggregated_resources(),
+            "freshness": "Current",
+        }],
+    })
+}
+
 pub async fn group(Path(group): Path<String>) -> Response {
+    if group == metrics::GROUP {
+        let mut entry = group_entry(metrics::GROUP, &[metrics::VERSION]);
+        entry["kind"] = json!("APIGroup");
+        entry["apiVersion"] = json!("v1");
+        return axum::Json(entry).into_response();
+    }
     match resources::groups()
         .into_iter()
         .find(|(g, _)| *g == group && !g.is_empty())
@@ -157,6 +180,9 @@ pub async fn group(Path(group): Path<String>) -> Response {
 }
 
 fn resource_list(group: &str, version: &str) -> Option<Value> {
+    if group == metrics::GROUP && version == metrics::VERSION {
+        return Some(metrics::resource_list());
+    }
     let mut entries = Vec::new();
     for r in resources::all().filter(|r| r.group == group && r.version == version) {
         let mut entry = json!({
@@ -244,6 +270,16 @@ mod tests {
             .unwrap();
         assert_eq!(scale["group"], "autoscaling");
         assert_eq!(scale["kind"], "Scale");
+    }
+
+    #[test]
+    fn metrics_are_discoverable() {
+        let list = resource_list("metrics.k8s.io", "v1beta1").unwrap();
+        assert_eq!(list["resources"][0]["name"], "nodes");
+        assert_eq!(list["resources"][1]["kind"], "PodMetrics");
+        assert_eq!(list["resources"][1]["verbs"], json!(["get", "list"]));
+        let group = metrics_group_discovery();
+        assert_eq!(group["versions"][0]["resources"][0]["scope"], "Cluster");
     }
 
     #[test]

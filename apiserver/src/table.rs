@@ -1099,6 +1099,9 @@ fn access_modes(modes: Option<&Value>) -> String {
         .join(",")
 }
 
+/// The TARGETS column, as kubectl's `formatHPAMetrics`: each metric's
+/// current value (the status at the same index) over its target, at most
+/// two, then "+ N more...".
 fn hpa_targets(o: &Value) -> String {
     let metrics = o
         .pointer("/spec/metrics")
@@ -1106,33 +1109,93 @@ fn hpa_targets(o: &Value) -> String {
         .cloned()
         .unwrap_or_default();
     if metrics.is_empty() {
-        return "<none>".into();
+        // An autoscaling/v1 object: its one CPU target.
+        return match o
+            .pointer("/spec/targetCPUUtilizationPercentage")
+            .and_then(Value::as_i64)
+        {
+            Some(target) => {
+                let now = o
+                    .pointer("/status/currentCPUUtilizationPercentage")
+                    .and_then(Value::as_i64)
+                    .map(|v| format!("{v}%"))
+                    .unwrap_or_else(|| "<unknown>".into());
+                format!("cpu: {now}/{target}%")
+            }
+            None => "<none>".into(),
+        };
     }
     let current = o
         .pointer("/status/currentMetrics")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
+    let unknown = || "<unknown>".to_string();
+    let value = |v: Option<&Value>| v.and_then(Value::as_str).map(str::to_string);
     let parts: Vec<String> = metrics
         .iter()
-        .map(|m| {
-            let resource = s(m, "/resource/name");
-            let target = m
-                .pointer("/resource/target/averageUtilization")
-                .and_then(Value::as_i64);
-            let now = current
-                .iter()
-                .find(|c| s(c, "/resource/name") == resource)
-                .and_then(|c| c.pointer("/resource/current/averageUtilization"))
-                .and_then(Value::as_i64)
-                .map(|v| format!("{v}%"))
-                .unwrap_or_else(|| "<unknown>".into());
-            match target {
-                Some(t) => format!("{resource}: {now}/{t}%"),
-                None => format!("{resource}: {now}"),
+        .enumerate()
+        .map(|(i, m)| {
+            let status = current.get(i);
+            let field = |path: &str| status.and_then(|c| c.pointer(path));
+            match s(m, "/type") {
+                "Pods" => format!(
+                    "{}/{}",
+                    value(field("/pods/current/averageValue")).unwrap_or_else(unknown),
+                    s(m, "/pods/target/averageValue")
+                ),
+                "Object" | "External" => {
+                    let key = if s(m, "/type") == "Object" {
+                        "object"
+                    } else {
+                        "external"
+                    };
+                    let (now, target) = match m.pointer(&format!("/{key}/target/averageValue")) {
+                        Some(t) => (field(&format!("/{key}/current/averageValue")), t),
+                        None => (
+                            field(&format!("/{key}/current/value")),
+                            m.pointer(&format!("/{key}/target/value"))
+                                .unwrap_or(&Value::Null),
+                        ),
+                    };
+                    let target = target.as_str().unwrap_or_default();
+                    let now = value(now).unwrap_or_else(unknown);
+                    if m.pointer(&format!("/{key}/target/averageValue")).is_some() {
+                        format!("{now}/{target} (avg)")
+                    } else {
+                        format!("{now}/{target}")
+                    }
+                }
+                kind => {
+                    let key = if kind == "ContainerResource" {
+                        "containerResource"
+                    } else {
+                        "resource"
+                    };
+                    let name = s(m, &format!("/{key}/name"));
+                    if let Some(target) = m.pointer(&format!("/{key}/target/averageValue")) {
+                        let now = value(field(&format!("/{key}/current/averageValue")))
+                            .unwrap_or_else(unknown);
+                        format!("{name}: {now}/{}", target.as_str().unwrap_or_default())
+                    } else {
+                        let now = field(&format!("/{key}/current/averageUtilization"))
+                            .and_then(Value::as_i64)
+                            .map(|v| format!("{v}%"))
+                            .unwrap_or_else(unknown);
+                        let target = m
+                            .pointer(&format!("/{key}/target/averageUtilization"))
+                            .and_then(Value::as_i64)
+                            .map(|v| format!("{v}%"))
+                            .unwrap_or_else(|| "<auto>".into());
+                        format!("{name}: {now}/{target}")
+                    }
+                }
             }
         })
         .collect();
+    if parts.len() > 2 {
+        return format!("{} + {} more...", parts[..2].join(", "), parts.len() - 2);
+    }
     parts.join(", ")
 }
 
@@ -1224,6 +1287,27 @@ mod tests {
         assert_eq!(
             cells(find("", "v1", "services").unwrap(), &lb)[3],
             "<pending>"
+        );
+    }
+
+    #[test]
+    fn hpa_targets_like_kubectl() {
+        let util = |n: i64| json!({"type": "Resource", "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": n}}});
+        let hpa = json!({"spec": {"metrics": [util(50)]}, "status": {"currentMetrics": [
+            {"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 90, "averageValue": "90m"}}}]}});
+        assert_eq!(hpa_targets(&hpa), "cpu: 90%/50%");
+        let waiting =
+            json!({"spec": {"metrics": [util(50)]}, "status": {"currentMetrics": [{"type": ""}]}});
+        assert_eq!(hpa_targets(&waiting), "cpu: <unknown>/50%");
+        let v1 = json!({"spec": {"targetCPUUtilizationPercentage": 50}, "status": {"currentCPUUtilizationPercentage": 90}});
+        assert_eq!(hpa_targets(&v1), "cpu: 90%/50%");
+        let memory = json!({"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "100Mi"}}});
+        let hpa = json!({"spec": {"metrics": [util(50), memory, util(60), util(70)]}, "status": {"currentMetrics": [
+            {"type": "Resource", "resource": {"name": "cpu", "current": {"averageUtilization": 9}}},
+            {"type": "Resource", "resource": {"name": "memory", "current": {"averageValue": "67108864"}}}]}});
+        assert_eq!(
+            hpa_targets(&hpa),
+            "cpu: 9%/50%, memory: 67108864/100Mi + 2 more..."
         );
     }
 

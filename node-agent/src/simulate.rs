@@ -18,8 +18,26 @@
 //! `OnFailure`: the containers restart in place (restartCount + 1, the
 //! failed run as `lastState`) and run again for the same duration, for as
 //! long as the pod exists. A finished pod is no longer Ready.
+//!
+//! Resource usage, for `kubectl top` and the HorizontalPodAutoscaler, comes
+//! from two more annotations, each the whole pod's usage (split evenly over
+//! its containers):
+//!
+//! | annotation                         | example | meaning                   |
+//! |------------------------------------|---------|---------------------------|
+//! | `simulate.shoal.dev/cpu-usage`     | `150m`  | CPU the pod uses          |
+//! | `simulate.shoal.dev/memory-usage`  | `64Mi`  | memory the pod uses       |
+//!
+//! A Running pod with either annotation is reported (the other counts as
+//! 0); pods without them report nothing, so a node of unannotated pods
+//! costs one report, ever. Every `metrics_interval` each node's usage (its
+//! pods' plus a small base for the "system") goes to the apiserver as one
+//! NodeMetricsReport (`PUT /apis/metrics.shoal.dev/v1alpha1/nodereports/<node>`,
+//! see the apiserver's `rest::metrics`), and only when it changed since the
+//! last one written.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -35,6 +53,13 @@ pub const DURATION_ANNOTATION: &str = "simulate.shoal.dev/duration";
 /// The exit code a simulated container ends with.
 pub const EXIT_CODE_ANNOTATION: &str = "simulate.shoal.dev/exit-code";
 const DEFAULT_DURATION: Duration = Duration::from_secs(2);
+/// The CPU a simulated pod uses (`150m`), for `kubectl top` and the HPA.
+pub const CPU_USAGE_ANNOTATION: &str = "simulate.shoal.dev/cpu-usage";
+/// The memory a simulated pod uses (`64Mi`).
+pub const MEMORY_USAGE_ANNOTATION: &str = "simulate.shoal.dev/memory-usage";
+/// What a simulated node uses besides its pods (millicores, bytes), as a
+/// real node's system daemons would.
+const NODE_BASE_USAGE: (u64, u64) = (50, 128 * 1024 * 1024);
 
 pub struct Config {
     pub count: usize,
@@ -44,6 +69,9 @@ pub struct Config {
     pub cpu: String,
     pub memory: String,
     pub pods: String,
+    /// How often nodes report their usage (metrics-server's resolution is
+    /// 15 s); a report is written only when it changed.
+    pub metrics_interval: Duration,
 }
 
 fn now() -> String {
@@ -219,6 +247,14 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), kube::Error
         }
     });
 
+    let usage: Usage = Arc::new(Mutex::new(HashMap::new()));
+    tokio::spawn(report_usage(
+        client.clone(),
+        names.clone(),
+        usage.clone(),
+        config.metrics_interval,
+    ));
+
     // The nodes' pod ranges (`spec.podCIDR`, given by the controllers),
     // which the pods' addresses come from.
     let (node_store, node_writer) = reflector::store::<Node>();
@@ -247,6 +283,7 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), kube::Error
                 if let Some(run) = pod.metadata.uid.as_ref().and_then(|u| runs.remove(u)) {
                     run.abort();
                 }
+                track_usage(&usage, &pod, false);
                 continue;
             }
             Ok(watcher::Event::Init) => {
@@ -262,6 +299,11 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), kube::Error
                     }
                     keep
                 });
+                if let Ok(mut usage) = usage.lock() {
+                    for pods in usage.values_mut() {
+                        pods.retain(|_, p| listed.contains(&p.uid));
+                    }
+                }
                 listed = Vec::new();
                 continue;
             }
@@ -288,6 +330,11 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), kube::Error
                 run.abort();
             }
         }
+        track_usage(
+            &usage,
+            &pod,
+            phase == "Running" && pod.metadata.deletion_timestamp.is_none(),
+        );
         if pod.metadata.deletion_timestamp.is_some() {
             // The containers are "stopped": finish the deletion.
             let params = DeleteParams {
@@ -325,6 +372,190 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), kube::Error
         }
     }
     Ok(())
+}
+
+/// What a simulated pod uses.
+#[derive(Debug, Clone, PartialEq)]
+struct PodUsage {
+    uid: String,
+    /// (container, millicores, bytes)
+    containers: Vec<(String, u64, u64)>,
+}
+
+/// The pods with usage on each node, by (namespace, name).
+type Usage = Arc<Mutex<HashMap<String, BTreeMap<(String, String), PodUsage>>>>;
+
+/// A quantity (`150m`, `0.5`, `64Mi`, `1G`) times `scale` (1000 for
+/// millicores, 1 for bytes), rounded; `None` when it does not parse.
+fn parse_quantity(text: &str, scale: f64) -> Option<u64> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let number: f64 = text[..split].parse().ok()?;
+    let factor = match &text[split..] {
+        "" => 1.0,
+        "m" => 1e-3,
+        "k" => 1e3,
+        "M" => 1e6,
+        "G" => 1e9,
+        "T" => 1e12,
+        "Ki" => 1024.0,
+        "Mi" => 1024.0 * 1024.0,
+        "Gi" => 1024.0 * 1024.0 * 1024.0,
+        "Ti" => 1024f64.powi(4),
+        _ => return None,
+    };
+    let value = (number * factor * scale).round();
+    (value.is_finite() && (0.0..1e18).contains(&value)).then_some(value as u64)
+}
+
+fn format_cpu(millicores: u64) -> String {
+    format!("{millicores}m")
+}
+
+fn format_memory(bytes: u64) -> String {
+    const MI: u64 = 1024 * 1024;
+    if bytes.is_multiple_of(MI) {
+        format!("{}Mi", bytes / MI)
+    } else if bytes.is_multiple_of(1024) {
+        format!("{}Ki", bytes / 1024)
+    } else {
+        bytes.to_string()
+    }
+}
+
+/// The usage of a pod from its annotations, split evenly over its
+/// containers (the first ones get the remainder); `None` without them.
+fn pod_usage(pod: &Pod) -> Option<PodUsage> {
+    let annotations = pod.metadata.annotations.as_ref()?;
+    let cpu = annotations.get(CPU_USAGE_ANNOTATION);
+    let memory = annotations.get(MEMORY_USAGE_ANNOTATION);
+    if cpu.is_none() && memory.is_none() {
+        return None;
+    }
+    let cpu = cpu.and_then(|c| parse_quantity(c, 1000.0)).unwrap_or(0);
+    let memory = memory.and_then(|m| parse_quantity(m, 1.0)).unwrap_or(0);
+    let names: Vec<String> = pod
+        .spec
+        .iter()
+        .flat_map(|s| s.containers.iter())
+        .map(|c| c.name.clone())
+        .collect();
+    let n = names.len().max(1) as u64;
+    let share = |total: u64, i: u64| total / n + u64::from(i < total % n);
+    Some(PodUsage {
+        uid: pod.metadata.uid.clone().unwrap_or_default(),
+        containers: names
+            .into_iter()
+            .zip(0u64..)
+            .map(|(name, i)| (name, share(cpu, i), share(memory, i)))
+            .collect(),
+    })
+}
+
+/// Records (`running`) or forgets what a pod uses on its node.
+fn track_usage(usage: &Usage, pod: &Pod, running: bool) {
+    let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) else {
+        return;
+    };
+    let key = (
+        pod.metadata.namespace.clone().unwrap_or_default(),
+        pod.metadata.name.clone().unwrap_or_default(),
+    );
+    let Ok(mut usage) = usage.lock() else { return };
+    match pod_usage(pod).filter(|_| running) {
+        Some(u) => {
+            usage.entry(node).or_default().insert(key, u);
+        }
+        None => {
+            if let Some(pods) = usage.get_mut(&node) {
+                pods.remove(&key);
+            }
+        }
+    }
+}
+
+/// A node's report without its timestamp (what is compared to decide
+/// whether to write).
+fn report_body(
+    node: &str,
+    pods: Option<&BTreeMap<(String, String), PodUsage>>,
+    window: Duration,
+) -> Value {
+    let (mut cpu, mut memory) = NODE_BASE_USAGE;
+    let mut reported = Vec::new();
+    for ((namespace, name), usage) in pods.into_iter().flatten() {
+        let containers: Vec<Value> = usage
+            .containers
+            .iter()
+            .map(|(c, m, b)| {
+                cpu += m;
+                memory += b;
+                json!({"name": c, "usage": {"cpu": format_cpu(*m), "memory": format_memory(*b)}})
+            })
+            .collect();
+        reported.push(json!({
+            "namespace": namespace, "name": name, "uid": usage.uid, "containers": containers,
+        }));
+    }
+    json!({
+        "apiVersion": "metrics.shoal.dev/v1alpha1",
+        "kind": "NodeMetricsReport",
+        "metadata": {"name": node},
+        "window": format!("{}s", window.as_secs().max(1)),
+        "usage": {"cpu": format_cpu(cpu), "memory": format_memory(memory)},
+        "pods": reported,
+    })
+}
+
+/// Every `interval`, writes the report of each node whose usage changed
+/// since its last report (at most one write per node per interval, paced
+/// over half of it).
+async fn report_usage(client: kube::Client, names: Vec<String>, usage: Usage, interval: Duration) {
+    let mut written: HashMap<String, Value> = HashMap::new();
+    let mut tick = tokio::time::interval(interval.max(Duration::from_millis(100)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let request = kube::core::Request::new("/apis/metrics.shoal.dev/v1alpha1/nodereports");
+    loop {
+        tick.tick().await;
+        let reports: Vec<(String, Value)> = match usage.lock() {
+            Ok(usage) => names
+                .iter()
+                .map(|n| (n.clone(), report_body(n, usage.get(n), interval)))
+                .filter(|(n, body)| written.get(n) != Some(body))
+                .collect(),
+            Err(_) => return,
+        };
+        // Spread over half an interval, so that a thousand nodes starting
+        // together do not write their first reports in one burst.
+        let count = u32::try_from(reports.len()).unwrap_or(u32::MAX).max(1);
+        let pace = (interval / 2) / count;
+        for (node, body) in reports {
+            if count > 1 {
+                tokio::time::sleep(pace).await;
+            }
+            let mut report = body.clone();
+            report["timestamp"] = json!(now());
+            let bytes = match serde_json::to_vec(&report) {
+                Ok(bytes) => bytes,
+                Err(_) => continue,
+            };
+            let put = match request.replace(&node, &PostParams::default(), bytes) {
+                Ok(put) => put,
+                Err(e) => {
+                    tracing::debug!(node = %node, error = %e, "cannot build a usage report");
+                    continue;
+                }
+            };
+            match client.request_text(put).await {
+                Ok(_) => {
+                    written.insert(node, body);
+                }
+                Err(e) => tracing::debug!(node = %node, error = %e, "cannot write a usage report"),
+            }
+        }
+    }
 }
 
 /// How a pod that is meant to end runs.
@@ -533,6 +764,57 @@ mod tests {
                 {"type": "Ready", "status": "True"}, {"type": "PodScheduled", "status": "True"}]},
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn usage_comes_from_annotations() {
+        let mut p = pod(
+            "Always",
+            json!({CPU_USAGE_ANNOTATION: "150m", MEMORY_USAGE_ANNOTATION: "64Mi"}),
+        );
+        assert_eq!(
+            pod_usage(&p).unwrap().containers,
+            vec![("c".to_string(), 150, 64 * 1024 * 1024)]
+        );
+        p.spec
+            .as_mut()
+            .unwrap()
+            .containers
+            .push(serde_json::from_value(json!({"name": "d", "image": "busybox"})).unwrap());
+        p.metadata.annotations = Some(
+            [(CPU_USAGE_ANNOTATION.to_string(), "0.101".to_string())]
+                .into_iter()
+                .collect(),
+        );
+        assert_eq!(
+            pod_usage(&p).unwrap().containers,
+            vec![("c".to_string(), 51, 0), ("d".to_string(), 50, 0)]
+        );
+        assert_eq!(pod_usage(&pod("Always", json!({}))), None);
+        assert_eq!(parse_quantity("1Gi", 1.0), Some(1 << 30));
+        assert_eq!(parse_quantity("2", 1000.0), Some(2000));
+        assert_eq!(parse_quantity("x", 1.0), None);
+    }
+
+    #[test]
+    fn reports_sum_pods_over_the_base() {
+        let usage: Usage = Arc::new(Mutex::new(HashMap::new()));
+        let mut p = pod("Always", json!({CPU_USAGE_ANNOTATION: "90m"}));
+        p.metadata.namespace = Some("default".into());
+        p.spec.as_mut().unwrap().node_name = Some("n1".into());
+        track_usage(&usage, &p, true);
+        let map = usage.lock().unwrap();
+        let body = report_body("n1", map.get("n1"), Duration::from_secs(15));
+        assert_eq!(body["usage"]["cpu"], "140m");
+        assert_eq!(body["usage"]["memory"], "128Mi");
+        assert_eq!(body["window"], "15s");
+        assert_eq!(body["pods"][0]["containers"][0]["usage"]["cpu"], "90m");
+        drop(map);
+        track_usage(&usage, &p, false);
+        let map = usage.lock().unwrap();
+        let body = report_body("n1", map.get("n1"), Duration::from_secs(15));
+        assert_eq!(body["usage"]["cpu"], "50m");
+        assert_eq!(body["pods"], json!([]));
     }
 
     #[test]

@@ -32,6 +32,11 @@ pub struct AgentArgs {
     memory: String,
     #[arg(long, default_value = "110")]
     max_pods: String,
+    /// How often simulated nodes report their pods' usage (from the
+    /// `simulate.shoal.dev/cpu-usage` and `memory-usage` annotations) for
+    /// `kubectl top` and the HPA; a report is written only when it changed.
+    #[arg(long, env = "SHOAL_METRICS_INTERVAL", default_value = "15s", value_parser = shoal_apiserver::server::parse_duration)]
+    metrics_interval: Duration,
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -48,6 +53,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         cpu: args.cpu,
         memory: args.memory,
         pods: args.max_pods,
+        metrics_interval: args.metrics_interval.max(Duration::from_secs(1)),
     };
     tokio::select! {
         result = shoal_agent::simulate::run(client, config) => result.context("simulated nodes")?,

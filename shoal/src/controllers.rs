@@ -31,6 +31,10 @@ pub struct ControllerFlags {
     /// without it they stay `<pending>`.
     #[arg(long, env = "SHOAL_LOADBALANCER_IP_POOL")]
     loadbalancer_ip_pool: Option<String>,
+    /// How often each HorizontalPodAutoscaler is synced (`15s`, as
+    /// Kubernetes).
+    #[arg(long, env = "SHOAL_HPA_SYNC_PERIOD", default_value = "15s", value_parser = shoal_apiserver::server::parse_duration)]
+    horizontal_pod_autoscaler_sync_period: std::time::Duration,
 }
 
 impl ControllerFlags {
@@ -39,6 +43,10 @@ impl ControllerFlags {
             node_monitor_grace_period: self.node_monitor_grace_period,
             pod_eviction_timeout: self.pod_eviction_timeout,
             loadbalancer_ip_pool: self.loadbalancer_ip_pool.clone(),
+            horizontal_pod_autoscaler_sync_period: self
+                .horizontal_pod_autoscaler_sync_period
+                .max(std::time::Duration::from_secs(1)),
+            ..Default::default()
         }
     }
 }

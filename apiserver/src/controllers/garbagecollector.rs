@@ -133,7 +133,9 @@ fn resource(kind: usize) -> ApiResource {
 }
 
 /// The objects of every kind looked at, from watch-fed caches.
-fn collect(stores: &[reflector::Store<DynamicObject>]) -> (Vec<Item>, Vec<DynamicObject>) {
+fn collect(
+    stores: &[reflector::Store<DynamicObject>],
+) -> (Vec<Item>, Vec<std::sync::Arc<DynamicObject>>) {
     let mut items = Vec::new();
     let mut objects = Vec::new();
     for (kind, store) in stores.iter().enumerate() {
@@ -155,7 +157,7 @@ fn collect(stores: &[reflector::Store<DynamicObject>]) -> (Vec<Item>, Vec<Dynami
                     .map(|o| (o.uid.clone(), o.block_owner_deletion == Some(true)))
                     .collect(),
             });
-            objects.push((*object).clone());
+            objects.push(object);
         }
     }
     (items, objects)

@@ -11,6 +11,8 @@ pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod garbagecollector;
+pub mod hpa;
+pub mod informers;
 pub mod job;
 pub mod nodeipam;
 pub mod nodelifecycle;
@@ -29,6 +31,10 @@ pub struct Settings {
     /// Addresses given to LoadBalancer Services (`--loadbalancer-ip-pool`,
     /// a CIDR such as `172.18.255.0/24`); none means they stay pending.
     pub loadbalancer_ip_pool: Option<String>,
+    /// The watches the loops share (one per kind).
+    pub informers: informers::Informers,
+    /// How often each HorizontalPodAutoscaler is synced (Kubernetes: 15 s).
+    pub horizontal_pod_autoscaler_sync_period: std::time::Duration,
 }
 
 impl Default for Settings {
@@ -37,6 +43,8 @@ impl Default for Settings {
             node_monitor_grace_period: std::time::Duration::from_secs(5),
             pod_eviction_timeout: std::time::Duration::from_secs(5),
             loadbalancer_ip_pool: None,
+            informers: informers::Informers::default(),
+            horizontal_pod_autoscaler_sync_period: std::time::Duration::from_secs(15),
         }
     }
 }
@@ -47,12 +55,12 @@ type Loop = fn(kube::Client, Settings) -> Pin<Box<dyn Future<Output = ()> + Send
 pub const REGISTRY: &[(&str, Loop, bool)] = &[
     (
         "scheduler",
-        |client, _| Box::pin(crate::scheduler::run(client)),
+        |client, settings| Box::pin(crate::scheduler::run(client, settings)),
         true,
     ),
     (
         "replicaset",
-        |client, _| Box::pin(replicaset::run(client)),
+        |client, settings| Box::pin(replicaset::run(client, settings)),
         true,
     ),
     (
@@ -110,6 +118,11 @@ pub const REGISTRY: &[(&str, Loop, bool)] = &[
         |client, settings| Box::pin(endpoints::run(client, settings)),
         true,
     ),
+    (
+        "horizontalpodautoscaling",
+        |client, settings| Box::pin(hpa::run(client, settings)),
+        true,
+    ),
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +144,11 @@ pub fn check() -> Result<(), Error> {
 
 /// Runs every enabled loop until the task is dropped (which stops them).
 pub async fn run_all(client: kube::Client, settings: Settings) {
+    // Fresh watches for each term: they stop with the loops.
+    let settings = Settings {
+        informers: informers::Informers::default(),
+        ..settings
+    };
     let mut tasks = Vec::new();
     for (name, start, enabled) in REGISTRY {
         if *enabled {

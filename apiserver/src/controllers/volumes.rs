@@ -28,6 +28,7 @@ use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
+use super::informers::Seen;
 use crate::events;
 use crate::scheduler::{fit, quantity};
 
@@ -424,8 +425,36 @@ where
     )
 }
 
+fn uses_claims(pod: &Pod) -> bool {
+    pod.spec
+        .as_ref()
+        .and_then(|s| s.volumes.as_ref())
+        .is_some_and(|v| v.iter().any(|v| v.persistent_volume_claim.is_some()))
+}
+
+/// Wakes the loop on the changes of a shared informer `wanted` keeps.
+fn follow<K>(
+    changes: impl futures::Stream<Item = Seen<K>> + Send + 'static,
+    wanted: fn(&K) -> bool,
+    wake: Arc<tokio::sync::Notify>,
+) -> tokio::task::JoinHandle<()>
+where
+    K: Send + Sync + 'static,
+{
+    tokio::spawn(changes.for_each(move |seen| {
+        let matters = match &seen {
+            Seen::Applied(k) | Seen::Deleted(k) => wanted(k),
+            Seen::Relisted => true,
+        };
+        if matters {
+            wake.notify_one();
+        }
+        futures::future::ready(())
+    }))
+}
+
 /// Runs until the task is dropped.
-pub async fn run(client: kube::Client, _settings: super::Settings) {
+pub async fn run(client: kube::Client, settings: super::Settings) {
     while let Err(e) = ensure_default_class(&client).await {
         tracing::warn!(error = %e, "cannot create the default StorageClass; retrying");
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -433,21 +462,24 @@ pub async fn run(client: kube::Client, _settings: super::Settings) {
     let wake = Arc::new(tokio::sync::Notify::new());
     let (claims, claim_writer) = reflector::store::<PersistentVolumeClaim>();
     let (volumes, volume_writer) = reflector::store::<PersistentVolume>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
     let (classes, class_writer) = reflector::store::<StorageClass>();
-    let (nodes, node_writer) = reflector::store::<Node>();
+    // Pods and nodes from the shared informers: only pods with claims
+    // matter here.
+    let pod_informer = settings.informers.get::<Pod>(&client);
+    let node_informer = settings.informers.get::<Node>(&client);
+    let (pods, nodes) = (pod_informer.store(), node_informer.store());
     let _tasks = [
         store_stream(Api::all(client.clone()), claim_writer, wake.clone()),
         store_stream(Api::all(client.clone()), volume_writer, wake.clone()),
-        store_stream(Api::all(client.clone()), pod_writer, wake.clone()),
         store_stream(Api::all(client.clone()), class_writer, wake.clone()),
-        store_stream(Api::all(client.clone()), node_writer, wake.clone()),
+        follow(pod_informer.subscribe(), uses_claims, wake.clone()),
+        follow(node_informer.subscribe(), |_| true, wake.clone()),
     ];
     let _ = claims.wait_until_ready().await;
     let _ = volumes.wait_until_ready().await;
-    let _ = pods.wait_until_ready().await;
     let _ = classes.wait_until_ready().await;
-    let _ = nodes.wait_until_ready().await;
+    pod_informer.ready().await;
+    node_informer.ready().await;
     // (claim uid, reason) already told, so that events are not repeated.
     let mut told: HashSet<(String, &'static str)> = HashSet::new();
     loop {
@@ -455,9 +487,24 @@ pub async fn run(client: kube::Client, _settings: super::Settings) {
             claims.state().iter().map(|c| (**c).clone()).collect();
         let volume_list: Vec<PersistentVolume> =
             volumes.state().iter().map(|v| (**v).clone()).collect();
-        let pod_list: Vec<Pod> = pods.state().iter().map(|p| (**p).clone()).collect();
+        // Without claims or volumes there is nothing to do; otherwise only
+        // the pods that use claims are looked at.
+        let idle = claim_list.is_empty() && volume_list.is_empty();
+        let pod_list: Vec<Pod> = if idle {
+            Vec::new()
+        } else {
+            pods.state()
+                .iter()
+                .filter(|p| uses_claims(p))
+                .map(|p| (**p).clone())
+                .collect()
+        };
         let class_list: Vec<StorageClass> = classes.state().iter().map(|c| (**c).clone()).collect();
-        let node_list: Vec<Node> = nodes.state().iter().map(|n| (**n).clone()).collect();
+        let node_list: Vec<Node> = if idle {
+            Vec::new()
+        } else {
+            nodes.state().iter().map(|n| (**n).clone()).collect()
+        };
         let steps = plan(
             &claim_list,
             &volume_list,

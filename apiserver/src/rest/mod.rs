@@ -10,9 +10,13 @@
 //!        ├─ PUT     update (+status, +scale)     write.rs
 //!        ├─ PATCH   json / merge / strategic / apply   write.rs + patch/
 //!        └─ DELETE  delete, deletecollection     delete.rs
+//!
+//!   /apis/metrics.k8s.io/v1beta1/...  (read-only) and agents' usage
+//!   reports                                      metrics.rs
 //! ```
 
 mod delete;
+pub mod metrics;
 mod proxy;
 pub use proxy::AgentClient;
 mod read;
@@ -255,6 +259,9 @@ async fn handle(api: Arc<Api>, request: Request) -> Result<Response> {
     } else {
         read_body(body).await?
     };
+    if metrics::handles(parts.uri.path()) {
+        return metrics::serve(&api, &parts, body).await;
+    }
     let mut ctx = context(&parts)?;
     if ctx.sub == Some(Sub::Log) && ctx.name.is_some() && parts.method == Method::GET {
         return proxy::log(&api, &ctx, parts.uri.query().unwrap_or_default()).await;

@@ -43,6 +43,7 @@ use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use serde_json::json;
 
+use crate::controllers::informers::Seen;
 use crate::events;
 
 pub const NAME: &str = "default-scheduler";
@@ -106,27 +107,26 @@ fn node_fingerprint(node: &Node) -> String {
     )
 }
 
-fn pod_change(event: watcher::Event<Pod>) -> Option<Change> {
-    match event {
-        watcher::Event::Apply(pod) => Some(Change::Pod {
+fn pod_change(seen: Seen<Pod>) -> Change {
+    match seen {
+        Seen::Applied(pod) => Change::Pod {
             key: key(&pod),
             pending: pending(&pod),
             bound: bound_to(&pod).is_some(),
-        }),
-        watcher::Event::Delete(pod) => Some(Change::PodDeleted(key(&pod))),
-        watcher::Event::InitDone => Some(Change::Resync),
-        _ => None,
+        },
+        Seen::Deleted(pod) => Change::PodDeleted(key(&pod)),
+        Seen::Relisted => Change::Resync,
     }
 }
 
-fn node_change(event: watcher::Event<Node>) -> Option<Change> {
-    match event {
-        watcher::Event::Apply(node) => Some(Change::Node {
+fn node_change(seen: Seen<Node>) -> Change {
+    match seen {
+        Seen::Applied(node) => Change::Node {
             name: node.metadata.name.clone().unwrap_or_default(),
             fingerprint: node_fingerprint(&node),
-        }),
-        watcher::Event::InitDone => Some(Change::Resync),
-        _ => None,
+        },
+        Seen::Deleted(_) => Change::Other,
+        Seen::Relisted => Change::Resync,
     }
 }
 
@@ -194,16 +194,33 @@ fn watch<K, F>(
     );
 }
 
+/// Forwards an informer's changes into the loop.
+fn follow<K, F>(
+    changes: impl futures::Stream<Item = Seen<K>> + Send + 'static,
+    tx: &tokio::sync::mpsc::UnboundedSender<Change>,
+    map: F,
+) where
+    K: Send + Sync + 'static,
+    F: Fn(Seen<K>) -> Change + Send + 'static,
+{
+    let tx = tx.clone();
+    tokio::spawn(changes.for_each(move |seen| {
+        let _ = tx.send(map(seen));
+        futures::future::ready(())
+    }));
+}
+
 /// Runs until the task is dropped.
-pub async fn run(client: kube::Client) {
-    let (nodes, node_writer) = reflector::store::<Node>();
-    let (pods, pod_writer) = reflector::store::<Pod>();
+pub async fn run(client: kube::Client, settings: crate::controllers::Settings) {
+    let node_informer = settings.informers.get::<Node>(&client);
+    let pod_informer = settings.informers.get::<Pod>(&client);
+    let (nodes, pods) = (node_informer.store(), pod_informer.store());
     let (claims, claim_writer) = reflector::store::<PersistentVolumeClaim>();
     let (volumes, volume_writer) = reflector::store::<PersistentVolume>();
     let (namespaces, namespace_writer) = reflector::store::<Namespace>();
     let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
-    watch(Api::all(client.clone()), node_writer, &tx, node_change);
-    watch(Api::all(client.clone()), pod_writer, &tx, pod_change);
+    follow(node_informer.subscribe(), &tx, node_change);
+    follow(pod_informer.subscribe(), &tx, pod_change);
     // Claims and volumes: a pod waiting for its claim, or bound to where
     // its volume lives.
     watch::<PersistentVolumeClaim, _>(Api::all(client.clone()), claim_writer, &tx, other_change);
@@ -215,8 +232,8 @@ pub async fn run(client: kube::Client) {
         other_change,
     );
     drop(tx);
-    let _ = nodes.wait_until_ready().await;
-    let _ = pods.wait_until_ready().await;
+    node_informer.ready().await;
+    pod_informer.ready().await;
     let _ = claims.wait_until_ready().await;
     let _ = volumes.wait_until_ready().await;
     let _ = namespaces.wait_until_ready().await;
@@ -461,15 +478,15 @@ async fn bind(client: &kube::Client, pod: &Pod, node: &str) -> Result<(), kube::
         &binding,
     )
     .await?;
-    events::record(
-        client,
-        pod,
-        "Normal",
-        "Scheduled",
-        &format!("Successfully assigned {namespace}/{name} to {node}"),
-        NAME,
-    )
-    .await;
+    // Recorded beside the next bindings, not before them.
+    let (client, pod, message) = (
+        client.clone(),
+        pod.clone(),
+        format!("Successfully assigned {namespace}/{name} to {node}"),
+    );
+    tokio::spawn(async move {
+        events::record(&client, &pod, "Normal", "Scheduled", &message, NAME).await;
+    });
     Ok(())
 }
 

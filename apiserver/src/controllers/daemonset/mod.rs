@@ -49,29 +49,27 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-pub async fn run(client: kube::Client, _settings: super::Settings) {
+pub async fn run(client: kube::Client, settings: super::Settings) {
+    let pods = settings.informers.get::<Pod>(&client);
+    let nodes = settings.informers.get::<Node>(&client);
     let sets: Api<DaemonSet> = Api::all(client.clone());
     let controller = Controller::new(sets, watcher::Config::default());
     let store = controller.store();
     // A node that comes, goes or changes labels or taints may change where
     // every DaemonSet runs.
     controller
-        .owns(Api::<Pod>::all(client.clone()), watcher::Config::default())
+        .owns_stream(pods.touched_if(super::informers::controlled_by("DaemonSet")))
         .owns(
             Api::<ControllerRevision>::all(client.clone()),
             watcher::Config::default(),
         )
-        .watches(
-            Api::<Node>::all(client.clone()),
-            watcher::Config::default(),
-            move |_: Node| {
-                store
-                    .state()
-                    .iter()
-                    .map(|ds| ObjectRef::from_obj(ds.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches_stream(nodes.touched(), move |_: Node| {
+            store
+                .state()
+                .iter()
+                .map(|ds| ObjectRef::from_obj(ds.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .run(reconcile, retry, Arc::new(client))
         .for_each(|result| {
             if let Err(e) = result {

@@ -37,16 +37,17 @@ const LB_COMPONENT: &str = "loadbalancer-controller";
 
 pub async fn run(client: kube::Client, settings: super::Settings) {
     futures::future::join(
-        endpoints(client.clone()),
+        endpoints(client.clone(), settings.informers.get::<Pod>(&client)),
         services(client, settings.loadbalancer_ip_pool),
     )
     .await;
 }
 
-async fn endpoints(client: kube::Client) {
+async fn endpoints(client: kube::Client, pods: super::informers::Informer<Pod>) {
     let services: Api<Service> = Api::all(client.clone());
     let controller = Controller::new(services, watcher::Config::default());
     let store = controller.store();
+    let with_selector = store.clone();
     // A pod change may matter to any Service of its namespace: one whose
     // selector matches it now, or matched it before a label change.
     controller
@@ -58,9 +59,14 @@ async fn endpoints(client: kube::Client) {
             Api::<EndpointSlice>::all(client.clone()),
             watcher::Config::default(),
         )
-        .watches(
-            Api::<Pod>::all(client.clone()),
-            watcher::Config::default(),
+        .watches_stream(
+            // Copied only for namespaces with a Service to update.
+            pods.touched_if(move |pod: &Pod| {
+                with_selector.state().iter().any(|svc| {
+                    svc.metadata.namespace == pod.metadata.namespace
+                        && sync::selector(svc).is_some()
+                })
+            }),
             move |pod: Pod| {
                 let namespace = pod.metadata.namespace.clone();
                 store

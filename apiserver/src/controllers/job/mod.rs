@@ -92,15 +92,15 @@ struct Ctx {
     failures: Mutex<HashMap<ObjectRef<Job>, u32>>,
 }
 
-pub async fn run(client: kube::Client, _settings: super::Settings) {
+pub async fn run(client: kube::Client, settings: super::Settings) {
     let jobs: Api<Job> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
+    let pods = settings.informers.get::<Pod>(&client);
     let ctx = Arc::new(Ctx {
         client: client.clone(),
         failures: Mutex::new(HashMap::new()),
     });
     let controller = Controller::new(jobs, watcher::Config::default())
-        .owns(pods, watcher::Config::default())
+        .owns_stream(pods.touched_if(super::informers::controlled_by("Job")))
         .run(reconcile, retry, ctx)
         .for_each(|result| {
             if let Err(e) = result {

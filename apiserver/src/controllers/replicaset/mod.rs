@@ -2,53 +2,123 @@
 //! selector, adopting orphans, replacing pods that go away and removing
 //! extras; reports replicas, ready and available counts in the status.
 //! The decisions are in `sync.rs`; this module reads and writes.
+//!
+//! Pods are read from the shared pod cache, not listed per sync. As
+//! Kubernetes' expectations do, a ReplicaSet that just created or deleted
+//! pods does not decide again until the cache has caught up with those
+//! writes (it has seen their resourceVersion), so a stale cache never makes
+//! it create twice.
 
 pub mod sync;
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::ReplicaSet;
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::reflector::ObjectRef;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::runtime::watcher;
 use kube::ResourceExt;
 use serde_json::{json, Value};
 
+use super::informers::{Informer, Seen};
+use super::Settings;
 use crate::events;
 
 const COMPONENT: &str = "replicaset-controller";
 
-pub async fn run(client: kube::Client) {
+/// How long a ReplicaSet waits for the cache to show its own writes
+/// before it decides anyway.
+const EXPECTATIONS_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Context {
+    client: kube::Client,
+    pods: Informer<Pod>,
+    /// ReplicaSet (namespace/name) → the resourceVersion its last writes
+    /// reached, and when.
+    expectations: Mutex<HashMap<String, (i64, Instant)>>,
+}
+
+impl Context {
+    /// Whether the cache shows everything `key` wrote (or waited long
+    /// enough).
+    fn caught_up(&self, key: &str) -> bool {
+        let mut expectations = match self.expectations.lock() {
+            Ok(e) => e,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match expectations.get(key) {
+            Some(&(rv, since)) if !self.pods.has_seen(rv) => {
+                if since.elapsed() < EXPECTATIONS_TIMEOUT {
+                    return false;
+                }
+                tracing::warn!(replicaset = %key, rv, "pod cache did not catch up; deciding anyway");
+                expectations.remove(key);
+                true
+            }
+            Some(_) => {
+                expectations.remove(key);
+                true
+            }
+            None => true,
+        }
+    }
+
+    fn expect(&self, key: &str, rv: i64) {
+        if rv <= 0 {
+            return;
+        }
+        let mut expectations = match self.expectations.lock() {
+            Ok(e) => e,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let entry = expectations
+            .entry(key.to_string())
+            .or_insert((rv, Instant::now()));
+        *entry = (entry.0.max(rv), Instant::now());
+    }
+}
+
+fn resource_version(pod: &Pod) -> i64 {
+    pod.metadata
+        .resource_version
+        .as_deref()
+        .and_then(|rv| rv.parse().ok())
+        .unwrap_or(0)
+}
+
+pub async fn run(client: kube::Client, settings: Settings) {
+    let pods = settings.informers.get::<Pod>(&client);
     let sets: Api<ReplicaSet> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
     let controller = Controller::new(sets, watcher::Config::default());
     let store = controller.store();
-    // Every pod change wakes the ReplicaSets whose selector matches it:
-    // their own pods, and orphans they may adopt.
-    controller
-        .watches(pods, watcher::Config::default(), move |pod: Pod| {
-            let labels =
-                json!({"metadata": {"labels": pod.metadata.labels.clone().unwrap_or_default()}});
-            let namespace = pod.metadata.namespace.clone();
-            store
+    pods.ready().await;
+    let context = Arc::new(Context {
+        client,
+        pods: pods.clone(),
+        expectations: Mutex::new(HashMap::new()),
+    });
+    // A pod change wakes its controlling ReplicaSet; an orphan wakes the
+    // ReplicaSets whose selector matches it (they may adopt it).
+    let sets = store.clone();
+    let triggers = pods.subscribe().flat_map(move |seen| {
+        let refs = match seen {
+            Seen::Applied(pod) | Seen::Deleted(pod) => woken_by(&pod, &sets),
+            Seen::Relisted => sets
                 .state()
-                .into_iter()
-                .filter(|rs| rs.metadata.namespace == namespace)
-                .filter(|rs| {
-                    rs.spec
-                        .as_ref()
-                        .and_then(|s| serde_json::to_value(&s.selector).ok())
-                        .and_then(|s| crate::selectors::from_label_selector(&s))
-                        .is_some_and(|s| !s.is_empty() && s.matches_object(&labels))
-                })
+                .iter()
                 .map(|rs| ObjectRef::from_obj(rs.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .run(reconcile, retry, Arc::new(client))
+                .collect(),
+        };
+        futures::stream::iter(refs)
+    });
+    controller
+        .reconcile_on(triggers)
+        .run(reconcile, retry, context)
         .for_each(|result| {
             if let Err(e) = result {
                 tracing::warn!(error = %e, "replicaset reconcile failed");
@@ -58,7 +128,36 @@ pub async fn run(client: kube::Client) {
         .await;
 }
 
-fn retry(_: Arc<ReplicaSet>, _: &kube::Error, _: Arc<kube::Client>) -> Action {
+/// The ReplicaSets a pod change concerns: its controller, or for an
+/// orphan those whose selector matches it.
+fn woken_by(pod: &Pod, sets: &Store<ReplicaSet>) -> Vec<ObjectRef<ReplicaSet>> {
+    if let Some(owner) = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+    {
+        if owner.kind != "ReplicaSet" {
+            return Vec::new();
+        }
+        let mut key = ObjectRef::new(&owner.name);
+        if let Some(ns) = pod.metadata.namespace.as_deref() {
+            key = key.within(ns);
+        }
+        return vec![key];
+    }
+    sets.state()
+        .into_iter()
+        .filter(|rs| rs.metadata.namespace == pod.metadata.namespace)
+        .filter(|rs| {
+            sync::selector(rs).is_some_and(|s| s.matches_labels(pod.metadata.labels.as_ref()))
+        })
+        .map(|rs| ObjectRef::from_obj(rs.as_ref()))
+        .collect()
+}
+
+fn retry(_: Arc<ReplicaSet>, _: &kube::Error, _: Arc<Context>) -> Action {
     Action::requeue(Duration::from_secs(2))
 }
 
@@ -90,54 +189,128 @@ fn new_pod(rs: &ReplicaSet) -> Option<Pod> {
     .ok()
 }
 
-async fn reconcile(rs: Arc<ReplicaSet>, client: Arc<kube::Client>) -> Result<Action, kube::Error> {
-    let client = (*client).clone();
-    let namespace = rs.namespace().unwrap_or_else(|| "default".into());
-    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
-    let selector = rs
-        .spec
-        .as_ref()
-        .map(|s| super::label_query(&s.selector))
-        .unwrap_or_default();
-    if selector.is_empty() {
-        return Ok(Action::await_change());
+/// Creates `count` pods as Kubernetes' slow start does: batches of 1, 2,
+/// 4, ... pods created concurrently, stopping at the first batch with a
+/// failure, so that a quota or a broken template costs one error, not
+/// hundreds, while a healthy ReplicaSet of thousands needs a dozen round
+/// trips instead of thousands. The events are recorded beside the next
+/// batch rather than before it.
+async fn create_pods(
+    client: &kube::Client,
+    pods: &Api<Pod>,
+    rs: &ReplicaSet,
+    template: &Pod,
+    count: usize,
+) -> Written {
+    let record = |names: Vec<String>| {
+        futures::future::join_all(names.into_iter().map(|name| async move {
+            events::record(
+                client,
+                rs,
+                "Normal",
+                "SuccessfulCreate",
+                &format!("Created pod: {name}"),
+                COMPONENT,
+            )
+            .await
+        }))
+    };
+    let params = PostParams::default();
+    let mut remaining = count;
+    let mut batch = 1;
+    let mut rv = 0;
+    let mut created = Vec::new();
+    while remaining > 0 {
+        let size = batch.min(remaining);
+        let creates = futures::future::join_all((0..size).map(|_| pods.create(&params, template)));
+        let (results, _) = futures::join!(creates, record(std::mem::take(&mut created)));
+        let mut failure = None;
+        for result in results {
+            match result {
+                Ok(pod) => {
+                    rv = rv.max(resource_version(&pod));
+                    created.push(pod.name_any());
+                }
+                Err(e) => failure = Some(e),
+            }
+        }
+        if let Some(e) = failure {
+            record(created).await;
+            return Written { rv, error: Some(e) };
+        }
+        remaining -= size;
+        batch *= 2;
     }
-    let listed = pods.list(&ListParams::default().labels(&selector)).await?;
-    let decision = sync::decide(&rs, &listed.items);
+    record(created).await;
+    Written { rv, error: None }
+}
+
+/// What a run of creations wrote: the newest resourceVersion, and the
+/// failure that stopped it.
+struct Written {
+    rv: i64,
+    error: Option<kube::Error>,
+}
+
+async fn reconcile(rs: Arc<ReplicaSet>, context: Arc<Context>) -> Result<Action, kube::Error> {
+    let client = context.client.clone();
+    let namespace = rs.namespace().unwrap_or_else(|| "default".into());
+    let key = format!("{namespace}/{}", rs.name_any());
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    let Some(selector) = sync::selector(&rs) else {
+        return Ok(Action::await_change());
+    };
+    if !context.caught_up(&key) {
+        // The pod events still to come wake it again; this is a backstop.
+        return Ok(Action::requeue(Duration::from_secs(1)));
+    }
+    let cached = context.pods.store().state();
+    let matching: Vec<&Pod> = cached
+        .iter()
+        .map(|p| p.as_ref())
+        .filter(|p| p.metadata.namespace.as_deref() == Some(namespace.as_str()))
+        .filter(|p| selector.matches_labels(p.metadata.labels.as_ref()))
+        .collect();
+    let decision = sync::decide(&rs, matching);
 
     for name in &decision.adopt {
         let patch = json!({"metadata": {"ownerReferences": [owner_reference(&rs)]}});
-        pods.patch(name, &PatchParams::default(), &Patch::Strategic(patch))
+        let pod = pods
+            .patch(name, &PatchParams::default(), &Patch::Strategic(patch))
             .await?;
+        context.expect(&key, resource_version(&pod));
     }
     if rs.metadata.deletion_timestamp.is_none() {
         if let Some(template) = new_pod(&rs) {
-            for _ in 0..decision.create {
-                let created = pods.create(&PostParams::default(), &template).await?;
-                events::record(
-                    &client,
-                    rs.as_ref(),
-                    "Normal",
-                    "SuccessfulCreate",
-                    &format!("Created pod: {}", created.name_any()),
-                    COMPONENT,
-                )
-                .await;
+            let written = create_pods(&client, &pods, &rs, &template, decision.create).await;
+            context.expect(&key, written.rv);
+            if let Some(e) = written.error {
+                return Err(e);
             }
         }
     }
-    for name in &decision.delete {
-        match pods.delete(name, &DeleteParams::default()).await {
-            Ok(_) => {
-                events::record(
-                    &client,
-                    rs.as_ref(),
-                    "Normal",
-                    "SuccessfulDelete",
-                    &format!("Deleted pod: {name}"),
-                    COMPONENT,
-                )
-                .await;
+    let (api, client, owner) = (&pods, &client, rs.as_ref());
+    let deletions = futures::future::join_all(decision.delete.iter().map(|name| async move {
+        let deleted = api.delete(name, &DeleteParams::default()).await;
+        if deleted.is_ok() {
+            events::record(
+                client,
+                owner,
+                "Normal",
+                "SuccessfulDelete",
+                &format!("Deleted pod: {name}"),
+                COMPONENT,
+            )
+            .await;
+        }
+        deleted
+    }))
+    .await;
+    for deleted in deletions {
+        match deleted {
+            Ok(either) => {
+                let rv = either.left().map(|pod| resource_version(&pod)).unwrap_or(0);
+                context.expect(&key, rv);
             }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e),

@@ -25,13 +25,11 @@ pub struct Decision {
 /// At most this many pods are created in one pass, as Kubernetes' burst.
 pub const BURST: usize = 500;
 
-fn selector(rs: &ReplicaSet) -> Option<LabelSelector> {
+/// The ReplicaSet's selector; `None` when it is missing, malformed or
+/// empty (which selects nothing here).
+pub fn selector(rs: &ReplicaSet) -> Option<LabelSelector> {
     let value = serde_json::to_value(rs.spec.as_ref()?.selector.clone()).ok()?;
     from_label_selector(&value).filter(|s| !s.is_empty())
-}
-
-fn labels(pod: &Pod) -> Value {
-    json!({"metadata": {"labels": pod.metadata.labels.clone().unwrap_or_default()}})
 }
 
 fn is_active(pod: &Pod) -> bool {
@@ -77,7 +75,7 @@ fn deletion_rank(pod: &Pod) -> (u8, u8, u8, i64) {
     )
 }
 
-pub fn decide(rs: &ReplicaSet, pods: &[Pod]) -> Decision {
+pub fn decide<'a>(rs: &ReplicaSet, pods: impl IntoIterator<Item = &'a Pod>) -> Decision {
     let uid = rs.metadata.uid.as_deref().unwrap_or_default();
     let wanted = rs
         .spec
@@ -91,7 +89,7 @@ pub fn decide(rs: &ReplicaSet, pods: &[Pod]) -> Decision {
     let mut decision = Decision::default();
     let mut owned: Vec<&Pod> = Vec::new();
     for pod in pods {
-        if !selector.matches_object(&labels(pod)) {
+        if !selector.matches_labels(pod.metadata.labels.as_ref()) {
             continue;
         }
         match controller_uid(pod) {
@@ -116,21 +114,22 @@ pub fn decide(rs: &ReplicaSet, pods: &[Pod]) -> Decision {
             .map(|p| p.metadata.name.clone().unwrap_or_default())
             .collect();
     }
+    let no_labels = std::collections::BTreeMap::new();
     let template_labels = rs
         .spec
         .as_ref()
         .and_then(|s| s.template.as_ref())
         .and_then(|t| t.metadata.as_ref())
-        .and_then(|m| m.labels.clone())
-        .unwrap_or_default();
+        .and_then(|m| m.labels.as_ref())
+        .unwrap_or(&no_labels);
     let active: Vec<&Pod> = owned.iter().copied().filter(|p| is_active(p)).collect();
     let fully_labeled = active
         .iter()
         .filter(|p| {
-            let labels = p.metadata.labels.clone().unwrap_or_default();
+            let labels = p.metadata.labels.as_ref();
             template_labels
                 .iter()
-                .all(|(k, v)| labels.get(k) == Some(v))
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
         })
         .count();
     let ready = active.iter().filter(|p| is_ready(p)).count();

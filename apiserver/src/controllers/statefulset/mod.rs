@@ -50,12 +50,12 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
-pub async fn run(client: kube::Client, _settings: super::Settings) {
+pub async fn run(client: kube::Client, settings: super::Settings) {
     let sets: Api<StatefulSet> = Api::all(client.clone());
-    let pods: Api<Pod> = Api::all(client.clone());
+    let pods = settings.informers.get::<Pod>(&client);
     let revisions: Api<ControllerRevision> = Api::all(client.clone());
     Controller::new(sets, watcher::Config::default())
-        .owns(pods, watcher::Config::default())
+        .owns_stream(pods.touched_if(super::informers::controlled_by("StatefulSet")))
         .owns(revisions, watcher::Config::default())
         .run(reconcile, retry, Arc::new(client))
         .for_each(|result| {

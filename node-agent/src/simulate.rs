@@ -36,7 +36,7 @@
 //! see the apiserver's `rest::metrics`), and only when it changed since the
 //! last one written.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -268,6 +268,10 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), kube::Error
     let mut next_ip: HashMap<usize, u32> = HashMap::new();
     // The timer of each pod that is meant to end, by uid.
     let mut runs: HashMap<String, tokio::task::AbortHandle> = HashMap::new();
+    // Status reports and deletions run beside the watch, as a thousand
+    // kubelets would, at most this many at once; a pod is in flight once.
+    let slots = Arc::new(tokio::sync::Semaphore::new(REPORT_CONCURRENCY));
+    let in_flight: Arc<Mutex<HashSet<String>>> = Arc::default();
     let mut listed: Vec<String> = Vec::new();
     let mut events = watcher(pods, watcher::Config::default().fields("spec.nodeName!="))
         .default_backoff()
@@ -345,12 +349,18 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), kube::Error
                 }),
                 ..DeleteParams::default()
             };
-            if let Err(e) = api.delete(&name, &params).await {
-                tracing::debug!(pod = %name, error = %e, "cannot finish a deletion");
-            }
+            spawn_once(&slots, &in_flight, format!("delete/{uid}"), async move {
+                if let Err(e) = api.delete(&name, &params).await {
+                    tracing::debug!(pod = %name, error = %e, "cannot finish a deletion");
+                }
+            });
             continue;
         }
-        if phase == "Pending" || phase.is_empty() {
+        let reporting = in_flight
+            .lock()
+            .map(|set| set.contains(&format!("run/{uid}")))
+            .unwrap_or(false);
+        if (phase == "Pending" || phase.is_empty()) && !reporting {
             let n = next_ip.entry(i).or_insert(0);
             *n += 1;
             let range = node_store
@@ -358,12 +368,14 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), kube::Error
                 .and_then(|n| n.spec.as_ref().and_then(|s| s.pod_cidr.clone()));
             let pod_ip = pod_address(range.as_deref(), i, *n);
             let status = running_status(&pod, &node_ip(i), &pod_ip);
-            if let Err(e) = api
-                .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
-                .await
-            {
-                tracing::debug!(pod = %name, error = %e, "cannot report a pod running");
-            }
+            spawn_once(&slots, &in_flight, format!("run/{uid}"), async move {
+                if let Err(e) = api
+                    .patch_status(&name, &PatchParams::default(), &Patch::Merge(status))
+                    .await
+                {
+                    tracing::debug!(pod = %name, error = %e, "cannot report a pod running");
+                }
+            });
         } else if phase == "Running" && !runs.contains_key(&uid) {
             if let Some(plan) = Plan::of(&pod) {
                 let task = tokio::spawn(run_to_end(api, pod, plan));
@@ -372,6 +384,34 @@ pub async fn run(client: kube::Client, config: Config) -> Result<(), kube::Error
         }
     }
     Ok(())
+}
+
+/// Status reports and deletions in flight at once.
+const REPORT_CONCURRENCY: usize = 64;
+
+/// Runs `work` unless work under `key` is already in flight.
+fn spawn_once(
+    slots: &Arc<tokio::sync::Semaphore>,
+    in_flight: &Arc<Mutex<HashSet<String>>>,
+    key: String,
+    work: impl std::future::Future<Output = ()> + Send + 'static,
+) {
+    let fresh = match in_flight.lock() {
+        Ok(mut set) => set.insert(key.clone()),
+        Err(poisoned) => poisoned.into_inner().insert(key.clone()),
+    };
+    if !fresh {
+        return;
+    }
+    let (slots, in_flight) = (slots.clone(), in_flight.clone());
+    tokio::spawn(async move {
+        let _slot = slots.acquire_owned().await;
+        work.await;
+        match in_flight.lock() {
+            Ok(mut set) => set.remove(&key),
+            Err(poisoned) => poisoned.into_inner().remove(&key),
+        };
+    });
 }
 
 /// What a simulated pod uses.

@@ -19,7 +19,7 @@
 use std::any::{Any, TypeId};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 
 use futures::{Stream, StreamExt};
 use kube::api::Api;
@@ -66,6 +66,57 @@ pub struct Informer<K: Resource<DynamicType = ()> + 'static> {
     /// Whether the first list is in the cache. (kube's
     /// `Store::wait_until_ready` wakes only one of several waiters.)
     listed: tokio::sync::watch::Receiver<bool>,
+    /// The cached objects by the uid of their controlling owner.
+    by_controller: Arc<RwLock<ByController<K>>>,
+}
+
+/// An index of the cache: controller uid ("" for objects without one) →
+/// objects.
+struct ByController<K: Resource<DynamicType = ()> + 'static> {
+    objects: HashMap<String, HashMap<ObjectRef<K>, Arc<K>>>,
+    controller_of: HashMap<ObjectRef<K>, String>,
+}
+
+impl<K: Resource<DynamicType = ()> + 'static> Default for ByController<K> {
+    fn default() -> ByController<K> {
+        ByController {
+            objects: HashMap::new(),
+            controller_of: HashMap::new(),
+        }
+    }
+}
+
+impl<K: Resource<DynamicType = ()> + 'static> ByController<K> {
+    fn apply(&mut self, object: &Arc<K>) {
+        let key = ObjectRef::from_obj(object.as_ref());
+        let uid = super::controller_uid(object.as_ref())
+            .unwrap_or_default()
+            .to_string();
+        self.forget(&key);
+        self.controller_of.insert(key.clone(), uid.clone());
+        self.objects
+            .entry(uid)
+            .or_default()
+            .insert(key, object.clone());
+    }
+
+    fn forget(&mut self, key: &ObjectRef<K>) {
+        if let Some(uid) = self.controller_of.remove(key) {
+            if let Some(objects) = self.objects.get_mut(&uid) {
+                objects.remove(key);
+                if objects.is_empty() {
+                    self.objects.remove(&uid);
+                }
+            }
+        }
+    }
+
+    fn rebuild(&mut self, all: &[Arc<K>]) {
+        *self = ByController::default();
+        for object in all {
+            self.apply(object);
+        }
+    }
 }
 
 impl<K: Resource<DynamicType = ()> + 'static> Clone for Informer<K> {
@@ -75,6 +126,7 @@ impl<K: Resource<DynamicType = ()> + 'static> Clone for Informer<K> {
             changes: self.changes.clone(),
             seen: self.seen.clone(),
             listed: self.listed.clone(),
+            by_controller: self.by_controller.clone(),
         }
     }
 }
@@ -86,6 +138,20 @@ where
     /// The cache (wait for [`Informer::ready`] before trusting it).
     pub fn store(&self) -> Store<K> {
         self.store.clone()
+    }
+
+    /// The cached objects whose controlling owner has `uid`; `""` gives
+    /// those without a controller (orphans).
+    pub fn controlled_by(&self, uid: &str) -> Vec<Arc<K>> {
+        let index = match self.by_controller.read() {
+            Ok(index) => index,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        index
+            .objects
+            .get(uid)
+            .map(|objects| objects.values().cloned().collect())
+            .unwrap_or_default()
     }
 
     /// Waits until the cache holds the first list (at once if it does).
@@ -157,11 +223,20 @@ where
         let (changes, _) = broadcast::channel(BACKLOG);
         let seen = Arc::new(AtomicI64::new(0));
         let (listed, listed_rx) = tokio::sync::watch::channel(false);
+        let by_controller = Arc::new(RwLock::new(ByController::default()));
         let informer = Informer {
             store: store.clone(),
             changes: changes.clone(),
             seen: seen.clone(),
             listed: listed_rx,
+            by_controller: by_controller.clone(),
+        };
+        let index = move |change: &dyn Fn(&mut ByController<K>)| {
+            let mut index = match by_controller.write() {
+                Ok(index) => index,
+                Err(poisoned) => poisoned.into_inner(),
+            };
+            change(&mut index);
         };
         let task = tokio::spawn(
             reflector(writer, watcher(api, watcher::Config::default()))
@@ -184,10 +259,12 @@ where
                             let cached = store
                                 .get(&ObjectRef::from_obj(&object))
                                 .unwrap_or_else(|| Arc::new(object));
+                            index(&|i| i.apply(&cached));
                             Some(Seen::Applied(cached))
                         }
                         Ok(watcher::Event::Delete(object)) => {
                             note(&object);
+                            index(&|i| i.forget(&ObjectRef::from_obj(&object)));
                             Some(Seen::Deleted(Arc::new(object)))
                         }
                         Ok(watcher::Event::InitApply(object)) => {
@@ -195,6 +272,8 @@ where
                             None
                         }
                         Ok(watcher::Event::InitDone) => {
+                            let all = store.state();
+                            index(&|i| i.rebuild(&all));
                             listed.send_replace(true);
                             Some(Seen::Relisted)
                         }
@@ -284,5 +363,49 @@ impl Informers {
             .insert(TypeId::of::<K>(), Box::new(informer.clone()));
         started.tasks.push(task);
         informer
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::core::v1::Pod;
+
+    fn pod(name: &str, owner: Option<&str>) -> Arc<Pod> {
+        let mut value = serde_json::json!({"metadata": {"name": name, "namespace": "ns"}});
+        if let Some(uid) = owner {
+            value["metadata"]["ownerReferences"] = serde_json::json!([{
+                "apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs",
+                "uid": uid, "controller": true,
+            }]);
+        }
+        Arc::new(serde_json::from_value(value).unwrap())
+    }
+
+    fn names(objects: &HashMap<ObjectRef<Pod>, Arc<Pod>>) -> Vec<String> {
+        let mut names: Vec<String> = objects.keys().map(|k| k.name.clone()).collect();
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn the_index_follows_adoption_release_and_deletion() {
+        let mut index = ByController::<Pod>::default();
+        index.apply(&pod("a", Some("rs-1")));
+        index.apply(&pod("b", Some("rs-1")));
+        index.apply(&pod("c", None));
+        assert_eq!(names(&index.objects["rs-1"]), ["a", "b"]);
+        assert_eq!(names(&index.objects[""]), ["c"]);
+        // Adopted, released, deleted.
+        index.apply(&pod("c", Some("rs-1")));
+        index.apply(&pod("a", None));
+        index.forget(&ObjectRef::new("b").within("ns"));
+        assert_eq!(names(&index.objects["rs-1"]), ["c"]);
+        assert_eq!(names(&index.objects[""]), ["a"]);
+        index.forget(&ObjectRef::new("c").within("ns"));
+        assert!(!index.objects.contains_key("rs-1"));
+        index.rebuild(&[pod("x", Some("rs-2"))]);
+        assert_eq!(index.objects.len(), 1);
+        assert_eq!(names(&index.objects["rs-2"]), ["x"]);
     }
 }

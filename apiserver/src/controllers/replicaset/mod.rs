@@ -264,9 +264,15 @@ async fn reconcile(rs: Arc<ReplicaSet>, context: Arc<Context>) -> Result<Action,
         // The pod events still to come wake it again; this is a backstop.
         return Ok(Action::requeue(Duration::from_secs(1)));
     }
-    let cached = context.pods.store().state();
-    let matching: Vec<&Pod> = cached
+    // Its own pods and the orphans it may adopt; pods of other
+    // controllers are not its business.
+    let owned = context
+        .pods
+        .controlled_by(rs.uid().as_deref().unwrap_or_default());
+    let orphans = context.pods.controlled_by("");
+    let matching: Vec<&Pod> = owned
         .iter()
+        .chain(orphans.iter())
         .map(|p| p.as_ref())
         .filter(|p| p.metadata.namespace.as_deref() == Some(namespace.as_str()))
         .filter(|p| selector.matches_labels(p.metadata.labels.as_ref()))

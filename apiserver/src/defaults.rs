@@ -44,6 +44,7 @@ pub fn apply(resource: &Resource, object: &mut Value) {
             default_path(object, &["spec", "progressDeadlineSeconds"], json!(600));
             template(object, &["spec", "template"]);
         }
+        ("autoscaling", "HorizontalPodAutoscaler") => hpa(object),
         ("apps", "ReplicaSet") => {
             default_path(object, &["spec", "replicas"], json!(1));
             template(object, &["spec", "template"]);
@@ -174,6 +175,67 @@ pub fn apply(resource: &Resource, object: &mut Value) {
             }
         }
         _ => {}
+    }
+}
+
+/// autoscaling/v2 defaults (the stored version): one replica at least, a
+/// CPU target of 80% when no metric is given, and when `behavior` is given
+/// Kubernetes' rules for what it leaves out.
+fn hpa(object: &mut Value) {
+    default_path(object, &["spec", "minReplicas"], json!(1));
+    let no_metrics = object
+        .pointer("/spec/metrics")
+        .and_then(Value::as_array)
+        .is_none_or(|m| m.is_empty());
+    if no_metrics {
+        if let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) {
+            spec.insert(
+                "metrics".into(),
+                json!([{"type": "Resource", "resource": {"name": "cpu",
+                    "target": {"type": "Utilization", "averageUtilization": 80}}}]),
+            );
+        }
+    }
+    if object.pointer("/spec/behavior").is_none_or(Value::is_null) {
+        return;
+    }
+    let rules = [
+        (
+            "scaleUp",
+            0,
+            json!([{"type": "Pods", "value": 4, "periodSeconds": 15},
+                   {"type": "Percent", "value": 100, "periodSeconds": 15}]),
+        ),
+        (
+            "scaleDown",
+            300,
+            json!([{"type": "Percent", "value": 100, "periodSeconds": 15}]),
+        ),
+    ];
+    for (direction, window, policies) in rules {
+        let path = ["spec", "behavior", direction];
+        default_path(
+            object,
+            &[path[0], path[1], path[2], "stabilizationWindowSeconds"],
+            json!(window),
+        );
+        default_path(
+            object,
+            &[path[0], path[1], path[2], "selectPolicy"],
+            json!("Max"),
+        );
+        let empty = object
+            .pointer(&format!("/spec/behavior/{direction}/policies"))
+            .and_then(Value::as_array)
+            .is_none_or(|p| p.is_empty());
+        if empty {
+            if let Some(rules) = object
+                .pointer_mut(&format!("/spec/behavior/{direction}"))
+                .and_then(Value::as_object_mut)
+            {
+                rules.insert("policies".into(), policies);
+            }
+        }
     }
 }
 
@@ -361,6 +423,37 @@ mod tests {
             d.pointer("/spec/template/spec/restartPolicy"),
             Some(&json!("Always"))
         );
+    }
+
+    #[test]
+    fn hpa_defaults_match_kubernetes() {
+        let hpa = find("autoscaling", "v2", "horizontalpodautoscalers").unwrap();
+        let mut plain = json!({"spec": {"maxReplicas": 5}});
+        apply(hpa, &mut plain);
+        assert_eq!(plain.pointer("/spec/minReplicas"), Some(&json!(1)));
+        assert_eq!(
+            plain.pointer("/spec/metrics/0/resource/target/averageUtilization"),
+            Some(&json!(80))
+        );
+        assert!(plain.pointer("/spec/behavior").is_none());
+
+        let mut tuned = json!({"spec": {"maxReplicas": 5, "metrics": [{"type": "Resource",
+            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 50}}}],
+            "behavior": {"scaleDown": {"stabilizationWindowSeconds": 0}}}});
+        apply(hpa, &mut tuned);
+        assert_eq!(
+            tuned.pointer("/spec/metrics/0/resource/target/averageUtilization"),
+            Some(&json!(50))
+        );
+        let behavior = tuned.pointer("/spec/behavior").unwrap();
+        assert_eq!(behavior["scaleDown"]["stabilizationWindowSeconds"], 0);
+        assert_eq!(behavior["scaleDown"]["selectPolicy"], "Max");
+        assert_eq!(
+            behavior["scaleDown"]["policies"],
+            json!([{"type": "Percent", "value": 100, "periodSeconds": 15}])
+        );
+        assert_eq!(behavior["scaleUp"]["stabilizationWindowSeconds"], 0);
+        assert_eq!(behavior["scaleUp"]["policies"][0]["type"], "Pods");
     }
 
     #[test]

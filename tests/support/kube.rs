@@ -25,6 +25,9 @@ pub struct ShoalUp {
     args: Vec<String>,
 }
 
+/// How many times a fresh `shoal up` is started when it loses a port race.
+const LAST_ATTEMPT: u32 = 3;
+
 impl ShoalUp {
     pub fn start() -> ShoalUp {
         ShoalUp::start_with(&[])
@@ -39,13 +42,19 @@ impl ShoalUp {
             child: None,
             args: args.iter().map(|a| a.to_string()).collect(),
         };
-        up.spawn();
+        // A fresh data dir may be cleared and started again.
+        up.spawn_attempt(1);
         up
     }
 
     /// Starts `shoal up` on the data dir and waits until kubectl can talk
     /// to it.
     pub fn spawn(&mut self) {
+        // Restarts keep their data: no second attempt.
+        self.spawn_attempt(LAST_ATTEMPT);
+    }
+
+    fn spawn_attempt(&mut self, attempt: u32) {
         let _ = std::fs::remove_file(&self.kubeconfig);
         let log = std::fs::File::create(self.dir.path().join("up.log")).expect("log file");
         let child = Command::new(super::SHOAL)
@@ -77,7 +86,21 @@ impl ShoalUp {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("shoal up exited with {status}:\n{}", self.log());
+                // A port it picked was taken by a process of another test
+                // in between: start again from scratch.
+                let log = self.log();
+                if attempt < LAST_ATTEMPT && log.contains("in use") {
+                    eprintln!("shoal up lost a port race; starting it again:\n{log}");
+                    if let Ok(entries) = std::fs::read_dir(self.dir.path()) {
+                        for entry in entries.flatten() {
+                            let path = entry.path();
+                            let _ = std::fs::remove_dir_all(&path)
+                                .or_else(|_| std::fs::remove_file(&path));
+                        }
+                    }
+                    return self.spawn_attempt(attempt + 1);
+                }
+                panic!("shoal up exited with {status}:\n{log}");
             }
             assert!(
                 Instant::now() < deadline,

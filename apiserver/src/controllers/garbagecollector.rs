@@ -5,19 +5,25 @@
 //! deleted first and goes once none is left; an owner deleted with
 //! `orphan` has its dependents released (their owner reference removed).
 //!
-//! It keeps watch-fed caches of the kinds that can own or be owned and
-//! looks at them every second; the decisions are `plan`, a pure function
+//! It keeps watch-fed caches of the kinds that can own or be owned (pods
+//! from the shared informer) and looks at them every second; the decisions are `plan`, a pure function
 //! of those objects.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use serde_json::{json, Value};
 
 /// (group, version, kind, plural) of the kinds the collector looks at.
+/// Pods are `KINDS[POD]`.
+const POD: usize = 0;
+
 const KINDS: &[(&str, &str, &str, &str)] = &[
     ("", "v1", "Pod", "pods"),
     ("apps", "v1", "ReplicaSet", "replicasets"),
@@ -132,40 +138,66 @@ fn resource(kind: usize) -> ApiResource {
     }
 }
 
-/// The objects of every kind looked at, from watch-fed caches.
+/// An object the collector may act on: pods come from the shared
+/// informer, the other kinds from caches of its own.
+enum Held {
+    Pod(Arc<Pod>),
+    Dynamic(Arc<DynamicObject>),
+}
+
+impl Held {
+    fn meta(&self) -> &ObjectMeta {
+        match self {
+            Held::Pod(pod) => &pod.metadata,
+            Held::Dynamic(object) => &object.metadata,
+        }
+    }
+}
+
+fn item(kind: usize, meta: &ObjectMeta) -> Item {
+    Item {
+        kind,
+        namespace: meta.namespace.clone().unwrap_or_default(),
+        name: meta.name.clone().unwrap_or_default(),
+        uid: meta.uid.clone().unwrap_or_default(),
+        deleting: meta.deletion_timestamp.is_some(),
+        finalizers: meta.finalizers.clone().unwrap_or_default(),
+        // Owners of kinds not looked at here are taken to exist.
+        owners: meta
+            .owner_references
+            .iter()
+            .flatten()
+            .filter(|o| KINDS.iter().any(|(_, _, kind, _)| *kind == o.kind))
+            .map(|o| (o.uid.clone(), o.block_owner_deletion == Some(true)))
+            .collect(),
+    }
+}
+
+/// The objects of every kind looked at, from watch-fed caches (`stores`
+/// holds every kind but pods, in `KINDS` order after them).
 fn collect(
+    pods: &reflector::Store<Pod>,
     stores: &[reflector::Store<DynamicObject>],
-) -> (Vec<Item>, Vec<std::sync::Arc<DynamicObject>>) {
+) -> (Vec<Item>, Vec<Held>) {
     let mut items = Vec::new();
     let mut objects = Vec::new();
-    for (kind, store) in stores.iter().enumerate() {
+    for pod in pods.state() {
+        items.push(item(POD, &pod.metadata));
+        objects.push(Held::Pod(pod));
+    }
+    for (i, store) in stores.iter().enumerate() {
         for object in store.state() {
-            let meta = &object.metadata;
-            items.push(Item {
-                kind,
-                namespace: meta.namespace.clone().unwrap_or_default(),
-                name: meta.name.clone().unwrap_or_default(),
-                uid: meta.uid.clone().unwrap_or_default(),
-                deleting: meta.deletion_timestamp.is_some(),
-                finalizers: meta.finalizers.clone().unwrap_or_default(),
-                // Owners of kinds not looked at here are taken to exist.
-                owners: meta
-                    .owner_references
-                    .iter()
-                    .flatten()
-                    .filter(|o| KINDS.iter().any(|(_, _, kind, _)| *kind == o.kind))
-                    .map(|o| (o.uid.clone(), o.block_owner_deletion == Some(true)))
-                    .collect(),
-            });
-            objects.push(object);
+            items.push(item(i + 1, &object.metadata));
+            objects.push(Held::Dynamic(object));
         }
     }
     (items, objects)
 }
 
-pub async fn run(client: kube::Client) {
+pub async fn run(client: kube::Client, settings: super::Settings) {
+    let pods = settings.informers.get::<Pod>(&client);
     let mut stores = Vec::new();
-    for kind in 0..KINDS.len() {
+    for kind in POD + 1..KINDS.len() {
         let writer = reflector::store::Writer::<DynamicObject>::new(resource(kind));
         stores.push(writer.as_reader());
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource(kind));
@@ -175,12 +207,14 @@ pub async fn run(client: kube::Client) {
                 .for_each(|_| futures::future::ready(())),
         );
     }
+    pods.ready().await;
     for store in &stores {
         let _ = store.wait_until_ready().await;
     }
+    let pods = pods.store();
     loop {
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let (items, objects) = collect(&stores);
+        let (items, objects) = collect(&pods, &stores);
         for action in plan(&items) {
             let result = match &action {
                 Action::Delete(i) => {
@@ -195,7 +229,7 @@ pub async fn run(client: kube::Client) {
                 Action::Release(i, uids) => {
                     let item = &items[*i];
                     let kept: Vec<Value> = objects[*i]
-                        .metadata
+                        .meta()
                         .owner_references
                         .iter()
                         .flatten()
@@ -210,7 +244,7 @@ pub async fn run(client: kube::Client) {
                     } else {
                         json!(kept)
                     };
-                    let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": objects[*i].metadata.resource_version}});
+                    let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": objects[*i].meta().resource_version}});
                     api.patch(&item.name, &PatchParams::default(), &Patch::Merge(patch))
                         .await
                         .map(|_| ())
@@ -227,7 +261,7 @@ pub async fn run(client: kube::Client) {
                     } else {
                         Api::namespaced_with(client.clone(), &item.namespace, &resource(item.kind))
                     };
-                    let patch = json!({"metadata": {"finalizers": kept, "resourceVersion": objects[*i].metadata.resource_version}});
+                    let patch = json!({"metadata": {"finalizers": kept, "resourceVersion": objects[*i].meta().resource_version}});
                     api.patch(&item.name, &PatchParams::default(), &Patch::Merge(patch))
                         .await
                         .map(|_| ())

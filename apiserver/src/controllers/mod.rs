@@ -75,7 +75,7 @@ pub const REGISTRY: &[(&str, Loop, bool)] = &[
     ),
     (
         "garbagecollector",
-        |client, _| Box::pin(garbagecollector::run(client)),
+        |client, settings| Box::pin(garbagecollector::run(client, settings)),
         true,
     ),
     (

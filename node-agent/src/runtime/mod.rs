@@ -44,6 +44,8 @@ pub use spec::{BindMount, Network};
 
 /// How long `create_and_start` waits for runc to start the process.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a starting container's shim may look gone before it is.
+const UNKNOWN_GRACE: Duration = Duration::from_millis(500);
 
 /// What the runtime can fail at.
 #[derive(Debug, thiserror::Error)]
@@ -469,6 +471,7 @@ impl Runtime {
             });
         }
         let deadline = Instant::now() + START_TIMEOUT;
+        let mut unknown_since: Option<Instant> = None;
         loop {
             match self.status(&config.id)? {
                 Status::Running { pid, started_at } => {
@@ -498,12 +501,17 @@ impl Runtime {
                     })
                 }
                 Status::Unknown { message } => {
-                    return Err(Error::StartFailed {
-                        id: config.id.clone(),
-                        message,
-                    })
+                    // The shim may be between fork and exec, when /proc
+                    // shows no command line: gone only if it stays so.
+                    let since = *unknown_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() > UNKNOWN_GRACE {
+                        return Err(Error::StartFailed {
+                            id: config.id.clone(),
+                            message,
+                        });
+                    }
                 }
-                Status::Created => {}
+                Status::Created => unknown_since = None,
             }
             if Instant::now() > deadline {
                 return Err(Error::StartTimeout {

@@ -1199,6 +1199,21 @@ fn hpa_targets(o: &Value) -> String {
     parts.join(", ")
 }
 
+/// One row of a Table: its cells and the object as `includeObject` asks
+/// (`None`, `Object`, or metadata only, the default).
+pub fn row(item: &Value, include: &str, cells: Vec<Value>) -> Value {
+    let object = match include {
+        "None" => Value::Null,
+        "Object" => item.clone(),
+        _ => json!({
+            "kind": "PartialObjectMetadata",
+            "apiVersion": "meta.k8s.io/v1",
+            "metadata": item.get("metadata").cloned().unwrap_or_default(),
+        }),
+    };
+    json!({"cells": cells, "object": object})
+}
+
 /// A Table of one object or of a list, with each row's object included as
 /// `include` says (`None`, `Metadata` or `Object`).
 pub fn table(resource: &Resource, object: &Value, include: &str) -> Value {
@@ -1220,18 +1235,7 @@ pub fn table(resource: &Resource, object: &Value, include: &str) -> Value {
         .collect();
     let rows: Vec<Value> = items
         .iter()
-        .map(|item| {
-            let object = match include {
-                "None" => Value::Null,
-                "Object" => (*item).clone(),
-                _ => json!({
-                    "kind": "PartialObjectMetadata",
-                    "apiVersion": "meta.k8s.io/v1",
-                    "metadata": item.get("metadata").cloned().unwrap_or_default(),
-                }),
-            };
-            json!({"cells": cells(resource, item), "object": object})
-        })
+        .map(|item| row(item, include, cells(resource, item)))
         .collect();
     let mut metadata = json!({});
     if let Some(rv) = object.pointer("/metadata/resourceVersion") {

@@ -284,24 +284,13 @@ fn table(object: &Value, include: &str) -> Value {
     let rows: Vec<Value> = items
         .iter()
         .map(|item| {
-            let object = match include {
-                "None" => Value::Null,
-                "Object" => (*item).clone(),
-                _ => json!({
-                    "kind": "PartialObjectMetadata",
-                    "apiVersion": "meta.k8s.io/v1",
-                    "metadata": item.get("metadata").cloned().unwrap_or_default(),
-                }),
-            };
-            json!({
-                "cells": [
-                    item.pointer("/metadata/name").cloned().unwrap_or_default(),
-                    usage_of(item, "cpu"),
-                    usage_of(item, "memory"),
-                    item.get("window").cloned().unwrap_or_default(),
-                ],
-                "object": object,
-            })
+            let cells = vec![
+                item.pointer("/metadata/name").cloned().unwrap_or_default(),
+                json!(usage_of(item, "cpu")),
+                json!(usage_of(item, "memory")),
+                item.get("window").cloned().unwrap_or_default(),
+            ];
+            crate::table::row(item, include, cells)
         })
         .collect();
     let column = |name: &str| json!({"name": name, "type": "string", "format": if name == "Name" { "name" } else { "" }, "description": "", "priority": 0});

@@ -283,6 +283,21 @@ pub struct Snapshot<'a> {
     pub(super) with_affinity: Vec<usize>,
     /// Labels of each namespace (for namespaceSelector).
     pub(super) namespaces: HashMap<String, Labels>,
+    /// Where the next search for feasible nodes starts (it rotates, as
+    /// kube-scheduler's `nextStartNodeIndex`).
+    next_start: std::cell::Cell<usize>,
+}
+
+/// kube-scheduler's `percentageOfNodesToScore` (adaptive): how many
+/// feasible nodes are enough to pick from: all of them up to 100 nodes,
+/// then `50 - nodes/125` percent (at least 5%), never fewer than 100.
+pub fn feasible_nodes_to_find(nodes: usize) -> usize {
+    const MIN_NODES: usize = 100;
+    if nodes < MIN_NODES {
+        return nodes;
+    }
+    let percentage = 50usize.saturating_sub(nodes / 125).max(5);
+    (nodes * percentage / 100).max(MIN_NODES)
 }
 
 impl<'a> Snapshot<'a> {
@@ -303,7 +318,19 @@ impl<'a> Snapshot<'a> {
             by_label: HashMap::new(),
             with_affinity: Vec::new(),
             namespaces: HashMap::new(),
+            next_start: std::cell::Cell::new(0),
         }
+    }
+
+    /// Starts the rotating search at `start` (carried from one scheduling
+    /// pass to the next by [`Snapshot::next_start`]).
+    pub fn starting_at(self, start: usize) -> Snapshot<'a> {
+        self.next_start.set(start);
+        self
+    }
+
+    pub fn next_start(&self) -> usize {
+        self.next_start.get()
     }
 
     pub fn with_namespaces(mut self, namespaces: HashMap<String, Labels>) -> Snapshot<'a> {
@@ -388,15 +415,32 @@ impl<'a> Snapshot<'a> {
         };
         let mut candidates = Vec::new();
         let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-        for (i, node) in self.nodes.iter().enumerate() {
-            let why = self.unfit(pod, &incoming, i, node, volumes);
+        // As kube-scheduler: stop once enough feasible nodes are found,
+        // starting where the last search stopped.
+        let total = self.nodes.len();
+        let enough = feasible_nodes_to_find(total);
+        let start = if total == 0 {
+            0
+        } else {
+            self.next_start.get() % total
+        };
+        let mut processed = 0;
+        for i in (start..total).chain(0..start) {
+            processed += 1;
+            let why = self.unfit(pod, &incoming, i, self.nodes[i], volumes);
             if why.is_empty() {
                 candidates.push(i);
+                if candidates.len() >= enough {
+                    break;
+                }
             } else {
                 for reason in why {
                     *reasons.entry(reason).or_default() += 1;
                 }
             }
+        }
+        if total > 0 {
+            self.next_start.set((start + processed) % total);
         }
         if candidates.is_empty() {
             let mut parts: Vec<String> = reasons
@@ -664,6 +708,34 @@ mod tests {
             "spec": {"containers": [{"name": "c", "image": "i", "resources": {"requests": {"cpu": cpu}}}]}
         }))
         .unwrap()
+    }
+
+    #[test]
+    fn enough_feasible_nodes_as_kube_scheduler_counts_them() {
+        assert_eq!(feasible_nodes_to_find(3), 3);
+        assert_eq!(feasible_nodes_to_find(99), 99);
+        assert_eq!(feasible_nodes_to_find(100), 100);
+        assert_eq!(feasible_nodes_to_find(1000), 420);
+        assert_eq!(feasible_nodes_to_find(5000), 500);
+        assert_eq!(feasible_nodes_to_find(10000), 500);
+    }
+
+    #[test]
+    fn the_search_rotates_over_many_nodes() {
+        let nodes: Vec<Node> = (0..1000)
+            .map(|i| node(&format!("n{i:04}"), "4", serde_json::json!({})))
+            .collect();
+        let snapshot = Snapshot::new(&nodes).starting_at(990);
+        let first = snapshot.choose(&pod("100m"), &[]).unwrap();
+        // 420 feasible from 990 on: 990..999 then 0..409.
+        assert_eq!(snapshot.next_start(), 410);
+        let name = first.metadata.name.clone().unwrap_or_default();
+        assert!(
+            name.as_str() >= "n0990" || name.as_str() < "n0410",
+            "{name}"
+        );
+        snapshot.choose(&pod("100m"), &[]).unwrap();
+        assert_eq!(snapshot.next_start(), 830);
     }
 
     #[test]

@@ -298,8 +298,9 @@ pub async fn run(client: kube::Client, settings: crate::controllers::Settings) {
                 )
             })
             .collect();
-        let mut snapshot =
-            fit::Snapshot::new(node_list.iter().map(|n| &**n)).with_namespaces(namespace_labels);
+        let mut snapshot = fit::Snapshot::new(node_list.iter().map(|n| &**n))
+            .with_namespaces(namespace_labels)
+            .starting_at(state.next_start);
         for pod in &all {
             if let Some(node) = bound_to(pod).filter(|_| counts(pod)) {
                 snapshot.place(pod, node);
@@ -318,6 +319,7 @@ pub async fn run(client: kube::Client, settings: crate::controllers::Settings) {
             let chosen = fit::claimed_volumes(pod, &claim_list, &volume_list)
                 .map_err(|why| format!("0/{} nodes are available: {why}.", node_list.len()))
                 .and_then(|volumes| snapshot.choose(pod, &volumes));
+            state.next_start = snapshot.next_start();
             match chosen {
                 Ok(node) => {
                     let node_name = node.metadata.name.clone().unwrap_or_default();
@@ -375,6 +377,8 @@ struct State {
     /// Pods seen bound, to notice a newly bound one.
     bound: HashSet<String>,
     nodes: HashMap<String, String>,
+    /// Where the next search for feasible nodes starts.
+    next_start: usize,
 }
 
 impl State {

@@ -68,7 +68,9 @@ impl Context {
         }
     }
 
-    fn expect(&self, key: &str, rv: i64) {
+    /// Remembers that `key` wrote up to `rv`: it decides again once the
+    /// cache has seen that.
+    fn await_cache(&self, key: &str, rv: i64) {
         if rv <= 0 {
             return;
         }
@@ -284,12 +286,12 @@ async fn reconcile(rs: Arc<ReplicaSet>, context: Arc<Context>) -> Result<Action,
         let pod = pods
             .patch(name, &PatchParams::default(), &Patch::Strategic(patch))
             .await?;
-        context.expect(&key, resource_version(&pod));
+        context.await_cache(&key, resource_version(&pod));
     }
     if rs.metadata.deletion_timestamp.is_none() {
         if let Some(template) = new_pod(&rs) {
             let written = create_pods(&client, &pods, &rs, &template, decision.create).await;
-            context.expect(&key, written.rv);
+            context.await_cache(&key, written.rv);
             if let Some(e) = written.error {
                 return Err(e);
             }
@@ -316,7 +318,7 @@ async fn reconcile(rs: Arc<ReplicaSet>, context: Arc<Context>) -> Result<Action,
         match deleted {
             Ok(either) => {
                 let rv = either.left().map(|pod| resource_version(&pod)).unwrap_or(0);
-                context.expect(&key, rv);
+                context.await_cache(&key, rv);
             }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => return Err(e),

@@ -460,23 +460,24 @@ pub async fn run(client: kube::Client, settings: super::Settings) {
         tokio::time::sleep(Duration::from_secs(2)).await;
     }
     let wake = Arc::new(tokio::sync::Notify::new());
-    let (claims, claim_writer) = reflector::store::<PersistentVolumeClaim>();
-    let (volumes, volume_writer) = reflector::store::<PersistentVolume>();
     let (classes, class_writer) = reflector::store::<StorageClass>();
-    // Pods and nodes from the shared informers: only pods with claims
-    // matter here.
+    // Claims, volumes, pods and nodes from the shared informers (the
+    // scheduler follows the same ones); only pods with claims matter here.
+    let claim_informer = settings.informers.get::<PersistentVolumeClaim>(&client);
+    let volume_informer = settings.informers.get::<PersistentVolume>(&client);
     let pod_informer = settings.informers.get::<Pod>(&client);
     let node_informer = settings.informers.get::<Node>(&client);
+    let (claims, volumes) = (claim_informer.store(), volume_informer.store());
     let (pods, nodes) = (pod_informer.store(), node_informer.store());
     let _tasks = [
-        store_stream(Api::all(client.clone()), claim_writer, wake.clone()),
-        store_stream(Api::all(client.clone()), volume_writer, wake.clone()),
+        follow(claim_informer.subscribe(), |_| true, wake.clone()),
+        follow(volume_informer.subscribe(), |_| true, wake.clone()),
         store_stream(Api::all(client.clone()), class_writer, wake.clone()),
         follow(pod_informer.subscribe(), uses_claims, wake.clone()),
         follow(node_informer.subscribe(), |_| true, wake.clone()),
     ];
-    let _ = claims.wait_until_ready().await;
-    let _ = volumes.wait_until_ready().await;
+    claim_informer.ready().await;
+    volume_informer.ready().await;
     let _ = classes.wait_until_ready().await;
     pod_informer.ready().await;
     node_informer.ready().await;

@@ -40,7 +40,7 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolume, PersistentVolumeClaim, Pod};
 use kube::api::{Api, Patch, PatchParams, PostParams};
-use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::runtime::reflector;
 use serde_json::json;
 
 use crate::controllers::informers::Seen;
@@ -130,13 +130,8 @@ fn node_change(seen: Seen<Node>) -> Change {
     }
 }
 
-fn other_change<K>(event: watcher::Event<K>) -> Option<Change> {
-    match event {
-        watcher::Event::Apply(_) | watcher::Event::Delete(_) | watcher::Event::InitDone => {
-            Some(Change::Other)
-        }
-        _ => None,
-    }
+fn other_change<K>(_: Seen<K>) -> Change {
+    Change::Other
 }
 
 /// The node a pod runs on (while it counts: not Succeeded or Failed).
@@ -165,35 +160,6 @@ enum Outcome {
 /// At most this many binding requests in flight.
 const BINDING_CONCURRENCY: usize = 64;
 
-/// Watches feed changes into one loop, which owns the queue.
-fn watch<K, F>(
-    api: Api<K>,
-    writer: reflector::store::Writer<K>,
-    changes: &tokio::sync::mpsc::UnboundedSender<Change>,
-    map: F,
-) where
-    K: kube::Resource<DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-    F: Fn(watcher::Event<K>) -> Option<Change> + Send + 'static,
-{
-    let changes = changes.clone();
-    tokio::spawn(
-        reflector(writer, watcher(api, watcher::Config::default()))
-            .default_backoff()
-            .for_each(move |event| {
-                if let Some(change) = event.ok().and_then(&map) {
-                    let _ = changes.send(change);
-                }
-                futures::future::ready(())
-            }),
-    );
-}
-
 /// Forwards an informer's changes into the loop.
 fn follow<K, F>(
     changes: impl futures::Stream<Item = Seen<K>> + Send + 'static,
@@ -215,28 +181,28 @@ pub async fn run(client: kube::Client, settings: crate::controllers::Settings) {
     let node_informer = settings.informers.get::<Node>(&client);
     let pod_informer = settings.informers.get::<Pod>(&client);
     let (nodes, pods) = (node_informer.store(), pod_informer.store());
-    let (claims, claim_writer) = reflector::store::<PersistentVolumeClaim>();
-    let (volumes, volume_writer) = reflector::store::<PersistentVolume>();
-    let (namespaces, namespace_writer) = reflector::store::<Namespace>();
+    let claim_informer = settings.informers.get::<PersistentVolumeClaim>(&client);
+    let volume_informer = settings.informers.get::<PersistentVolume>(&client);
+    let namespace_informer = settings.informers.get::<Namespace>(&client);
+    let (claims, volumes, namespaces) = (
+        claim_informer.store(),
+        volume_informer.store(),
+        namespace_informer.store(),
+    );
     let (tx, mut changes) = tokio::sync::mpsc::unbounded_channel();
     follow(node_informer.subscribe(), &tx, node_change);
     follow(pod_informer.subscribe(), &tx, pod_change);
     // Claims and volumes: a pod waiting for its claim, or bound to where
     // its volume lives.
-    watch::<PersistentVolumeClaim, _>(Api::all(client.clone()), claim_writer, &tx, other_change);
-    watch::<PersistentVolume, _>(Api::all(client.clone()), volume_writer, &tx, other_change);
-    watch::<Namespace, _>(
-        Api::all(client.clone()),
-        namespace_writer,
-        &tx,
-        other_change,
-    );
+    follow(claim_informer.subscribe(), &tx, other_change);
+    follow(volume_informer.subscribe(), &tx, other_change);
+    follow(namespace_informer.subscribe(), &tx, other_change);
     drop(tx);
     node_informer.ready().await;
     pod_informer.ready().await;
-    let _ = claims.wait_until_ready().await;
-    let _ = volumes.wait_until_ready().await;
-    let _ = namespaces.wait_until_ready().await;
+    claim_informer.ready().await;
+    volume_informer.ready().await;
+    namespace_informer.ready().await;
 
     let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel::<(String, String, Outcome)>();
     let slots = Arc::new(tokio::sync::Semaphore::new(BINDING_CONCURRENCY));

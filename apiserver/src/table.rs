@@ -386,19 +386,42 @@ pub fn pod_status(pod: &Value) -> String {
 }
 
 fn pod_cells(pod: &Value) -> Vec<Value> {
+    // Sidecars (init containers with restartPolicy Always) count in READY
+    // as kubectl counts them.
+    let sidecars: Vec<&str> = pod
+        .pointer("/spec/initContainers")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| s(c, "/restartPolicy") == "Always")
+        .map(|c| s(c, "/name"))
+        .collect();
     let total = pod
         .pointer("/spec/containers")
         .and_then(Value::as_array)
-        .map_or(0, Vec::len);
+        .map_or(0, Vec::len)
+        + sidecars.len();
     let statuses = pod
         .pointer("/status/containerStatuses")
         .and_then(Value::as_array)
         .cloned()
         .unwrap_or_default();
+    let ready_sidecars = pod
+        .pointer("/status/initContainerStatuses")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|c| {
+            sidecars.contains(&s(c, "/name"))
+                && c.pointer("/started") == Some(&json!(true))
+                && c.pointer("/ready") == Some(&json!(true))
+        })
+        .count();
     let ready = statuses
         .iter()
         .filter(|c| c.pointer("/ready") == Some(&json!(true)))
-        .count();
+        .count()
+        + ready_sidecars;
     let mut restarts: i64 = 0;
     let mut last_restart: Option<jiff::Timestamp> = None;
     for status in pod
@@ -1278,6 +1301,21 @@ mod tests {
         assert_eq!(pod_status(&deleting), "Terminating");
         let pending = json!({"status": {"phase": "Pending"}});
         assert_eq!(pod_status(&pending), "Pending");
+    }
+
+    #[test]
+    fn ready_counts_started_sidecars() {
+        let pod = json!({
+            "spec": {"initContainers": [{"name": "prep"}, {"name": "shipper", "restartPolicy": "Always"}],
+                     "containers": [{"name": "app"}]},
+            "status": {"phase": "Running",
+                "initContainerStatuses": [
+                    {"name": "prep", "ready": false, "state": {"terminated": {"exitCode": 0, "reason": "Completed"}}},
+                    {"name": "shipper", "ready": true, "started": true, "state": {"running": {}}}],
+                "containerStatuses": [{"name": "app", "ready": true, "state": {"running": {}}}]},
+        });
+        assert_eq!(pod_cells(&pod)[0], "2/2");
+        assert_eq!(pod_status(&pod), "Running");
     }
 
     #[test]

@@ -183,6 +183,107 @@ pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>> {
     Ok(Arc::new(config))
 }
 
+/// Issues a serving certificate for `names` and `ips`, signed by the CA
+/// that [`ensure_generated`] made (`ca.crt` and `ca.key` in the apiserver's
+/// data dir), and writes it (followed by the CA certificate) and its key to
+/// `out_cert` and `out_key`. `shoal up` gives its node agents certificates
+/// this way, so the apiserver's default `--kubelet-certificate-authority`
+/// (the cluster CA) trusts them.
+///
+/// The issuer is rebuilt from the parameters `ensure_generated` uses (rcgen
+/// reads no certificates without its x509 parser), and the new certificate
+/// is verified against `ca_cert` before it is written: a CA that shoal did
+/// not make is reported, not used to write a certificate nobody trusts.
+pub fn issue_serving_cert(
+    ca_cert: &Path,
+    ca_key: &Path,
+    names: &[String],
+    ips: &[std::net::IpAddr],
+    out_cert: &Path,
+    out_key: &Path,
+) -> Result<()> {
+    use rcgen::SanType;
+    use rustls::client::danger::ServerCertVerifier;
+
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let ca_pem = read(ca_cert)?;
+    let ca_key_pair = KeyPair::from_pem(&read(ca_key)?).map_err(|_| Error::Pem {
+        path: ca_key.to_path_buf(),
+        what: "private key",
+    })?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name.push(DnType::CommonName, "shoal-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let issuer = Issuer::from_params(&ca, &ca_key_pair);
+
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    for name in names {
+        params
+            .subject_alt_names
+            .push(SanType::DnsName(name.clone().try_into()?));
+    }
+    for ip in ips {
+        params.subject_alt_names.push(SanType::IpAddress(*ip));
+    }
+    let common_name = names
+        .first()
+        .cloned()
+        .or_else(|| ips.first().map(|ip| ip.to_string()))
+        .unwrap_or_else(|| "shoal-agent".to_string());
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &issuer)?;
+
+    // The check a client of the agent will make, made now.
+    let mut roots = rustls::RootCertStore::empty();
+    for root in rustls_pemfile::certs(&mut ca_pem.as_bytes()).flatten() {
+        roots.add(root)?;
+    }
+    let not_this_ca = || Error::Pem {
+        path: ca_cert.to_path_buf(),
+        what: "CA certificate made by shoal (subject CN=shoal-ca) for this CA key",
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|_| not_this_ca())?;
+    let server_name = match (names.first(), ips.first()) {
+        (Some(name), _) => rustls::pki_types::ServerName::try_from(name.clone()),
+        (None, Some(ip)) => Ok(rustls::pki_types::ServerName::from(*ip)),
+        (None, None) => rustls::pki_types::ServerName::try_from("shoal-agent".to_string()),
+    }
+    .map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
+    verifier
+        .verify_server_cert(
+            cert.der(),
+            &[],
+            &server_name,
+            &[],
+            rustls::pki_types::UnixTime::now(),
+        )
+        .map_err(|_| not_this_ca())?;
+
+    write(out_key, &key.serialize_pem(), true)?;
+    write(out_cert, &format!("{}{}", cert.pem(), ca_pem), false)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -196,5 +297,32 @@ mod tests {
         let before = std::fs::read(&files.ca_cert).unwrap();
         ensure_generated(&files, &default_names(&[])).unwrap();
         assert_eq!(before, std::fs::read(&files.ca_cert).unwrap());
+    }
+
+    #[test]
+    fn issued_serving_certificates_chain_to_the_cluster_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files::in_dir(dir.path());
+        ensure_generated(&files, &default_names(&[])).unwrap();
+        let (cert, key) = (dir.path().join("agent.crt"), dir.path().join("agent.key"));
+        let ip: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+        issue_serving_cert(
+            &files.ca_cert,
+            &files.ca_key,
+            &["node-1".to_string()],
+            &[ip],
+            &cert,
+            &key,
+        )
+        .unwrap();
+        server_config(&cert, &key).unwrap();
+        client_config(&files.ca_cert).unwrap();
+        // A CA key that does not belong to the CA certificate is refused.
+        let other = tempfile::tempdir().unwrap();
+        let other_files = Files::in_dir(other.path());
+        ensure_generated(&other_files, &default_names(&[])).unwrap();
+        let err = issue_serving_cert(&files.ca_cert, &other_files.ca_key, &[], &[ip], &cert, &key)
+            .unwrap_err();
+        assert!(matches!(err, Error::Pem { .. }), "{err}");
     }
 }

@@ -6,6 +6,8 @@
 //! with its per-container shim (`runtime`). The pod worker that joins them
 //! to the API (and the sandbox network of the `overlay` crate) comes next.
 
+pub mod agent;
 pub mod image;
+pub mod quantity;
 pub mod runtime;
 pub mod simulate;

@@ -425,31 +425,6 @@ struct PodUsage {
 /// The pods with usage on each node, by (namespace, name).
 type Usage = Arc<Mutex<HashMap<String, BTreeMap<(String, String), PodUsage>>>>;
 
-/// A quantity (`150m`, `0.5`, `64Mi`, `1G`) times `scale` (1000 for
-/// millicores, 1 for bytes), rounded; `None` when it does not parse.
-fn parse_quantity(text: &str, scale: f64) -> Option<u64> {
-    let text = text.trim();
-    let split = text
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(text.len());
-    let number: f64 = text[..split].parse().ok()?;
-    let factor = match &text[split..] {
-        "" => 1.0,
-        "m" => 1e-3,
-        "k" => 1e3,
-        "M" => 1e6,
-        "G" => 1e9,
-        "T" => 1e12,
-        "Ki" => 1024.0,
-        "Mi" => 1024.0 * 1024.0,
-        "Gi" => 1024.0 * 1024.0 * 1024.0,
-        "Ti" => 1024f64.powi(4),
-        _ => return None,
-    };
-    let value = (number * factor * scale).round();
-    (value.is_finite() && (0.0..1e18).contains(&value)).then_some(value as u64)
-}
-
 fn format_cpu(millicores: u64) -> String {
     format!("{millicores}m")
 }
@@ -474,8 +449,12 @@ fn pod_usage(pod: &Pod) -> Option<PodUsage> {
     if cpu.is_none() && memory.is_none() {
         return None;
     }
-    let cpu = cpu.and_then(|c| parse_quantity(c, 1000.0)).unwrap_or(0);
-    let memory = memory.and_then(|m| parse_quantity(m, 1.0)).unwrap_or(0);
+    let cpu = cpu
+        .and_then(|c| crate::quantity::parse_quantity(c, 1000.0))
+        .unwrap_or(0);
+    let memory = memory
+        .and_then(|m| crate::quantity::parse_quantity(m, 1.0))
+        .unwrap_or(0);
     let names: Vec<String> = pod
         .spec
         .iter()
@@ -831,9 +810,9 @@ mod tests {
             vec![("c".to_string(), 51, 0), ("d".to_string(), 50, 0)]
         );
         assert_eq!(pod_usage(&pod("Always", json!({}))), None);
-        assert_eq!(parse_quantity("1Gi", 1.0), Some(1 << 30));
-        assert_eq!(parse_quantity("2", 1000.0), Some(2000));
-        assert_eq!(parse_quantity("x", 1.0), None);
+        assert_eq!(crate::quantity::parse_quantity("1Gi", 1.0), Some(1 << 30));
+        assert_eq!(crate::quantity::parse_quantity("2", 1000.0), Some(2000));
+        assert_eq!(crate::quantity::parse_quantity("x", 1.0), None);
     }
 
     #[test]

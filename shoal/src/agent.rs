@@ -1,17 +1,70 @@
-//! `shoal agent`: the node agent. Today only its simulated nodes run
-//! (`--simulate`); the agent that runs pods comes with its own issue.
+//! `shoal agent`: the node agent. It runs the pods bound to its node
+//! (containers with runc, a network namespace and IP per pod), or with
+//! `--simulate` registers simulated nodes that only pretend to.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
+use shoal_apiserver::server::parse_duration;
 
 #[derive(Args)]
 pub struct AgentArgs {
     /// kubeconfig of the cluster to join.
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: PathBuf,
+    /// The Node's name (default: this machine's hostname).
+    #[arg(long, env = "SHOAL_NODE_NAME")]
+    node_name: Option<String>,
+    /// Where images, containers, pod volumes and logs live.
+    #[arg(long, env = "SHOAL_AGENT_DATA_DIR", default_value = shoal_agent::image::DEFAULT_AGENT_DATA_DIR)]
+    data_dir: PathBuf,
+    /// The node's InternalIP (default: the address of the default route).
+    #[arg(long, env = "SHOAL_NODE_IP")]
+    node_ip: Option<IpAddr>,
+    /// Extra node labels, `k=v,k2=v2`.
+    #[arg(long, env = "SHOAL_NODE_LABELS", value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Cluster DNS servers for pods with dnsPolicy ClusterFirst
+    /// (comma-separated). Without one, such pods get the host's
+    /// resolv.conf, as the kubelet does.
+    #[arg(long, env = "SHOAL_CLUSTER_DNS", value_delimiter = ',')]
+    cluster_dns: Vec<IpAddr>,
+    /// The cluster's DNS domain.
+    #[arg(long, env = "SHOAL_CLUSTER_DOMAIN", default_value = "cluster.local")]
+    cluster_domain: String,
+    /// First delay before restarting a crashed container (and before
+    /// retrying a missing image); it doubles up to the maximum.
+    #[arg(long, env = "SHOAL_BACKOFF_INITIAL", default_value = "10s", value_parser = parse_duration)]
+    restart_backoff_initial: Duration,
+    #[arg(long, env = "SHOAL_BACKOFF_MAX", default_value = "300s", value_parser = parse_duration)]
+    restart_backoff_max: Duration,
+    /// Port of the HTTPS endpoint for logs, exec and attach (the
+    /// kubelet's).
+    #[arg(long, env = "SHOAL_AGENT_PORT", default_value_t = 10250)]
+    port: u16,
+    /// Address that endpoint listens on.
+    #[arg(long, env = "SHOAL_AGENT_BIND_ADDRESS", default_value = "0.0.0.0")]
+    bind_address: IpAddr,
+    /// Serving certificate and key of that endpoint; the apiserver checks
+    /// it against its --kubelet-certificate-authority. Default: a
+    /// self-signed pair generated in the data dir.
+    #[arg(long, env = "SHOAL_AGENT_TLS_CERT_FILE")]
+    tls_cert_file: Option<PathBuf>,
+    #[arg(long, env = "SHOAL_AGENT_TLS_KEY_FILE")]
+    tls_private_key_file: Option<PathBuf>,
+    /// A file holding the bearer token callers must present (the
+    /// apiserver's --kubelet-token-file). Without it anyone who reaches
+    /// the port may read logs and exec.
+    #[arg(long, env = "SHOAL_AGENT_TOKEN_FILE")]
+    token_file: Option<PathBuf>,
+    /// Kill every container of this node when the agent stops (by default
+    /// they keep running, and the next agent on this data dir re-adopts
+    /// them).
+    #[arg(long, env = "SHOAL_STOP_PODS_ON_EXIT")]
+    stop_pods_on_exit: bool,
     /// Register simulated nodes that report their pods Running without
     /// running them (as kwok does).
     #[arg(long)]
@@ -30,22 +83,23 @@ pub struct AgentArgs {
     cpu: String,
     #[arg(long, default_value = "8Gi")]
     memory: String,
+    /// Pods a node takes.
     #[arg(long, default_value = "110")]
     max_pods: String,
     /// How often simulated nodes report their pods' usage (from the
     /// `simulate.shoal.dev/cpu-usage` and `memory-usage` annotations) for
     /// `kubectl top` and the HPA; a report is written only when it changed.
-    #[arg(long, env = "SHOAL_METRICS_INTERVAL", default_value = "15s", value_parser = shoal_apiserver::server::parse_duration)]
+    #[arg(long, env = "SHOAL_METRICS_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     metrics_interval: Duration,
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    if !args.simulate {
-        bail!("shoal agent runs simulated nodes only for now (--simulate); the agent that runs pods is not built yet");
-    }
     let client = shoal_apiserver::controllers::client_from_kubeconfig(&args.kubeconfig)
         .await
         .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
+    if !args.simulate {
+        return run_real(client, args).await;
+    }
     let config = shoal_agent::simulate::Config {
         count: args.count,
         name_prefix: args.name_prefix,
@@ -59,5 +113,80 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
         result = shoal_agent::simulate::run(client, config) => result.context("simulated nodes")?,
         result = crate::apiserver::wait_for_signal() => result?,
     }
+    Ok(())
+}
+
+async fn run_real(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
+    let node_name = match args.node_name {
+        Some(name) => name,
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .context("reading this machine's hostname; pass --node-name")?
+            .trim()
+            .to_lowercase(),
+    };
+    let mut labels = Vec::new();
+    for label in args.labels.iter().filter(|l| !l.is_empty()) {
+        let Some((k, v)) = label.split_once('=') else {
+            bail!("--labels: {label:?} is not key=value");
+        };
+        labels.push((k.to_string(), v.to_string()));
+    }
+    let max_pods: u32 = args
+        .max_pods
+        .parse()
+        .with_context(|| format!("--max-pods: {:?} is not a number", args.max_pods))?;
+    std::fs::create_dir_all(&args.data_dir)
+        .with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let token = match &args.token_file {
+        Some(path) => Some(
+            std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let (cert, key) = match (args.tls_cert_file, args.tls_private_key_file) {
+        (Some(cert), Some(key)) => (cert, key),
+        (None, None) => {
+            let mut ips = vec![args.bind_address];
+            ips.extend(args.node_ip);
+            shoal_agent::agent::server::ensure_self_signed(
+                &args.data_dir.join("pki"),
+                std::slice::from_ref(&node_name),
+                &ips,
+            )
+            .context("generating the agent's serving certificate")?
+        }
+        _ => bail!("--tls-cert-file and --tls-private-key-file go together"),
+    };
+    let config = shoal_agent::agent::Config {
+        node_name,
+        data_dir: args.data_dir.clone(),
+        node_ip: args.node_ip,
+        labels,
+        max_pods,
+        lease_interval: Duration::from_secs(args.lease_interval.max(1)),
+        cluster_dns: args.cluster_dns,
+        cluster_domain: args.cluster_domain,
+        backoff_initial: args.restart_backoff_initial,
+        backoff_max: args.restart_backoff_max.max(args.restart_backoff_initial),
+        server: shoal_agent::agent::server::ServerConfig {
+            port: args.port,
+            bind: args.bind_address,
+            cert,
+            key,
+            token,
+        },
+        stop_pods_on_exit: args.stop_pods_on_exit,
+    };
+    let shutdown = async {
+        if let Err(e) = crate::apiserver::wait_for_signal().await {
+            tracing::warn!(error = %e, "waiting for signals");
+        }
+    };
+    shoal_agent::agent::run(client, config, shutdown)
+        .await
+        .context("node agent")?;
     Ok(())
 }

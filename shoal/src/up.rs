@@ -43,6 +43,28 @@ pub struct UpArgs {
     no_controllers: bool,
     #[command(flatten)]
     controllers: crate::controllers::ControllerFlags,
+    /// Run no node agent (pods stay Pending until nodes join, e.g. with
+    /// `shoal agent --simulate`). Without root or runc there is none
+    /// either.
+    #[arg(long, env = "SHOAL_NO_AGENT")]
+    no_agent: bool,
+    /// The name of this machine's node (default: its hostname).
+    #[arg(long, env = "SHOAL_NODE_NAME")]
+    node_name: Option<String>,
+    /// Port of the agent's HTTPS endpoint (logs, exec, attach); 0 picks a
+    /// free one.
+    #[arg(long, env = "SHOAL_AGENT_PORT", default_value_t = 10250)]
+    agent_port: u16,
+    /// Restart back-off of crashed containers: first delay and maximum.
+    #[arg(long, env = "SHOAL_BACKOFF_INITIAL", default_value = "10s", value_parser = shoal_apiserver::server::parse_duration)]
+    restart_backoff_initial: Duration,
+    #[arg(long, env = "SHOAL_BACKOFF_MAX", default_value = "300s", value_parser = shoal_apiserver::server::parse_duration)]
+    restart_backoff_max: Duration,
+    /// Kill the pods' containers when `shoal up` stops (by default they
+    /// keep running and the next `shoal up` on this data dir re-adopts
+    /// them).
+    #[arg(long, env = "SHOAL_STOP_PODS_ON_EXIT")]
+    stop_pods_on_exit: bool,
 }
 
 /// What must stay the same from one run to the next.
@@ -175,6 +197,16 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         &tokens,
         format!("{},admin,admin,\"system:masters\"\n", layout.token),
     )?;
+    // The token the apiserver presents to the agent's endpoint.
+    let agent_token_file = dir.join("agent-token");
+    if !agent_token_file.exists() {
+        let token: String = rand::thread_rng()
+            .sample_iter(&rand::distributions::Alphanumeric)
+            .take(32)
+            .map(char::from)
+            .collect();
+        std::fs::write(&agent_token_file, token)?;
+    }
     step("starting the apiserver");
     let config = shoal_apiserver::Config {
         etcd_servers: layout
@@ -192,7 +224,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         tls_san: vec![],
         etcd_compaction_interval: Duration::from_secs(300),
         kubelet_certificate_authority: None,
-        kubelet_token_file: None,
+        kubelet_token_file: Some(agent_token_file.clone()),
         data_dir: dir.join("apiserver"),
     };
     let apiserver = shoal_apiserver::start(config)
@@ -246,8 +278,22 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         )))
     };
 
+    let agent = if args.no_agent {
+        None
+    } else {
+        start_agent(&args, &dir, &apiserver, &agent_token_file).await?
+    };
+
     crate::apiserver::wait_for_signal().await?;
     println!("stopping");
+    if let Some((stop, task)) = agent {
+        let _ = stop.send(());
+        match tokio::time::timeout(Duration::from_secs(30), task).await {
+            Ok(Ok(Err(e))) => eprintln!("node agent: {e:#}"),
+            Ok(_) => {}
+            Err(_) => eprintln!("node agent: did not stop within 30 s"),
+        }
+    }
     if let Some(controllers) = controllers {
         controllers.abort();
     }
@@ -258,4 +304,115 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     }
     let _ = tokio::time::timeout(Duration::from_secs(5), futures::future::join_all(servers)).await;
     Ok(())
+}
+
+type AgentTask = (
+    tokio::sync::oneshot::Sender<()>,
+    tokio::task::JoinHandle<anyhow::Result<()>>,
+);
+
+/// This machine's node: an agent in this process, with a serving
+/// certificate signed by the cluster CA and the busybox image loaded.
+/// None (and a note) where it cannot run: not root, no runc.
+async fn start_agent(
+    args: &UpArgs,
+    dir: &Path,
+    apiserver: &shoal_apiserver::Running,
+    token_file: &Path,
+) -> anyhow::Result<Option<AgentTask>> {
+    if !nix_is_root() {
+        println!(
+            "no node agent: it needs root (runc, mounts, network namespaces); pods stay Pending"
+        );
+        return Ok(None);
+    }
+    let agent_dir = dir.join("agent");
+    let runtime = match shoal_agent::runtime::Runtime::new(&agent_dir) {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            println!("no node agent: {e}; pods stay Pending");
+            return Ok(None);
+        }
+    };
+    let busybox = Path::new("/bin/busybox");
+    if busybox.exists() {
+        step("loading the busybox image");
+        match shoal_agent::image::busybox::ensure_loaded(runtime.images(), busybox) {
+            Ok(_) => done(),
+            Err(e) => println!("(skipped: {e})"),
+        }
+    }
+    let node_name = match &args.node_name {
+        Some(name) => name.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_lowercase())
+            .unwrap_or_else(|_| "node".into()),
+    };
+    let port = if args.agent_port == 0 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+        listener.local_addr()?.port()
+    } else {
+        args.agent_port
+    };
+    let pki = agent_dir.join("pki");
+    std::fs::create_dir_all(&pki)?;
+    let (cert, key) = (pki.join("agent.crt"), pki.join("agent.key"));
+    let ca = shoal_apiserver::tls::Files::in_dir(&dir.join("apiserver"));
+    shoal_apiserver::tls::issue_serving_cert(
+        &ca.ca_cert,
+        &ca.ca_key,
+        std::slice::from_ref(&node_name),
+        &["127.0.0.1".parse()?],
+        &cert,
+        &key,
+    )
+    .context("issuing the agent's serving certificate")?;
+    let token = std::fs::read_to_string(token_file)?.trim().to_string();
+    let client = apiserver
+        .loopback_client()
+        .await
+        .context("a client for the node agent")?;
+    let config = shoal_agent::agent::Config {
+        node_name: node_name.clone(),
+        data_dir: agent_dir,
+        node_ip: Some("127.0.0.1".parse()?),
+        labels: vec![],
+        max_pods: 110,
+        lease_interval: Duration::from_secs(1),
+        // The Service address the cluster DNS gets (kube-dns's).
+        cluster_dns: vec!["10.96.0.10".parse()?],
+        cluster_domain: "cluster.local".into(),
+        backoff_initial: args.restart_backoff_initial,
+        backoff_max: args.restart_backoff_max.max(args.restart_backoff_initial),
+        server: shoal_agent::agent::server::ServerConfig {
+            port,
+            bind: "127.0.0.1".parse()?,
+            cert,
+            key,
+            token: Some(token),
+        },
+        stop_pods_on_exit: args.stop_pods_on_exit,
+    };
+    step(&format!("starting the node agent ({node_name})"));
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        shoal_agent::agent::run(client, config, async {
+            let _ = stopped.await;
+        })
+        .await
+        .context("node agent")
+    });
+    done();
+    Ok(Some((stop, task)))
+}
+
+fn nix_is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
+        })
+        .unwrap_or(false)
 }

@@ -23,6 +23,9 @@ pub struct ShoalUp {
     pub kubeconfig: PathBuf,
     /// Extra flags of `shoal up`.
     args: Vec<String>,
+    /// Runs a real node agent (needs root): stopped with SIGTERM so that
+    /// it kills its containers, then whatever is left is removed.
+    agent: bool,
 }
 
 /// How many times a fresh `shoal up` is started when it loses a port race.
@@ -33,14 +36,32 @@ impl ShoalUp {
         ShoalUp::start_with(&[])
     }
 
-    /// `shoal up` with extra flags (`--pod-eviction-timeout=2s`, ...).
+    /// `shoal up` with extra flags (`--pod-eviction-timeout=2s`, ...),
+    /// without a node agent.
     pub fn start_with(args: &[&str]) -> ShoalUp {
+        ShoalUp::start_as(args, false)
+    }
+
+    /// `shoal up` with its node agent on this machine (root), on a free
+    /// port, killing its pods when it stops.
+    pub fn with_agent(args: &[&str]) -> ShoalUp {
+        let mut all = vec!["--agent-port", "0", "--stop-pods-on-exit"];
+        all.extend_from_slice(args);
+        ShoalUp::start_as(&all, true)
+    }
+
+    fn start_as(args: &[&str], agent: bool) -> ShoalUp {
         let dir = tempfile::tempdir().expect("temp dir");
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        if !agent {
+            args.push("--no-agent".into());
+        }
         let mut up = ShoalUp {
             kubeconfig: dir.path().join("kubeconfig"),
             dir,
             child: None,
-            args: args.iter().map(|a| a.to_string()).collect(),
+            args,
+            agent,
         };
         // A fresh data dir may be cleared and started again.
         up.spawn_attempt(1);
@@ -113,6 +134,14 @@ impl ShoalUp {
 
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("up.log")).unwrap_or_default()
+    }
+
+    /// SIGKILL (the whole `shoal up`; containers of its agent live on).
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
     }
 
     /// SIGTERM, then waits for a clean exit.
@@ -268,10 +297,60 @@ impl Drop for ShoalUp {
         if std::thread::panicking() {
             eprintln!("--- shoal up log ---\n{}", self.log());
         }
+        if self.agent {
+            self.stop();
+            remove_leftovers(self.dir.path());
+        }
         if let Some(mut child) = self.child.take() {
             let _ = child.kill();
             let _ = child.wait();
         }
+    }
+}
+
+/// Kills processes started from `dir` (container shims and their
+/// containers) and unmounts what is mounted under it, so that a test with
+/// a real agent leaves nothing behind even when it failed half-way.
+pub fn remove_leftovers(dir: &Path) {
+    let needle = dir.to_string_lossy().to_string();
+    if let Ok(entries) = std::fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains(&needle) {
+                let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+            }
+        }
+    }
+    // runc's containers: their cgroups hold their processes.
+    let runc_root = dir.join("agent").join("runc");
+    if runc_root.exists() {
+        let out = Command::new("runc")
+            .arg("--root")
+            .arg(&runc_root)
+            .args(["list", "-q"])
+            .output();
+        if let Ok(out) = out {
+            for id in String::from_utf8_lossy(&out.stdout).lines() {
+                let _ = Command::new("runc")
+                    .arg("--root")
+                    .arg(&runc_root)
+                    .args(["delete", "--force", id])
+                    .output();
+            }
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+    let mut under: Vec<&str> = mounts
+        .lines()
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .filter(|m| m.starts_with(&needle))
+        .collect();
+    under.sort_by_key(|m| std::cmp::Reverse(m.len()));
+    for mount in under {
+        let _ = Command::new("umount").args(["-l", mount]).status();
     }
 }
 

@@ -26,6 +26,7 @@
 //! image.
 
 mod archive;
+pub mod busybox;
 pub mod reference;
 pub mod unpack;
 

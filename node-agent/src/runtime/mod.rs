@@ -24,6 +24,7 @@
 //! error as its message (Kubernetes' `StartError`).
 
 pub mod cgroup;
+pub mod exec;
 pub mod log;
 pub mod process;
 pub mod shim;
@@ -38,6 +39,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use crate::image::{self, unpack::resolve_in_root, ImageStore};
+pub use exec::{AttachSession, ExecOutput, ExecRequest, ExecSession};
 pub use nix::sys::signal::Signal;
 pub use process::{ContainerProcess, MergeError, ProcessSpec};
 pub use spec::{BindMount, Network};
@@ -64,6 +66,12 @@ pub enum Error {
     NotFound(String),
     #[error("container {0:?} is still running")]
     StillRunning(String),
+    #[error("container not running ({0})")]
+    NotRunning(String),
+    #[error("no command specified")]
+    EmptyCommand,
+    #[error("container {0} was created without stdin or a tty: nothing to attach to")]
+    NotAttachable(String),
     #[error(transparent)]
     Image(#[from] image::Error),
     #[error(transparent)]
@@ -119,6 +127,14 @@ pub struct ContainerConfig {
     pub cpu_limit_millis: Option<u64>,
     /// Default: `<data-dir>/containers/<id>/container.log`.
     pub log_path: Option<PathBuf>,
+    /// Give the process a terminal (its output then goes to the log as
+    /// stdout); attachable with [`Runtime::attach`].
+    pub tty: bool,
+    /// Keep the process's stdin open for attached clients (else it reads
+    /// nothing); attachable with [`Runtime::attach`].
+    pub stdin: bool,
+    /// Close stdin when the first attached client detaches.
+    pub stdin_once: bool,
 }
 
 /// A started container.
@@ -182,6 +198,12 @@ pub(crate) struct ShimConfig {
     pub runc_root: PathBuf,
     pub log_path: PathBuf,
     pub cgroup: String,
+    #[serde(default)]
+    pub tty: bool,
+    #[serde(default)]
+    pub stdin: bool,
+    #[serde(default)]
+    pub stdin_once: bool,
 }
 
 /// `started.json`.
@@ -210,6 +232,8 @@ pub(crate) mod files {
     pub const STARTED: &str = "started.json";
     pub const EXITED: &str = "exit.json";
     pub const SHIM_LOG: &str = "shim.log";
+    /// The shim's attach socket (containers with stdin or a tty).
+    pub const ATTACH_SOCKET: &str = "attach.sock";
 }
 
 /// Writes `value` as JSON to `path` atomically (a reader never sees half).
@@ -219,7 +243,7 @@ pub(crate) fn write_json(path: &Path, value: &impl Serialize) -> io::Result<()> 
     fs::rename(&tmp, path)
 }
 
-fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
+pub(crate) fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Option<T> {
     serde_json::from_slice(&fs::read(path).ok()?).ok()
 }
 
@@ -422,6 +446,7 @@ impl Runtime {
             cpu_request_millis: config.cpu_request_millis,
             cpu_limit_millis: config.cpu_limit_millis,
             cgroups_path: &format!("/{cgroup}/ctr"),
+            terminal: config.tty,
         })?;
         let config_path = dir.join("config.json");
         spec.save(&config_path).map_err(|e| Error::Io {
@@ -450,6 +475,9 @@ impl Runtime {
             runc_root: self.data_dir.join("runc"),
             log_path: log_path.clone(),
             cgroup,
+            tty: config.tty,
+            stdin: config.stdin,
+            stdin_once: config.stdin_once,
         };
         write_json(&dir.join(files::SHIM_CONFIG), &shim_config)
             .map_err(io_err("writing shim.json"))?;

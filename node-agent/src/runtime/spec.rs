@@ -52,6 +52,8 @@ pub struct SpecInput<'a> {
     pub cpu_limit_millis: Option<u64>,
     /// runc's cgroup for the container (`/shoal/<id>/ctr`).
     pub cgroups_path: &'a str,
+    /// Give the process a terminal (`tty: true`).
+    pub terminal: bool,
 }
 
 /// Why a spec cannot be built (a builder refused a value).
@@ -107,7 +109,7 @@ pub fn build(input: &SpecInput<'_>) -> Result<Spec, SpecError> {
         user = user.additional_gids(p.additional_gids.clone());
     }
     let process = ProcessBuilder::default()
-        .terminal(false)
+        .terminal(input.terminal)
         .args(p.args.clone())
         .env(p.env.clone())
         .cwd(PathBuf::from(&p.cwd))
@@ -242,6 +244,7 @@ mod tests {
             cpu_request_millis: Some(250),
             cpu_limit_millis: Some(500),
             cgroups_path: "/shoal/c1/ctr",
+            terminal: false,
         })
         .unwrap();
         let json = serde_json::to_value(&spec).unwrap();
@@ -285,6 +288,7 @@ mod tests {
             cpu_request_millis: None,
             cpu_limit_millis: None,
             cgroups_path: "/shoal/c2/ctr",
+            terminal: true,
         })
         .unwrap();
         let json = serde_json::to_value(&spec).unwrap();
@@ -300,5 +304,6 @@ mod tests {
             serde_json::json!([])
         );
         assert_eq!(json["process"]["user"]["uid"], 1000);
+        assert_eq!(json["process"]["terminal"], true);
     }
 }

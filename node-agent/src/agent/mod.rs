@@ -1,0 +1,180 @@
+//! The agent that runs pods for real: shoal's kubelet.
+//!
+//! ```text
+//!  run(client, config)
+//!    node.rs      register the Node, renew its Lease, keep Ready, wait for podCIDR
+//!    overlay      the node's bridge; one network namespace + IP per pod
+//!    pods.rs      watch pods with spec.nodeName = this node; one worker per pod,
+//!                 the newest object handed over (updates merged, never queued)
+//!    worker.rs    a pod's life: sandbox → volumes → init containers → containers
+//!                 → (probes, restarts, back-off) → termination; status patched
+//!                 whenever what it computes (status.rs, pure) changes
+//!    server.rs    HTTPS for the apiserver's logs/exec/attach proxy
+//! ```
+//!
+//! Everything the agent runs is found again from files after a restart:
+//! containers by the runtime (`<data-dir>/containers`), sandboxes by the
+//! overlay (`<data-dir>/network`), so a restarted agent re-adopts its pods
+//! and removes what belongs to pods deleted while it was away.
+
+pub mod env;
+pub mod events;
+pub mod node;
+pub mod pods;
+pub mod probe;
+pub mod registry;
+pub mod sandbox_files;
+pub mod server;
+pub mod status;
+pub mod volumes;
+pub mod worker;
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::runtime::Runtime;
+
+/// How an agent runs; flags of `shoal agent`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub node_name: String,
+    pub data_dir: PathBuf,
+    /// The node's InternalIP; default: the default-route address.
+    pub node_ip: Option<IpAddr>,
+    pub labels: Vec<(String, String)>,
+    pub max_pods: u32,
+    pub lease_interval: Duration,
+    /// The cluster DNS servers pods with `dnsPolicy: ClusterFirst` use.
+    pub cluster_dns: Vec<IpAddr>,
+    pub cluster_domain: String,
+    /// Restart back-off of crashed containers (kubelet: 10 s doubling to
+    /// 5 min), also used for image pulls.
+    pub backoff_initial: Duration,
+    pub backoff_max: Duration,
+    /// The HTTPS endpoint for logs/exec/attach.
+    pub server: server::ServerConfig,
+    /// Kill every container of this node when the agent stops (`shoal
+    /// up` in tests); by default they keep running and are re-adopted.
+    pub stop_pods_on_exit: bool,
+}
+
+/// What every pod worker shares.
+pub struct Shared {
+    pub client: kube::Client,
+    pub config: Config,
+    pub runtime: Arc<Runtime>,
+    pub network: Arc<shoal_overlay::Network>,
+    pub registry: Arc<registry::Registry>,
+    pub events: events::Recorder,
+    /// The node's address, for `status.hostIP`.
+    pub host_ip: IpAddr,
+    /// The node's allocatable cpu (millicores) and memory (bytes), for
+    /// resourceFieldRef without limits.
+    pub allocatable: (u64, u64),
+    /// The host's `/etc/resolv.conf`, for `dnsPolicy: Default`.
+    pub host_resolv_conf: String,
+}
+
+/// What can stop the agent.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Runtime(#[from] crate::runtime::Error),
+    #[error("registering node {node}: {source}")]
+    Register {
+        node: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("setting up the pod network: {0}")]
+    Network(#[from] shoal_overlay::Error),
+    #[error("watching pods: {0}")]
+    Watch(String),
+    #[error("agent server: {0}")]
+    Server(#[from] server::ServerError),
+    #[error("{0}")]
+    Config(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Runs the agent until `shutdown` resolves. Pods keep running when it
+/// stops (a restarted agent re-adopts them).
+pub async fn run(
+    client: kube::Client,
+    config: Config,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let runtime = Arc::new(Runtime::new(&config.data_dir)?);
+    let machine = node::Machine::read();
+    let host_ip = match config.node_ip {
+        Some(ip) => ip,
+        None => node::default_address().ok_or_else(|| {
+            Error::Config("cannot tell this machine's address; pass --node-ip".into())
+        })?,
+    };
+    let registered = node::register(&client, &config, &machine, host_ip)
+        .await
+        .map_err(|source| Error::Register {
+            node: config.node_name.clone(),
+            source,
+        })?;
+    let heartbeat = tokio::spawn(node::heartbeat(
+        client.clone(),
+        config.clone(),
+        machine.clone(),
+        host_ip,
+    ));
+    let pod_cidr = node::wait_for_pod_cidr(&client, &config.node_name, registered).await;
+    let network = Arc::new(
+        shoal_overlay::Network::new(shoal_overlay::NodeNetwork {
+            bridge: "shoal0".into(),
+            pod_cidr,
+            state_dir: config.data_dir.join("network"),
+        })
+        .await?,
+    );
+    let registry = Arc::new(registry::Registry::default());
+    let shared = Arc::new(Shared {
+        events: events::Recorder::new(client.clone(), &config.node_name),
+        client: client.clone(),
+        runtime: runtime.clone(),
+        network,
+        registry: registry.clone(),
+        host_ip,
+        allocatable: (machine.cpu_millis, machine.memory_bytes),
+        host_resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        config: config.clone(),
+    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(server::serve(
+        config.server.clone(),
+        registry,
+        runtime,
+        wait_true(stop_rx.clone()),
+    ));
+    let pods = tokio::spawn(pods::run(shared.clone(), wait_true(stop_rx)));
+    shutdown.await;
+    let _ = stop_tx.send(true);
+    heartbeat.abort();
+    let pods = pods.await;
+    let server = server.await;
+    if config.stop_pods_on_exit {
+        pods::remove_orphans(&shared, &Default::default()).await;
+    }
+    match pods {
+        Ok(result) => result?,
+        Err(e) => return Err(Error::Watch(e.to_string())),
+    }
+    match server {
+        Ok(result) => result?,
+        Err(e) => return Err(Error::Config(e.to_string())),
+    }
+    Ok(())
+}
+
+async fn wait_true(mut rx: tokio::sync::watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
+}

@@ -1,0 +1,740 @@
+//! Real pods on the node agent that `shoal up` starts on this machine:
+//! runc containers from the busybox image (built from Debian's
+//! busybox-static), a network namespace and IP per pod, the pod lifecycle
+//! as `kubectl get/describe/logs/exec` show it. Needs root (CI runs as
+//! root); the suites run one at a time (.config/nextest.toml), as every
+//! agent on a machine shares the bridge `shoal0`.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::kube::{eventually, ShoalUp};
+
+fn is_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("Uid:"))
+                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
+        })
+        .unwrap_or(false)
+}
+
+macro_rules! require_root {
+    () => {
+        if !is_root() {
+            eprintln!("skipped: real pods need root (runc, mounts, network namespaces)");
+            return;
+        }
+    };
+}
+
+/// `shoal up` with its agent, fast back-off, and the node Ready.
+fn cluster() -> ShoalUp {
+    let up = ShoalUp::with_agent(&[
+        "--restart-backoff-initial",
+        "1s",
+        "--restart-backoff-max",
+        "4s",
+    ]);
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            up.ok(&["get", "nodes", "--no-headers"]).contains(" Ready ")
+        }),
+        "the node never became Ready:\n{}",
+        up.log()
+    );
+    up
+}
+
+fn apply(up: &ShoalUp, yaml: &str) {
+    let out = up.kubectl_with(&["apply", "-f", "-"], Some(yaml), &[]);
+    assert!(
+        out.status.success(),
+        "apply failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn jsonpath(up: &ShoalUp, pod: &str, path: &str) -> String {
+    let out = up.kubectl(&["get", "pod", pod, "-o", &format!("jsonpath={{{path}}}")]);
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Waits until `jsonpath` of the pod satisfies `check`; says what it was.
+fn wait_for(up: &ShoalUp, pod: &str, path: &str, timeout: Duration, check: impl Fn(&str) -> bool) {
+    let mut last = String::new();
+    let ok = eventually(timeout, || {
+        last = jsonpath(up, pod, path);
+        check(&last)
+    });
+    assert!(
+        ok,
+        "pod {pod}: {path} is {last:?}\n{}\n{}",
+        up.kubectl(&["describe", "pod", pod])
+            .stdout
+            .iter()
+            .map(|&b| b as char)
+            .collect::<String>(),
+        up.log()
+    );
+}
+
+fn status_column(up: &ShoalUp, pod: &str) -> String {
+    let line = up.ok(&["get", "pod", pod, "--no-headers"]);
+    line.split_whitespace()
+        .nth(2)
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[test]
+fn a_pod_runs_with_its_own_ip_logs_and_exec() {
+    require_root!();
+    let up = cluster();
+    apply(
+        &up,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: two-containers
+  labels: {app: web}
+spec:
+  containers:
+  - name: web
+    image: busybox
+    command: ["sh", "-c", "mkdir -p /www && echo hello from web > /www/index.html && echo web starting && exec httpd -f -p 8080 -h /www"]
+    ports: [{containerPort: 8080}]
+  - name: client
+    image: busybox
+    command: ["sh", "-c", "while true; do wget -qO- http://localhost:8080/ || echo no answer; sleep 1; done"]
+"#,
+    );
+    up.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/two-containers",
+        "--timeout=60s",
+    ]);
+    let wide = up.ok(&["get", "pod", "two-containers", "-o", "wide", "--no-headers"]);
+    let columns: Vec<&str> = wide.split_whitespace().collect();
+    assert_eq!(&columns[1..3], ["2/2", "Running"], "{wide}");
+    assert!(columns[5].starts_with("10.244."), "pod IP: {wide}");
+    // The containers share the pod's network: localhost reaches the web one.
+    assert!(
+        eventually(Duration::from_secs(20), || up
+            .ok(&["logs", "two-containers", "-c", "client"])
+            .contains("hello from web")),
+        "{}",
+        up.ok(&["logs", "two-containers", "-c", "client"])
+    );
+    assert!(up
+        .ok(&["logs", "two-containers", "-c", "web"])
+        .contains("web starting"));
+    // Exec, and the files the agent writes into every pod.
+    let resolv = up.ok(&[
+        "exec",
+        "two-containers",
+        "-c",
+        "web",
+        "--",
+        "cat",
+        "/etc/resolv.conf",
+    ]);
+    assert!(
+        resolv.contains("search default.svc.cluster.local svc.cluster.local cluster.local"),
+        "{resolv}"
+    );
+    assert!(resolv.contains("options ndots:5"), "{resolv}");
+    let hosts = up.ok(&[
+        "exec",
+        "two-containers",
+        "-c",
+        "web",
+        "--",
+        "cat",
+        "/etc/hosts",
+    ]);
+    assert!(
+        hosts.contains("# Kubernetes-managed hosts file."),
+        "{hosts}"
+    );
+    assert!(hosts.contains("two-containers"), "{hosts}");
+    assert_eq!(
+        up.ok(&["exec", "two-containers", "-c", "web", "--", "hostname"])
+            .trim(),
+        "two-containers"
+    );
+    let out = up.kubectl(&[
+        "exec",
+        "two-containers",
+        "-c",
+        "web",
+        "--",
+        "sh",
+        "-c",
+        "exit 3",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The conditions and events read as in Kubernetes.
+    let describe = up.ok(&["describe", "pod", "two-containers"]);
+    for needle in [
+        "Status:           Running",
+        "Ready                       True",
+        "Started container web",
+        "Successfully pulled image \"busybox\"",
+    ] {
+        assert!(
+            describe.contains(needle),
+            "missing {needle:?} in\n{describe}"
+        );
+    }
+
+    // Pods that run to the end: Succeeded (Completed) and Failed (Error).
+    apply(
+        &up,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: done}
+spec:
+  restartPolicy: Never
+  containers: [{name: main, image: busybox, command: ["sh", "-c", "echo finished"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: broken}
+spec:
+  restartPolicy: Never
+  containers: [{name: main, image: busybox, command: ["sh", "-c", "echo failing >&2; exit 3"]}]
+"#,
+    );
+    wait_for(&up, "done", ".status.phase", Duration::from_secs(60), |p| {
+        p == "Succeeded"
+    });
+    wait_for(
+        &up,
+        "broken",
+        ".status.phase",
+        Duration::from_secs(60),
+        |p| p == "Failed",
+    );
+    assert_eq!(status_column(&up, "done"), "Completed");
+    assert_eq!(status_column(&up, "broken"), "Error");
+    assert_eq!(
+        jsonpath(
+            &up,
+            "broken",
+            ".status.containerStatuses[0].state.terminated.exitCode"
+        ),
+        "3"
+    );
+    assert!(up.ok(&["logs", "done"]).contains("finished"));
+    assert!(up.ok(&["logs", "broken"]).contains("failing"));
+}
+
+#[test]
+fn init_containers_and_sidecars() {
+    require_root!();
+    let up = cluster();
+    // The guide's "wait for a Service" init container: it fails (and is
+    // restarted with back-off) until the Service exists, which it sees in
+    // its environment.
+    apply(
+        &up,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: myapp-pod, labels: {app: myapp}}
+spec:
+  initContainers:
+  - name: init-myservice
+    image: busybox
+    command: ["sh", "-c", "if [ -n \"$MYSERVICE_SERVICE_HOST\" ]; then echo myservice is at $MYSERVICE_SERVICE_HOST; else echo waiting for myservice; exit 1; fi"]
+  containers:
+  - name: myapp-container
+    image: busybox
+    command: ["sh", "-c", "echo The app is running! && sleep 3600"]
+"#,
+    );
+    wait_for(
+        &up,
+        "myapp-pod",
+        ".status.initContainerStatuses[0].restartCount",
+        Duration::from_secs(30),
+        |c| c.parse::<i32>().unwrap_or(0) >= 1,
+    );
+    let status = status_column(&up, "myapp-pod");
+    assert!(status.starts_with("Init:"), "{status}");
+    assert!(up
+        .ok(&["logs", "myapp-pod", "-c", "init-myservice"])
+        .contains("waiting for myservice"));
+    apply(
+        &up,
+        "apiVersion: v1\nkind: Service\nmetadata: {name: myservice}\nspec:\n  ports: [{port: 80, targetPort: 9376}]\n",
+    );
+    wait_for(
+        &up,
+        "myapp-pod",
+        ".status.phase",
+        Duration::from_secs(60),
+        |p| p == "Running",
+    );
+    assert!(up
+        .ok(&["logs", "myapp-pod", "-c", "init-myservice"])
+        .contains("myservice is at 10."));
+    assert!(up
+        .ok(&["logs", "myapp-pod"])
+        .contains("The app is running!"));
+    // A config-preparing init container writing into an emptyDir, and a
+    // native sidecar tailing the app's log file.
+    apply(
+        &up,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: prepared}
+spec:
+  initContainers:
+  - name: prepare-config
+    image: busybox
+    command: ["sh", "-c", "echo 'greeting=hello from init' > /config/app.conf"]
+    volumeMounts: [{name: config, mountPath: /config}]
+  - name: log-shipper
+    image: busybox
+    restartPolicy: Always
+    command: ["sh", "-c", "touch /var/log/app.log; tail -F /var/log/app.log"]
+    volumeMounts: [{name: logs, mountPath: /var/log}]
+  containers:
+  - name: app
+    image: busybox
+    command: ["sh", "-c", "cat /etc/app/app.conf; i=0; while true; do i=$((i+1)); echo line $i >> /var/log/app.log; sleep 1; done"]
+    volumeMounts:
+    - {name: config, mountPath: /etc/app, readOnly: true}
+    - {name: logs, mountPath: /var/log}
+  volumes:
+  - {name: config, emptyDir: {}}
+  - {name: logs, emptyDir: {}}
+"#,
+    );
+    up.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/prepared",
+        "--timeout=60s",
+    ]);
+    assert!(up
+        .ok(&["logs", "prepared", "-c", "app"])
+        .contains("greeting=hello from init"));
+    assert!(
+        eventually(Duration::from_secs(20), || up
+            .ok(&["logs", "prepared", "-c", "log-shipper"])
+            .contains("line 2")),
+        "{}",
+        up.ok(&["logs", "prepared", "-c", "log-shipper"])
+    );
+    let ready = up.ok(&["get", "pod", "prepared", "--no-headers"]);
+    assert!(
+        ready.contains(" 2/2 "),
+        "the sidecar counts in READY: {ready}"
+    );
+}
+
+#[test]
+fn crashes_oom_and_missing_images() {
+    require_root!();
+    let up = cluster();
+    apply(
+        &up,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: crasher}
+spec:
+  containers: [{name: main, image: busybox, command: ["sh", "-c", "echo crashing; exit 1"]}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: memory-hog}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "tail /dev/zero"]
+    resources: {limits: {memory: 20Mi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: no-image}
+spec:
+  containers: [{name: main, image: does-not-exist:1.0}]
+"#,
+    );
+    wait_for(
+        &up,
+        "crasher",
+        ".status.containerStatuses[0].restartCount",
+        Duration::from_secs(60),
+        |c| c.parse::<i32>().unwrap_or(0) >= 2,
+    );
+    wait_for(
+        &up,
+        "crasher",
+        ".status.containerStatuses[0].state.waiting.reason",
+        Duration::from_secs(30),
+        |r| r == "CrashLoopBackOff",
+    );
+    assert_eq!(status_column(&up, "crasher"), "CrashLoopBackOff");
+    assert!(up
+        .ok(&["logs", "crasher", "--previous"])
+        .contains("crashing"));
+    let describe = up.ok(&["describe", "pod", "crasher"]);
+    assert!(
+        describe.contains("Back-off restarting failed container main"),
+        "{describe}"
+    );
+    assert!(
+        describe.contains("Last State:     Terminated"),
+        "{describe}"
+    );
+
+    wait_for(
+        &up,
+        "memory-hog",
+        ".status.containerStatuses[0].state.terminated.reason",
+        Duration::from_secs(60),
+        |r| r == "OOMKilled",
+    );
+    assert_eq!(status_column(&up, "memory-hog"), "OOMKilled");
+    assert_eq!(
+        jsonpath(
+            &up,
+            "memory-hog",
+            ".status.containerStatuses[0].state.terminated.exitCode"
+        ),
+        "137"
+    );
+
+    wait_for(
+        &up,
+        "no-image",
+        ".status.containerStatuses[0].state.waiting.reason",
+        Duration::from_secs(30),
+        |r| r == "ErrImagePull" || r == "ImagePullBackOff",
+    );
+    wait_for(
+        &up,
+        "no-image",
+        ".status.containerStatuses[0].state.waiting.reason",
+        Duration::from_secs(30),
+        |r| r == "ImagePullBackOff",
+    );
+    let describe = up.ok(&["describe", "pod", "no-image"]);
+    assert!(
+        describe.contains("Failed to pull image \"does-not-exist:1.0\""),
+        "{describe}"
+    );
+    assert!(describe.contains("Error: ImagePullBackOff"), "{describe}");
+}
+
+#[test]
+fn probes_restart_and_gate_readiness() {
+    require_root!();
+    let up = cluster();
+    apply(
+        &up,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: liveness-exec}
+spec:
+  containers:
+  - name: liveness
+    image: busybox
+    args: ["/bin/sh", "-c", "touch /tmp/healthy; sleep 3; rm -f /tmp/healthy; sleep 600"]
+    livenessProbe:
+      exec: {command: ["cat", "/tmp/healthy"]}
+      initialDelaySeconds: 1
+      periodSeconds: 1
+      failureThreshold: 2
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: slow-ready}
+spec:
+  containers:
+  - name: web
+    image: busybox
+    command: ["sh", "-c", "sleep 4; mkdir -p /www; echo ok > /www/ready; exec httpd -f -p 8080 -h /www"]
+    readinessProbe:
+      httpGet: {path: /ready, port: 8080}
+      periodSeconds: 1
+"#,
+    );
+    wait_for(
+        &up,
+        "slow-ready",
+        ".status.phase",
+        Duration::from_secs(60),
+        |p| p == "Running",
+    );
+    let early = up.ok(&["get", "pod", "slow-ready", "--no-headers"]);
+    assert!(
+        early.contains(" 0/1 "),
+        "not ready before the probe passes: {early}"
+    );
+    up.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/slow-ready",
+        "--timeout=60s",
+    ]);
+
+    wait_for(
+        &up,
+        "liveness-exec",
+        ".status.containerStatuses[0].restartCount",
+        Duration::from_secs(60),
+        |c| c.parse::<i32>().unwrap_or(0) >= 1,
+    );
+    let describe = up.ok(&["describe", "pod", "liveness-exec"]);
+    assert!(describe.contains("Liveness probe failed"), "{describe}");
+    assert!(
+        describe.contains("failed liveness probe, will be restarted"),
+        "{describe}"
+    );
+}
+
+#[test]
+fn deletion_honours_the_grace_period() {
+    require_root!();
+    let up = cluster();
+    apply(
+        &up,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: stubborn}
+spec:
+  terminationGracePeriodSeconds: 30
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "trap 'echo ignoring TERM' TERM; while true; do sleep 1; done"]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: polite}
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "trap 'echo bye; exit 0' TERM; while true; do sleep 1; done"]
+"#,
+    );
+    up.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/stubborn",
+        "pod/polite",
+        "--timeout=60s",
+    ]);
+    // A container that ignores SIGTERM is killed when the grace ends.
+    let started = Instant::now();
+    up.ok(&["delete", "pod", "stubborn", "--grace-period=4"]);
+    let took = started.elapsed();
+    assert!(
+        took >= Duration::from_secs(4),
+        "deleted after {took:?}, before the grace period"
+    );
+    assert!(took < Duration::from_secs(15), "deleted after {took:?}");
+    // One that exits on SIGTERM goes at once.
+    let started = Instant::now();
+    up.ok(&["delete", "pod", "polite"]);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert!(up.ok(&["get", "pods", "--no-headers"]).trim().is_empty());
+}
+
+/// A standalone `shoal agent` process on a data dir of its own.
+struct Agent {
+    child: Option<std::process::Child>,
+    dir: tempfile::TempDir,
+    kubeconfig: std::path::PathBuf,
+}
+
+impl Agent {
+    fn start(up: &ShoalUp) -> Agent {
+        let mut agent = Agent {
+            child: None,
+            dir: tempfile::tempdir().expect("temp dir"),
+            kubeconfig: up.kubeconfig.clone(),
+        };
+        agent.spawn();
+        agent
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("agent.log"))
+            .expect("log");
+        let port = support::free_port().to_string();
+        let child = std::process::Command::new(support::SHOAL)
+            .args(["agent", "--node-name", "worker-1", "--node-ip", "127.0.0.1"])
+            .args([
+                "--bind-address",
+                "127.0.0.1",
+                "--port",
+                &port,
+                "--stop-pods-on-exit",
+            ])
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .env("RUST_LOG", "info")
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("start shoal agent");
+        self.child = Some(child);
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("agent.log")).unwrap_or_default()
+    }
+
+    fn containers(&self) -> usize {
+        std::fs::read_dir(self.dir.path().join("data").join("containers"))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("--- agent log ---\n{}", self.log());
+        }
+        if let Some(child) = &self.child {
+            let _ = std::process::Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if let Some(child) = self.child.as_mut() {
+                    if let Ok(Some(_)) = child.try_wait() {
+                        break;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+        self.kill();
+        support::kube::remove_leftovers(self.dir.path());
+    }
+}
+
+#[test]
+fn a_restarted_agent_readopts_its_pods() {
+    require_root!();
+    let up = ShoalUp::start();
+    let mut agent = Agent::start(&up);
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            up.ok(&["get", "nodes", "--no-headers"])
+                .contains("worker-1   Ready")
+        }),
+        "{}",
+        agent.log()
+    );
+    apply(
+        &up,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: survivor}\nspec:\n  containers: [{name: main, image: busybox, command: [\"sleep\", \"3600\"]}]\n",
+    );
+    // The agent loaded no image: `shoal image load` does.
+    let archive = agent.dir.path().join("busybox.tar");
+    let built = std::process::Command::new("bash")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../scripts/busybox-image.sh"
+        ))
+        .arg(&archive)
+        .output()
+        .expect("busybox-image.sh");
+    assert!(
+        built.status.success(),
+        "{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let loaded = std::process::Command::new(support::SHOAL)
+        .args(["image", "load", "--data-dir"])
+        .arg(agent.dir.path().join("data"))
+        .arg(&archive)
+        .output()
+        .expect("shoal image load");
+    assert!(
+        loaded.status.success(),
+        "{}",
+        String::from_utf8_lossy(&loaded.stderr)
+    );
+    up.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/survivor",
+        "--timeout=90s",
+    ]);
+    let id = jsonpath(&up, "survivor", ".status.containerStatuses[0].containerID");
+
+    // The agent dies; the container does not, and the next agent takes it.
+    agent.kill();
+    agent.spawn();
+    std::thread::sleep(Duration::from_secs(3));
+    up.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/survivor",
+        "--timeout=60s",
+    ]);
+    assert_eq!(
+        jsonpath(&up, "survivor", ".status.containerStatuses[0].containerID"),
+        id
+    );
+    assert_eq!(
+        jsonpath(&up, "survivor", ".status.containerStatuses[0].restartCount"),
+        "0"
+    );
+    assert_eq!(agent.containers(), 1, "no second container");
+
+    // Removed from the API while the agent is away: killed when it is back.
+    agent.kill();
+    up.ok(&["delete", "pod", "survivor", "--grace-period=0", "--force"]);
+    agent.spawn();
+    assert!(
+        eventually(Duration::from_secs(30), || agent.containers() == 0),
+        "{} containers left\n{}",
+        agent.containers(),
+        agent.log()
+    );
+}

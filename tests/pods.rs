@@ -738,3 +738,247 @@ fn a_restarted_agent_readopts_its_pods() {
         agent.log()
     );
 }
+
+#[test]
+fn volumes_environment_hooks_and_logs() {
+    require_root!();
+    let up = cluster();
+    let host_dir = tempfile::tempdir().expect("temp dir");
+    let host_path = host_dir.path().to_string_lossy().to_string();
+    apply(
+        &up,
+        r#"
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: app-config}
+data: {mode: production, "app.properties": "color=blue\n"}
+---
+apiVersion: v1
+kind: Secret
+metadata: {name: app-secret}
+stringData: {password: s3cr3t}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: backend-service}
+spec:
+  ports: [{port: 80, targetPort: 8080}]
+"#,
+    );
+    let pod = format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: configured, labels: {{tier: backend}}}}
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: ["sh", "-c", "echo one; echo two; echo three; sleep 3600"]
+    env:
+    - name: MY_POD_NAME
+      valueFrom: {{fieldRef: {{fieldPath: metadata.name}}}}
+    - {{name: GREETING, value: "hello $(MY_POD_NAME)"}}
+    - name: MY_POD_IP
+      valueFrom: {{fieldRef: {{fieldPath: status.podIP}}}}
+    - name: MEMORY_LIMIT
+      valueFrom: {{resourceFieldRef: {{resource: limits.memory, divisor: 1Mi}}}}
+    - name: MODE
+      valueFrom: {{configMapKeyRef: {{name: app-config, key: mode}}}}
+    - name: PASSWORD
+      valueFrom: {{secretKeyRef: {{name: app-secret, key: password}}}}
+    envFrom:
+    - {{prefix: CFG_, configMapRef: {{name: app-config}}}}
+    resources: {{limits: {{memory: 64Mi}}}}
+    lifecycle:
+      postStart: {{exec: {{command: ["sh", "-c", "echo started > /scratch/post-start"]}}}}
+      preStop: {{exec: {{command: ["sh", "-c", "echo stopping > /host/pre-stop"]}}}}
+    volumeMounts:
+    - {{name: config, mountPath: /etc/config}}
+    - {{name: secret, mountPath: /etc/secret, readOnly: true}}
+    - {{name: info, mountPath: /etc/podinfo}}
+    - {{name: scratch, mountPath: /scratch}}
+    - {{name: host, mountPath: /host}}
+    - {{name: config, mountPath: /etc/mode-only, subPath: mode}}
+  volumes:
+  - {{name: config, configMap: {{name: app-config}}}}
+  - {{name: secret, secret: {{secretName: app-secret}}}}
+  - name: info
+    downwardAPI:
+      items: [{{path: labels, fieldRef: {{fieldPath: metadata.labels}}}}]
+  - {{name: scratch, emptyDir: {{medium: Memory}}}}
+  - {{name: host, hostPath: {{path: {host_path}, type: Directory}}}}
+"#
+    );
+    apply(&up, &pod);
+    up.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/configured",
+        "--timeout=60s",
+    ]);
+    let env = up.ok(&["exec", "configured", "--", "env"]);
+    let ip = jsonpath(&up, "configured", ".status.podIP");
+    for needle in [
+        "GREETING=hello configured".to_string(),
+        "MY_POD_NAME=configured".into(),
+        format!("MY_POD_IP={ip}"),
+        "MEMORY_LIMIT=64".into(),
+        "MODE=production".into(),
+        "PASSWORD=s3cr3t".into(),
+        "CFG_mode=production".into(),
+        // The guide's service environment variables.
+        "BACKEND_SERVICE_SERVICE_HOST=10.".into(),
+        "BACKEND_SERVICE_SERVICE_PORT=80".into(),
+        "BACKEND_SERVICE_PORT=tcp://10.".into(),
+        "BACKEND_SERVICE_PORT_80_TCP_ADDR=10.".into(),
+        "BACKEND_SERVICE_PORT_80_TCP_PORT=80".into(),
+        "BACKEND_SERVICE_PORT_80_TCP_PROTO=tcp".into(),
+        "KUBERNETES_SERVICE_HOST=".into(),
+    ] {
+        assert!(env.contains(&needle), "missing {needle} in\n{env}");
+    }
+    let cat = |path: &str| up.ok(&["exec", "configured", "--", "cat", path]);
+    assert_eq!(cat("/etc/config/app.properties"), "color=blue\n");
+    assert_eq!(cat("/etc/secret/password"), "s3cr3t");
+    assert_eq!(cat("/etc/podinfo/labels"), "tier=\"backend\"");
+    assert_eq!(cat("/etc/mode-only"), "production");
+    assert_eq!(cat("/scratch/post-start"), "started\n");
+    let mounts = cat("/proc/mounts");
+    assert!(mounts.contains("tmpfs /scratch tmpfs"), "{mounts}");
+    let denied = up.kubectl(&[
+        "exec",
+        "configured",
+        "--",
+        "sh",
+        "-c",
+        "echo x > /etc/secret/other",
+    ]);
+    assert!(!denied.status.success(), "a readOnly mount is read-only");
+    // Logs: tail, timestamps, follow to the end of a finished container.
+    assert_eq!(up.ok(&["logs", "configured", "--tail=1"]), "three\n");
+    let stamped = up.ok(&["logs", "configured", "--timestamps"]);
+    assert!(
+        stamped
+            .lines()
+            .all(|l| l.len() > 20 && l.as_bytes()[4] == b'-'),
+        "{stamped}"
+    );
+    apply(
+        &up,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: counter}\nspec:\n  restartPolicy: Never\n  containers: [{name: c, image: busybox, command: [\"sh\", \"-c\", \"for i in 1 2 3; do echo tick $i; sleep 1; done\"]}]\n",
+    );
+    up.ok(&[
+        "wait",
+        "--for=jsonpath={.status.phase}=Running",
+        "pod/counter",
+        "--timeout=60s",
+    ]);
+    let followed = up.ok(&["logs", "-f", "counter"]);
+    assert_eq!(followed, "tick 1\ntick 2\ntick 3\n");
+    // preStop runs before the container is stopped.
+    up.ok(&["delete", "pod", "configured", "--grace-period=5"]);
+    assert_eq!(
+        std::fs::read_to_string(host_dir.path().join("pre-stop")).unwrap_or_default(),
+        "stopping\n"
+    );
+    // A missing ConfigMap key: CreateContainerConfigError, in kubelet's words.
+    apply(
+        &up,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: misconfigured}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command: [sleep, \"3600\"]\n    env: [{name: X, valueFrom: {configMapKeyRef: {name: absent, key: k}}}]\n",
+    );
+    wait_for(
+        &up,
+        "misconfigured",
+        ".status.containerStatuses[0].state.waiting.reason",
+        Duration::from_secs(30),
+        |r| r == "CreateContainerConfigError",
+    );
+    assert_eq!(
+        jsonpath(
+            &up,
+            "misconfigured",
+            ".status.containerStatuses[0].state.waiting.message"
+        ),
+        "configmap \"absent\" not found"
+    );
+}
+
+#[test]
+fn host_network_and_persistent_volumes() {
+    require_root!();
+    let up = cluster();
+    apply(
+        &up,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: on-host}
+spec:
+  hostNetwork: true
+  containers: [{name: c, image: busybox, command: ["sleep", "3600"]}]
+---
+apiVersion: v1
+kind: PersistentVolumeClaim
+metadata: {name: data}
+spec:
+  accessModes: [ReadWriteOnce]
+  resources: {requests: {storage: 1Gi}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: writer}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox
+    command: ["sh", "-c", "echo persisted > /data/file"]
+    volumeMounts: [{name: data, mountPath: /data}]
+  volumes: [{name: data, persistentVolumeClaim: {claimName: data}}]
+"#,
+    );
+    up.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/on-host",
+        "--timeout=60s",
+    ]);
+    assert_eq!(jsonpath(&up, "on-host", ".status.podIP"), "127.0.0.1");
+    wait_for(
+        &up,
+        "writer",
+        ".status.phase",
+        Duration::from_secs(60),
+        |p| p == "Succeeded",
+    );
+    let pv = up.ok(&["get", "pvc", "data", "-o", "jsonpath={.spec.volumeName}"]);
+    assert!(!pv.is_empty());
+    up.ok(&["delete", "pod", "writer"]);
+    apply(
+        &up,
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: reader}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: c
+    image: busybox
+    command: ["cat", "/data/file"]
+    volumeMounts: [{name: data, mountPath: /data}]
+  volumes: [{name: data, persistentVolumeClaim: {claimName: data}}]
+"#,
+    );
+    wait_for(
+        &up,
+        "reader",
+        ".status.phase",
+        Duration::from_secs(60),
+        |p| p == "Succeeded",
+    );
+    assert_eq!(up.ok(&["logs", "reader"]), "persisted\n");
+    let path = up.ok(&["get", "pv", &pv, "-o", "jsonpath={.spec.local.path}"]);
+    let _ = std::fs::remove_dir_all(path);
+}

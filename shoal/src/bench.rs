@@ -39,6 +39,9 @@ pub enum BenchCommand {
     /// Create Deployments and time how fast their pods get nodes; print
     /// one JSON line.
     Scheduler(crate::bench_scheduler::SchedulerBench),
+    /// Create pods at once on a node agent and time how fast they get
+    /// Running and Ready; print one JSON line.
+    PodStartup(crate::bench_pod_startup::PodStartupBench),
 }
 
 /// The request every operation sends.
@@ -125,6 +128,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Store(args) => store(args).await,
         BenchCommand::Api(args) => crate::bench_api::run(args).await,
         BenchCommand::Scheduler(args) => crate::bench_scheduler::run(args).await,
+        BenchCommand::PodStartup(args) => crate::bench_pod_startup::run(args).await,
     }
 }
 

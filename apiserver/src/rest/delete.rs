@@ -270,21 +270,29 @@ pub async fn delete_collection(
             method: ctx.method.clone(),
             warnings: Vec::new(),
         };
-        match delete_loaded(
-            api,
-            &item_ctx,
-            Stored {
-                object: item,
-                revision,
-            },
-            &body,
-        )
-        .await
-        {
-            Ok((_, object)) => deleted.push(object),
-            // Gone or changed meanwhile: someone else dealt with it.
-            Err(e) if e.code == 404 || e.code == 409 => {}
-            Err(e) => return Err(e),
+        let mut current = Stored {
+            object: item,
+            revision,
+        };
+        // Changed since the list (a status update, say): delete what is
+        // there now, as Kubernetes retries each item; gone: nothing to do.
+        for attempt in 0.. {
+            match delete_loaded(api, &item_ctx, current, &body).await {
+                Ok((_, object)) => deleted.push(object),
+                Err(e) if e.code == 409 && attempt < 5 => {
+                    match load(api, &item_ctx, item_ctx.name.as_deref().unwrap_or_default()).await {
+                        Ok(now) => {
+                            current = now;
+                            continue;
+                        }
+                        Err(e) if e.code == 404 => {}
+                        Err(e) => return Err(e),
+                    }
+                }
+                Err(e) if e.code == 404 || e.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+            break;
         }
     }
     Ok((

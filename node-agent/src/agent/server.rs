@@ -10,8 +10,12 @@
 //!        Runtime::exec ──▶ stdout ─[1]─▶  stderr ─[2]─▶  ◀─[0]─ stdin
 //!                          ◀─[4]─ resize  ◀─[255,0]─ stdin closed (v5)
 //!        exit code ──▶ [3] metav1.Status (Success / NonZeroExitCode)
-//!    GET /attach/{ns}/{pod}/{c}           (WebSocket; output only for now:
-//!        the container's log from now on, by stream, until the run ends)
+//!    GET /attach/{ns}/{pod}/{c}           (WebSocket, same channels)
+//!        stdin or tty: Runtime::attach (the shim's attach.sock), spliced
+//!          like exec; Success on [3] when the process ends or the client
+//!          detaches (its input ended: stdin_end decides)
+//!        neither: the container's log from now on, by stream, until the
+//!          run ends
 //! ```
 //!
 //! Which runtime container is which pod container comes from the
@@ -45,7 +49,7 @@ use tracing::Instrument;
 
 use super::registry::Registry;
 use crate::runtime::exec::{ExecReader, ExecWriter};
-use crate::runtime::{ExecRequest, ExecSession, Runtime, Status};
+use crate::runtime::{AttachSession, ExecRequest, ExecSession, Runtime, Status};
 
 /// How often a followed log file is looked at for more lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -53,6 +57,10 @@ const FOLLOW_POLL: Duration = Duration::from_millis(200);
 const READ_CHUNK: usize = 64 * 1024;
 /// How long an exec'd process's output may go on after it exited.
 const OUTPUT_GRACE: Duration = Duration::from_millis(500);
+/// How long an attached container's output must be quiet, after the
+/// client's input ended, before the client detaches when it is not known
+/// whether the container's stdin closed with it ([`StdinEnd::DetachWhenQuiet`]).
+pub const ATTACH_QUIET: Duration = Duration::from_secs(1);
 /// The subprotocols spoken on exec/attach WebSockets, preferred first.
 const PROTOCOL_V5: &str = "v5.channel.k8s.io";
 const PROTOCOL_V4: &str = "v4.channel.k8s.io";
@@ -233,7 +241,8 @@ pub struct ExecStreams {
 pub trait ExecControl: Send {
     /// Sets the terminal's size (columns, rows).
     fn resize(&self, cols: u16, rows: u16);
-    /// The process's exit code, once it ended.
+    /// The process's exit code, once it ended. Exec sessions poll it in a
+    /// loop, dropping it unfinished: it must not lose the code then.
     fn wait(&mut self) -> BoxFuture<'_, Result<i32, String>>;
 }
 
@@ -248,6 +257,19 @@ pub trait Containers: Send + Sync + 'static {
         id: &'a str,
         request: ExecRequest,
     ) -> BoxFuture<'a, Result<ExecStreams, String>>;
+    /// Connects to the running container `id`'s own process; `None` when
+    /// it was created without stdin or a tty (there is nothing to attach
+    /// to but its output, which the log has).
+    fn attach<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AttachStreams>, String>>;
+}
+
+/// A container's own process, attached to: its streams (dropping them
+/// detaches; the process goes on) and what the runtime says of its stdin.
+pub struct AttachStreams {
+    pub streams: ExecStreams,
+    /// Does the container's stdin close when an attached client's input
+    /// ends (`stdinOnce`)? `None` when the runtime does not tell.
+    pub stdin_once: Option<bool>,
 }
 
 impl ExecControl for ExecSession {
@@ -259,6 +281,18 @@ impl ExecControl for ExecSession {
 
     fn wait(&mut self) -> BoxFuture<'_, Result<i32, String>> {
         Box::pin(async move { ExecSession::wait(self).await.map_err(|e| e.to_string()) })
+    }
+}
+
+impl ExecControl for AttachSession {
+    fn resize(&self, cols: u16, rows: u16) {
+        if let Err(e) = AttachSession::resize(self, cols, rows) {
+            tracing::debug!(error = %e, "resizing an attached terminal");
+        }
+    }
+
+    fn wait(&mut self) -> BoxFuture<'_, Result<i32, String>> {
+        Box::pin(async move { AttachSession::wait(self).await.map_err(|e| e.to_string()) })
     }
 }
 
@@ -285,6 +319,26 @@ impl Containers for Runtime {
                 stderr: session.stderr.take(),
                 control: Box::new(session),
             })
+        })
+    }
+
+    fn attach<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AttachStreams>, String>> {
+        Box::pin(async move {
+            let mut session = match Runtime::attach(self, id).await {
+                Ok(session) => session,
+                Err(crate::runtime::Error::NotAttachable(_)) => return Ok(None),
+                Err(e) => return Err(e.to_string()),
+            };
+            let stdin_once = session.stdin_once();
+            Ok(Some(AttachStreams {
+                streams: ExecStreams {
+                    stdin: session.stdin.take(),
+                    stdout: session.stdout.take(),
+                    stderr: session.stderr.take(),
+                    control: Box::new(session),
+                },
+                stdin_once: Some(stdin_once),
+            }))
         })
     }
 }
@@ -1075,7 +1129,7 @@ async fn exec(
                 stdin: options.stdin,
             };
             match containers.exec(&id, request).await {
-                Ok(streams) => run_exec(socket, v5, &options, streams).await,
+                Ok(streams) => run_session(socket, v5, &options, streams, SessionKind::Exec).await,
                 Err(e) => {
                     let status = internal_error_status(&format!(
                         "error executing command in container: {e}"
@@ -1121,8 +1175,51 @@ async fn finish(mut socket: WebSocket, status: &serde_json::Value) -> Result<(),
     Ok(())
 }
 
+/// How a session takes the end of the client's input (v5's close of
+/// stdin).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StdinEnd {
+    /// The process reads the end of its input and the session ends with
+    /// the process (exec; attach to a `stdinOnce` container without a
+    /// terminal, whose stdin closes with the client's).
+    WaitForExit,
+    /// The client detaches: the session ends, the process goes on.
+    Detach,
+    /// Not known which of the two: output is shown while it comes, and
+    /// the client detaches once it has been quiet for [`ATTACH_QUIET`].
+    DetachWhenQuiet,
+}
+
+/// What the end of an attached client's input means, as containerd's
+/// attach decides it: with `stdinOnce` and no terminal the container's
+/// stdin closes and its output is shown to the end; otherwise the client
+/// detaches.
+pub fn stdin_end(tty: bool, stdin_once: Option<bool>) -> StdinEnd {
+    match (tty, stdin_once) {
+        (true, _) | (false, Some(false)) => StdinEnd::Detach,
+        (false, Some(true)) => StdinEnd::WaitForExit,
+        (false, None) => StdinEnd::DetachWhenQuiet,
+    }
+}
+
+/// What is on the other end of a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum SessionKind {
+    /// A process started for the session: its exit code is the status.
+    Exec,
+    /// The container's own process: the status is Success however it
+    /// ends (kubelet's attach reports no exit code; `kubectl run` reads
+    /// it from the pod).
+    Attach(StdinEnd),
+}
+
 /// Copies an output stream of the process to its channel.
-async fn pump(mut reader: ExecReader, channel: u8, out: mpsc::Sender<Message>) {
+async fn pump(
+    mut reader: ExecReader,
+    channel: u8,
+    out: mpsc::Sender<Message>,
+    activity: Arc<tokio::sync::Notify>,
+) {
     let mut buf = vec![0u8; 32 * 1024];
     loop {
         match reader.read(&mut buf).await {
@@ -1131,15 +1228,22 @@ async fn pump(mut reader: ExecReader, channel: u8, out: mpsc::Sender<Message>) {
                 if out.send(frame(channel, &buf[..n])).await.is_err() {
                     return;
                 }
+                activity.notify_one();
             }
         }
     }
 }
 
-/// Moves an exec session's bytes between the socket and the process
-/// until the process ended and its output is sent, then sends its exit
-/// status.
-async fn run_exec(socket: WebSocket, v5: bool, options: &StreamOptions, mut streams: ExecStreams) {
+/// Moves a session's bytes between the socket and the process until the
+/// process ended and its output is sent (or, attached, the client
+/// detached), then sends the status.
+async fn run_session(
+    socket: WebSocket,
+    v5: bool,
+    options: &StreamOptions,
+    mut streams: ExecStreams,
+    kind: SessionKind,
+) {
     let (mut sink, mut incoming) = socket.split();
     let (out_tx, mut out_rx) = mpsc::channel::<Message>(16);
 
@@ -1154,27 +1258,45 @@ async fn run_exec(socket: WebSocket, v5: bool, options: &StreamOptions, mut stre
     };
     let _ = out_tx.send(frame(first, &[])).await;
 
+    let activity = Arc::new(tokio::sync::Notify::new());
     let mut pumps = tokio::task::JoinSet::new();
     if let Some(stdout) = streams.stdout.take() {
-        pumps.spawn(pump(stdout, channel::STDOUT, out_tx.clone()));
+        if options.stdout {
+            pumps.spawn(pump(
+                stdout,
+                channel::STDOUT,
+                out_tx.clone(),
+                activity.clone(),
+            ));
+        } else {
+            pumps.spawn(drain(stdout));
+        }
     }
     if let Some(stderr) = streams.stderr.take() {
         if options.stderr {
-            pumps.spawn(pump(stderr, channel::STDERR, out_tx.clone()));
+            pumps.spawn(pump(
+                stderr,
+                channel::STDERR,
+                out_tx.clone(),
+                activity.clone(),
+            ));
         } else {
-            // Read and dropped: the process must not block on a full pipe.
-            pumps.spawn(async move {
-                let mut stderr = stderr;
-                let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
-            });
+            pumps.spawn(drain(stderr));
         }
     }
+
+    // A client that did not ask for stdin leaves the process's alone:
+    // closing it would close a `stdinOnce` container's stdin. (Declared
+    // before `control`, so it is dropped after it.)
+    let mut stdin = streams.stdin.take();
+    let _untouched_stdin = if options.stdin { None } else { stdin.take() };
 
     // Socket → process: stdin, resizes, v5 close.
     let (resize_tx, mut resize_rx) = mpsc::unbounded_channel::<(u16, u16)>();
     let (gone_tx, mut client_gone) = tokio::sync::oneshot::channel::<()>();
-    let mut stdin = streams.stdin.take();
+    let (ended_tx, mut stdin_ended) = tokio::sync::oneshot::channel::<()>();
     let mut reader = tokio::spawn(async move {
+        let mut ended_tx = Some(ended_tx);
         while let Some(Ok(message)) = incoming.next().await {
             let data = match message {
                 Message::Binary(data) => data,
@@ -1201,6 +1323,9 @@ async fn run_exec(socket: WebSocket, v5: bool, options: &StreamOptions, mut stre
                     if let Some(mut w) = stdin.take() {
                         let _ = w.shutdown().await;
                     }
+                    if let Some(tx) = ended_tx.take() {
+                        let _ = tx.send(());
+                    }
                 }
                 _ => {}
             }
@@ -1223,6 +1348,14 @@ async fn run_exec(socket: WebSocket, v5: bool, options: &StreamOptions, mut stre
     });
     drop(out_tx);
 
+    let on_stdin_end = match kind {
+        SessionKind::Exec => StdinEnd::WaitForExit,
+        SessionKind::Attach(end) => end,
+    };
+    // An attached process's output ends only when it ended (or its shim
+    // went away), and AttachSession::wait loses the exit code if it is
+    // dropped before it finished: the output decides.
+    let waits = kind == SessionKind::Exec;
     let mut control = streams.control;
     let mut exit = None;
     let mut outputs_finished = false;
@@ -1233,35 +1366,81 @@ async fn run_exec(socket: WebSocket, v5: bool, options: &StreamOptions, mut stre
         // of it holding the pipes: it gets a moment, not forever.
         let grace = tokio::time::sleep(Duration::from_secs(3600));
         tokio::pin!(grace);
+        // Armed once the client's input ended and the session detaches
+        // when output is quiet.
+        let quiet = tokio::time::sleep(Duration::from_secs(3600));
+        tokio::pin!(quiet);
+        let mut quiet_armed = false;
+        let mut stdin_done = on_stdin_end == StdinEnd::WaitForExit;
         loop {
-            if outputs_finished && exit.is_some() {
+            if outputs_finished && (exit.is_some() || !waits) {
                 break;
             }
             tokio::select! {
                 Some((cols, rows)) = resize_rx.recv() => control.resize(cols, rows),
                 _ = &mut outputs_done, if !outputs_finished => outputs_finished = true,
-                code = control.wait(), if exit.is_none() => {
+                // (select! makes the futures of disabled branches too: this
+                // one calls wait only when polled.)
+                code = async { control.wait().await }, if waits && exit.is_none() => {
+                    tracing::debug!(?code, "the process ended");
                     exit = Some(code);
                     grace.as_mut().reset(tokio::time::Instant::now() + OUTPUT_GRACE);
                 }
                 _ = &mut grace, if exit.is_some() => break,
-                // The client went away: dropping the session ends the process.
+                // The client went away: dropping the session ends an exec'd
+                // process and detaches an attached one.
                 _ = &mut client_gone, if exit.is_none() => {
+                    tracing::debug!("the client went away");
                     reader.abort();
                     return;
+                }
+                ended = &mut stdin_ended, if !stdin_done => {
+                    stdin_done = true;
+                    if ended.is_ok() {
+                        match on_stdin_end {
+                            StdinEnd::WaitForExit => {}
+                            StdinEnd::Detach => {
+                                tracing::debug!("the client's input ended: detached");
+                                break;
+                            }
+                            StdinEnd::DetachWhenQuiet => {
+                                quiet_armed = true;
+                                quiet.as_mut().reset(tokio::time::Instant::now() + ATTACH_QUIET);
+                            }
+                        }
+                    }
+                }
+                _ = activity.notified(), if quiet_armed => {
+                    quiet.as_mut().reset(tokio::time::Instant::now() + ATTACH_QUIET);
+                }
+                _ = &mut quiet, if quiet_armed && exit.is_none() => {
+                    tracing::debug!("the client's input ended and output is quiet: detached");
+                    break;
                 }
             }
         }
     }
+    if !waits && outputs_finished {
+        if let Ok(code) = tokio::time::timeout(OUTPUT_GRACE, control.wait()).await {
+            tracing::debug!(?code, "the attached process ended");
+        }
+    }
     // Their senders must go for the writer to end.
     pumps.abort_all();
-    let code = exit.unwrap_or_else(|| Err("the process did not end".to_string()));
     let Ok(mut sink) = writer.await else {
         return;
     };
-    let status = match code {
-        Ok(code) => exit_status(code),
-        Err(e) => internal_error_status(&format!("error executing command in container: {e}")),
+    let status = match kind {
+        SessionKind::Attach(_) => exit_status(0),
+        SessionKind::Exec => match exit {
+            Some(Ok(code)) => exit_status(code),
+            Some(Err(e)) => {
+                internal_error_status(&format!("error executing command in container: {e}"))
+            }
+            None => internal_error_status(
+                "error executing command in container: the process did not end",
+            ),
+        },
     };
     let json = serde_json::to_vec(&status).unwrap_or_default();
     let _ = sink.send(frame(channel::ERROR, &json)).await;
@@ -1272,10 +1451,17 @@ async fn run_exec(socket: WebSocket, v5: bool, options: &StreamOptions, mut stre
     reader.abort();
 }
 
-/// `GET /attach/{namespace}/{pod}/{container}`. Without a way into the
-/// container's own stdin and terminal yet, attach shows its output from
-/// now on (its log, by stream) until the run ends; stdin and tty are
-/// refused.
+/// Reads a stream nobody asked for: the process must not block on a full
+/// pipe.
+async fn drain(mut reader: ExecReader) {
+    let _ = tokio::io::copy(&mut reader, &mut tokio::io::sink()).await;
+}
+
+/// `GET /attach/{namespace}/{pod}/{container}`. A container created with
+/// stdin or a tty is attached to through the runtime (its terminal, its
+/// stdin, its output, as `kubectl run -it` wants); one with neither has
+/// only its output, shown from its log from now on until the run ends
+/// (stdin from the client is then read and dropped, as containerd does).
 async fn attach(
     State(state): State<AppState>,
     UrlPath((namespace, pod, container)): UrlPath<(String, String, String)>,
@@ -1283,11 +1469,6 @@ async fn attach(
     request: Request,
 ) -> Result<Response, Refusal> {
     let options = stream_options(&parse_query(raw.as_deref())?)?;
-    if options.stdin || options.tty {
-        return Err(Refusal::bad_request(
-            "this node agent attaches to a container's output only (no stdin, no tty); use kubectl exec for a shell",
-        ));
-    }
     let id = running_run(&state, &namespace, &pod, &container)?;
     let log_path = state
         .registry
@@ -1296,57 +1477,81 @@ async fn attach(
         .map(|run| run.log_path)
         .ok_or_else(|| not_available(&container, &pod))?;
     let start = tail_offset(&log_path, Some(0)).await.unwrap_or(0);
-    let (ws, _v5) = upgrade(websocket(request).await)?;
+    let (ws, v5) = upgrade(websocket(request).await)?;
+    let span = tracing::debug_span!("attach", pod = %format!("{namespace}/{pod}"), %container);
+    let containers = state.containers.clone();
     let watch = RunWatch {
         registry: state.registry.clone(),
         containers: state.containers.clone(),
         namespace,
         pod,
         container,
-        id,
+        id: id.clone(),
     };
-    Ok(ws.on_upgrade(move |socket| async move {
-        let mut reader = LogReader::new(log_path, start, Some(watch));
-        let (mut sink, mut incoming) = socket.split();
-        let first = if options.stdout {
-            channel::STDOUT
-        } else {
-            channel::STDERR
-        };
-        if sink.send(frame(first, &[])).await.is_err() {
-            return;
-        }
-        loop {
-            let chunk = tokio::select! {
-                chunk = reader.next() => chunk,
-                message = incoming.next() => match message {
-                    Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
-                    Some(Ok(_)) => continue,
-                },
-            };
-            let Some(chunk) = chunk else { break };
-            for line in chunk.split(|&b| b == b'\n') {
-                let Some(entry) = parse_entry(line) else {
-                    continue;
-                };
-                let channel = match entry.stream {
-                    b"stderr" if options.stderr => channel::STDERR,
-                    b"stdout" if options.stdout => channel::STDOUT,
-                    _ => continue,
-                };
-                let mut data = entry.text.to_vec();
-                if !entry.partial {
-                    data.push(b'\n');
+    Ok(ws.on_upgrade(move |socket| {
+        async move {
+            match containers.attach(&id).await {
+                Ok(Some(attached)) => {
+                    let kind = SessionKind::Attach(stdin_end(options.tty, attached.stdin_once));
+                    run_session(socket, v5, &options, attached.streams, kind).await;
                 }
-                if sink.send(frame(channel, &data)).await.is_err() {
-                    return;
+                Ok(None) => {
+                    let reader = LogReader::new(log_path, start, Some(watch));
+                    stream_log(socket, &options, reader).await;
+                }
+                Err(e) => {
+                    let status =
+                        internal_error_status(&format!("error attaching to container: {e}"));
+                    let _ = finish(socket, &status).await;
                 }
             }
         }
-        let json = serde_json::to_vec(&exit_status(0)).unwrap_or_default();
-        let _ = sink.send(frame(channel::ERROR, &json)).await;
-        let _ = sink.send(normal_close()).await;
+        .instrument(span)
     }))
+}
+
+/// Attach to a container without stdin or a tty: its log from `reader`,
+/// by stream, until the run ends.
+async fn stream_log(socket: WebSocket, options: &StreamOptions, mut reader: LogReader) {
+    let (mut sink, mut incoming) = socket.split();
+    let first = if options.stdout {
+        channel::STDOUT
+    } else {
+        channel::STDERR
+    };
+    if sink.send(frame(first, &[])).await.is_err() {
+        return;
+    }
+    loop {
+        let chunk = tokio::select! {
+            chunk = reader.next() => chunk,
+            message = incoming.next() => match message {
+                Some(Ok(Message::Close(_))) | None | Some(Err(_)) => return,
+                Some(Ok(_)) => continue,
+            },
+        };
+        let Some(chunk) = chunk else { break };
+        for line in chunk.split(|&b| b == b'\n') {
+            let Some(entry) = parse_entry(line) else {
+                continue;
+            };
+            let channel = match entry.stream {
+                b"stderr" if options.stderr => channel::STDERR,
+                b"stdout" if options.stdout => channel::STDOUT,
+                _ => continue,
+            };
+            let mut data = entry.text.to_vec();
+            if !entry.partial {
+                data.push(b'\n');
+            }
+            if sink.send(frame(channel, &data)).await.is_err() {
+                return;
+            }
+        }
+    }
+    let json = serde_json::to_vec(&exit_status(0)).unwrap_or_default();
+    let _ = sink.send(frame(channel::ERROR, &json)).await;
+    let _ = sink.send(normal_close()).await;
 }
 
 #[cfg(test)]
@@ -1557,6 +1762,18 @@ mod tests {
     }
 
     #[test]
+    fn the_end_of_an_attached_clients_input_is_what_containerd_makes_it() {
+        // stdinOnce without a terminal: the container's stdin closes too,
+        // and its output is shown to the end.
+        assert_eq!(stdin_end(false, Some(true)), StdinEnd::WaitForExit);
+        // Otherwise the client detaches and the process goes on.
+        assert_eq!(stdin_end(false, Some(false)), StdinEnd::Detach);
+        assert_eq!(stdin_end(true, Some(true)), StdinEnd::Detach);
+        assert_eq!(stdin_end(true, None), StdinEnd::Detach);
+        assert_eq!(stdin_end(false, None), StdinEnd::DetachWhenQuiet);
+    }
+
+    #[test]
     fn bearer_tokens_must_match_exactly() {
         assert!(bearer_matches(Some(b"Bearer abc"), "abc"));
         assert!(!bearer_matches(Some(b"Bearer abd"), "abc"));
@@ -1589,6 +1806,31 @@ mod tests {
     /// protocol.
     struct FakeContainers {
         running: AtomicBool,
+        /// What `attach` connects to: a host command standing for the
+        /// container's process and its `stdin_once`; `None`: a container
+        /// without stdin or tty.
+        attachable: std::sync::Mutex<Option<(Vec<String>, Option<bool>)>>,
+    }
+
+    fn host_process(command: &[String], stdin: bool) -> Result<ExecStreams, String> {
+        let mut child = tokio::process::Command::new(&command[0])
+            .args(&command[1..])
+            .stdin(if stdin {
+                std::process::Stdio::piped()
+            } else {
+                std::process::Stdio::null()
+            })
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        Ok(ExecStreams {
+            stdin: child.stdin.take().map(|w| Box::pin(w) as ExecWriter),
+            stdout: child.stdout.take().map(|r| Box::pin(r) as ExecReader),
+            stderr: child.stderr.take().map(|r| Box::pin(r) as ExecReader),
+            control: Box::new(HostProcess(child)),
+        })
     }
 
     struct HostProcess(tokio::process::Child);
@@ -1603,6 +1845,19 @@ mod tests {
         }
     }
 
+    struct OnceWait(Option<Box<dyn ExecControl>>);
+
+    impl ExecControl for OnceWait {
+        fn resize(&self, _cols: u16, _rows: u16) {}
+        fn wait(&mut self) -> BoxFuture<'_, Result<i32, String>> {
+            let taken = self.0.take();
+            Box::pin(async move {
+                let mut control = taken.ok_or("already waited")?;
+                control.wait().await
+            })
+        }
+    }
+
     impl Containers for FakeContainers {
         fn is_running(&self, _id: &str) -> bool {
             self.running.load(Ordering::SeqCst)
@@ -1612,24 +1867,24 @@ mod tests {
             _id: &'a str,
             request: ExecRequest,
         ) -> BoxFuture<'a, Result<ExecStreams, String>> {
+            Box::pin(async move { host_process(&request.command, request.stdin) })
+        }
+        fn attach<'a>(
+            &'a self,
+            _id: &'a str,
+        ) -> BoxFuture<'a, Result<Option<AttachStreams>, String>> {
+            let attachable = self.attachable.lock().unwrap().clone();
             Box::pin(async move {
-                let mut child = tokio::process::Command::new(&request.command[0])
-                    .args(&request.command[1..])
-                    .stdin(if request.stdin {
-                        std::process::Stdio::piped()
-                    } else {
-                        std::process::Stdio::null()
-                    })
-                    .stdout(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .map_err(|e| e.to_string())?;
-                Ok(ExecStreams {
-                    stdin: child.stdin.take().map(|w| Box::pin(w) as ExecWriter),
-                    stdout: child.stdout.take().map(|r| Box::pin(r) as ExecReader),
-                    stderr: child.stderr.take().map(|r| Box::pin(r) as ExecReader),
-                    control: Box::new(HostProcess(child)),
-                })
+                let Some((command, stdin_once)) = attachable else {
+                    return Ok(None);
+                };
+                let mut streams = host_process(&command, true)?;
+                // Like AttachSession: a wait dropped unfinished loses the code.
+                streams.control = Box::new(OnceWait(Some(streams.control)));
+                Ok(Some(AttachStreams {
+                    streams,
+                    stdin_once,
+                }))
             })
         }
     }
@@ -1662,6 +1917,7 @@ mod tests {
         let registry = Arc::new(Registry::default());
         let containers = Arc::new(FakeContainers {
             running: AtomicBool::new(true),
+            attachable: std::sync::Mutex::new(None),
         });
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(serve_listener(
@@ -1975,6 +2231,115 @@ mod tests {
             .unwrap();
         assert_eq!(channels.get(&1).map(Vec::as_slice), Some(&b""[..]));
         assert_eq!(channels.get(&2).map(Vec::as_slice), Some(&b"new\n"[..]));
+        assert_eq!(status["status"], "Success");
+    }
+
+    fn sh(script: &str) -> Vec<String> {
+        vec!["sh".into(), "-c".into(), script.into()]
+    }
+
+    #[tokio::test]
+    async fn attach_with_stdin_once_shows_output_to_the_end() {
+        let server = start().await;
+        server.add_run("run1", b"");
+        *server.containers.attachable.lock().unwrap() = Some((
+            sh("while read l; do echo got $l; done; echo bye; exit 4"),
+            Some(true),
+        ));
+        let (status, _, mut ws) = WsClient::open(
+            server.connect().await,
+            "/attach/ns/p/c?stdin=1&stdout=1&stderr=1",
+            PROTOCOL_V5,
+        )
+        .await;
+        assert_eq!(status, 101);
+        ws.send(b"\x00one\n").await;
+        ws.send(&[255, 0]).await;
+        let (channels, status) = tokio::time::timeout(Duration::from_secs(5), ws.collect())
+            .await
+            .unwrap();
+        assert_eq!(
+            channels.get(&1).map(Vec::as_slice),
+            Some(&b"got one\nbye\n"[..])
+        );
+        // Attach reports no exit code (kubectl run reads it from the pod).
+        assert_eq!(status["status"], "Success");
+    }
+
+    #[tokio::test]
+    async fn attach_detaches_when_stdin_stays_open() {
+        let server = start().await;
+        server.add_run("run1", b"");
+        for stdin_once in [Some(false), None] {
+            *server.containers.attachable.lock().unwrap() =
+                Some((sh("read l; echo got $l; sleep 30"), stdin_once));
+            let (status, _, mut ws) = WsClient::open(
+                server.connect().await,
+                "/attach/ns/p/c?stdin=1&stdout=1",
+                PROTOCOL_V5,
+            )
+            .await;
+            assert_eq!(status, 101);
+            ws.send(b"\x00x\n").await;
+            // The empty first message, then the answer.
+            let mut out = Vec::new();
+            while !out.ends_with(b"got x\n") {
+                let (_, payload) = ws.recv().await.unwrap();
+                assert_eq!(payload[0], 1);
+                out.extend_from_slice(&payload[1..]);
+            }
+            ws.send(&[255, 0]).await;
+            let started = std::time::Instant::now();
+            let (_, status) = tokio::time::timeout(Duration::from_secs(5), ws.collect())
+                .await
+                .unwrap();
+            assert_eq!(status["status"], "Success", "{stdin_once:?}");
+            assert!(started.elapsed() < Duration::from_secs(4), "{stdin_once:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn attach_with_a_terminal_has_one_output_and_takes_resizes() {
+        let server = start().await;
+        server.add_run("run1", b"");
+        *server.containers.attachable.lock().unwrap() =
+            Some((sh("read l; echo out $l; echo err >&2"), Some(true)));
+        let (status, _, mut ws) = WsClient::open(
+            server.connect().await,
+            "/attach/ns/p/c?stdin=1&stdout=1&stderr=1&tty=1",
+            PROTOCOL_V5,
+        )
+        .await;
+        assert_eq!(status, 101);
+        ws.send(b"\x04{\"Width\":80,\"Height\":24}").await;
+        ws.send(b"\x00hi\n").await;
+        let (channels, status) = tokio::time::timeout(Duration::from_secs(5), ws.collect())
+            .await
+            .unwrap();
+        assert_eq!(channels.get(&1).map(Vec::as_slice), Some(&b"out hi\n"[..]));
+        assert_eq!(channels.get(&2), None);
+        assert_eq!(status["status"], "Success");
+    }
+
+    #[tokio::test]
+    async fn attach_without_stdin_or_tty_ignores_input_and_shows_the_log() {
+        let server = start().await;
+        let path = server.add_run("run1", b"");
+        let (status, _, mut ws) = WsClient::open(
+            server.connect().await,
+            "/attach/ns/p/c?stdin=1&stdout=1",
+            PROTOCOL_V5,
+        )
+        .await;
+        assert_eq!(status, 101);
+        ws.send(b"\x00ignored\n").await;
+        std::fs::write(&path, b"2026-11-29T19:00:01Z stdout F logged\n").unwrap();
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        server.containers.running.store(false, Ordering::SeqCst);
+        let (channels, status) = tokio::time::timeout(Duration::from_secs(5), ws.collect())
+            .await
+            .unwrap();
+        assert_eq!(channels.get(&1).map(Vec::as_slice), Some(&b"logged\n"[..]));
         assert_eq!(status["status"], "Success");
     }
 }

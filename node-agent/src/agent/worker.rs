@@ -215,6 +215,8 @@ struct Worker {
     start_time: String,
     last_status: Option<Value>,
     ended: bool,
+    /// The pod had ended when this worker started (an agent restarted).
+    found_ended: bool,
 }
 
 /// Runs the worker of one pod until the pod is gone.
@@ -318,6 +320,7 @@ impl Worker {
             last_status: None,
             // A pod that ended before (this agent restarted) stays ended.
             ended: matches!(phase.as_str(), "Succeeded" | "Failed"),
+            found_ended: matches!(phase.as_str(), "Succeeded" | "Failed"),
             pod,
         }
     }
@@ -411,6 +414,16 @@ impl Worker {
                 self.sandbox = Some(sandbox);
             }
         }
+        // Its init containers ran under the previous agent.
+        self.initialized = self
+            .pod
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| {
+                c.iter()
+                    .any(|c| c.type_ == "Initialized" && c.status == "True")
+            });
         tracing::info!(pod = %self.name, "re-adopted the pod's containers");
         self.refresh().await;
         // What ran on: its probes start again (postStart ran long ago).
@@ -671,7 +684,8 @@ impl Worker {
         }
     }
 
-    /// The pod ended for good: sidecars stop, the network is released.
+    /// The pod ended for good: sidecars stop, the network is released
+    /// (the status keeps the address it had, as in Kubernetes).
     async fn end(&mut self) {
         self.ended = true;
         let grace = self.grace_period();
@@ -687,6 +701,11 @@ impl Worker {
             ctr.ready = false;
         }
         self.refresh().await;
+        if self.sandbox.is_some() {
+            if let Err(e) = self.shared.network.delete_sandbox(&self.uid).await {
+                tracing::warn!(pod = %self.name, error = %e, "cannot release the pod's network");
+            }
+        }
     }
 
     /// Starts the container (init list or main list) now, or says why not
@@ -1075,7 +1094,11 @@ impl Worker {
                     .join(&spec.name)
                     .join(format!("{attempt}.log")),
             ),
-            ..Default::default()
+            // `kubectl run -it` / `kubectl attach`: the shim keeps the
+            // process's stdin (and terminal) for attached clients.
+            tty: spec.tty.unwrap_or(false),
+            stdin: spec.stdin.unwrap_or(false),
+            stdin_once: spec.stdin_once.unwrap_or(false),
         })
     }
 
@@ -1351,15 +1374,8 @@ impl Worker {
     /// Writes the status when it changed.
     async fn report(&mut self) {
         let view = self.view();
-        // An ended pod that this agent found ended keeps its status.
-        if self.ended
-            && self.last_status.is_none()
-            && self
-                .init
-                .iter()
-                .chain(&self.containers)
-                .all(|c| c.run_id.is_none())
-        {
+        // A pod this agent found ended keeps the status it ended with.
+        if self.found_ended {
             return;
         }
         let status = status::pod_status(&view, &now());

@@ -371,6 +371,7 @@ pub struct AttachSession {
     control: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
     exit: Option<tokio::sync::oneshot::Receiver<i32>>,
     exit_code: Option<i32>,
+    stdin_once: bool,
     tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -487,6 +488,7 @@ impl Runtime {
             control,
             exit: Some(exit_rx),
             exit_code: None,
+            stdin_once: config.stdin_once,
             tasks,
         })
     }
@@ -509,7 +511,8 @@ impl AttachSession {
         if let Some(code) = self.exit_code {
             return Ok(code);
         }
-        let exit = self.exit.take().ok_or_else(|| Error::Io {
+        // Kept across calls: a wait dropped half-way may be called again.
+        let exit = self.exit.as_mut().ok_or_else(|| Error::Io {
             context: "attach".into(),
             source: io::Error::other("already waited"),
         })?;
@@ -520,8 +523,15 @@ impl AttachSession {
                 "the shim closed the connection without an exit code",
             ),
         })?;
+        self.exit = None;
         self.exit_code = Some(code);
         Ok(code)
+    }
+
+    /// Whether the container's stdin closes when this client's does
+    /// (`stdinOnce`).
+    pub fn stdin_once(&self) -> bool {
+        self.stdin_once
     }
 }
 

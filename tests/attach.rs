@@ -10,6 +10,7 @@
 //! don't see a command prompt, try pressing enter."). The assertions look
 //! for output of commands sent after the attach.
 
+mod node;
 mod support;
 
 use std::io::{Read, Write};
@@ -18,26 +19,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use support::kube::{eventually, ShoalUp, KUBECTL};
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: real pods need root (runc, mounts, network namespaces)");
-            return;
-        }
-    };
-}
 
 /// `shoal up` with its agent and the node Ready.
 fn cluster() -> ShoalUp {
@@ -172,7 +153,7 @@ fn pod_is_gone(up: &ShoalUp, pod: &str) -> bool {
 
 #[test]
 fn run_with_stdin_reads_it_and_removes_the_pod() {
-    require_root!();
+    require_root!(node::PODS_NEED_ROOT);
     let up = cluster();
     let mut run = Running::start(kubectl(
         &up,
@@ -208,7 +189,7 @@ fn run_with_stdin_reads_it_and_removes_the_pod() {
 
 #[test]
 fn run_with_a_terminal_runs_a_shell() {
-    require_root!();
+    require_root!(node::PODS_NEED_ROOT);
     if !std::path::Path::new("/usr/bin/script").exists() {
         eprintln!("skipped: util-linux script is not installed (it gives kubectl a terminal)");
         return;
@@ -246,7 +227,7 @@ fn run_with_a_terminal_runs_a_shell() {
 
 #[test]
 fn attach_sends_lines_to_a_running_pod() {
-    require_root!();
+    require_root!(node::PODS_NEED_ROOT);
     let up = cluster();
     let out = up.kubectl_with(
         &["apply", "-f", "-"],

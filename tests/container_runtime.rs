@@ -5,158 +5,18 @@
 //! SIGTERM/SIGKILL, and a second runtime re-adopting a running container.
 //! Needs root (runc, overlay mounts, cgroups); CI runs as root.
 
+mod node;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use std::time::Duration;
 
-use shoal_agent::runtime::{
-    BindMount, ContainerConfig, ContainerProcess, Error, Network, Runtime, Signal, Status,
-};
-
-const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
-
-/// Effective uid 0, from /proc (the test crate has no libc binding).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: the container runtime needs root (runc, mounts, cgroups)");
-            return;
-        }
-    };
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn shoal(args: &[&str]) -> Output {
-    Command::new(SHOAL)
-        .args(args)
-        .output()
-        .expect("running shoal")
-}
-
-/// A data dir with the busybox image loaded, and a runtime over it whose
-/// containers are all removed on drop (their overlays must be unmounted
-/// before the folder goes).
-struct Node {
-    dir: tempfile::TempDir,
-    runtime: Runtime,
-}
-
-impl Node {
-    fn start() -> Node {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let archive = dir.path().join("busybox.tar");
-        let script = repo_root().join("scripts/busybox-image.sh");
-        let built = Command::new("bash")
-            .arg(&script)
-            .arg(&archive)
-            .output()
-            .expect("running the script");
-        assert!(
-            built.status.success(),
-            "busybox-image.sh: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-        let data = dir.path().join("data");
-        let data_arg = data.to_str().expect("utf-8 temp dir");
-        let loaded = shoal(&[
-            "image",
-            "load",
-            archive.to_str().expect("utf-8"),
-            "--data-dir",
-            data_arg,
-        ]);
-        assert!(
-            loaded.status.success(),
-            "image load: {}",
-            String::from_utf8_lossy(&loaded.stderr)
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&loaded.stdout).trim(),
-            "Loaded image: docker.io/library/busybox:latest"
-        );
-        let runtime = Runtime::new(&data)
-            .expect("runtime")
-            .with_shim(PathBuf::from(SHOAL), vec!["container-shim".into()])
-            // One cgroup parent per test process: tests run in parallel.
-            .with_cgroup_parent(&format!("shoal-test-{}", std::process::id()));
-        Node { dir, runtime }
-    }
-
-    fn data(&self) -> PathBuf {
-        self.dir.path().join("data")
-    }
-
-    fn config(&self, id: &str, argv: &[&str]) -> ContainerConfig {
-        ContainerConfig {
-            id: id.to_string(),
-            image: "busybox".to_string(),
-            process: ContainerProcess {
-                command: argv.iter().map(|s| s.to_string()).collect(),
-                ..Default::default()
-            },
-            ..Default::default()
-        }
-    }
-
-    fn exited(&self, id: &str) -> (i32, bool, String) {
-        match self
-            .runtime
-            .wait(id, Duration::from_secs(45))
-            .expect("status")
-        {
-            Status::Exited {
-                code,
-                oom_killed,
-                message,
-                ..
-            } => (code, oom_killed, message.unwrap_or_default()),
-            other => panic!("container {id} did not exit: {other:?}"),
-        }
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Ok(containers) = self.runtime.list() {
-            for c in containers {
-                let _ = self.runtime.kill(&c.id, Signal::SIGKILL);
-                let _ = self.runtime.wait(&c.id, Duration::from_secs(10));
-                let _ = self.runtime.remove(&c.id);
-            }
-        }
-        self.runtime.remove_cgroup_parent();
-    }
-}
+use node::{busybox_archive, shoal, Node, SHOAL};
+use shoal_agent::runtime::{BindMount, Error, Network, Runtime, Signal, Status};
 
 #[test]
 fn busybox_image_loads_and_lists() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let archive = dir.path().join("busybox.tar");
-    let script = repo_root().join("scripts/busybox-image.sh");
-    let built = Command::new("bash")
-        .arg(&script)
-        .arg(&archive)
-        .output()
-        .expect("script");
-    assert!(
-        built.status.success(),
-        "{}",
-        String::from_utf8_lossy(&built.stderr)
-    );
+    let archive = busybox_archive(dir.path());
     let data = dir.path().join("data");
     let data = data.to_str().expect("utf-8");
     let loaded = shoal(&[
@@ -222,7 +82,7 @@ fn busybox_image_loads_and_lists() {
 #[test]
 fn a_container_runs_logs_and_exits_with_its_code() {
     require_root!();
-    let node = Node::start();
+    let node = Node::start("shoal-test");
     let hosts = node.dir.path().join("hosts");
     std::fs::write(&hosts, "10.0.0.7\tweb-0\n").expect("hosts");
     let mut config = node.config(
@@ -285,7 +145,7 @@ fn a_container_runs_logs_and_exits_with_its_code() {
 #[test]
 fn over_its_memory_limit_a_container_is_oom_killed() {
     require_root!();
-    let node = Node::start();
+    let node = Node::start("shoal-test");
     let mut config = node.config("oom", &["sh", "-c", "head -c 200000000 /dev/zero | sort"]);
     config.memory_limit_bytes = Some(16 * 1024 * 1024);
     node.runtime.create_and_start(&config).expect("start");
@@ -305,7 +165,7 @@ fn over_its_memory_limit_a_container_is_oom_killed() {
 #[test]
 fn signals_stop_containers_and_a_new_runtime_readopts_them() {
     require_root!();
-    let node = Node::start();
+    let node = Node::start("shoal-test");
     let trapping = node.config(
         "trapping",
         &["sh", "-c", "trap 'exit 143' TERM; sleep 1000 & wait"],
@@ -352,7 +212,7 @@ fn signals_stop_containers_and_a_new_runtime_readopts_them() {
 #[test]
 fn missing_images_and_bad_commands_are_clear_errors() {
     require_root!();
-    let node = Node::start();
+    let node = Node::start("shoal-test");
     let mut config = node.config("missing", &["sh"]);
     config.image = "nginx:1.27".into();
     let err = node

@@ -6,115 +6,18 @@
 //! busybox's httpd, then a prober turning ready. Needs root (runc, mounts,
 //! cgroups); CI runs as root.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+mod node;
+
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{
     ContainerPort, ExecAction, HTTPGetAction, Probe, TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use node::Node;
 use shoal_agent::agent::probe::{self, Health, Kind, Outcome, OwnedTarget, Target};
-use shoal_agent::runtime::{
-    ContainerConfig, ContainerProcess, Error, ExecRequest, Runtime, Signal,
-};
+use shoal_agent::runtime::{ContainerConfig, ContainerProcess, Error, ExecRequest};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
-
-/// Effective uid 0, from /proc (the test crate has no libc binding).
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: the container runtime needs root (runc, mounts, cgroups)");
-            return;
-        }
-    };
-}
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-/// A data dir with the busybox image loaded and a runtime over it whose
-/// containers are removed on drop (as in container_runtime.rs).
-struct Node {
-    _dir: tempfile::TempDir,
-    runtime: Runtime,
-}
-
-impl Node {
-    fn start() -> Node {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let archive = dir.path().join("busybox.tar");
-        let built = Command::new("bash")
-            .arg(repo_root().join("scripts/busybox-image.sh"))
-            .arg(&archive)
-            .output()
-            .expect("running the script");
-        assert!(
-            built.status.success(),
-            "busybox-image.sh: {}",
-            String::from_utf8_lossy(&built.stderr)
-        );
-        let data = dir.path().join("data");
-        let loaded = Command::new(SHOAL)
-            .args(["image", "load"])
-            .arg(&archive)
-            .arg("--data-dir")
-            .arg(&data)
-            .output()
-            .expect("running shoal");
-        assert!(
-            loaded.status.success(),
-            "image load: {}",
-            String::from_utf8_lossy(&loaded.stderr)
-        );
-        let runtime = Runtime::new(&data)
-            .expect("runtime")
-            .with_shim(PathBuf::from(SHOAL), vec!["container-shim".into()])
-            .with_cgroup_parent(&format!("shoal-exec-test-{}", std::process::id()));
-        Node { _dir: dir, runtime }
-    }
-
-    /// Starts a long-running busybox container `id` running `script`.
-    fn run(&self, id: &str, script: &str) {
-        let config = ContainerConfig {
-            id: id.to_string(),
-            image: "busybox".to_string(),
-            process: ContainerProcess {
-                command: vec!["sh".into(), "-c".into(), script.into()],
-                ..Default::default()
-            },
-            ..Default::default()
-        };
-        self.runtime.create_and_start(&config).expect("start");
-    }
-}
-
-impl Drop for Node {
-    fn drop(&mut self) {
-        if let Ok(containers) = self.runtime.list() {
-            for c in containers {
-                let _ = self.runtime.kill(&c.id, Signal::SIGKILL);
-                let _ = self.runtime.wait(&c.id, Duration::from_secs(10));
-                let _ = self.runtime.remove(&c.id);
-            }
-        }
-        self.runtime.remove_cgroup_parent();
-    }
-}
 
 fn strings(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
@@ -131,7 +34,7 @@ fn free_port() -> u16 {
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_sync_returns_output_and_codes_and_kills_at_its_timeout() {
     require_root!();
-    let node = Node::start();
+    let node = Node::start("shoal-exec-test");
     node.run("sync", "sleep 1000");
     let rt = &node.runtime;
     let out = rt
@@ -208,7 +111,7 @@ async fn exec_sync_returns_output_and_codes_and_kills_at_its_timeout() {
 #[tokio::test(flavor = "multi_thread")]
 async fn exec_sessions_carry_streams_with_and_without_a_terminal() {
     require_root!();
-    let node = Node::start();
+    let node = Node::start("shoal-exec-test");
     node.run("session", "sleep 1000");
     let rt = &node.runtime;
 
@@ -306,7 +209,7 @@ fn http_probe(port: IntOrString, path: &str) -> Probe {
 #[tokio::test(flavor = "multi_thread")]
 async fn probes_check_exec_http_and_tcp() {
     require_root!();
-    let node = Node::start();
+    let node = Node::start("shoal-exec-test");
     let port = free_port();
     node.run(
         "web",
@@ -402,7 +305,7 @@ async fn probes_check_exec_http_and_tcp() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_prober_publishes_readiness_and_liveness() {
     require_root!();
-    let node = Node::start();
+    let node = Node::start("shoal-exec-test");
     node.run("probed", "sleep 1000");
     let started_at = Instant::now();
     let target = OwnedTarget {
@@ -480,7 +383,7 @@ async fn a_prober_publishes_readiness_and_liveness() {
 #[tokio::test(flavor = "multi_thread")]
 async fn attach_reaches_a_containers_terminal_and_stdin() {
     require_root!();
-    let node = Node::start();
+    let node = Node::start("shoal-exec-test");
     let rt = &node.runtime;
     // `kubectl run -it -- sh`: a tty and stdin.
     let config = ContainerConfig {

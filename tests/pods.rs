@@ -5,31 +5,12 @@
 //! root); the suites run one at a time (.config/nextest.toml), as every
 //! agent on a machine shares the bridge `shoal0`.
 
+mod node;
 mod support;
 
 use std::time::{Duration, Instant};
 
 use support::kube::{eventually, ShoalUp};
-
-fn is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|ids| ids.split_whitespace().nth(1).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
-}
-
-macro_rules! require_root {
-    () => {
-        if !is_root() {
-            eprintln!("skipped: real pods need root (runc, mounts, network namespaces)");
-            return;
-        }
-    };
-}
 
 /// `shoal up` with its agent, fast back-off, and the node Ready.
 fn cluster() -> ShoalUp {
@@ -92,7 +73,7 @@ fn status_column(up: &ShoalUp, pod: &str) -> String {
 
 #[test]
 fn a_pod_runs_with_its_own_ip_logs_and_exec() {
-    require_root!();
+    require_root!(node::PODS_NEED_ROOT);
     let up = cluster();
     apply(
         &up,
@@ -243,7 +224,7 @@ spec:
 
 #[test]
 fn init_containers_and_sidecars() {
-    require_root!();
+    require_root!(node::PODS_NEED_ROOT);
     let up = cluster();
     // The guide's "wait for a Service" init container: it fails (and is
     // restarted with back-off) until the Service exists, which it sees in
@@ -350,7 +331,7 @@ spec:
 
 #[test]
 fn crashes_oom_and_missing_images() {
-    require_root!();
+    require_root!(node::PODS_NEED_ROOT);
     let up = cluster();
     apply(
         &up,
@@ -448,7 +429,7 @@ spec:
 
 #[test]
 fn probes_restart_and_gate_readiness() {
-    require_root!();
+    require_root!(node::PODS_NEED_ROOT);
     let up = cluster();
     apply(
         &up,
@@ -516,7 +497,7 @@ spec:
 
 #[test]
 fn deletion_honours_the_grace_period() {
-    require_root!();
+    require_root!(node::PODS_NEED_ROOT);
     let up = cluster();
     apply(
         &up,
@@ -658,7 +639,7 @@ impl Drop for Agent {
 
 #[test]
 fn a_restarted_agent_readopts_its_pods() {
-    require_root!();
+    require_root!(node::PODS_NEED_ROOT);
     let up = ShoalUp::start();
     let mut agent = Agent::start(&up);
     assert!(
@@ -741,7 +722,7 @@ fn a_restarted_agent_readopts_its_pods() {
 
 #[test]
 fn volumes_environment_hooks_and_logs() {
-    require_root!();
+    require_root!(node::PODS_NEED_ROOT);
     let up = cluster();
     let host_dir = tempfile::tempdir().expect("temp dir");
     let host_path = host_dir.path().to_string_lossy().to_string();
@@ -906,7 +887,7 @@ spec:
 
 #[test]
 fn host_network_and_persistent_volumes() {
-    require_root!();
+    require_root!(node::PODS_NEED_ROOT);
     let up = cluster();
     apply(
         &up,

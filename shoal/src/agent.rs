@@ -60,6 +60,13 @@ pub struct AgentArgs {
     /// the port may read logs and exec.
     #[arg(long, env = "SHOAL_AGENT_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// A container's log rotates when it would grow past this size
+    /// (kubelet's --container-log-max-size).
+    #[arg(long, env = "SHOAL_CONTAINER_LOG_MAX_SIZE", default_value = "10Mi")]
+    container_log_max_size: String,
+    /// Log files kept per container, the current one included.
+    #[arg(long, env = "SHOAL_CONTAINER_LOG_MAX_FILES", default_value_t = 5)]
+    container_log_max_files: u32,
     /// Kill every container of this node when the agent stops (by default
     /// they keep running, and the next agent on this data dir re-adopts
     /// them).
@@ -179,6 +186,18 @@ async fn run_real(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
             token,
         },
         stop_pods_on_exit: args.stop_pods_on_exit,
+        container_log_max_bytes: shoal_agent::quantity::parse_quantity(
+            &args.container_log_max_size,
+            1.0,
+        )
+        .filter(|b| *b > 0)
+        .with_context(|| {
+            format!(
+                "--container-log-max-size: {:?} is not a size (e.g. 10Mi)",
+                args.container_log_max_size
+            )
+        })?,
+        container_log_max_files: args.container_log_max_files.max(1),
     };
     let shutdown = async {
         if let Err(e) = crate::apiserver::wait_for_signal().await {

@@ -392,6 +392,8 @@ async fn start_agent(
             token: Some(token),
         },
         stop_pods_on_exit: args.stop_pods_on_exit,
+        container_log_max_bytes: 10 << 20,
+        container_log_max_files: 5,
     };
     step(&format!("starting the node agent ({node_name})"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -55,6 +55,10 @@ pub struct Config {
     pub backoff_max: Duration,
     /// The HTTPS endpoint for logs/exec/attach.
     pub server: server::ServerConfig,
+    /// Container logs rotate when they would pass this size, keeping this
+    /// many files (kubelet's containerLogMaxSize/containerLogMaxFiles).
+    pub container_log_max_bytes: u64,
+    pub container_log_max_files: u32,
     /// Kill every container of this node when the agent stops (`shoal
     /// up` in tests); by default they keep running and are re-adopted.
     pub stop_pods_on_exit: bool,

@@ -806,6 +806,7 @@ struct LogReader {
     pending: Vec<u8>,
     follow: Option<RunWatch>,
     ending: bool,
+    draining: bool,
 }
 
 impl LogReader {
@@ -817,6 +818,20 @@ impl LogReader {
             pending: Vec::new(),
             follow,
             ending: false,
+            draining: false,
+        }
+    }
+
+    /// Whether the file at the path is no longer the one being read (the
+    /// log rotated, see `runtime::log::LogFile`).
+    async fn rotated(&self) -> bool {
+        use std::os::unix::fs::MetadataExt;
+        let Some(file) = &self.file else {
+            return false;
+        };
+        match (file.metadata().await, tokio::fs::metadata(&self.path).await) {
+            (Ok(open), Ok(named)) => open.ino() != named.ino(),
+            _ => false,
         }
     }
 
@@ -848,6 +863,19 @@ impl LogReader {
             let watch = self.follow.as_ref()?;
             if self.ending {
                 return None;
+            }
+            // Rotated (the path is a new file): one more read of the old
+            // one for what reached it before the rename, then the new one
+            // from its start.
+            if self.rotated().await {
+                if !self.draining {
+                    self.draining = true;
+                    continue;
+                }
+                self.draining = false;
+                self.file = None;
+                self.position = 0;
+                continue;
             }
             // Checked before one last read, so that lines written just
             // before the run ended are not lost.
@@ -2066,6 +2094,43 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!((status, body.as_str()), (200, "first\nsecond\n"));
+    }
+
+    #[tokio::test]
+    async fn following_goes_on_across_a_rotation() {
+        let server = Arc::new(start().await);
+        let path = server.add_run("run1", b"2026-11-29T19:00:00Z stdout F first\n");
+        let follower = {
+            let server = server.clone();
+            tokio::spawn(async move {
+                server
+                    .get("/containerLogs/ns/p/c?follow=true", "secret")
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        // What the shim does (runtime::log::LogFile): the last line to
+        // the old file, rename, a new file.
+        {
+            use std::io::Write;
+            let mut old = std::fs::OpenOptions::new()
+                .append(true)
+                .open(&path)
+                .unwrap();
+            old.write_all(b"2026-11-29T19:00:01Z stdout F second\n")
+                .unwrap();
+            let mut rotated = path.as_os_str().to_owned();
+            rotated.push(".1");
+            std::fs::rename(&path, rotated).unwrap();
+            std::fs::write(&path, b"2026-11-29T19:00:02Z stdout F third\n").unwrap();
+        }
+        tokio::time::sleep(Duration::from_millis(700)).await;
+        server.containers.running.store(false, Ordering::SeqCst);
+        let (status, body) = tokio::time::timeout(Duration::from_secs(5), follower)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((status, body.as_str()), (200, "first\nsecond\nthird\n"));
     }
 
     // A minimal WebSocket client: enough for binary channel messages.

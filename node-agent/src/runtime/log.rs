@@ -2,9 +2,10 @@
 //! --timestamps` shows): one line per line of output,
 //! `<RFC 3339 UTC, 9 digits> <stdout|stderr> <F|P> <text>`, where `P`
 //! marks a piece of a line longer than [`MAX_LINE`] that goes on in the
-//! next entry and `F` ends a line.
+//! next entry and `F` ends a line. Files rotate by size ([`LogFile`]).
 
 use std::io::{self, BufRead, Write};
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 /// Longest piece of a line in one entry (containerd's limit).
@@ -44,13 +45,84 @@ pub fn entries(ts: &str, stream: &str, chunk: &[u8], complete: bool) -> Vec<u8> 
     out
 }
 
+/// A container's log file, rotated by size as the kubelet's
+/// `containerLogMaxSize`/`containerLogMaxFiles` do: when a write would take
+/// it over `max_bytes`, `0.log` becomes `0.log.1` (`.1` becomes `.2`, ...,
+/// keeping `max_files` files in all) and a new `0.log` starts.
+#[derive(Debug)]
+pub struct LogFile {
+    path: PathBuf,
+    file: std::fs::File,
+    written: u64,
+    max_bytes: Option<u64>,
+    max_files: u32,
+}
+
+impl LogFile {
+    /// Opens `path` for appending; `max_bytes: None` never rotates.
+    pub fn open(path: &Path, max_bytes: Option<u64>, max_files: u32) -> io::Result<LogFile> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)?;
+        let written = file.metadata()?.len();
+        Ok(LogFile {
+            path: path.to_path_buf(),
+            file,
+            written,
+            max_bytes,
+            max_files: max_files.max(1),
+        })
+    }
+
+    /// The name of the `n`-th rotated file.
+    pub fn rotated(path: &Path, n: u32) -> PathBuf {
+        let mut name = path.as_os_str().to_owned();
+        name.push(format!(".{n}"));
+        PathBuf::from(name)
+    }
+
+    pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        if let Some(max) = self.max_bytes {
+            if self.written > 0 && self.written + bytes.len() as u64 > max {
+                self.rotate()?;
+            }
+        }
+        self.file.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    fn rotate(&mut self) -> io::Result<()> {
+        let keep = self.max_files - 1;
+        if keep == 0 {
+            self.file.set_len(0)?;
+        } else {
+            let _ = std::fs::remove_file(Self::rotated(&self.path, keep));
+            for n in (1..keep).rev() {
+                let _ = std::fs::rename(
+                    Self::rotated(&self.path, n),
+                    Self::rotated(&self.path, n + 1),
+                );
+            }
+            std::fs::rename(&self.path, Self::rotated(&self.path, 1))?;
+            self.file = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.path)?;
+        }
+        self.written = 0;
+        Ok(())
+    }
+}
+
 /// Copies `reader` into `log` as CRI entries tagged `stream` until the end
 /// of the stream; keeps the last bytes of output in `tail` (for a start
 /// error's message).
 pub fn copy_stream(
     reader: impl io::Read,
     stream: &str,
-    log: &Arc<Mutex<std::fs::File>>,
+    log: &Arc<Mutex<LogFile>>,
     tail: &Arc<Mutex<Vec<u8>>>,
 ) -> io::Result<()> {
     let mut reader = io::BufReader::with_capacity(MAX_LINE, reader);
@@ -118,7 +190,7 @@ mod tests {
     fn streams_copy_with_partial_lines() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("log");
-        let log = Arc::new(Mutex::new(std::fs::File::create(&path).unwrap()));
+        let log = Arc::new(Mutex::new(LogFile::open(&path, None, 5).unwrap()));
         let tail = Arc::new(Mutex::new(Vec::new()));
         let mut input = b"one\ntwo\n".to_vec();
         input.extend(vec![b'x'; MAX_LINE + 1]);
@@ -144,5 +216,25 @@ mod tests {
         .collect();
         assert_eq!(parts, expect);
         assert!(String::from_utf8_lossy(&tail.lock().unwrap()).ends_with("last\n"));
+    }
+
+    #[test]
+    fn logs_rotate_by_size_keeping_max_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("0.log");
+        let mut log = LogFile::open(&path, Some(10), 3).unwrap();
+        for line in ["aaaaaa\n", "bbbbbb\n", "cccccc\n", "dddddd\n"] {
+            log.write_all(line.as_bytes()).unwrap();
+        }
+        let read = |p: PathBuf| std::fs::read_to_string(p).unwrap_or_default();
+        assert_eq!(read(path.clone()), "dddddd\n");
+        assert_eq!(read(LogFile::rotated(&path, 1)), "cccccc\n");
+        assert_eq!(read(LogFile::rotated(&path, 2)), "bbbbbb\n");
+        assert!(!LogFile::rotated(&path, 3).exists(), "3 files in all");
+        // Without a limit nothing rotates.
+        let other = dir.path().join("1.log");
+        let mut log = LogFile::open(&other, None, 3).unwrap();
+        log.write_all(&[b'x'; 100]).unwrap();
+        assert!(!LogFile::rotated(&other, 1).exists());
     }
 }

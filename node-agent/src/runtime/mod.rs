@@ -135,6 +135,10 @@ pub struct ContainerConfig {
     pub stdin: bool,
     /// Close stdin when the first attached client detaches.
     pub stdin_once: bool,
+    /// Rotate the log when it would grow past this (`None`: never).
+    pub log_max_bytes: Option<u64>,
+    /// Log files kept in all, the current one included (0: 5).
+    pub log_max_files: u32,
 }
 
 /// A started container.
@@ -204,6 +208,15 @@ pub(crate) struct ShimConfig {
     pub stdin: bool,
     #[serde(default)]
     pub stdin_once: bool,
+    /// Log rotation: size of the current file, files kept in all.
+    #[serde(default)]
+    pub log_max_bytes: Option<u64>,
+    #[serde(default = "default_log_files")]
+    pub log_max_files: u32,
+}
+
+fn default_log_files() -> u32 {
+    5
 }
 
 /// `started.json`.
@@ -478,6 +491,11 @@ impl Runtime {
             tty: config.tty,
             stdin: config.stdin,
             stdin_once: config.stdin_once,
+            log_max_bytes: config.log_max_bytes,
+            log_max_files: match config.log_max_files {
+                0 => default_log_files(),
+                n => n,
+            },
         };
         write_json(&dir.join(files::SHIM_CONFIG), &shim_config)
             .map_err(io_err("writing shim.json"))?;

@@ -120,24 +120,21 @@ fn run(dir: &Path) -> Result<(), ShimError> {
     if let Some(parent) = config.log_path.parent() {
         let _ = fs::create_dir_all(parent);
     }
-    let log_file = match fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&config.log_path)
-    {
-        Ok(f) => Arc::new(Mutex::new(f)),
-        Err(e) => {
-            return finish(
-                128,
-                false,
-                None,
-                Some(format!(
-                    "opening the log {}: {e}",
-                    config.log_path.display()
-                )),
-            )
-        }
-    };
+    let log_file =
+        match log::LogFile::open(&config.log_path, config.log_max_bytes, config.log_max_files) {
+            Ok(f) => Arc::new(Mutex::new(f)),
+            Err(e) => {
+                return finish(
+                    128,
+                    false,
+                    None,
+                    Some(format!(
+                        "opening the log {}: {e}",
+                        config.log_path.display()
+                    )),
+                )
+            }
+        };
     let layout = cgroup::Layout::detect();
     let oom_watch = match layout.watch_oom(&config.cgroup) {
         Ok(watch) => watch,

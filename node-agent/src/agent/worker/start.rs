@@ -401,6 +401,8 @@ impl Worker {
             tty: spec.tty.unwrap_or(false),
             stdin: spec.stdin.unwrap_or(false),
             stdin_once: spec.stdin_once.unwrap_or(false),
+            log_max_bytes: Some(self.shared.config.container_log_max_bytes),
+            log_max_files: self.shared.config.container_log_max_files,
         })
     }
 

@@ -79,6 +79,8 @@ pub struct Shared {
     pub allocatable: (u64, u64),
     /// The host's `/etc/resolv.conf`, for `dnsPolicy: Default`.
     pub host_resolv_conf: String,
+    /// Container starts running at once.
+    pub starts: Arc<tokio::sync::Semaphore>,
 }
 
 /// What can stop the agent.
@@ -150,6 +152,7 @@ pub async fn run(
         host_ip,
         allocatable: (machine.cpu_millis, machine.memory_bytes),
         host_resolv_conf: std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        starts: Arc::new(tokio::sync::Semaphore::new(concurrent_starts())),
         config: config.clone(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -177,6 +180,11 @@ pub async fn run(
         Err(e) => return Err(Error::Config(e.to_string())),
     }
     Ok(())
+}
+
+/// Container starts at once: a few per core (runc is CPU-bound).
+fn concurrent_starts() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 4
 }
 
 async fn wait_true(mut rx: tokio::sync::watch::Receiver<bool>) {

@@ -216,7 +216,11 @@ impl Worker {
         let runtime = self.shared.runtime.clone();
         let id = config.id.clone();
         let log_path = config.log_path.clone().unwrap_or_default();
+        // A bounded number at once: a hundred runc starts together on a
+        // small node all finish late.
+        let permit = self.shared.starts.clone().acquire_owned().await;
         let started = tokio::task::spawn_blocking(move || {
+            let _permit = permit;
             // A leftover of the same id (a start that failed half-way).
             if runtime.status(&config.id).is_ok() {
                 let _ = runtime.remove(&config.id);

@@ -313,4 +313,38 @@ spec:
     assert!(shown, "{}\n{}", watch.stdout(), watch.stderr());
     drop(watch);
     up.ok(&["delete", "pod", "reader", "--grace-period=1"]);
+
+    // stdinOnce: a client that only watches leaves stdin open; the first
+    // one that wrote closes it when it goes (and, as in Kubernetes, stays
+    // until the container ends).
+    let out = up.kubectl_with(
+        &["apply", "-f", "-"],
+        Some(
+            "apiVersion: v1\nkind: Pod\nmetadata: {name: once}\nspec:\n  restartPolicy: Never\n  containers:\n  - name: once\n    image: busybox\n    stdin: true\n    stdinOnce: true\n    command: [\"sh\", \"-c\", \"while read l; do echo got $l; done; echo stdin closed\"]\n",
+        ),
+        &[],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    up.ok(&["wait", "--for=condition=Ready", "pod/once", "--timeout=60s"]);
+    let watcher = Running::start(kubectl(&up, &["attach", "once"]));
+    std::thread::sleep(Duration::from_secs(2));
+    drop(watcher);
+    let out = up.kubectl_with(&["attach", "-i", "once"], Some("only\n"), &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            let logs = up.ok(&["logs", "once"]);
+            logs.contains("got only") && logs.contains("stdin closed")
+        }),
+        "{}",
+        up.ok(&["logs", "once"])
+    );
 }

@@ -399,7 +399,7 @@ async fn attach_reaches_a_containers_terminal_and_stdin() {
         ..Default::default()
     };
     let handle = rt.create_and_start(&config).expect("start");
-    let mut session = rt.attach("interactive").await.expect("attach");
+    let mut session = rt.attach("interactive", true).await.expect("attach");
     assert!(session.stderr.is_none());
     session.resize(99, 33).expect("resize");
     let mut stdin = session.stdin.take().expect("stdin");
@@ -440,7 +440,7 @@ async fn attach_reaches_a_containers_terminal_and_stdin() {
         ..Default::default()
     };
     rt.create_and_start(&config).expect("start");
-    let mut session = rt.attach("piped").await.expect("attach");
+    let mut session = rt.attach("piped", true).await.expect("attach");
     let mut stdin = session.stdin.take().expect("stdin");
     let mut stdout = session.stdout.take().expect("stdout");
     let mut stderr = session.stderr.take().expect("stderr");
@@ -460,6 +460,6 @@ async fn attach_reaches_a_containers_terminal_and_stdin() {
 
     // Containers without stdin or tty have nothing to attach to.
     node.run("plain", "sleep 1000");
-    let err = rt.attach("plain").await.expect_err("not attachable");
+    let err = rt.attach("plain", true).await.expect_err("not attachable");
     assert!(matches!(err, Error::NotAttachable(_)), "{err}");
 }

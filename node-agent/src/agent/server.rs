@@ -260,7 +260,11 @@ pub trait Containers: Send + Sync + 'static {
     /// Connects to the running container `id`'s own process; `None` when
     /// it was created without stdin or a tty (there is nothing to attach
     /// to but its output, which the log has).
-    fn attach<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AttachStreams>, String>>;
+    fn attach<'a>(
+        &'a self,
+        id: &'a str,
+        stdin: bool,
+    ) -> BoxFuture<'a, Result<Option<AttachStreams>, String>>;
 }
 
 /// A container's own process, attached to: its streams (dropping them
@@ -322,9 +326,13 @@ impl Containers for Runtime {
         })
     }
 
-    fn attach<'a>(&'a self, id: &'a str) -> BoxFuture<'a, Result<Option<AttachStreams>, String>> {
+    fn attach<'a>(
+        &'a self,
+        id: &'a str,
+        stdin: bool,
+    ) -> BoxFuture<'a, Result<Option<AttachStreams>, String>> {
         Box::pin(async move {
-            let mut session = match Runtime::attach(self, id).await {
+            let mut session = match Runtime::attach(self, id, stdin).await {
                 Ok(session) => session,
                 Err(crate::runtime::Error::NotAttachable(_)) => return Ok(None),
                 Err(e) => return Err(e.to_string()),
@@ -1518,7 +1526,7 @@ async fn attach(
     };
     Ok(ws.on_upgrade(move |socket| {
         async move {
-            match containers.attach(&id).await {
+            match containers.attach(&id, options.stdin).await {
                 Ok(Some(attached)) => {
                     let kind = SessionKind::Attach(stdin_end(options.tty, attached.stdin_once));
                     run_session(socket, v5, &options, attached.streams, kind).await;
@@ -1900,6 +1908,7 @@ mod tests {
         fn attach<'a>(
             &'a self,
             _id: &'a str,
+            _stdin: bool,
         ) -> BoxFuture<'a, Result<Option<AttachStreams>, String>> {
             let attachable = self.attachable.lock().unwrap().clone();
             Box::pin(async move {

@@ -385,8 +385,10 @@ impl std::fmt::Debug for AttachSession {
 
 impl Runtime {
     /// Attaches to the running container `id`'s process through its
-    /// shim (only containers created with `stdin` or `tty`).
-    pub async fn attach(&self, id: &str) -> Result<AttachSession> {
+    /// shim (only containers created with `stdin` or `tty`); with `stdin`
+    /// this client writes to the process's stdin (and, with `stdinOnce`,
+    /// closing it closes the process's), else it only watches.
+    pub async fn attach(&self, id: &str, stdin: bool) -> Result<AttachSession> {
         use super::shim::frame;
         use tokio::io::AsyncWriteExt;
         let dir = self.container_dir(id)?;
@@ -455,7 +457,7 @@ impl Runtime {
                 }
             }
         }));
-        let stdin = if config.stdin {
+        let stdin = if config.stdin && stdin {
             let (in_w, mut in_r) = tokio::io::duplex(64 * 1024);
             let control = control.clone();
             tasks.push(tokio::spawn(async move {

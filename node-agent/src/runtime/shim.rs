@@ -428,8 +428,12 @@ impl Hub {
         let _ = fs::remove_file(dir.join(files::ATTACH_SOCKET));
     }
 
-    /// One client's input, until it hangs up.
+    /// One client's input, until it hangs up. With `stdinOnce` and no
+    /// terminal, the process's stdin closes when a client that wrote to it
+    /// goes (containerd's rule); a client that only watched changes
+    /// nothing.
     fn serve(&self, mut stream: UnixStream) {
+        let mut wrote = false;
         loop {
             let mut head = [0u8; 5];
             if stream.read_exact(&mut head).is_err() {
@@ -445,6 +449,7 @@ impl Hub {
             }
             match kind {
                 frame::STDIN => {
+                    wrote = true;
                     if let Ok(mut input) = self.input.lock() {
                         if let Some(w) = input.as_mut() {
                             if w.write_all(&payload).and_then(|()| w.flush()).is_err() {
@@ -457,11 +462,14 @@ impl Hub {
                     u16::from_be_bytes([payload[0], payload[1]]),
                     u16::from_be_bytes([payload[2], payload[3]]),
                 ),
-                frame::CLOSE_STDIN => break,
+                frame::CLOSE_STDIN => {
+                    wrote = true;
+                    break;
+                }
                 _ => {}
             }
         }
-        if self.stdin_once {
+        if self.stdin_once && wrote && self.terminal.is_none() {
             if let Ok(mut input) = self.input.lock() {
                 *input = None;
             }

@@ -9,7 +9,9 @@
 # containers). Repeats REPEAT times, prints each run and the medians.
 #
 # Needs root (runc, mounts, network namespaces) and runc. Builds nothing:
-# run `cargo build --release -p shoal` first.
+# run `cargo build --release -p shoal -p shoal-agent` first (the second
+# package is the small `shoal-container-shim` the agent runs per container
+# when it sits beside `shoal`).
 #
 # Environment:
 #   SHOAL        shoal binary (default: ${CARGO_TARGET_DIR:-<repo>/target}/release/shoal)
@@ -32,7 +34,7 @@ KUBECTL=${KUBECTL:-kubectl}
 log() { printf '[pod-startup-bench] %s\n' "$*" >&2; }
 
 [ "$(id -u)" = 0 ] || { log "needs root (the node agent runs containers with runc)"; exit 1; }
-[ -x "$SHOAL" ] || { log "no shoal binary at $SHOAL (cargo build --release -p shoal)"; exit 1; }
+[ -x "$SHOAL" ] || { log "no shoal binary at $SHOAL (cargo build --release -p shoal -p shoal-agent)"; exit 1; }
 command -v runc >/dev/null || { log "runc is needed"; exit 1; }
 command -v python3 >/dev/null || { log "python3 is needed for the medians"; exit 1; }
 command -v "$KUBECTL" >/dev/null || { log "kubectl is needed ($KUBECTL)"; exit 1; }

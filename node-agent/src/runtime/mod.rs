@@ -44,6 +44,8 @@ pub use nix::sys::signal::Signal;
 pub use process::{ContainerProcess, MergeError, ProcessSpec};
 pub use spec::{BindMount, Network};
 
+/// The shim as a program of its own (`src/bin/shoal-container-shim.rs`).
+pub const SHIM_PROGRAM: &str = "shoal-container-shim";
 /// How long `create_and_start` waits for runc to start the process.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a starting container's shim may look gone before it is.
@@ -322,7 +324,8 @@ pub struct Runtime {
 impl Runtime {
     /// A runtime over `data_dir` (images in `images/`, containers in
     /// `containers/`, runc's state in `runc/`). Needs root and runc. The
-    /// shim is this executable's `container-shim` subcommand unless
+    /// shim is the [`SHIM_PROGRAM`] beside this executable, else this
+    /// executable's `container-shim` subcommand, unless
     /// [`Runtime::with_shim`] says otherwise.
     pub fn new(data_dir: &Path) -> Result<Runtime> {
         let uid = nix::unistd::geteuid();
@@ -340,11 +343,16 @@ impl Runtime {
         let data_dir = fs::canonicalize(data_dir)
             .map_err(io_err(format!("resolving {}", data_dir.display())))?;
         let exe = std::env::current_exe().map_err(io_err("finding this executable"))?;
+        // The small shim program beside this one, else our own subcommand.
+        let shim = match exe.parent().map(|d| d.join(SHIM_PROGRAM)) {
+            Some(small) if small.is_file() => (small, Vec::new()),
+            _ => (exe, vec!["container-shim".into()]),
+        };
         Ok(Runtime {
             images: ImageStore::open(&data_dir)?,
             data_dir,
             runc,
-            shim: (exe, vec!["container-shim".into()]),
+            shim,
             cgroup_parent: "shoal".into(),
             layout: cgroup::Layout::detect(),
         })

@@ -29,22 +29,20 @@ impl Worker {
                     human_duration(ctr.backoff.next_delay),
                     ctr.spec.name
                 );
-                if !matches!(&ctr.state, State::Waiting { reason, .. } if reason == "CrashLoopBackOff")
-                {
-                    let field = ctr.field_path.clone();
-                    let name = ctr.spec.name.clone();
-                    ctr.last_terminated = Some(t);
-                    ctr.state = State::Waiting {
-                        reason: "CrashLoopBackOff".into(),
-                        message: Some(message),
-                    };
-                    self.event(
-                        Some(&field),
-                        EventKind::Warning,
-                        "BackOff",
-                        format!("Back-off restarting failed container {name} in pod {pod_ref}"),
-                    );
-                }
+                // Shown as waiting until the back-off ends (once per run).
+                let field = ctr.field_path.clone();
+                let name = ctr.spec.name.clone();
+                ctr.last_terminated = Some(t);
+                ctr.state = State::Waiting {
+                    reason: "CrashLoopBackOff".into(),
+                    message: Some(message),
+                };
+                self.event(
+                    Some(&field),
+                    EventKind::Warning,
+                    "BackOff",
+                    format!("Back-off restarting failed container {name} in pod {pod_ref}"),
+                );
                 return;
             }
             if ctr.started_at.is_some_and(|s| s.elapsed() > BACKOFF_RESET) {

@@ -337,6 +337,23 @@ impl Worker {
         }
     }
 
+    /// Container `index` of the init list or of the main list.
+    fn ctr(&self, init: bool, index: usize) -> &Ctr {
+        if init {
+            &self.init[index]
+        } else {
+            &self.containers[index]
+        }
+    }
+
+    fn ctr_mut(&mut self, init: bool, index: usize) -> &mut Ctr {
+        if init {
+            &mut self.init[index]
+        } else {
+            &mut self.containers[index]
+        }
+    }
+
     fn restart_policy(&self) -> &str {
         status::restart_policy(&self.pod)
     }
@@ -441,11 +458,7 @@ impl Worker {
         // What ran on: its probes start again (postStart ran long ago).
         for (init, list) in [(true, self.init.len()), (false, self.containers.len())] {
             for index in 0..list {
-                let ctr = if init {
-                    &self.init[index]
-                } else {
-                    &self.containers[index]
-                };
+                let ctr = self.ctr(init, index);
                 if ctr.running() {
                     self.start_probes(init, index);
                 }

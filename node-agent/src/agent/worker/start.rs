@@ -15,11 +15,7 @@ impl Worker {
             self.shared.config.backoff_max,
         );
         let pod_ref = format!("{}_{}({})", self.name, self.namespace, self.uid);
-        let ctr = if init {
-            &mut self.init[index]
-        } else {
-            &mut self.containers[index]
-        };
+        let ctr = self.ctr_mut(init, index);
         // A run that ended moves to lastState.
         if let State::Terminated(t) = &ctr.state {
             let t = t.clone();
@@ -102,11 +98,7 @@ impl Worker {
             Ok(Ok(image)) => Some(image),
             _ => None,
         };
-        let ctr = if init {
-            &mut self.init[index]
-        } else {
-            &mut self.containers[index]
-        };
+        let ctr = self.ctr_mut(init, index);
         let Some(resolved) = resolved else {
             if policy == "Never" {
                 let message =
@@ -190,11 +182,7 @@ impl Worker {
         let config = match self.container_config(init, index) {
             Ok(config) => config,
             Err(message) => {
-                let ctr = if init {
-                    &mut self.init[index]
-                } else {
-                    &mut self.containers[index]
-                };
+                let ctr = self.ctr_mut(init, index);
                 if !matches!(&ctr.state, State::Waiting { reason, message: m } if reason == "CreateContainerConfigError" && m.as_deref() == Some(message.as_str()))
                 {
                     ctr.state = State::Waiting {
@@ -226,11 +214,7 @@ impl Worker {
             runtime.create_and_start(&config)
         })
         .await;
-        let ctr = if init {
-            &mut self.init[index]
-        } else {
-            &mut self.containers[index]
-        };
+        let ctr = self.ctr_mut(init, index);
         ctr.attempt += 1;
         ctr.run_id = Some(id.clone());
         ctr.image_id = resolved.id.clone();
@@ -238,17 +222,18 @@ impl Worker {
         if was_run_before {
             ctr.backoff.restarted(now, initial, max);
         }
+        let name = ctr.spec.name.clone();
         self.shared.registry.started(
             &self.namespace,
             &self.name,
             &self.uid,
-            &ctr.spec.name,
+            &name,
             Run {
                 id: id.clone(),
                 log_path,
             },
         );
-        let name = ctr.spec.name.clone();
+        let ctr = self.ctr_mut(init, index);
         match started {
             Ok(Ok(handle)) => {
                 ctr.state = State::Running {
@@ -300,11 +285,7 @@ impl Worker {
         init: bool,
         index: usize,
     ) -> Result<ContainerConfig, String> {
-        let ctr = if init {
-            &self.init[index]
-        } else {
-            &self.containers[index]
-        };
+        let ctr = self.ctr(init, index);
         let spec = &ctr.spec;
         let refs = self
             .refs
@@ -412,11 +393,7 @@ impl Worker {
     pub(super) async fn after_start(&mut self, init: bool, index: usize) {
         let pod_ip = self.pod_ip().and_then(|ip| ip.parse().ok());
         let runtime = self.shared.runtime.clone();
-        let ctr = if init {
-            &mut self.init[index]
-        } else {
-            &mut self.containers[index]
-        };
+        let ctr = self.ctr_mut(init, index);
         let Some(id) = ctr.run_id.clone() else { return };
         let ports = ctr.spec.ports.clone().unwrap_or_default();
         if let Some(handler) = ctr
@@ -466,11 +443,7 @@ impl Worker {
     pub(super) fn start_probes(&mut self, init: bool, index: usize) {
         let pod_ip = self.pod_ip().and_then(|ip| ip.parse().ok());
         let runtime = self.shared.runtime.clone();
-        let ctr = if init {
-            &mut self.init[index]
-        } else {
-            &mut self.containers[index]
-        };
+        let ctr = self.ctr_mut(init, index);
         let Some(id) = ctr.run_id.clone() else { return };
         let ports = ctr.spec.ports.clone().unwrap_or_default();
         let target = probe::OwnedTarget {

@@ -11,7 +11,11 @@
 //! address still in use and never hands one out twice. A file is written
 //! under a temporary name and then hard-linked to its address: the link is
 //! atomic and fails if the address is taken, even by another process, and
-//! an allocation file never exists half-written.
+//! an allocation file never exists half-written while the machine runs.
+//! As in `host-local`, nothing is synced to disk: a pod's network does not
+//! survive a power loss either, and syncing under the allocation lock
+//! made every pod start wait for the disk, one after another. An empty
+//! allocation file, all a power loss can leave, is removed on open.
 //!
 //! The search starts after the last address handed out and wraps around
 //! ([`pick`]), so an address just released is the last to be reused: a
@@ -91,8 +95,11 @@ impl Ipam {
         fs::create_dir_all(&dir).map_err(io_err("creating", &dir))?;
         for entry in fs::read_dir(&dir).map_err(io_err("reading", &dir))? {
             let entry = entry.map_err(io_err("reading", &dir))?;
-            if entry.file_name().to_string_lossy().starts_with(TMP_PREFIX) {
-                let path = entry.path();
+            let name = entry.file_name().to_string_lossy().to_string();
+            let path = entry.path();
+            let empty_claim = name.parse::<Ipv4Addr>().is_ok()
+                && fs::read_to_string(&path).is_ok_and(|id| id.trim().is_empty());
+            if name.starts_with(TMP_PREFIX) || empty_claim {
                 remove_if_present(&path)?;
             }
         }
@@ -201,8 +208,7 @@ impl Ipam {
         let write = || -> io::Result<()> {
             let mut f = fs::File::create(&tmp)?;
             f.write_all(sandbox_id.as_bytes())?;
-            f.write_all(b"\n")?;
-            f.sync_all()
+            f.write_all(b"\n")
         };
         write().map_err(io_err("writing", &tmp))?;
         let linked = fs::hard_link(&tmp, &target);
@@ -353,9 +359,17 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::write(dir.path().join(".tmp-10.244.1.2-1"), "half").unwrap();
         fs::write(dir.path().join("README"), "not an address").unwrap();
+        // What a power loss can leave of a claim: the name, no content.
+        fs::write(dir.path().join("10.244.1.3"), "").unwrap();
+        fs::write(dir.path().join("10.244.1.4"), "pod-b\n").unwrap();
         let ipam = Ipam::open(dir.path(), range("10.244.1.0/24")).unwrap();
         assert!(!dir.path().join(".tmp-10.244.1.2-1").exists());
-        assert!(ipam.allocations().unwrap().is_empty());
+        assert!(!dir.path().join("10.244.1.3").exists());
+        assert!(dir.path().join("README").exists());
+        assert_eq!(
+            ipam.allocations().unwrap(),
+            BTreeMap::from([(ip(4), "pod-b".to_string())])
+        );
         assert_eq!(ipam.allocate("pod-a").unwrap(), ip(2));
     }
 

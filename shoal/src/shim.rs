@@ -7,14 +7,11 @@ use clap::Args;
 
 #[derive(Args)]
 pub struct ShimArgs {
-    /// Start the shim in the background and return.
-    #[arg(long)]
-    detach: bool,
     /// The container's folder (`<data-dir>/containers/<id>`).
     dir: PathBuf,
 }
 
 pub fn run(args: &ShimArgs) -> anyhow::Result<()> {
-    shoal_agent::runtime::shim::main(&args.dir, args.detach)?;
+    shoal_agent::runtime::shim::main(&args.dir)?;
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! volumes) read.
 //!
 //! ```text
-//!  gather(client, pod) ──► Refs { config maps, secrets, services, claims, volumes }
+//!  gather(client, services, pod) ──► Refs { config maps, secrets, services, claims, volumes }
 //!                                     │   (what is missing is simply absent)
 //!  container_env(ctx, container) ◄────┘
 //!    1. service links   FOO_SERVICE_HOST, FOO_PORT_80_TCP_ADDR, ...
@@ -27,7 +27,8 @@ use k8s_openapi::api::core::v1::{
     ConfigMap, Container, EnvFromSource, EnvVar, ObjectFieldSelector, PersistentVolume,
     PersistentVolumeClaim, Pod, ResourceFieldSelector, Secret, Service,
 };
-use kube::api::{Api, ListParams};
+use kube::api::Api;
+use kube::runtime::reflector::Store;
 
 use crate::runtime::process::expand;
 
@@ -35,6 +36,9 @@ use crate::runtime::process::expand;
 const MASTER_NAMESPACE: &str = "default";
 /// kubelet's `masterServices`.
 const MASTER_SERVICE: &str = "kubernetes";
+/// How long `gather` waits for the agent's Service cache to be filled
+/// (only ever at the agent's start).
+const SERVICES_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// Why a container's environment cannot be built.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -171,10 +175,15 @@ pub fn referenced(pod: &Pod) -> Referenced {
     out
 }
 
-/// Fetches what the pod refers to. A missing object is left out (the
-/// caller decides, per use and `optional`, whether that is an error);
-/// only a failing request is an error.
-pub async fn gather(client: &kube::Client, pod: &Pod) -> Result<Refs, kube::Error> {
+/// Fetches what the pod refers to; the Services come from the agent's
+/// cache (`services`). A missing object is left out (the caller decides,
+/// per use and `optional`, whether that is an error); only a failing
+/// request, or a cache still empty after a few seconds, is an error.
+pub async fn gather(
+    client: &kube::Client,
+    services: &Store<Service>,
+    pod: &Pod,
+) -> Result<Refs, kube::Error> {
     let namespace = pod.metadata.namespace.as_deref().unwrap_or("default");
     let wanted = referenced(pod);
     let mut refs = Refs::default();
@@ -203,20 +212,27 @@ pub async fn gather(client: &kube::Client, pod: &Pod) -> Result<Refs, kube::Erro
         .as_ref()
         .and_then(|s| s.enable_service_links)
         .unwrap_or(true);
-    if links {
-        let services: Api<Service> = Api::namespaced(client.clone(), namespace);
-        refs.services = services.list(&ListParams::default()).await?.items;
+    // The Services come from the agent's cache; until its first list is
+    // in, nothing can be said about them.
+    if tokio::time::timeout(SERVICES_WAIT, services.wait_until_ready())
+        .await
+        .map_or(true, |ready| ready.is_err())
+    {
+        return Err(kube::Error::Service(
+            "the agent's Service cache has not been filled yet".into(),
+        ));
     }
-    let has_master = refs.services.iter().any(|s| {
-        s.metadata.namespace.as_deref() == Some(MASTER_NAMESPACE)
-            && s.metadata.name.as_deref() == Some(MASTER_SERVICE)
-    });
-    if !has_master {
-        let services: Api<Service> = Api::namespaced(client.clone(), MASTER_NAMESPACE);
-        if let Some(master) = services.get_opt(MASTER_SERVICE).await? {
-            refs.services.push(master);
-        }
-    }
+    refs.services = services
+        .state()
+        .into_iter()
+        .filter(|s| {
+            let ns = s.metadata.namespace.as_deref();
+            (links && ns == Some(namespace))
+                || (ns == Some(MASTER_NAMESPACE)
+                    && s.metadata.name.as_deref() == Some(MASTER_SERVICE))
+        })
+        .map(|s| (*s).clone())
+        .collect();
 
     let claims: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), namespace);
     let volumes: Api<PersistentVolume> = Api::all(client.clone());

@@ -34,6 +34,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Service;
+use kube::runtime::{reflector, watcher, WatchStreamExt};
+use kube::Api;
+
 use crate::runtime::Runtime;
 
 /// How an agent runs; flags of `shoal agent`.
@@ -81,6 +86,10 @@ pub struct Shared {
     pub host_resolv_conf: String,
     /// Container starts running at once.
     pub starts: Arc<tokio::sync::Semaphore>,
+    /// Every Service of the cluster, kept by a watch: the containers'
+    /// service variables are made from it, as the kubelet's lister does,
+    /// rather than from a list per pod.
+    pub services: reflector::Store<Service>,
 }
 
 /// What can stop the agent.
@@ -143,7 +152,20 @@ pub async fn run(
         .await?,
     );
     let registry = Arc::new(registry::Registry::default());
+    let (services, services_writer) = reflector::store::<Service>();
+    let services_watch = tokio::spawn(
+        reflector(
+            services_writer,
+            watcher(
+                Api::<Service>::all(client.clone()),
+                watcher::Config::default(),
+            ),
+        )
+        .default_backoff()
+        .for_each(|_| futures::future::ready(())),
+    );
     let shared = Arc::new(Shared {
+        services,
         events: events::Recorder::new(client.clone(), &config.node_name),
         client: client.clone(),
         runtime: runtime.clone(),
@@ -166,6 +188,7 @@ pub async fn run(
     shutdown.await;
     let _ = stop_tx.send(true);
     heartbeat.abort();
+    services_watch.abort();
     let pods = pods.await;
     let server = server.await;
     if config.stop_pods_on_exit {

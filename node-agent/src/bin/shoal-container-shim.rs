@@ -1,4 +1,4 @@
-//! `shoal-container-shim [--detach] <container-dir>`: the per-container
+//! `shoal-container-shim <container-dir>`: the per-container
 //! shim (`shoal_agent::runtime::shim`) as a small program of its own. The
 //! runtime runs it when it sits next to the `shoal` binary, so that each
 //! container start execs a few megabytes rather than all of `shoal`
@@ -7,15 +7,12 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-const USAGE: &str = "usage: shoal-container-shim [--detach] <container-dir>";
+const USAGE: &str = "usage: shoal-container-shim <container-dir>";
 
 fn main() -> ExitCode {
-    let mut detach = false;
     let mut dir: Option<PathBuf> = None;
     for arg in std::env::args_os().skip(1) {
-        if arg == "--detach" {
-            detach = true;
-        } else if dir.is_none() {
+        if dir.is_none() {
             dir = Some(PathBuf::from(arg));
         } else {
             eprintln!("{USAGE}");
@@ -26,7 +23,7 @@ fn main() -> ExitCode {
         eprintln!("{USAGE}");
         return ExitCode::from(2);
     };
-    match shoal_agent::runtime::shim::main(&dir, detach) {
+    match shoal_agent::runtime::shim::main(&dir) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("container-shim: {e}");

@@ -7,7 +7,7 @@
 //!    mount overlay  lower + containers/<id>/{upper,work} ──► containers/<id>/rootfs
 //!    write containers/<id>/config.json (spec.rs, oci-spec)
 //!    create cgroup <parent>/<id> (memory limit, see cgroup.rs)
-//!    spawn `shoal container-shim --detach <dir>` ──► shim (own process group)
+//!    spawn `shoal-container-shim <dir>` ──► shim (own process group)
 //!        runc --root <data>/runc run --bundle <dir> --pid-file ... <id>
 //!        stdout/stderr ──► log file, CRI format (log.rs)
 //!        pid file seen  ──► started.json {pid, started_at}
@@ -50,6 +50,8 @@ pub const SHIM_PROGRAM: &str = "shoal-container-shim";
 const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a starting container's shim may look gone before it is.
 const UNKNOWN_GRACE: Duration = Duration::from_millis(500);
+/// Stack of the thread that waits for a shim (it only calls `wait`).
+const REAPER_STACK: usize = 64 * 1024;
 
 /// What the runtime can fail at.
 #[derive(Debug, thiserror::Error)]
@@ -358,7 +360,7 @@ impl Runtime {
         })
     }
 
-    /// Runs the shim as `program args... [--detach] <container-dir>`.
+    /// Runs the shim as `program args... <container-dir>`.
     pub fn with_shim(mut self, program: PathBuf, args: Vec<OsString>) -> Runtime {
         self.shim = (program, args);
         self
@@ -508,22 +510,7 @@ impl Runtime {
         write_json(&dir.join(files::SHIM_CONFIG), &shim_config)
             .map_err(io_err("writing shim.json"))?;
 
-        let output = std::process::Command::new(&self.shim.0)
-            .args(&self.shim.1)
-            .arg("--detach")
-            .arg(dir)
-            .stdin(std::process::Stdio::null())
-            .output()
-            .map_err(|e| Error::ShimFailed {
-                id: config.id.clone(),
-                message: format!("{}: {e}", self.shim.0.display()),
-            })?;
-        if !output.status.success() {
-            return Err(Error::ShimFailed {
-                id: config.id.clone(),
-                message: String::from_utf8_lossy(&output.stderr).trim().to_string(),
-            });
-        }
+        self.spawn_shim(&config.id, dir)?;
         let deadline = Instant::now() + START_TIMEOUT;
         let mut unknown_since: Option<Instant> = None;
         loop {
@@ -575,6 +562,41 @@ impl Runtime {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Starts the container's shim in a process group of its own (a
+    /// Ctrl-C or a kill of the agent's group does not reach it; it lives
+    /// on if the agent stops) and records its pid. A thread waits for it,
+    /// so that no zombie is left when it ends while the agent runs.
+    fn spawn_shim(&self, id: &str, dir: &Path) -> Result<()> {
+        use std::os::unix::process::CommandExt;
+        let failed = |message: String| Error::ShimFailed {
+            id: id.to_string(),
+            message,
+        };
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(files::SHIM_LOG))
+            .map_err(|e| failed(format!("opening {}: {e}", files::SHIM_LOG)))?;
+        let mut child = std::process::Command::new(&self.shim.0)
+            .args(&self.shim.1)
+            .arg(dir)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .process_group(0)
+            .spawn()
+            .map_err(|e| failed(format!("{}: {e}", self.shim.0.display())))?;
+        let written = fs::write(dir.join(files::SHIM_PID), child.id().to_string());
+        let reaper = std::thread::Builder::new()
+            .name("shim-reaper".into())
+            .stack_size(REAPER_STACK)
+            .spawn(move || child.wait());
+        if let Err(e) = reaper {
+            tracing::warn!(container = %id, error = %e, "cannot start a thread to reap the shim");
+        }
+        written.map_err(|e| failed(format!("writing {}: {e}", files::SHIM_PID)))
     }
 
     /// The container's status, from its files.
@@ -665,10 +687,20 @@ impl Runtime {
 
     /// Every container of this data dir, running or not.
     pub fn list(&self) -> Result<Vec<ContainerInfo>> {
+        self.list_prefixed("")
+    }
+
+    /// The containers whose id starts with `prefix` (a pod's are
+    /// `<uid>_`): only their files are read, however many others the node
+    /// holds.
+    pub fn list_prefixed(&self, prefix: &str) -> Result<Vec<ContainerInfo>> {
         let root = self.data_dir.join("containers");
         let entries = fs::read_dir(&root).map_err(io_err(format!("reading {}", root.display())))?;
         let mut out = Vec::new();
         for entry in entries.flatten() {
+            if !entry.file_name().to_string_lossy().starts_with(prefix) {
+                continue;
+            }
             let dir = entry.path();
             let Some(record) = read_json::<Record>(&dir.join(files::RECORD)) else {
                 continue;

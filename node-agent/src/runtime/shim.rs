@@ -1,13 +1,12 @@
-//! The per-container shim: `shoal container-shim [--detach] <dir>`.
+//! The per-container shim: `shoal-container-shim <dir>` (or `shoal
+//! container-shim <dir>`).
 //!
-//! With `--detach` it starts itself again without the flag in a process
-//! group of its own, writes that child's pid to `shim.pid` and returns at
-//! once, so the agent reaps its direct child right away and the real shim
-//! lives on if the agent stops. The real shim runs `runc run` in the
-//! foreground, copies the container's stdout/stderr into the log file
-//! (CRI format), records `started.json` when runc's pid file appears and
-//! `exit.json` (exit code, OOM kill from the cgroup, finish time) when
-//! runc returns, then removes the container's cgroup.
+//! The runtime starts it in a process group of its own, so that it lives
+//! on if the agent stops. It runs `runc run` in the foreground, copies
+//! the container's stdout/stderr into the log file (CRI format), records
+//! `started.json` when runc's pid file appears and `exit.json` (exit
+//! code, OOM kill from the cgroup, finish time) when runc returns, then
+//! removes the container's cgroup.
 //!
 //! A container with stdin or a tty is also attachable: the shim serves
 //! `attach.sock`, where each client's input goes to the container's stdin
@@ -29,7 +28,7 @@ use std::time::Duration;
 use super::{cgroup, files, log, write_json, Exited, ShimConfig, Started};
 
 /// Why the shim could not do its work (it reports this on stderr, which is
-/// `shim.log` for a detached shim).
+/// `shim.log` when the runtime started it).
 #[derive(Debug, thiserror::Error)]
 pub enum ShimError {
     #[error("reading {path}: {source}")]
@@ -51,41 +50,6 @@ fn io_err(context: impl std::fmt::Display) -> impl FnOnce(io::Error) -> ShimErro
     move |source| ShimError::Io { context, source }
 }
 
-/// Entry point of the `container-shim` subcommand.
-pub fn main(dir: &Path, detach: bool) -> Result<(), ShimError> {
-    if detach {
-        return detach_self(dir);
-    }
-    run(dir)
-}
-
-fn detach_self(dir: &Path) -> Result<(), ShimError> {
-    use std::os::unix::process::CommandExt;
-    let exe = std::env::current_exe().map_err(io_err("finding this executable"))?;
-    let args: Vec<std::ffi::OsString> = std::env::args_os()
-        .skip(1)
-        .filter(|a| a != "--detach")
-        .collect();
-    let log = fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(files::SHIM_LOG))
-        .map_err(io_err("opening shim.log"))?;
-    let child = Command::new(exe)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log)
-        // Out of the agent's process group: a Ctrl-C or a kill of the
-        // agent's group does not reach the shim.
-        .process_group(0)
-        .spawn()
-        .map_err(io_err("starting the shim"))?;
-    fs::write(dir.join(files::SHIM_PID), child.id().to_string())
-        .map_err(io_err("writing shim.pid"))?;
-    Ok(())
-}
-
 fn now() -> String {
     jiff::Timestamp::now().to_string()
 }
@@ -94,7 +58,9 @@ fn read_pid(path: &Path) -> Option<i32> {
     fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-fn run(dir: &Path) -> Result<(), ShimError> {
+/// Entry point of the shim program: watches the container in `dir` until
+/// it ends.
+pub fn main(dir: &Path) -> Result<(), ShimError> {
     let config_path = dir.join(files::SHIM_CONFIG);
     let config: ShimConfig = fs::read(&config_path)
         .and_then(|bytes| serde_json::from_slice(&bytes).map_err(io::Error::other))

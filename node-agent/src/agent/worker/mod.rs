@@ -237,6 +237,7 @@ pub async fn run(shared: Arc<Shared>, mut updates: watch::Receiver<Update>) {
         return;
     };
     let mut worker = Worker::new(shared, pod);
+    tracing::debug!(pod = %worker.name, "a worker for the pod");
     let span = tracing::info_span!("pod", pod = %format!("{}/{}", worker.namespace, worker.name));
     let _guard = span.enter();
     drop(_guard);
@@ -390,7 +391,7 @@ impl Worker {
         let uid = self.uid.clone();
         let found = tokio::task::spawn_blocking(move || {
             runtime
-                .list()
+                .list_prefixed(&format!("{uid}_"))
                 .unwrap_or_default()
                 .into_iter()
                 .filter(|c| uid_of_container(&c.id) == Some(uid.as_str()))
@@ -639,6 +640,7 @@ impl Worker {
             .await
         {
             Ok(pod) => {
+                tracing::debug!(pod = %self.name, phase = %status["phase"], "status written");
                 self.pod = Arc::new(pod);
                 self.last_status = Some(status);
             }

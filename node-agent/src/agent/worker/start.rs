@@ -174,7 +174,9 @@ impl Worker {
         // The configuration, with what the pod refers to as it is now (a
         // Service created since is in the next container's environment).
         if self.refs_read_at.is_none_or(|t| t.elapsed() > REFS_MAX_AGE) {
-            if let Ok(refs) = env::gather(&self.shared.client, &self.pod).await {
+            if let Ok(refs) =
+                env::gather(&self.shared.client, &self.shared.services, &self.pod).await
+            {
                 self.refs = Some(refs);
                 self.refs_read_at = Some(Instant::now());
             }
@@ -205,6 +207,7 @@ impl Worker {
         // A bounded number at once: a hundred runc starts together on a
         // small node all finish late.
         let permit = self.shared.starts.clone().acquire_owned().await;
+        tracing::debug!(pod = %self.name, container = %config.id, "starting the container");
         let started = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             // A leftover of the same id (a start that failed half-way).
@@ -214,6 +217,7 @@ impl Worker {
             runtime.create_and_start(&config)
         })
         .await;
+        tracing::debug!(pod = %self.name, container = %id, ok = matches!(started, Ok(Ok(_))), "container start returned");
         let ctr = self.ctr_mut(init, index);
         ctr.attempt += 1;
         ctr.run_id = Some(id.clone());

@@ -84,7 +84,10 @@ impl Worker {
         let runtime = self.shared.runtime.clone();
         let uid = self.uid.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            for c in runtime.list().unwrap_or_default() {
+            for c in runtime
+                .list_prefixed(&format!("{uid}_"))
+                .unwrap_or_default()
+            {
                 if uid_of_container(&c.id) == Some(uid.as_str()) {
                     let _ = runtime.kill(&c.id, Signal::SIGKILL);
                     let _ = runtime.wait(&c.id, Duration::from_secs(5));

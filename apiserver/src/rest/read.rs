@@ -111,6 +111,11 @@ impl Selectors {
     pub fn matches(&self, object: &Value) -> bool {
         self.labels.matches_object(object) && self.fields.matches(object)
     }
+
+    /// True when no selector was given: every object matches.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty() && self.fields.is_empty()
+    }
 }
 
 /// Reads the objects a list or watch addresses, at `revision` (0 = now).

@@ -200,6 +200,9 @@ impl Watcher {
                 let object = decode_stored(&kv.value, kv.mod_revision)?;
                 let now = self.selectors.matches(&object);
                 let before = match &prev {
+                    // Without selectors the old object always matched: it
+                    // need not be decoded to tell an update from an add.
+                    Some(_) if self.selectors.is_empty() => Some(true),
                     Some(p) => {
                         let old = decode_stored(&p.value, p.mod_revision)?;
                         Some(self.selectors.matches(&old))

@@ -46,7 +46,9 @@ RESULTS="$TMP/results.jsonl"
 for run in $(seq 1 "$REPEAT"); do
   DIR="$TMP/run-$run"
   mkdir -p "$DIR"
-  UP_FLAGS=(--data-dir "$DIR" --port 0)
+  # --no-agent: the API alone (as root, `shoal up` would also run a node
+  # agent, and the bench's pods would be started for real).
+  UP_FLAGS=(--data-dir "$DIR" --port 0 --no-agent)
   [ "${CONTROLLERS:-0}" = 1 ] || UP_FLAGS+=(--no-controllers)
   "$SHOAL" up "${UP_FLAGS[@]}" >"$DIR/up.log" 2>&1 &
   UP_PID=$!

@@ -53,7 +53,9 @@ trap cleanup EXIT
 
 start_up() { # DIR [flags of shoal up]
   local dir=$1; shift
-  "$SHOAL" up --data-dir "$dir" --port 0 "$@" >"$dir/up.log" 2>&1 &
+  # --no-agent: only the simulated nodes; as root, `shoal up` would also
+  # run this machine's real node agent and some pods would land on it.
+  "$SHOAL" up --data-dir "$dir" --port 0 --no-agent "$@" >"$dir/up.log" 2>&1 &
   PIDS+=($!)
   for _ in $(seq 1 300); do
     [ -f "$dir/kubeconfig" ] && KUBECONFIG="$dir/kubeconfig" "$KUBECTL" get ns kube-system >/dev/null 2>&1 && return 0

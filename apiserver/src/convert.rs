@@ -19,6 +19,12 @@ pub fn storage_resource(resource: &'static Resource) -> &'static Resource {
     }
 }
 
+/// Whether objects of `resource` are served as they are stored (then
+/// [`to_served`] leaves them unchanged).
+pub fn served_as_stored(resource: &Resource) -> bool {
+    !is_hpa_v1(resource)
+}
+
 /// A stored object (or list of them) as the client's version shows it.
 pub fn to_served(resource: &Resource, mut object: Value) -> Value {
     if !is_hpa_v1(resource) {

@@ -39,5 +39,6 @@ pub mod storage;
 pub mod table;
 pub mod tls;
 pub mod validation;
+pub mod watch_cache;
 
 pub use server::{start, Config, Running, StartError};

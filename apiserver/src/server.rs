@@ -122,6 +122,8 @@ pub struct Api {
     pub namespaces_changed: Notify,
     /// How logs, exec and attach reach node agents.
     pub agents: crate::rest::AgentClient,
+    /// Store watches shared by the API watches of each kind.
+    pub watches: crate::watch_cache::WatchCache,
 }
 
 /// A running apiserver.
@@ -365,6 +367,7 @@ pub async fn start_advertising(
         tokens,
         namespaces_changed: Notify::new(),
         agents,
+        watches: Default::default(),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let tasks = vec![

@@ -19,7 +19,7 @@ mod delete;
 pub mod metrics;
 mod proxy;
 pub use proxy::AgentClient;
-mod read;
+pub(crate) mod read;
 pub mod watch;
 mod write;
 

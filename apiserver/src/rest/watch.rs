@@ -15,13 +15,14 @@ use axum::response::Response;
 use futures::StreamExt;
 use http::{header, StatusCode};
 use serde_json::{json, Value};
-use tokio::sync::mpsc;
+use tokio::sync::{broadcast, mpsc};
 
 use super::read::{decode_stored, list_objects, Selectors};
 use super::{Accept, Ctx};
 use crate::error::{ApiError, Result};
 use crate::server::Api;
 use crate::storage::{self, Change};
+use crate::watch_cache::{Event, Subscription};
 
 /// Without `timeoutSeconds`, a watch ends after this long (the client
 /// re-establishes it), as Kubernetes' `--min-request-timeout` does.
@@ -69,7 +70,6 @@ pub async fn serve(api: Arc<Api>, ctx: Ctx) -> Result<Response> {
         }
     };
     let prefix = ctx.storage().prefix(ctx.namespace.as_deref());
-    let opened = api.store.watch(&prefix, start).await;
     let (tx, rx) = mpsc::channel::<Result<bytes::Bytes, std::io::Error>>(256);
     let ctx = Arc::new(ctx);
     let watcher = Watcher {
@@ -78,6 +78,20 @@ pub async fn serve(api: Arc<Api>, ctx: Ctx) -> Result<Response> {
         bookmarks,
         tx,
     };
+    // The kind's shared store watch when it covers `start`, else one of
+    // its own.
+    let root = ctx.storage().prefix(None);
+    if let Some(subscription) = api.watches.subscribe(&api.store, &root, start).await {
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(
+                timeout,
+                watcher.run_shared(initial, start - 1, subscription, prefix),
+            )
+            .await;
+        });
+        return respond(rx);
+    }
+    let opened = api.store.watch(&prefix, start).await;
     match opened {
         Err(storage::Error::Compacted { .. }) => {
             let error = ApiError::gone(format!(
@@ -95,6 +109,11 @@ pub async fn serve(api: Arc<Api>, ctx: Ctx) -> Result<Response> {
             });
         }
     }
+    respond(rx)
+}
+
+/// The streaming response that carries a watch's events.
+fn respond(rx: mpsc::Receiver<Result<bytes::Bytes, std::io::Error>>) -> Result<Response> {
     let body = Body::from_stream(tokio_stream::wrappers::ReceiverStream::new(rx));
     Response::builder()
         .status(StatusCode::OK)
@@ -127,6 +146,25 @@ impl Watcher {
         self.tx.send(Ok(line.into())).await.is_ok()
     }
 
+    /// Sends one event of a shared object: serialized in place when the
+    /// client sees it as stored, else through [`Watcher::send`].
+    async fn send_shared(&self, kind: &'static str, object: &Value) -> bool {
+        let as_stored = crate::convert::served_as_stored(self.ctx.resource)
+            && !matches!(self.ctx.accept, Accept::Table { .. });
+        if !as_stored {
+            return self.send(kind, object.clone()).await;
+        }
+        #[derive(serde::Serialize)]
+        struct Line<'a> {
+            #[serde(rename = "type")]
+            kind: &'a str,
+            object: &'a Value,
+        }
+        let mut line = serde_json::to_vec(&Line { kind, object }).unwrap_or_default();
+        line.push(b'\n');
+        self.tx.send(Ok(line.into())).await.is_ok()
+    }
+
     fn bookmark(&self, revision: i64, initial_end: bool) -> Value {
         let mut meta = json!({"resourceVersion": revision.to_string()});
         if initial_end {
@@ -135,22 +173,29 @@ impl Watcher {
         json!({"kind": self.ctx.resource.kind, "apiVersion": self.ctx.resource.api_version(), "metadata": meta})
     }
 
+    /// The objects listed before the watch, as ADDED, and the bookmark
+    /// that ends them when asked for; false once the client has gone.
+    async fn send_initial(&self, initial: Vec<Value>, listed_at: i64) -> bool {
+        for object in initial {
+            if !self.send("ADDED", object).await {
+                return false;
+            }
+        }
+        if self.bookmarks && self.ctx.param("sendInitialEvents") == Some("true") {
+            let mark = self.bookmark(listed_at, true);
+            return self.send("BOOKMARK", mark).await;
+        }
+        true
+    }
+
     async fn run(
         self,
         initial: Vec<Value>,
         listed_at: i64,
         stream: impl futures::Stream<Item = storage::Result<Vec<Change>>>,
     ) {
-        for object in initial {
-            if !self.send("ADDED", object).await {
-                return;
-            }
-        }
-        if self.bookmarks && self.ctx.param("sendInitialEvents") == Some("true") {
-            let mark = self.bookmark(listed_at, true);
-            if !self.send("BOOKMARK", mark).await {
-                return;
-            }
+        if !self.send_initial(initial, listed_at).await {
+            return;
         }
         futures::pin_mut!(stream);
         loop {
@@ -191,6 +236,96 @@ impl Watcher {
         }
     }
 
+    /// The initial objects, then the changes of a shared store watch.
+    async fn run_shared(
+        self,
+        initial: Vec<Value>,
+        listed_at: i64,
+        subscription: Subscription,
+        prefix: String,
+    ) {
+        if !self.send_initial(initial, listed_at).await {
+            return;
+        }
+        for event in &subscription.backlog {
+            if !self.deliver(event, &prefix).await {
+                return;
+            }
+        }
+        let mut live = subscription.live;
+        loop {
+            let next = tokio::select! {
+                next = live.recv() => next,
+                () = self.tx.closed() => return,
+            };
+            match next {
+                Ok(event) => {
+                    if !self.deliver(&event, &prefix).await {
+                        return;
+                    }
+                }
+                // Too far behind, or the shared watch ended: the client
+                // watches again from the last version it saw.
+                Err(broadcast::error::RecvError::Lagged(_))
+                | Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+    }
+
+    /// Sends what a shared change means to this watch; false once the
+    /// client has gone.
+    async fn deliver(&self, event: &Event, prefix: &str) -> bool {
+        if event.key().is_some_and(|key| !key.starts_with(prefix)) {
+            return true;
+        }
+        match event {
+            Event::Progress(revision) => {
+                if !self.bookmarks {
+                    return true;
+                }
+                let mark = self.bookmark(*revision, false);
+                self.send("BOOKMARK", mark).await
+            }
+            Event::Put {
+                object,
+                prev,
+                revision,
+                ..
+            } => {
+                let now = self.selectors.matches(object);
+                let (before, old) = match prev {
+                    None => (None, None),
+                    Some(_) if self.selectors.is_empty() => (Some(true), None),
+                    Some(prev) => match prev.object() {
+                        Some(old) => (Some(self.selectors.matches(old)), Some(old)),
+                        None => {
+                            tracing::warn!("skipping an undecodable stored object");
+                            return true;
+                        }
+                    },
+                };
+                match (kind_of(before, now), old) {
+                    // Stopped matching: Kubernetes sends the object as it
+                    // was, at the change's version.
+                    (Some("DELETED"), Some(old)) => {
+                        let mut old = (**old).clone();
+                        crate::object::meta_mut(&mut old)
+                            .insert("resourceVersion".into(), revision.to_string().into());
+                        self.send("DELETED", old).await
+                    }
+                    (Some(kind), _) => self.send_shared(kind, object).await,
+                    (None, _) => true,
+                }
+            }
+            Event::Delete { object, .. } => {
+                if !self.selectors.matches(object) {
+                    return true;
+                }
+                self.send_shared("DELETED", object).await
+            }
+        }
+    }
+
     fn event(&self, change: Change) -> Result<Option<(&'static str, Value)>> {
         match change {
             Change::Progress(revision) => Ok(self
@@ -199,22 +334,21 @@ impl Watcher {
             Change::Put { kv, prev } => {
                 let object = decode_stored(&kv.value, kv.mod_revision)?;
                 let now = self.selectors.matches(&object);
-                let before = match &prev {
+                let (before, old) = match &prev {
                     // Without selectors the old object always matched: it
                     // need not be decoded to tell an update from an add.
-                    Some(_) if self.selectors.is_empty() => Some(true),
+                    Some(_) if self.selectors.is_empty() => (Some(true), None),
                     Some(p) => {
-                        let old = decode_stored(&p.value, p.mod_revision)?;
-                        Some(self.selectors.matches(&old))
+                        // At the change's version, as it is sent when the
+                        // object stops matching.
+                        let old = decode_stored(&p.value, kv.mod_revision)?;
+                        (Some(self.selectors.matches(&old)), Some(old))
                     }
-                    None => None,
+                    None => (None, None),
                 };
-                Ok(match (before, now) {
-                    (None, true) => Some(("ADDED", object)),
-                    (Some(true), true) => Some(("MODIFIED", object)),
-                    (Some(false), true) => Some(("ADDED", object)),
-                    (Some(true), false) => Some(("DELETED", object)),
-                    (_, false) => None,
+                Ok(match kind_of(before, now) {
+                    Some("DELETED") => old.map(|old| ("DELETED", old)),
+                    kind => kind.map(|kind| (kind, object)),
                 })
             }
             Change::Delete { kv, prev } => {
@@ -227,5 +361,16 @@ impl Watcher {
                     .then_some(("DELETED", object)))
             }
         }
+    }
+}
+
+/// The event a change is for a watch with selectors: whether the object
+/// matched before the change (`None`: it did not exist) and matches now.
+fn kind_of(before: Option<bool>, now: bool) -> Option<&'static str> {
+    match (before, now) {
+        (None, true) | (Some(false), true) => Some("ADDED"),
+        (Some(true), true) => Some("MODIFIED"),
+        (Some(true), false) => Some("DELETED"),
+        (_, false) => None,
     }
 }

@@ -141,6 +141,18 @@ fn shared_watches_each_see_their_own_events() {
     assert_eq!(code, 200, "{body}");
     assert_eq!(events(&body), expected_all);
 
+    // A version that does not exist yet: nothing before it is sent (the
+    // watch waits for it, as a store watch does).
+    let future = start.parse::<i64>().unwrap() + 100_000;
+    let (code, body) = up.curl(
+        "GET",
+        &format!("/api/v1/configmaps?watch=1&resourceVersion={future}&timeoutSeconds=1"),
+        JSON,
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(events(&body), vec![]);
+
     // From the very first version, before anything the cache holds: still
     // every change (the namespaces' default objects aside, the same ones).
     let (code, body) = up.curl(

@@ -72,7 +72,7 @@ impl Prev {
 }
 
 impl Event {
-    fn revision(&self) -> i64 {
+    pub fn revision(&self) -> i64 {
         match self {
             Event::Put { revision, .. } | Event::Delete { revision, .. } => *revision,
             Event::Progress(revision) => *revision,
@@ -88,8 +88,12 @@ impl Event {
     }
 }
 
-/// What an API watch reads from a hub.
+/// What an API watch reads from a hub. Live events may still include
+/// changes from before its start version (in flight when it subscribed):
+/// the reader skips them.
 pub struct Subscription {
+    /// The first version the watch wants.
+    pub start: i64,
     /// Changes from the requested revision that happened before the
     /// subscription, oldest first.
     pub backlog: Vec<Arc<Event>>,
@@ -110,6 +114,9 @@ struct Hub {
 
 struct HubState {
     history: VecDeque<Arc<Event>>,
+    /// The newest revision the hub has seen (a change or a progress
+    /// notification).
+    latest: i64,
     /// Every change from this revision on is in `history` or still to come.
     covered_from: i64,
     /// `None` once the store watch ended: the channel is closed.
@@ -124,6 +131,12 @@ impl WatchCache {
     pub async fn subscribe(&self, store: &Store, root: &str, start: i64) -> Option<Subscription> {
         let mut hubs = self.hubs.lock().await;
         if let Some(hub) = hubs.get(root) {
+            // A version the hub has not seen may not exist yet: only the
+            // store can tell. A watch from the future gets a store watch of
+            // its own, which waits for it.
+            if start > hub.latest() + 1 && store.revision().await.ok()? < start - 1 {
+                return None;
+            }
             if let Some(subscription) = hub.subscribe(start) {
                 return Some(subscription);
             }
@@ -139,6 +152,7 @@ impl WatchCache {
         let hub = Arc::new(Hub {
             state: Mutex::new(HubState {
                 history: VecDeque::new(),
+                latest: start - 1,
                 covered_from: start,
                 tx: Some(tx),
             }),
@@ -160,6 +174,10 @@ impl Hub {
         self.lock().tx.is_some()
     }
 
+    fn latest(&self) -> i64 {
+        self.lock().latest
+    }
+
     fn subscribe(&self, start: i64) -> Option<Subscription> {
         let state = self.lock();
         let tx = state.tx.as_ref()?;
@@ -173,7 +191,11 @@ impl Hub {
             .filter(|e| e.revision() >= start)
             .cloned()
             .collect();
-        Some(Subscription { backlog, live })
+        Some(Subscription {
+            start,
+            backlog,
+            live,
+        })
     }
 
     /// Records and sends one change (under the lock, so that a new
@@ -181,6 +203,7 @@ impl Hub {
     fn publish(&self, event: Event) {
         let event = Arc::new(event);
         let mut state = self.lock();
+        state.latest = state.latest.max(event.revision());
         if !matches!(*event, Event::Progress(_)) {
             state.history.push_back(event.clone());
             while state.history.len() > HISTORY {

@@ -247,8 +247,9 @@ impl Watcher {
         if !self.send_initial(initial, listed_at).await {
             return;
         }
+        let start = subscription.start;
         for event in &subscription.backlog {
-            if !self.deliver(event, &prefix).await {
+            if !self.deliver(event, &prefix, start).await {
                 return;
             }
         }
@@ -260,7 +261,7 @@ impl Watcher {
             };
             match next {
                 Ok(event) => {
-                    if !self.deliver(&event, &prefix).await {
+                    if !self.deliver(&event, &prefix, start).await {
                         return;
                     }
                 }
@@ -274,8 +275,17 @@ impl Watcher {
 
     /// Sends what a shared change means to this watch; false once the
     /// client has gone.
-    async fn deliver(&self, event: &Event, prefix: &str) -> bool {
+    async fn deliver(&self, event: &Event, prefix: &str, start: i64) -> bool {
         if event.key().is_some_and(|key| !key.starts_with(prefix)) {
+            return true;
+        }
+        // Before this watch's start (a progress notification may be for
+        // the version just before it).
+        let first = match event {
+            Event::Progress(_) => start - 1,
+            _ => start,
+        };
+        if event.revision() < first {
             return true;
         }
         match event {

@@ -60,6 +60,18 @@ fn finish(child: Child) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// The events of a watch from `version` that ends after a second.
+fn watch_for_a_second(up: &ShoalUp, path: &str, version: &str) -> String {
+    let (code, body) = up.curl(
+        "GET",
+        &format!("{path}?watch=1&resourceVersion={version}&timeoutSeconds=1"),
+        JSON,
+        None,
+    );
+    assert_eq!(code, 200, "{body}");
+    body
+}
+
 fn resource_version(up: &ShoalUp) -> String {
     let (code, body) = up.curl("GET", "/api/v1/configmaps?limit=1", JSON, None);
     assert_eq!(code, 200, "{body}");
@@ -132,36 +144,22 @@ fn shared_watches_each_see_their_own_events() {
 
     // Afterwards, from the same version: the same changes, from what the
     // cache holds.
-    let (code, body) = up.curl(
-        "GET",
-        &format!("/api/v1/configmaps?watch=1&resourceVersion={start}&timeoutSeconds=1"),
-        JSON,
-        None,
+    assert_eq!(
+        events(&watch_for_a_second(&up, "/api/v1/configmaps", &start)),
+        expected_all
     );
-    assert_eq!(code, 200, "{body}");
-    assert_eq!(events(&body), expected_all);
 
     // A version that does not exist yet: nothing before it is sent (the
     // watch waits for it, as a store watch does).
-    let future = start.parse::<i64>().unwrap() + 100_000;
-    let (code, body) = up.curl(
-        "GET",
-        &format!("/api/v1/configmaps?watch=1&resourceVersion={future}&timeoutSeconds=1"),
-        JSON,
-        None,
+    let future = (start.parse::<i64>().unwrap() + 100_000).to_string();
+    assert_eq!(
+        events(&watch_for_a_second(&up, "/api/v1/configmaps", &future)),
+        vec![]
     );
-    assert_eq!(code, 200, "{body}");
-    assert_eq!(events(&body), vec![]);
 
     // From the very first version, before anything the cache holds: still
     // every change (the namespaces' default objects aside, the same ones).
-    let (code, body) = up.curl(
-        "GET",
-        "/api/v1/namespaces/b/configmaps?watch=1&resourceVersion=1&timeoutSeconds=1",
-        JSON,
-        None,
-    );
-    assert_eq!(code, 200, "{body}");
+    let body = watch_for_a_second(&up, "/api/v1/namespaces/b/configmaps", "1");
     let from_b: Vec<_> = events(&body)
         .into_iter()
         .filter(|(_, name, _)| name == "b/two")

@@ -146,7 +146,12 @@ impl WatchCache {
                 return None;
             }
         }
-        // None yet, or its store watch ended: a new one from `start`.
+        // None yet, or its store watch ended: a new one from `start`, if
+        // that version exists (a hub opened in the future would leave the
+        // watches of the present unshared).
+        if store.revision().await.ok()? < start - 1 {
+            return None;
+        }
         let stream = store.watch(root, start).await.ok()?;
         let (tx, _) = broadcast::channel(CHANNEL);
         let hub = Arc::new(Hub {

@@ -103,7 +103,7 @@ pub struct Subscription {
 
 #[derive(Default)]
 pub struct WatchCache {
-    /// By store prefix. An async lock: a hub is opened (one store call)
+    /// By store prefix. An async lock: a hub is opened (store calls)
     /// while it is held, so two watches never open two hubs of one kind.
     hubs: tokio::sync::Mutex<HashMap<String, Arc<Hub>>>,
 }
@@ -129,8 +129,10 @@ impl WatchCache {
     /// the store refused a new one): the caller opens its own store watch,
     /// which also reports why.
     pub async fn subscribe(&self, store: &Store, root: &str, start: i64) -> Option<Subscription> {
-        let mut hubs = self.hubs.lock().await;
-        if let Some(hub) = hubs.get(root) {
+        // The map is locked only to look up: the checks below may ask the
+        // store, and watches of other kinds need not wait for that.
+        let existing = self.hubs.lock().await.get(root).cloned();
+        if let Some(hub) = existing {
             // A version the hub has not seen may not exist yet: only the
             // store can tell. A watch from the future gets a store watch of
             // its own, which waits for it.
@@ -145,6 +147,11 @@ impl WatchCache {
                 tracing::debug!(%root, start, "a watch from before the shared one's history");
                 return None;
             }
+        }
+        let mut hubs = self.hubs.lock().await;
+        // Another watch may have opened one meanwhile.
+        if let Some(hub) = hubs.get(root).filter(|hub| hub.is_alive()) {
+            return hub.subscribe(start);
         }
         // None yet, or its store watch ended: a new one from `start`, if
         // that version exists (a hub opened in the future would leave the

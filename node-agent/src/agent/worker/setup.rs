@@ -18,12 +18,7 @@ impl Worker {
             match self.shared.network.create_sandbox(&self.uid).await {
                 Ok(sandbox) => self.sandbox = Some(sandbox),
                 Err(e) => {
-                    self.event(
-                        None,
-                        EventKind::Warning,
-                        "FailedCreatePodSandBox",
-                        format!("Failed to create pod sandbox: {e}"),
-                    );
+                    self.sandbox_failed(e);
                     return false;
                 }
             }
@@ -36,12 +31,7 @@ impl Worker {
             }
         };
         if let Err(e) = self.write_files() {
-            self.event(
-                None,
-                EventKind::Warning,
-                "FailedCreatePodSandBox",
-                format!("Failed to create pod sandbox: {e}"),
-            );
+            self.sandbox_failed(e);
             return false;
         }
         let pod = self.pod.clone();
@@ -67,6 +57,15 @@ impl Worker {
         self.setup_retry_at = None;
         tracing::debug!(pod = %self.name, "sandbox and volumes ready");
         true
+    }
+
+    fn sandbox_failed(&self, error: impl std::fmt::Display) {
+        self.event(
+            None,
+            EventKind::Warning,
+            "FailedCreatePodSandBox",
+            format!("Failed to create pod sandbox: {error}"),
+        );
     }
 
     pub(super) fn pod_ip(&self) -> Option<String> {

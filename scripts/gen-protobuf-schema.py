@@ -4,19 +4,40 @@ apiserver decodes Kubernetes protobuf request bodies with.
 
 Field numbers and wire types come from the prost attributes of the k8s-pb
 crate (Kubernetes' protobuf schema as Rust), JSON field names from
-k8s-openapi (the same names the REST API uses). Both crates are read from
-cargo's registry; run `cargo fetch` first.
+k8s-openapi's `v1_32` module (the API version the workspace builds, the
+same names the REST API uses). Both are the versions `Cargo.lock` pins
+(k8s-pb is an optional dependency of the apiserver that is never built),
+found with `cargo metadata`, so every machine generates the same file;
+`apiserver/tests/protobuf_schema.rs` fails when the committed file is not
+what this makes. The output is already formatted as rustfmt would.
 
     python3 scripts/gen-protobuf-schema.py > apiserver/src/protobuf/schema.rs
 """
 import glob
+import json
 import os
 import re
+import subprocess
 import sys
 
-registry = glob.glob(os.path.expanduser("~/.cargo/registry/src/*/"))
-pb_root = sorted(glob.glob(registry[0] + "k8s-pb-0.9.0/src"))[0]
-openapi_root = sorted(glob.glob(registry[0] + "k8s-openapi-0.28.*/src/v1_36"))[0]
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+API_VERSION = "v1_32"
+
+
+def locked_sources():
+    """The source folders of the locked k8s-pb and k8s-openapi."""
+    cargo = os.environ.get("CARGO", "cargo")
+    metadata = json.loads(subprocess.check_output(
+        [cargo, "metadata", "--format-version", "1", "--locked", "--all-features",
+         "--manifest-path", os.path.join(REPO, "Cargo.toml")]))
+    roots = {}
+    for package in metadata["packages"]:
+        if package["name"] in ("k8s-pb", "k8s-openapi"):
+            roots[package["name"]] = os.path.join(os.path.dirname(package["manifest_path"]), "src")
+    return roots["k8s-pb"], os.path.join(roots["k8s-openapi"], API_VERSION)
+
+
+pb_root, openapi_root = locked_sources()
 
 STRUCT = re.compile(r"pub struct (\w+) \{")
 ATTR = re.compile(r'#\[prost\((\w+)(?: = "([^"]+)")?, (?:(optional|repeated|required), )?tag = "(\d+)"\)\]')
@@ -175,13 +196,29 @@ out.append("pub static MESSAGES: &[Message] = &[")
 for name in sorted(reachable):
     package, struct = name.rsplit(".", 1)
     names = json_names(package, struct) or {}
-    fields = []
-    for (tag, snake, kind, detail, label, target) in sorted(messages[name]):
+    out.append("    Message {")
+    out.append('        name: "%s",' % name)
+    fields = sorted(messages[name])
+    if not fields:
+        out.append("        fields: &[],")
+        out.append("    },")
+        continue
+    # rustfmt writes a one-field array as `&[Field {` on one line.
+    single = len(fields) == 1
+    pad = " " * (12 if single else 16)
+    out.append("        fields: &[Field {" if single else "        fields: &[")
+    for (tag, snake, kind, detail, label, target) in fields:
         json_name = names.get(snake)
         # A Go struct embedded in its parent is a message field in protobuf
         # but has its fields inlined in JSON (LocalObjectReference,
         # VolumeSource, ProbeHandler, ...).
-        inline = json_name is None and bool(names) and kind == "message"
+        # Go names an embedded field after its type (Probe's ProbeHandler
+        # is the one called otherwise); a field k8s-openapi's v1_32 lacks
+        # for another reason is newer than 1.32 and not inlined.
+        embedded = kind == "message" and (
+            snake == re.sub(r"(?<!^)(?=[A-Z])", "_", target.rsplit(".", 1)[1]).lower()
+            or (snake, target.rsplit(".", 1)[1]) == ("handler", "ProbeHandler"))
+        inline = json_name is None and bool(names) and embedded
         if json_name is None:
             # Fields k8s-openapi lacks (or wrapper messages): lowerCamel.
             parts = snake.split("_")
@@ -195,8 +232,35 @@ for name in sorted(reachable):
                 ty = "Type::Map(&Type::%s)" % KIND[detail]
         else:
             ty = "Type::" + KIND[kind]
-        repeated = "true" if label == "repeated" else "false"
-        fields.append('        Field { tag: %d, json: "%s", ty: %s, repeated: %s, inline: %s },' % (tag, json_name, ty, repeated, "true" if inline else "false"))
-    out.append('    Message {\n        name: "%s",\n        fields: &[\n%s\n        ],\n    },' % (name, "\n".join("    " + f for f in fields)))
+        if not single:
+            out.append("            Field {")
+        out.append(pad + "tag: %d," % tag)
+        out.append(pad + 'json: "%s",' % json_name)
+        line = pad + "ty: %s," % ty
+        # rustfmt breaks a line wider than 100 columns, and a call whose
+        # argument is a call wider than 60 columns.
+        wide = target is not None and (len(line) > 100 or (
+            ty.startswith("Type::Map(") and len('&Type::Message("%s")' % target) > 60))
+        if wide and ty.startswith("Type::Map("):
+            # rustfmt's break of a call too long for one line.
+            out.append(pad + "ty: Type::Map(&Type::Message(")
+            out.append(pad + '    "%s",' % target)
+            out.append(pad + ")),")
+        elif wide:
+            out.append(pad + "ty: Type::Message(")
+            out.append(pad + '    "%s",' % target)
+            out.append(pad + "),")
+        else:
+            out.append(line)
+        out.append(pad + "repeated: %s," % ("true" if label == "repeated" else "false"))
+        out.append(pad + "inline: %s," % ("true" if inline else "false"))
+        if not single:
+            out.append("            },")
+    if single:
+        out.append("        }],")
+        out.append("    },")
+        continue
+    out.append("        ],")
+    out.append("    },")
 out.append("];")
 print("\n".join(out))

@@ -1,6 +1,9 @@
 //! Bad input gets a `Status` with Kubernetes' code and reason, never a 500
 //! or a dropped connection; the server keeps serving afterwards.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use serde_json::Value;

@@ -4,6 +4,9 @@
 //! their own events, in order; a watch from before what the cache holds
 //! still gets every change (from a store watch of its own).
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::process::{Child, Command, Stdio};

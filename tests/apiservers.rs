@@ -2,6 +2,9 @@
 //! is seen by a watch on the other, and losing an apiserver (or a store
 //! member) leaves the rest serving.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::io::BufRead;

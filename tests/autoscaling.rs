@@ -5,10 +5,13 @@
 //! prints the targets, and once the usage drops the HPA (from a manifest
 //! without a scale-down stabilization window) scales it back down.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::path::Path;
-use std::process::{Child, Command};
+use std::process::Child;
 use std::time::Duration;
 
 use support::kube::{eventually, manifest, ShoalUp};
@@ -20,7 +23,7 @@ impl Nodes {
     fn start(kubeconfig: &Path, count: usize) -> Nodes {
         let log = kubeconfig.with_file_name("agent-metrics.log");
         let file = std::fs::File::create(&log).expect("agent log");
-        let child = Command::new(support::SHOAL)
+        let child = support::daemon(support::SHOAL)
             .args(["agent", "--simulate", "--name-prefix", "node"])
             .args(["--count", &count.to_string(), "--metrics-interval", "1s"])
             .arg("--kubeconfig")
@@ -39,8 +42,7 @@ impl Drop for Nodes {
             let log = std::fs::read_to_string(&self.1).unwrap_or_default();
             eprintln!("--- simulated nodes log ---\n{log}");
         }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
+        support::kill_group(&mut self.0);
     }
 }
 

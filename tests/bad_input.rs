@@ -1,6 +1,9 @@
 //! Bad input gets an error in etcd's terms, never a panic or a stuck
 //! connection, and the cluster keeps serving afterwards.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::io::{Read, Write};

@@ -5,6 +5,9 @@
 //! SIGTERM/SIGKILL, and a second runtime re-adopting a running container.
 //! Needs root (runc, overlay mounts, cgroups); CI runs as root.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod node;
 
 use std::path::{Path, PathBuf};

@@ -3,6 +3,9 @@
 //! the minute, completes and leaves the active list; `kubectl create job
 //! --from=cronjob/...` works; suspended, it starts nothing more.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -4,6 +4,9 @@
 //! node labels, a node joining, a rolling update with rollout status,
 //! history and undo, and a cascading delete.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::BTreeSet;

@@ -2,6 +2,9 @@
 //! status, set image, history, undo, scale; and a rolling update of 10
 //! replicas with maxSurge=2, maxUnavailable=0 sampled as it runs.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::sync::atomic::{AtomicBool, Ordering};

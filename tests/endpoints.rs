@@ -3,6 +3,9 @@
 //! turning not ready, a headless Service with pod hostnames; and
 //! LoadBalancer Services taking addresses from `--loadbalancer-ip-pool`.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::BTreeSet;

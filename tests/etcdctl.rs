@@ -3,6 +3,9 @@
 //! every scenario also runs against a real etcd cluster (`etcd_reference_*`),
 //! so an expectation that is not etcd's own fails there.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::io::{BufRead, BufReader};

@@ -6,6 +6,9 @@
 //! busybox's httpd, then a prober turning ready. Needs root (runc, mounts,
 //! cgroups); CI runs as root.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod node;
 
 use std::time::{Duration, Instant};

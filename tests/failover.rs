@@ -2,6 +2,9 @@
 //! and restarted, a member wiped and re-added. No acknowledged write may be
 //! lost.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::BTreeSet;

@@ -3,6 +3,9 @@
 //! an Indexed Job deleted by its TTL, and `kubectl delete job` taking the
 //! pods with it.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::BTreeSet;

@@ -1,6 +1,9 @@
 //! The real kubectl (1.32) against `shoal up`: the commands of the guide
 //! and what they print.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;

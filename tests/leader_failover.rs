@@ -3,6 +3,9 @@
 //! leader moves the Lease to the standby within seconds, and a change made
 //! just before the kill is acted on once: no pod is created twice.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::BTreeSet;

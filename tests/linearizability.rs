@@ -2,6 +2,9 @@
 //! members are killed and restarted; the recorded history must be
 //! linearizable (checked by a Porcupine-style checker).
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 #[path = "support/linearizability.rs"]
 mod linearizability;
 mod support;

@@ -2,6 +2,9 @@
 //! pod shows STATUS Unknown, and the Deployment's replacement runs on
 //! another node after the eviction timeout.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;

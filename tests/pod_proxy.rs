@@ -4,6 +4,9 @@
 //! answers, so what is tested here is the apiserver's half: finding the
 //! node, authenticating to it, passing the query and splicing the upgrade.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::process::{Child, Command, Stdio};

@@ -5,6 +5,9 @@
 //! root); the suites run one at a time (.config/nextest.toml), as every
 //! agent on a machine shares the bridge `shoal0`.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod node;
 mod support;
 
@@ -358,6 +361,16 @@ kind: Pod
 metadata: {name: no-image}
 spec:
   containers: [{name: main, image: does-not-exist:1.0}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: exact-limit}
+spec:
+  containers:
+  - name: main
+    image: busybox
+    command: ["sleep", "3600"]
+    resources: {limits: {memory: 1e9}}
 "#,
     );
     wait_for(
@@ -396,6 +409,34 @@ spec:
         |r| r == "OOMKilled",
     );
     assert_eq!(status_column(&up, "memory-hog"), "OOMKilled");
+
+    // A limit written with an exponent is that many bytes (the kernel
+    // keeps whole pages), not no limit.
+    wait_for(
+        &up,
+        "exact-limit",
+        ".status.phase",
+        Duration::from_secs(60),
+        |p| p == "Running",
+    );
+    let id = jsonpath(
+        &up,
+        "exact-limit",
+        ".status.containerStatuses[0].containerID",
+    );
+    let id = id.trim_start_matches("shoal://");
+    // The limit is on the container's cgroup (runc's `ctr` and the shim
+    // are under it).
+    let v1 = format!("/sys/fs/cgroup/memory/shoal/{id}/memory.limit_in_bytes");
+    let v2 = format!("/sys/fs/cgroup/shoal/{id}/memory.max");
+    let limit = std::fs::read_to_string(&v1)
+        .or_else(|_| std::fs::read_to_string(&v2))
+        .unwrap_or_else(|e| panic!("no memory limit file at {v1} or {v2}: {e}"));
+    let limit: u64 = limit.trim().parse().expect("a number of bytes");
+    assert!(
+        limit <= 1_000_000_000 && 1_000_000_000 - limit < 4096,
+        "memory limit {limit}, wanted 1e9 bytes"
+    );
     assert_eq!(
         jsonpath(
             &up,
@@ -574,7 +615,7 @@ impl Agent {
             .open(self.dir.path().join("agent.log"))
             .expect("log");
         let port = support::free_port().to_string();
-        let child = std::process::Command::new(support::SHOAL)
+        let child = support::daemon(support::SHOAL)
             .args(["agent", "--node-name", "worker-1", "--node-ip", "127.0.0.1"])
             .args([
                 "--bind-address",

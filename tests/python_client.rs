@@ -1,15 +1,22 @@
 //! The official Python client (`kubernetes` from PyPI, installed by
 //! `.ci/run` into a venv) against `shoal up`.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::process::Command;
 
 use support::kube::ShoalUp;
 
-/// The venv `.ci/run` makes; `SHOAL_PYTHON` points elsewhere.
+/// The venv `scripts/install-deps.sh --tests` makes; `SHOAL_PYTHON`
+/// points elsewhere.
 fn python() -> String {
-    std::env::var("SHOAL_PYTHON").unwrap_or_else(|_| "/root/.cache/shoal-venv/bin/python".into())
+    std::env::var("SHOAL_PYTHON").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        format!("{home}/.cache/shoal-venv/bin/python")
+    })
 }
 
 #[test]
@@ -17,7 +24,7 @@ fn python_client_lists_creates_patches_and_watches_pods() {
     let python = python();
     assert!(
         std::path::Path::new(&python).exists(),
-        "{python} is missing: .ci/run creates it (python3 -m venv /root/.cache/shoal-venv && pip install kubernetes)"
+        "{python} is missing: scripts/install-deps.sh --tests (which .ci/run runs) creates it"
     );
     let up = ShoalUp::start();
     let script = format!("{}/../tests/python/pods.py", env!("CARGO_MANIFEST_DIR"));

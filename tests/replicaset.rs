@@ -1,6 +1,9 @@
 //! The guide's ReplicaSet on simulated nodes: it creates its pods, heals
 //! when one is deleted, scales both ways, and adopts a matching orphan.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;

@@ -3,6 +3,9 @@
 //! topology spread constraints, cordoned nodes, and a Pending pod that is
 //! placed as soon as a node comes to match it.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::BTreeMap;

@@ -4,6 +4,9 @@
 //! deletion completes through the node. Nodes get pod ranges and
 //! namespaces a default ServiceAccount on the way.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::collections::BTreeMap;

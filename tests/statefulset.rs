@@ -5,6 +5,9 @@
 //! history/undo/status, cascade deletion; and a node lost under a pod that
 //! must not be duplicated.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::process::{Child, Command, Stdio};

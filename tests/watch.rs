@@ -2,6 +2,9 @@
 //! filters, prev_kv, progress requests, cancel. Runs against shoal and, as
 //! the reference, against etcd.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod support;
 
 use std::time::Duration;

@@ -362,7 +362,7 @@ pub async fn on_update(
                 if used.is_none() {
                     used = Some(taken(api, PORTS).await?);
                 }
-                let used = used.as_mut().expect("filled above");
+                let used = used.get_or_insert_with(HashSet::new);
                 let number = node_port(api.node_ports, used, &protocol, asked, i)
                     .map_err(|cause| ApiError::invalid(resource, &name, vec![cause]))?;
                 port["nodePort"] = json!(number);

@@ -12,8 +12,7 @@ fn is_hpa_v1(resource: &Resource) -> bool {
 
 pub fn storage_resource(resource: &'static Resource) -> &'static Resource {
     if is_hpa_v1(resource) {
-        resources::find("autoscaling", "v2", "horizontalpodautoscalers")
-            .expect("v2 HPAs are served")
+        resources::served("autoscaling", "v2", "horizontalpodautoscalers")
     } else {
         resource
     }

@@ -1,4 +1,6 @@
-//! shoal's API server: the Kubernetes REST API over the store.
+//! shoal's API server: the Kubernetes REST API over the store, and nothing
+//! else (the controllers and the scheduler are API clients in
+//! `shoal-controllers`; helpers shared with them are in `shoal-core`).
 //!
 //! ```text
 //!   server      HTTPS, routes, authentication, accept loop
@@ -11,34 +13,35 @@
 //!   storage     the etcd v3 client the rest is built on
 //!   namespaces  system namespaces and namespace deletion
 //!   endpoint_reconciler   this replica's address in Endpoints default/kubernetes
+//!   watch_cache one store watch per kind shared by the API's watches
+//!   protobuf    Kubernetes' protobuf request bodies (schema.rs is generated)
+//!   openapi, schema   OpenAPI v3 documents from k8s-openapi's schemas
 //! ```
+//!
+//! Public are the server's entry points and, for the property tests in
+//! `tests/fuzz.rs`, the pure parts they drive.
 
-pub mod allocate;
-pub mod compaction;
-pub mod controllers;
-pub mod convert;
+mod allocate;
+mod compaction;
+mod convert;
 pub mod defaults;
-pub mod discovery;
-pub mod endpoint_reconciler;
-pub mod error;
-pub mod events;
-pub mod hooks;
-pub mod leader;
-pub mod namespaces;
-pub mod object;
-pub mod openapi;
+mod discovery;
+mod endpoint_reconciler;
+mod error;
+mod hooks;
+mod namespaces;
+mod object;
+mod openapi;
 pub mod patch;
 pub mod protobuf;
 pub mod resources;
-pub mod rest;
-pub mod scheduler;
-pub mod schema;
+mod rest;
+mod schema;
 pub mod selectors;
 pub mod server;
-pub mod storage;
+mod storage;
 pub mod table;
-pub mod tls;
 pub mod validation;
-pub mod watch_cache;
+mod watch_cache;
 
 pub use server::{start, Config, Running, StartError};

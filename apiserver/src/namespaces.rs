@@ -51,12 +51,12 @@ async fn create_if_missing(api: &Api, mut ctx: Ctx, object: Value) -> Result<()>
 }
 
 async fn bootstrap(api: &Api) -> Result<()> {
-    let namespaces = resources::find("", "v1", "namespaces").expect("namespaces are served");
+    let namespaces = resources::served("", "v1", "namespaces");
     for name in SYSTEM_NAMESPACES {
         let ctx = Ctx::internal(namespaces, None);
         create_if_missing(api, ctx, json!({"metadata": {"name": name}})).await?;
     }
-    let services = resources::find("", "v1", "services").expect("services are served");
+    let services = resources::served("", "v1", "services");
     let first = api.service_cidr.nth(1).to_string();
     let service = json!({
         "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
@@ -93,7 +93,7 @@ async fn empty_namespace(api: &Api, name: &str) -> Result<bool> {
 
 /// Empties and removes every namespace marked for deletion.
 async fn finalize(api: &Api) -> Result<()> {
-    let namespaces = resources::find("", "v1", "namespaces").expect("namespaces are served");
+    let namespaces = resources::served("", "v1", "namespaces");
     let listed = api.store.list(&namespaces.prefix(None), None, 0, 0).await?;
     for kv in listed.kvs {
         let Ok(object) = serde_json::from_slice::<Value>(&kv.value) else {

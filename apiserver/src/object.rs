@@ -4,18 +4,7 @@
 use rand::Rng;
 use serde_json::{Map, Value};
 
-/// The current time as Kubernetes writes timestamps (RFC 3339, seconds, UTC).
-pub fn now() -> String {
-    format_time(jiff::Timestamp::now())
-}
-
-pub fn format_time(t: jiff::Timestamp) -> String {
-    t.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()
-}
-
-pub fn parse_time(text: &str) -> Option<jiff::Timestamp> {
-    text.parse().ok()
-}
+pub use shoal_core::time::{format_time, now, parse_time};
 
 /// A random version-4 UUID.
 pub fn uid() -> String {
@@ -45,17 +34,10 @@ pub fn random_suffix(len: usize) -> String {
 
 /// `metadata`, created if missing (or not an object).
 pub fn meta_mut(object: &mut Value) -> &mut Map<String, Value> {
-    if !object.is_object() {
-        *object = Value::Object(Map::new());
-    }
-    let root = object.as_object_mut().expect("made an object above");
-    let meta = root
+    let meta = as_object(object)
         .entry("metadata")
         .or_insert_with(|| Value::Object(Map::new()));
-    if !meta.is_object() {
-        *meta = Value::Object(Map::new());
-    }
-    meta.as_object_mut().expect("made an object above")
+    as_object(meta)
 }
 
 pub fn meta_str<'a>(object: &'a Value, field: &str) -> Option<&'a str> {
@@ -70,21 +52,7 @@ pub fn namespace(object: &Value) -> Option<&str> {
     meta_str(object, "namespace")
 }
 
-/// Sets a field at a JSON path, creating the objects on the way.
-pub fn set_path(object: &mut Value, path: &[&str], value: Value) {
-    let mut current = object;
-    for part in path {
-        if !current.is_object() {
-            *current = Value::Object(Map::new());
-        }
-        current = current
-            .as_object_mut()
-            .expect("made an object above")
-            .entry(part.to_string())
-            .or_insert(Value::Null);
-    }
-    *current = value;
-}
+pub use shoal_core::json::{as_object, set_path};
 
 /// Sets a field only when it is missing or null.
 pub fn default_path(object: &mut Value, path: &[&str], value: Value) {

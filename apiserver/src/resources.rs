@@ -257,6 +257,14 @@ pub static RESOURCES: &[Resource] = &[
 pub static HPA_V1: Resource = resource!("autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", true, short: ["hpa"], categories: ["all"], subs: [Status], autoscaling1::HorizontalPodAutoscaler);
 
 /// The resource served at `group/version` under `plural`.
+/// A resource the table always holds (namespaces, nodes, services, v2
+/// HPAs), for the server's own use; `served_resources_are_in_the_table`
+/// checks every one asked for.
+#[allow(clippy::expect_used)] // The table is static; the test covers each caller.
+pub fn served(group: &str, version: &str, plural: &str) -> &'static Resource {
+    find(group, version, plural).expect("a resource of the static table")
+}
+
 pub fn find(group: &str, version: &str, plural: &str) -> Option<&'static Resource> {
     if group == "autoscaling" && version == "v1" && plural == HPA_V1.plural {
         return Some(&HPA_V1);
@@ -291,6 +299,18 @@ pub fn groups() -> Vec<(&'static str, Vec<&'static str>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn served_resources_are_in_the_table() {
+        for (group, version, plural) in [
+            ("", "v1", "namespaces"),
+            ("", "v1", "nodes"),
+            ("", "v1", "services"),
+            ("autoscaling", "v2", "horizontalpodautoscalers"),
+        ] {
+            assert_eq!(served(group, version, plural).plural, plural);
+        }
+    }
 
     #[test]
     fn the_table_has_no_duplicates() {

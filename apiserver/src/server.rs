@@ -21,7 +21,9 @@ use tokio::task::JoinHandle;
 use crate::allocate::{parse_port_range, Cidr};
 use crate::error::ApiError;
 use crate::storage::Store;
-use crate::{compaction, discovery, namespaces, openapi, rest, tls};
+use crate::{compaction, discovery, namespaces, openapi, rest};
+use shoal_core::duration::parse as parse_duration;
+use shoal_core::tls;
 
 #[derive(clap::Args, Debug, Clone)]
 pub struct Config {
@@ -164,15 +166,7 @@ impl Running {
             "apiVersion: v1\nkind: Config\nclusters:\n- name: loopback\n  cluster:\n    server: {server}\n    {trust}\nusers:\n- name: loopback\n  user:\n    token: {}\ncontexts:\n- name: loopback\n  context:\n    cluster: loopback\n    user: loopback\ncurrent-context: loopback\n",
             self.loopback_token
         );
-        let kubeconfig = kube::config::Kubeconfig::from_yaml(&text)
-            .map_err(|e| kube::Error::Service(Box::new(e)))?;
-        let config = kube::Config::from_custom_kubeconfig(
-            kubeconfig,
-            &kube::config::KubeConfigOptions::default(),
-        )
-        .await
-        .map_err(|e| kube::Error::Service(Box::new(e)))?;
-        kube::Client::try_from(config)
+        shoal_core::client::from_yaml(&text).await
     }
 
     pub async fn stop(self) {
@@ -186,25 +180,6 @@ impl Running {
             let _ = task.await;
         }
     }
-}
-
-/// `300`, `300s`, `5m`, `1h` as a duration.
-pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let text = text.trim();
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(i) => text.split_at(i),
-        None => (text, "s"),
-    };
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration like 300s or 5m"))?;
-    let seconds = match unit {
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(format!("{text:?} is not a duration like 300s or 5m")),
-    };
-    Ok(Duration::from_secs(seconds))
 }
 
 /// Parses a token file as kube-apiserver's `--token-auth-file`.
@@ -276,7 +251,30 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/openapi/v3/apis/{group}/{version}", get(openapi::group))
         .fallback(rest::dispatch)
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))
+        .layer(middleware::from_fn(catch_panic))
         .with_state(api)
+}
+
+/// A handler that panics answers 500 with a `Status` (and a log line)
+/// instead of dropping the connection; the server goes on.
+async fn catch_panic(request: Request, next: Next) -> Response {
+    use futures::FutureExt;
+    let what = format!("{} {}", request.method(), request.uri().path());
+    match std::panic::AssertUnwindSafe(next.run(request))
+        .catch_unwind()
+        .await
+    {
+        Ok(response) => response,
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "a panic".to_string());
+            tracing::error!(request = %what, panic = %message, "request handler panicked");
+            ApiError::internal(format!("Internal error occurred: {message}")).into_response()
+        }
+    }
 }
 
 pub async fn start(config: Config) -> Result<Running, StartError> {
@@ -330,7 +328,7 @@ pub async fn start_advertising(
             (files.cert, files.key, Some(ca))
         }
     };
-    let tls_config = tls::server_config(&cert, &key)?;
+    let tls_config = tls::server_config(&cert, &key, tls::ALPN_H2_HTTP1)?;
     let agent_ca = config
         .kubelet_certificate_authority
         .clone()
@@ -461,20 +459,34 @@ async fn accept_loop(
 mod tests {
     use super::*;
 
+    fn boom() -> &'static str {
+        panic!("boom")
+    }
+
+    #[tokio::test]
+    async fn a_panicking_handler_answers_500_and_the_server_goes_on() {
+        use tower::ServiceExt;
+        let app = Router::new()
+            .route("/boom", get(|| async { boom() }))
+            .layer(middleware::from_fn(catch_panic));
+        let request = Request::get("/boom")
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let response = app.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::INTERNAL_SERVER_ERROR);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(status["reason"], "InternalError");
+        assert!(status["message"].as_str().unwrap().contains("boom"));
+    }
+
     #[test]
     fn token_files_like_kube_apiserver() {
         let tokens = parse_tokens("# comment\nabc,admin,1,\"system:masters\"\n\nxyz,bob,2\n");
         assert_eq!(tokens.get("abc").map(String::as_str), Some("admin"));
         assert_eq!(tokens.get("xyz").map(String::as_str), Some("bob"));
         assert_eq!(tokens.len(), 2);
-    }
-
-    #[test]
-    fn durations_like_kube_apiserver_flags() {
-        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("300"), Ok(Duration::from_secs(300)));
-        assert_eq!(parse_duration("0s"), Ok(Duration::ZERO));
-        assert!(parse_duration("five").is_err());
-        assert!(parse_duration("5d").is_err());
     }
 }

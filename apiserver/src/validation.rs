@@ -12,25 +12,7 @@ const DNS1035_LABEL: &str = "a DNS-1035 label must consist of lower case alphanu
 const LABEL_VALUE: &str = "a valid label must be an empty string or consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyValue',  or 'my_value',  or '12345', regex used for validation is '(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?')";
 const QUALIFIED_NAME: &str = "name part must consist of alphanumeric characters, '-', '_' or '.', and must start and end with an alphanumeric character (e.g. 'MyName',  or 'my.name',  or '123-abc', regex used for validation is '([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]')";
 
-fn is_alnum_lower(c: char) -> bool {
-    c.is_ascii_lowercase() || c.is_ascii_digit()
-}
-
-pub fn is_dns1123_label(s: &str) -> bool {
-    !s.is_empty()
-        && s.len() <= 63
-        && s.chars().all(|c| is_alnum_lower(c) || c == '-')
-        && s.starts_with(is_alnum_lower)
-        && s.ends_with(is_alnum_lower)
-}
-
-pub fn is_dns1123_subdomain(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 253 && s.split('.').all(is_dns1123_label)
-}
-
-pub fn is_dns1035_label(s: &str) -> bool {
-    is_dns1123_label(s) && s.starts_with(|c: char| c.is_ascii_lowercase())
-}
+pub use shoal_core::names::{is_dns1035_label, is_dns1123_label, is_dns1123_subdomain};
 
 fn is_qualified_part(s: &str) -> bool {
     let alnum = |c: char| c.is_ascii_alphanumeric();
@@ -300,8 +282,7 @@ pub fn spec(resource: &Resource, object: &Value) -> Vec<Cause> {
             match spec.get("schedule").and_then(Value::as_str) {
                 None | Some("") => causes.push(Cause::required("spec.schedule")),
                 Some(schedule) => {
-                    if let Err(e) = crate::controllers::cronjob::schedule::Schedule::parse(schedule)
-                    {
+                    if let Err(e) = shoal_core::cron::Schedule::parse(schedule) {
                         causes.push(Cause::invalid(
                             "spec.schedule",
                             &Value::String(schedule.to_string()),

@@ -5,6 +5,9 @@
 //! panic. Bounded in cases so that CI stays fast; raise
 //! `PROPTEST_CASES` to search longer.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use proptest::prelude::*;
 use serde_json::{Map, Value};
 use shoal_apiserver::{defaults, patch, protobuf, resources, selectors, table, validation};

@@ -1,13 +1,17 @@
-//! shoal's node agent. Today it has simulated nodes (as kwok has), which
-//! register, heartbeat and report their pods Running without running them,
-//! so that the control loops can be tested and measured with many nodes on
-//! one machine; and the building blocks of the agent that runs pods for
-//! real: the local image store (`image`) and the runc container runtime
-//! with its per-container shim (`runtime`). The pod worker that joins them
-//! to the API (and the sandbox network of the `overlay` crate) comes next.
+//! shoal's node agent, the kubelet.
+//!
+//! ```text
+//!   agent/     the agent that runs pods: Node and Lease, one worker per pod
+//!              (sandbox from `shoal-overlay`, volumes, containers, probes),
+//!              status, events, the HTTPS server for logs/exec/attach
+//!   image/     the local image store (`shoal image load`; no registry)
+//!   runtime/   runc containers, each under a small shim; CRI log files
+//!   simulate   simulated nodes (as kwok's): register, heartbeat and report
+//!              pods Running without running them, to test the control
+//!              loops with many nodes on one machine
+//! ```
 
 pub mod agent;
 pub mod image;
-pub mod quantity;
 pub mod runtime;
 pub mod simulate;

@@ -450,10 +450,10 @@ fn pod_usage(pod: &Pod) -> Option<PodUsage> {
         return None;
     }
     let cpu = cpu
-        .and_then(|c| crate::quantity::parse_quantity(c, 1000.0))
+        .and_then(|c| shoal_core::quantity::parse_scaled(c, 1000))
         .unwrap_or(0);
     let memory = memory
-        .and_then(|m| crate::quantity::parse_quantity(m, 1.0))
+        .and_then(|m| shoal_core::quantity::parse_scaled(m, 1))
         .unwrap_or(0);
     let names: Vec<String> = pod
         .spec
@@ -810,9 +810,6 @@ mod tests {
             vec![("c".to_string(), 51, 0), ("d".to_string(), 50, 0)]
         );
         assert_eq!(pod_usage(&pod("Always", json!({}))), None);
-        assert_eq!(crate::quantity::parse_quantity("1Gi", 1.0), Some(1 << 30));
-        assert_eq!(crate::quantity::parse_quantity("2", 1000.0), Some(2000));
-        assert_eq!(crate::quantity::parse_quantity("x", 1.0), None);
     }
 
     #[test]

@@ -8,6 +8,9 @@
 //! pods vanish with the test process. Needs root (CI runs as root);
 //! without it each test says why and returns.
 
+// Test code: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::io::{Read, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -48,6 +51,11 @@ where
     Fut: std::future::Future<Output = ()>,
 {
     if !is_root() {
+        // Under CI=true a test that cannot run fails rather than passing.
+        assert!(
+            !std::env::var("CI").is_ok_and(|v| v == "true" || v == "1"),
+            "cannot run without root under CI=true: the pod network needs root"
+        );
         eprintln!("skipped: the pod network needs root (network namespaces, bridges, mounts)");
         return;
     }

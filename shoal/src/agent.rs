@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use clap::Args;
-use shoal_apiserver::server::parse_duration;
+use shoal_core::duration::parse as parse_duration;
 
 #[derive(Args)]
 pub struct AgentArgs {
@@ -101,7 +101,7 @@ pub struct AgentArgs {
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
-    let client = shoal_apiserver::controllers::client_from_kubeconfig(&args.kubeconfig)
+    let client = shoal_core::client::from_file(&args.kubeconfig)
         .await
         .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
     if !args.simulate {
@@ -158,7 +158,7 @@ async fn run_real(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
         (None, None) => {
             let mut ips = vec![args.bind_address];
             ips.extend(args.node_ip);
-            shoal_agent::agent::server::ensure_self_signed(
+            shoal_core::tls::ensure_self_signed(
                 &args.data_dir.join("pki"),
                 std::slice::from_ref(&node_name),
                 &ips,
@@ -186,9 +186,9 @@ async fn run_real(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
             token,
         },
         stop_pods_on_exit: args.stop_pods_on_exit,
-        container_log_max_bytes: shoal_agent::quantity::parse_quantity(
+        container_log_max_bytes: shoal_core::quantity::parse_scaled(
             &args.container_log_max_size,
-            1.0,
+            1,
         )
         .filter(|b| *b > 0)
         .with_context(|| {

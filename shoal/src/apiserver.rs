@@ -25,7 +25,7 @@ pub struct ApiserverArgs {
 }
 
 pub async fn run(args: ApiserverArgs) -> anyhow::Result<()> {
-    shoal_apiserver::controllers::check()?;
+    shoal_controllers::check()?;
     let running = shoal_apiserver::server::start_advertising(args.config, args.advertise_address)
         .await
         .context("starting the apiserver")?;
@@ -37,7 +37,7 @@ pub async fn run(args: ApiserverArgs) -> anyhow::Result<()> {
             .loopback_client()
             .await
             .context("a loopback client for the controllers")?;
-        Some(tokio::spawn(shoal_apiserver::controllers::run_elected(
+        Some(tokio::spawn(shoal_controllers::run_elected(
             client,
             crate::controllers::identity(),
             args.controllers.settings(),

@@ -213,8 +213,8 @@ pub async fn run(args: ApiBench) -> anyhow::Result<()> {
             pods_path.clone(),
         );
         let total = args.pods;
+        let mut local = histogram()?;
         tasks.push(tokio::spawn(async move {
-            let mut local = histogram().expect("valid bounds");
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
                 if i >= total {
@@ -288,10 +288,10 @@ pub async fn run(args: ApiBench) -> anyhow::Result<()> {
         }
         let (delivery, received) = (delivery.clone(), received.clone());
         let expected = args.watch_events;
+        let mut local = histogram()?;
         watchers.push(tokio::spawn(async move {
             let mut body = response.into_body();
             let mut buffer = Vec::new();
-            let mut local = histogram().expect("valid bounds");
             let mut seen = 0;
             while seen < expected {
                 let Some(Ok(frame)) = body.frame().await else {

@@ -98,7 +98,7 @@ pub async fn run(args: PodStartupBench) -> anyhow::Result<()> {
     if args.pods == 0 {
         bail!("--pods must be at least 1");
     }
-    let client = shoal_apiserver::controllers::client_from_kubeconfig(&args.kubeconfig)
+    let client = shoal_core::client::from_file(&args.kubeconfig)
         .await
         .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
     let namespaces: Api<Namespace> = Api::all(client.clone());

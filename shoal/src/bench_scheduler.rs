@@ -51,7 +51,7 @@ pub async fn run(args: SchedulerBench) -> anyhow::Result<()> {
     if args.deployments == 0 || args.pods < args.deployments {
         bail!("--pods must be at least --deployments (and that at least 1)");
     }
-    let client = shoal_apiserver::controllers::client_from_kubeconfig(&args.kubeconfig)
+    let client = shoal_core::client::from_file(&args.kubeconfig)
         .await
         .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
     let namespaces: Api<Namespace> = Api::all(client.clone());

@@ -21,11 +21,11 @@ pub struct ControllersArgs {
 pub struct ControllerFlags {
     /// How long a node's Lease may go unrenewed before the node and its
     /// pods turn Unknown (`5s`, `40s`, `1m`).
-    #[arg(long, env = "SHOAL_NODE_MONITOR_GRACE_PERIOD", default_value = "5s", value_parser = shoal_apiserver::server::parse_duration)]
+    #[arg(long, env = "SHOAL_NODE_MONITOR_GRACE_PERIOD", default_value = "5s", value_parser = shoal_core::duration::parse)]
     node_monitor_grace_period: std::time::Duration,
     /// How long after that the pods of an unreachable node are deleted
     /// (unless they tolerate the unreachable taint for longer).
-    #[arg(long, env = "SHOAL_POD_EVICTION_TIMEOUT", default_value = "5s", value_parser = shoal_apiserver::server::parse_duration)]
+    #[arg(long, env = "SHOAL_POD_EVICTION_TIMEOUT", default_value = "5s", value_parser = shoal_core::duration::parse)]
     pod_eviction_timeout: std::time::Duration,
     /// Addresses for LoadBalancer Services, as a CIDR (`172.18.255.0/24`);
     /// without it they stay `<pending>`.
@@ -33,13 +33,13 @@ pub struct ControllerFlags {
     loadbalancer_ip_pool: Option<String>,
     /// How often each HorizontalPodAutoscaler is synced (`15s`, as
     /// Kubernetes).
-    #[arg(long, env = "SHOAL_HPA_SYNC_PERIOD", default_value = "15s", value_parser = shoal_apiserver::server::parse_duration)]
+    #[arg(long, env = "SHOAL_HPA_SYNC_PERIOD", default_value = "15s", value_parser = shoal_core::duration::parse)]
     horizontal_pod_autoscaler_sync_period: std::time::Duration,
 }
 
 impl ControllerFlags {
-    pub fn settings(&self) -> shoal_apiserver::controllers::Settings {
-        shoal_apiserver::controllers::Settings {
+    pub fn settings(&self) -> shoal_controllers::Settings {
+        shoal_controllers::Settings {
             node_monitor_grace_period: self.node_monitor_grace_period,
             pod_eviction_timeout: self.pod_eviction_timeout,
             loadbalancer_ip_pool: self.loadbalancer_ip_pool.clone(),
@@ -58,13 +58,13 @@ pub fn identity() -> String {
 }
 
 pub async fn run(args: ControllersArgs) -> anyhow::Result<()> {
-    shoal_apiserver::controllers::check()?;
+    shoal_controllers::check()?;
     let settings = args.flags.settings();
-    let client = shoal_apiserver::controllers::client_from_kubeconfig(&args.kubeconfig)
+    let client = shoal_core::client::from_file(&args.kubeconfig)
         .await
         .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
     tokio::select! {
-        () = shoal_apiserver::controllers::run_elected(client, identity(), settings) => {}
+        () = shoal_controllers::run_elected(client, identity(), settings) => {}
         result = crate::apiserver::wait_for_signal() => result?,
     }
     Ok(())

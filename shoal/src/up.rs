@@ -56,9 +56,9 @@ pub struct UpArgs {
     #[arg(long, env = "SHOAL_AGENT_PORT", default_value_t = 10250)]
     agent_port: u16,
     /// Restart back-off of crashed containers: first delay and maximum.
-    #[arg(long, env = "SHOAL_BACKOFF_INITIAL", default_value = "10s", value_parser = shoal_apiserver::server::parse_duration)]
+    #[arg(long, env = "SHOAL_BACKOFF_INITIAL", default_value = "10s", value_parser = shoal_core::duration::parse)]
     restart_backoff_initial: Duration,
-    #[arg(long, env = "SHOAL_BACKOFF_MAX", default_value = "300s", value_parser = shoal_apiserver::server::parse_duration)]
+    #[arg(long, env = "SHOAL_BACKOFF_MAX", default_value = "300s", value_parser = shoal_core::duration::parse)]
     restart_backoff_max: Duration,
     /// Kill the pods' containers when `shoal up` stops (by default they
     /// keep running and the next `shoal up` on this data dir re-adopts
@@ -271,7 +271,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .loopback_client()
             .await
             .context("a client for the controllers")?;
-        Some(tokio::spawn(shoal_apiserver::controllers::run_elected(
+        Some(tokio::spawn(shoal_controllers::run_elected(
             client,
             crate::controllers::identity(),
             args.controllers.settings(),
@@ -357,8 +357,8 @@ async fn start_agent(
     let pki = agent_dir.join("pki");
     std::fs::create_dir_all(&pki)?;
     let (cert, key) = (pki.join("agent.crt"), pki.join("agent.key"));
-    let ca = shoal_apiserver::tls::Files::in_dir(&dir.join("apiserver"));
-    shoal_apiserver::tls::issue_serving_cert(
+    let ca = shoal_core::tls::Files::in_dir(&dir.join("apiserver"));
+    shoal_core::tls::issue_serving_cert(
         &ca.ca_cert,
         &ca.ca_key,
         std::slice::from_ref(&node_name),

@@ -6,6 +6,8 @@
 //! A folder module, so that cargo does not take it for a test target of
 //! its own; each suite declares it with `mod node;`.
 #![allow(dead_code)]
+// Test helpers: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -30,9 +32,15 @@ pub fn is_root() -> bool {
         .unwrap_or(false)
 }
 
-/// Returns from the test, saying why, unless it runs as root:
-/// `require_root!()` for the container runtime, `require_root!(reason)`
-/// for anything else.
+/// Whether the suite runs in CI (`CI=true`), where a test that cannot run
+/// fails rather than passing without having run.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Returns from the test, saying why, unless it runs as root (under
+/// `CI=true` it fails instead): `require_root!()` for the container
+/// runtime, `require_root!(reason)` for anything else.
 #[macro_export]
 macro_rules! require_root {
     () => {
@@ -40,6 +48,11 @@ macro_rules! require_root {
     };
     ($why:expr) => {
         if !$crate::node::is_root() {
+            assert!(
+                !$crate::node::in_ci(),
+                "cannot run without root under CI=true: {}",
+                $why
+            );
             eprintln!("skipped: {}", $why);
             return;
         }

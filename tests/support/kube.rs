@@ -78,7 +78,7 @@ impl ShoalUp {
     fn spawn_attempt(&mut self, attempt: u32) {
         let _ = std::fs::remove_file(&self.kubeconfig);
         let log = std::fs::File::create(self.dir.path().join("up.log")).expect("log file");
-        let child = Command::new(super::SHOAL)
+        let child = super::daemon(super::SHOAL)
             .args(["up", "--port", "0", "--data-dir"])
             .arg(self.dir.path())
             .args(&self.args)
@@ -139,8 +139,7 @@ impl ShoalUp {
     /// SIGKILL (the whole `shoal up`; containers of its agent live on).
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            super::kill_group(&mut child);
         }
     }
 
@@ -157,7 +156,7 @@ impl ShoalUp {
                 return Some(status);
             }
             if Instant::now() > deadline {
-                let _ = child.kill();
+                super::kill_group(&mut child);
                 return child.wait().ok();
             }
             std::thread::sleep(Duration::from_millis(50));
@@ -302,8 +301,7 @@ impl Drop for ShoalUp {
             remove_leftovers(self.dir.path());
         }
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            super::kill_group(&mut child);
         }
     }
 }
@@ -416,7 +414,7 @@ impl Apiserver {
             .expect("tokens");
         let port = super::free_port();
         let log = std::fs::File::create(dir.join("apiserver.log")).expect("log");
-        let mut command = Command::new(super::SHOAL);
+        let mut command = super::daemon(super::SHOAL);
         command
             .args([
                 "apiserver",
@@ -489,8 +487,7 @@ impl Apiserver {
 
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            super::kill_group(&mut child);
         }
     }
 
@@ -531,7 +528,7 @@ impl SimulatedNodes {
     pub fn start(kubeconfig: &Path, count: usize, prefix: &str) -> SimulatedNodes {
         let log = kubeconfig.with_file_name(format!("agent-{prefix}.log"));
         let file = std::fs::File::create(&log).expect("agent log");
-        let child = Command::new(super::SHOAL)
+        let child = super::daemon(super::SHOAL)
             .args([
                 "agent",
                 "--simulate",
@@ -558,8 +555,7 @@ impl SimulatedNodes {
 
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            super::kill_group(&mut child);
         }
     }
 }

@@ -1,6 +1,9 @@
 //! Test harness: real `shoal store` processes on loopback, driven by real
-//! clients. Children are killed when the cluster is dropped.
+//! clients. Children are killed when the cluster is dropped, and by the
+//! kernel when the test process dies (see [`daemon`]).
 #![allow(dead_code)]
+// Test helpers: a failed step is a failed test.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod kube;
 
@@ -16,6 +19,37 @@ use tempfile::TempDir;
 use tonic::transport::{Channel, Endpoint};
 
 pub const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
+
+/// A command for a long-lived child of a test (a store member, an
+/// apiserver, `shoal up`, an agent): in a process group of its own, so that
+/// [`kill_group`] stops what it started too, and sent SIGKILL by the kernel
+/// when the test process dies (`setpriv --pdeathsig`, from util-linux), so
+/// that nothing outlives a test that nextest killed at its timeout. Spawn
+/// it from the test's own thread: the signal follows the spawning thread.
+pub fn daemon(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut command = Command::new("setpriv");
+    command.args(["--pdeathsig", "KILL", "--"]).arg(program);
+    command.process_group(0);
+    command
+}
+
+/// SIGKILL to a child's process group (it and what it started), then
+/// reaps it.
+pub fn kill_group(child: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", child.id())])
+        .stderr(Stdio::null())
+        .status();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Whether the suite runs in CI (`CI=true`), where a test that cannot run
+/// here fails instead of skipping.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
 
 /// A port no one listens on, below Linux's ephemeral range (32768+) so
 /// that outgoing connections of parallel tests cannot take it between this
@@ -126,11 +160,11 @@ impl TestCluster {
             .expect("log file");
         let mut cmd = match self.kind {
             Kind::Shoal => {
-                let mut c = Command::new(SHOAL);
+                let mut c = daemon(SHOAL);
                 c.arg("store");
                 c
             }
-            Kind::Etcd => Command::new("etcd"),
+            Kind::Etcd => daemon("etcd"),
         };
         let child = cmd
             .args(["--name", &m.name])
@@ -165,8 +199,7 @@ impl TestCluster {
     /// SIGKILL, as a crash.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.members[i].child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
+            kill_group(&mut c);
         }
     }
 
@@ -184,8 +217,7 @@ impl TestCluster {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        let _ = child.kill();
-        let _ = child.wait();
+        kill_group(&mut child);
         None
     }
 

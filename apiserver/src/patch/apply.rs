@@ -276,11 +276,8 @@ pub fn leaves(tree: &Map<String, Value>) -> Vec<Vec<String>> {
 fn insert_leaf(tree: &mut Map<String, Value>, path: &[String]) {
     let mut current = tree;
     for (i, key) in path.iter().enumerate() {
-        let child = current.entry(key.clone()).or_insert_with(|| json!({}));
-        if !child.is_object() {
-            *child = json!({});
-        }
-        let map = child.as_object_mut().expect("made an object above");
+        let map =
+            shoal_core::json::as_object(current.entry(key.clone()).or_insert_with(|| json!({})));
         if key.starts_with("k:") && i + 1 < path.len() {
             map.entry(".").or_insert_with(|| json!({}));
         }

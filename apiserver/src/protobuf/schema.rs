@@ -7319,7 +7319,7 @@ pub static MESSAGES: &[Message] = &[
                 json: "workloadRef",
                 ty: Type::Message("io.k8s.api.core.v1.WorkloadReference"),
                 repeated: false,
-                inline: true,
+                inline: false,
             },
         ],
     },

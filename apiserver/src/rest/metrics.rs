@@ -308,7 +308,7 @@ fn table(object: &Value, include: &str) -> Value {
 fn format_sum(resource: &str, values: &[&str]) -> String {
     let total: f64 = values
         .iter()
-        .filter_map(|v| crate::scheduler::quantity::parse(v))
+        .filter_map(|v| shoal_core::quantity::parse_f64(v))
         .sum();
     if resource == "cpu" {
         format!("{}m", (total * 1000.0).round() as i64)
@@ -354,7 +354,7 @@ pub fn check_report(report: &Report) -> std::result::Result<(), String> {
             .flat_map(|c| c.usage.iter()),
     );
     for (resource, value) in quantities {
-        if crate::scheduler::quantity::parse(value).is_none_or(|v| v < 0.0) {
+        if shoal_core::quantity::parse_f64(value).is_none_or(|v| v < 0.0) {
             return Err(format!("usage.{resource}: {value:?} is not a quantity"));
         }
     }

@@ -95,7 +95,7 @@ async fn agent_address(api: &Api, pod: &Value, name: &str) -> Result<(String, u1
         .ok_or_else(|| {
             ApiError::bad_request(format!("pod {name} does not have a host assigned"))
         })?;
-    let nodes = crate::resources::find("", "v1", "nodes").expect("nodes are served");
+    let nodes = crate::resources::served("", "v1", "nodes");
     let kv = api
         .store
         .get(&nodes.key(None, node_name))

@@ -184,7 +184,7 @@ async fn namespace_accepts(api: &Api, ctx: &Ctx, name: &str) -> Result<()> {
     let Some(ns) = ctx.namespace.as_deref().filter(|_| ctx.resource.namespaced) else {
         return Ok(());
     };
-    let namespaces = crate::resources::find("", "v1", "namespaces").expect("namespaces are served");
+    let namespaces = crate::resources::served("", "v1", "namespaces");
     match api.store.get(&namespaces.key(None, ns)).await? {
         None => Err(ApiError::not_found(namespaces, ns)),
         Some(kv) => {
@@ -221,7 +221,7 @@ fn validate(resource: &Resource, object: &Value) -> Result<()> {
 
 /// The status a kind starts with, whatever the client sent.
 fn initial_status(resource: &Resource, object: &mut Value) {
-    let map = object.as_object_mut().expect("objects are JSON objects");
+    let map = crate::object::as_object(object);
     match (resource.group, resource.kind) {
         ("", "Pod") => {
             let qos = qos_class(map.get("spec").unwrap_or(&Value::Null));
@@ -239,36 +239,11 @@ fn initial_status(resource: &Resource, object: &mut Value) {
     }
 }
 
-/// Guaranteed when every container's requests equal its limits for cpu and
-/// memory, BestEffort when nothing is set, Burstable otherwise.
+/// The QoS class of a pod spec as written (BestEffort when it does not
+/// read as one: validation reports that).
 pub fn qos_class(spec: &Value) -> &'static str {
-    let containers: Vec<&Value> = ["initContainers", "containers"]
-        .iter()
-        .filter_map(|f| spec.get(*f).and_then(Value::as_array))
-        .flatten()
-        .collect();
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in &containers {
-        let requests = c.pointer("/resources/requests");
-        let limits = c.pointer("/resources/limits");
-        for resource in ["cpu", "memory"] {
-            let r = requests.and_then(|r| r.get(resource));
-            let l = limits.and_then(|l| l.get(resource));
-            if r.is_some() || l.is_some() {
-                any = true;
-            }
-            // A limit without a request defaults the request to the limit.
-            if l.is_none() || (r.is_some() && r != l) {
-                guaranteed = false;
-            }
-        }
-    }
-    match (any, guaranteed) {
-        (false, _) => "BestEffort",
-        (true, true) => "Guaranteed",
-        (true, false) => "Burstable",
-    }
+    serde_json::from_value::<k8s_openapi::api::core::v1::PodSpec>(spec.clone())
+        .map_or("BestEffort", |spec| shoal_core::pod::qos_class(&spec))
 }
 
 pub async fn create(api: &Api, ctx: &mut Ctx, body: bytes::Bytes) -> Result<(StatusCode, Value)> {
@@ -760,12 +735,14 @@ mod tests {
         );
         assert_eq!(
             qos_class(
-                &json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]})
+                &json!({"containers": [{"name": "a", "resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]})
             ),
             "Guaranteed"
         );
         assert_eq!(
-            qos_class(&json!({"containers": [{"resources": {"requests": {"cpu": "1"}}}]})),
+            qos_class(
+                &json!({"containers": [{"name": "a", "resources": {"requests": {"cpu": "1"}}}]})
+            ),
             "Burstable"
         );
     }

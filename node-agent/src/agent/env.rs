@@ -31,6 +31,7 @@ use kube::api::Api;
 use kube::runtime::reflector::Store;
 
 use crate::runtime::process::expand;
+use shoal_core::quantity::{ceil_div, parse as parse_quantity, Amount};
 
 /// The namespace whose `kubernetes` Service every pod gets links to.
 const MASTER_NAMESPACE: &str = "default";
@@ -677,14 +678,7 @@ fn go_quote(s: &str) -> String {
 
 /// The pod's container (or init container) of that name.
 pub fn find_container<'p>(pod: &'p Pod, name: &str) -> Result<&'p Container> {
-    pod.spec
-        .iter()
-        .flat_map(|s| {
-            s.containers
-                .iter()
-                .chain(s.init_containers.iter().flatten())
-        })
-        .find(|c| c.name == name)
+    shoal_core::pod::find_container(pod, name)
         .ok_or_else(|| EnvError::ContainerNotFound(name.to_owned()))
 }
 
@@ -745,108 +739,6 @@ pub fn resource_value(
         ceil_div(amount.value(), divisor.value())
     };
     Ok(value.to_string())
-}
-
-fn ceil_div(a: i128, b: i128) -> i128 {
-    if b == 0 {
-        return a;
-    }
-    let q = a / b;
-    if a % b != 0 && ((a > 0) == (b > 0)) {
-        q + 1
-    } else {
-        q
-    }
-}
-
-/// A resource quantity as an exact fraction `num / den`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Amount {
-    num: i128,
-    den: i128,
-}
-
-impl Amount {
-    pub const ZERO: Amount = Amount { num: 0, den: 1 };
-    pub const ONE: Amount = Amount { num: 1, den: 1 };
-
-    pub fn from_units(units: u64) -> Self {
-        Amount {
-            num: i128::from(units),
-            den: 1,
-        }
-    }
-    pub fn from_milli(milli: u64) -> Self {
-        Amount {
-            num: i128::from(milli),
-            den: 1000,
-        }
-    }
-    pub fn is_zero(&self) -> bool {
-        self.num == 0
-    }
-    /// The value rounded up to a whole unit (Quantity.Value()).
-    pub fn value(&self) -> i128 {
-        ceil_div(self.num, self.den)
-    }
-    /// Thousandths, rounded up (Quantity.MilliValue()).
-    pub fn milli_value(&self) -> i128 {
-        ceil_div(self.num.saturating_mul(1000), self.den)
-    }
-}
-
-/// Parses a Kubernetes quantity (`250m`, `1.5`, `64Mi`, `1e3`, `2G`).
-pub fn parse_quantity(text: &str) -> Option<Amount> {
-    let text = text.trim();
-    let (negative, rest) = match text.as_bytes().first() {
-        Some(b'-') => (true, &text[1..]),
-        Some(b'+') => (false, &text[1..]),
-        _ => (false, text),
-    };
-    let split = rest
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(rest.len());
-    let (number, suffix) = rest.split_at(split);
-    if number.is_empty() || number == "." || number.matches('.').count() > 1 {
-        return None;
-    }
-    let (whole, frac) = number.split_once('.').unwrap_or((number, ""));
-    if frac.len() > 18 || whole.len() > 30 {
-        return None;
-    }
-    let digits = format!("{whole}{frac}");
-    let mut num: i128 = digits.parse().ok()?;
-    let mut den: i128 = 10i128.checked_pow(u32::try_from(frac.len()).ok()?)?;
-    let (binary, exponent): (u32, i32) = match suffix {
-        "" => (0, 0),
-        "Ki" => (1, 0),
-        "Mi" => (2, 0),
-        "Gi" => (3, 0),
-        "Ti" => (4, 0),
-        "Pi" => (5, 0),
-        "Ei" => (6, 0),
-        "n" => (0, -9),
-        "u" => (0, -6),
-        "m" => (0, -3),
-        "k" => (0, 3),
-        "M" => (0, 6),
-        "G" => (0, 9),
-        "T" => (0, 12),
-        "P" => (0, 15),
-        "E" => (0, 18),
-        s if s.starts_with(['e', 'E']) => (0, s[1..].parse().ok()?),
-        _ => return None,
-    };
-    num = num.checked_mul(1024i128.checked_pow(binary)?)?;
-    if exponent >= 0 {
-        num = num.checked_mul(10i128.checked_pow(exponent.unsigned_abs())?)?;
-    } else {
-        den = den.checked_mul(10i128.checked_pow(exponent.unsigned_abs())?)?;
-    }
-    if negative {
-        num = -num;
-    }
-    Some(Amount { num, den })
 }
 
 #[cfg(test)]
@@ -1354,24 +1246,6 @@ mod tests {
         let env = container_env(&ctx(&p, &refs, "", ""), &no_limits).unwrap();
         assert_eq!(get(&env, "CPU"), Some("4"));
         assert_eq!(get(&env, "MEM"), Some("8"));
-    }
-
-    #[test]
-    fn quantities() {
-        let milli = |s: &str| parse_quantity(s).unwrap().milli_value();
-        let value = |s: &str| parse_quantity(s).unwrap().value();
-        assert_eq!(milli("250m"), 250);
-        assert_eq!(milli("1.5"), 1500);
-        assert_eq!(milli("2"), 2000);
-        assert_eq!(milli("100u"), 1);
-        assert_eq!(value("64Mi"), 64 << 20);
-        assert_eq!(value("1G"), 1_000_000_000);
-        assert_eq!(value("1e3"), 1000);
-        assert_eq!(value("1.5Ki"), 1536);
-        assert_eq!(value("500m"), 1);
-        assert!(parse_quantity("1.2.3").is_none());
-        assert!(parse_quantity("12Q").is_none());
-        assert!(parse_quantity("").is_none());
     }
 
     #[test]

@@ -6,10 +6,14 @@
 //!    overlay      the node's bridge; one network namespace + IP per pod
 //!    pods.rs      watch pods with spec.nodeName = this node; one worker per pod,
 //!                 the newest object handed over (updates merged, never queued)
-//!    worker.rs    a pod's life: sandbox → volumes → init containers → containers
-//!                 → (probes, restarts, back-off) → termination; status patched
-//!                 whenever what it computes (status.rs, pure) changes
-//!    server.rs    HTTPS for the apiserver's logs/exec/attach proxy
+//!    worker/      a pod's life by stage (Setup → Initializing → Running →
+//!                 Ended, or Terminating): sandbox → volumes → init containers
+//!                 → containers → (probes, restarts, back-off) → termination;
+//!                 status patched whenever what it computes (status.rs, pure)
+//!                 changes
+//!    server/      HTTPS for the apiserver's logs/exec/attach proxy: query
+//!                 parsing, logs (CRI files read with runtime/log.rs), and
+//!                 exec/attach (remotecommand)
 //! ```
 //!
 //! Everything the agent runs is found again from files after a restart:

@@ -9,9 +9,9 @@
 //! ```
 //!
 //! [`check`] runs one probe: exec (through `runc exec`, exit code 0 is
-//! success, the output is the failure message), httpGet (a hand-written
-//! HTTP/1.1 GET, HTTPS without certificate checks as kubelet does; 200 to
-//! 399 is success; redirects are followed to the same host only, ten at
+//! success, the output is the failure message), httpGet (an HTTP/1.1 GET
+//! through hyper's client, HTTPS without certificate checks as kubelet
+//! does; 200 to 399 is success; redirects are followed to the same host only, ten at
 //! most), tcpSocket (a connect). gRPC probes are not supported: they
 //! report [`Outcome::Error`], which, as a probe error in kubelet, leaves
 //! the result as it was. Failure messages are worded as kubelet's events
@@ -30,11 +30,14 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
+use axum::body::Body;
+use axum::http::{header, HeaderName, HeaderValue, Request};
+use hyper_util::rt::TokioIo;
 use k8s_openapi::api::core::v1::{
     ContainerPort, ExecAction, HTTPGetAction, HTTPHeader, Probe, TCPSocketAction,
 };
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
@@ -293,22 +296,34 @@ pub fn request_headers(probe_headers: &[HTTPHeader]) -> Vec<(String, String)> {
     out
 }
 
-/// The bytes of a GET of `url` with `headers` (a `Host` among them
-/// replaces the default one).
-pub fn format_request(url: &Url, headers: &[(String, String)]) -> Vec<u8> {
+/// The GET of `url` with `headers` (a `Host` among them replaces the
+/// default one), closing the connection after the response.
+pub fn build_request(url: &Url, headers: &[(String, String)]) -> Result<Request<Body>, String> {
     let host = headers
         .iter()
         .find(|(n, _)| n.eq_ignore_ascii_case("Host"))
         .map(|(_, v)| v.clone())
         .unwrap_or_else(|| join_host_port(&url.host, url.port));
-    let mut text = format!("GET {} HTTP/1.1\r\nHost: {host}\r\n", url.path);
+    let mut request = Request::get(url.path.as_str())
+        .header(header::HOST, host)
+        .body(Body::empty())
+        .map_err(|e| format!("net/http: {e}"))?;
     for (name, value) in headers {
-        if !name.eq_ignore_ascii_case("Host") {
-            text.push_str(&format!("{name}: {value}\r\n"));
+        if name.eq_ignore_ascii_case("Host") {
+            continue;
+        }
+        // request_headers dropped what cannot be a header already.
+        if let (Ok(name), Ok(value)) = (
+            HeaderName::from_bytes(name.as_bytes()),
+            HeaderValue::from_str(value),
+        ) {
+            request.headers_mut().append(name, value);
         }
     }
-    text.push_str("Connection: close\r\n\r\n");
-    text.into_bytes()
+    request
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    Ok(request)
 }
 
 /// A response's status and Location.
@@ -318,33 +333,15 @@ pub struct ResponseHead {
     pub location: Option<String>,
 }
 
-/// Parses a response head (status line and headers, without the blank
-/// line); errors in Go's words.
-pub fn parse_head(head: &[u8]) -> Result<ResponseHead, String> {
-    let text = String::from_utf8_lossy(head);
-    let mut lines = text.split("\r\n");
-    let status_line = lines.next().unwrap_or_default();
-    let malformed = || {
-        format!("net/http: HTTP/1.x transport connection broken: malformed HTTP response {status_line:?}")
-    };
-    let mut parts = status_line.splitn(3, ' ');
-    let version = parts.next().unwrap_or_default();
-    if !version.starts_with("HTTP/") {
-        return Err(malformed());
+/// A client error in Go's words, as kubelet's probe messages show them.
+fn go_error(e: &hyper::Error) -> String {
+    if e.is_parse() || e.is_parse_status() {
+        "net/http: HTTP/1.x transport connection broken: malformed HTTP response".into()
+    } else if e.is_incomplete_message() {
+        "EOF".into()
+    } else {
+        e.to_string()
     }
-    let status = parts
-        .next()
-        .filter(|c| c.len() == 3)
-        .and_then(|c| c.parse::<u16>().ok())
-        .filter(|c| *c >= 100)
-        .ok_or_else(|| format!("malformed HTTP status code {:?}", status_line))?;
-    let location = lines.find_map(|line| {
-        let (name, value) = line.split_once(':')?;
-        name.trim()
-            .eq_ignore_ascii_case("Location")
-            .then(|| value.trim().to_string())
-    });
-    Ok(ResponseHead { status, location })
 }
 
 /// What to do after a response.
@@ -440,39 +437,41 @@ pub fn decide(url: &Url, head: &ResponseHead, hops: usize) -> Next {
     }
 }
 
-/// Sends `request` on `stream` and reads the response head.
-async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: S,
-    request: &[u8],
+/// Sends `request` on `stream` (hyper's HTTP/1.1 client) and reads the
+/// response head; the body is not read.
+async fn exchange<S: AsyncRead + AsyncWrite + Unpin + Send + 'static>(
+    stream: S,
+    request: Request<Body>,
 ) -> Result<ResponseHead, String> {
-    stream
-        .write_all(request)
+    // Header names in Go's canonical case (`User-Agent`), as kubelet
+    // sends them.
+    let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+        .title_case_headers(true)
+        .max_buf_size(MAX_HEAD)
+        .handshake(TokioIo::new(stream))
         .await
-        .map_err(|e| format!("write: {}", errno_text(&e)))?;
-    let mut head = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        if let Some(end) = head.windows(4).position(|w| w == b"\r\n\r\n") {
-            return parse_head(&head[..end]);
-        }
-        if head.len() > MAX_HEAD {
-            return Err("net/http: server response headers exceeded the limit".into());
-        }
-        match stream.read(&mut chunk).await {
-            Ok(0) if head.is_empty() => return Err("EOF".into()),
-            Ok(0) => return Err("unexpected EOF".into()),
-            Ok(n) => head.extend_from_slice(&chunk[..n]),
-            Err(e) => return Err(format!("read: {}", errno_text(&e))),
-        }
-    }
+        .map_err(|e| go_error(&e))?;
+    let connection = tokio::spawn(connection);
+    let response = sender.send_request(request).await;
+    connection.abort();
+    let response = response.map_err(|e| go_error(&e))?;
+    let location = response
+        .headers()
+        .get(header::LOCATION)
+        .and_then(|v| v.to_str().ok())
+        .map(|v| v.trim().to_string());
+    Ok(ResponseHead {
+        status: response.status().as_u16(),
+        location,
+    })
 }
 
 /// One request to `url`.
 async fn fetch(url: &Url, headers: &[(String, String)]) -> Result<ResponseHead, String> {
     let stream = dial(&url.host, url.port).await?;
-    let request = format_request(url, headers);
+    let request = build_request(url, headers)?;
     if !url.https {
-        return exchange(stream, &request).await;
+        return exchange(stream, request).await;
     }
     let name = match url.host.parse::<IpAddr>() {
         Ok(ip) => rustls::pki_types::ServerName::IpAddress(ip.into()),
@@ -483,7 +482,7 @@ async fn fetch(url: &Url, headers: &[(String, String)]) -> Result<ResponseHead, 
         .connect(name, stream)
         .await
         .map_err(|e| format!("tls: {e}"))?;
-    exchange(tls, &request).await
+    exchange(tls, request).await
 }
 
 async fn http_probe(
@@ -838,6 +837,7 @@ fn spawn_gated(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     fn named(name: &str, port: i32) -> ContainerPort {
         ContainerPort {
@@ -882,11 +882,27 @@ mod tests {
             name: "X-Custom".into(),
             value: "yes".into(),
         }]);
-        let text = String::from_utf8(format_request(&url, &headers)).unwrap();
+        let shown = |request: Request<Body>| -> Vec<(String, String)> {
+            let mut out = vec![("path".to_string(), request.uri().to_string())];
+            out.extend(
+                request
+                    .headers()
+                    .iter()
+                    .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or_default().to_string())),
+            );
+            out
+        };
+        let pair = |n: &str, v: &str| (n.to_string(), v.to_string());
         assert_eq!(
-            text,
-            "GET /healthz HTTP/1.1\r\nHost: 10.244.0.5:8080\r\nX-Custom: yes\r\n\
-             User-Agent: kube-probe/1.32\r\nAccept: */*\r\nConnection: close\r\n\r\n"
+            shown(build_request(&url, &headers).unwrap()),
+            vec![
+                pair("path", "/healthz"),
+                pair("host", "10.244.0.5:8080"),
+                pair("x-custom", "yes"),
+                pair("user-agent", "kube-probe/1.32"),
+                pair("accept", "*/*"),
+                pair("connection", "close"),
+            ]
         );
         // A probe's Host and User-Agent replace the defaults; an empty
         // Accept removes it; header injection is dropped.
@@ -908,10 +924,14 @@ mod tests {
                 value: "a\r\nInjected: 1".into(),
             },
         ]);
-        let text = String::from_utf8(format_request(&url, &headers)).unwrap();
         assert_eq!(
-            text,
-            "GET /healthz HTTP/1.1\r\nHost: example.com\r\nuser-agent: me\r\nConnection: close\r\n\r\n"
+            shown(build_request(&url, &headers).unwrap()),
+            vec![
+                pair("path", "/healthz"),
+                pair("host", "example.com"),
+                pair("user-agent", "me"),
+                pair("connection", "close"),
+            ]
         );
         let v6 = Url {
             https: true,
@@ -922,26 +942,28 @@ mod tests {
         assert_eq!(v6.to_string(), "https://[fd00::5]:443/");
     }
 
-    #[test]
-    fn response_heads_parse() {
+    #[tokio::test]
+    async fn response_heads_are_read_and_garbage_is_named_as_go_does() {
+        let url = |port| Url {
+            https: false,
+            host: "127.0.0.1".into(),
+            port,
+            path: "/".into(),
+        };
+        let (port, _server) =
+            serve_once("HTTP/1.0 302 Found\r\nlocation: /login\r\nX: y\r\n\r\n").await;
         assert_eq!(
-            parse_head(b"HTTP/1.1 200 OK\r\nContent-Length: 2"),
-            Ok(ResponseHead {
-                status: 200,
-                location: None
-            })
-        );
-        assert_eq!(
-            parse_head(b"HTTP/1.0 302 Found\r\nlocation: /login\r\nX: y"),
+            fetch(&url(port), &[]).await,
             Ok(ResponseHead {
                 status: 302,
                 location: Some("/login".into())
             })
         );
-        assert!(parse_head(b"SSH-2.0-OpenSSH")
-            .unwrap_err()
-            .contains("malformed HTTP response"));
-        assert!(parse_head(b"HTTP/1.1 abc").is_err());
+        let (port, _server) = serve_once("SSH-2.0-OpenSSH\r\n\r\n").await;
+        let err = fetch(&url(port), &[]).await.unwrap_err();
+        assert!(err.contains("malformed HTTP response"), "{err}");
+        let (port, _server) = serve_once("").await;
+        assert_eq!(fetch(&url(port), &[]).await, Err("EOF".to_string()));
     }
 
     #[test]

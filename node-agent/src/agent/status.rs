@@ -309,45 +309,9 @@ pub fn pod_status(view: &PodView<'_>, now: &str) -> Value {
 
 /// Guaranteed, Burstable or BestEffort, from requests and limits.
 pub fn qos_class(pod: &Pod) -> &'static str {
-    let Some(spec) = &pod.spec else {
-        return "BestEffort";
-    };
-    let all: Vec<_> = spec
-        .containers
-        .iter()
-        .chain(spec.init_containers.iter().flatten())
-        .collect();
-    let mut any = false;
-    let mut guaranteed = true;
-    for c in &all {
-        let requests = c
-            .resources
-            .as_ref()
-            .and_then(|r| r.requests.clone())
-            .unwrap_or_default();
-        let limits = c
-            .resources
-            .as_ref()
-            .and_then(|r| r.limits.clone())
-            .unwrap_or_default();
-        if !requests.is_empty() || !limits.is_empty() {
-            any = true;
-        }
-        for resource in ["cpu", "memory"] {
-            match (limits.get(resource), requests.get(resource)) {
-                (Some(l), Some(r)) if l != r => guaranteed = false,
-                (Some(_), _) => {}
-                (None, _) => guaranteed = false,
-            }
-        }
-    }
-    if !any {
-        "BestEffort"
-    } else if guaranteed {
-        "Guaranteed"
-    } else {
-        "Burstable"
-    }
+    pod.spec
+        .as_ref()
+        .map_or("BestEffort", shoal_core::pod::qos_class)
 }
 
 #[cfg(test)]
@@ -506,20 +470,5 @@ mod tests {
             s["initContainerStatuses"][0]["state"]["terminated"]["exitCode"],
             1
         );
-    }
-
-    #[test]
-    fn qos_classes() {
-        let mut p = pod("Always");
-        assert_eq!(qos_class(&p), "BestEffort");
-        let c = &mut p.spec.as_mut().unwrap().containers[0];
-        c.resources =
-            serde_json::from_value(json!({"limits": {"cpu": "1", "memory": "1Gi"}})).unwrap();
-        // Requests default to limits (the apiserver fills them in); here
-        // only limits are set, which Kubernetes also calls Guaranteed.
-        assert_eq!(qos_class(&p), "Guaranteed");
-        let c = &mut p.spec.as_mut().unwrap().containers[0];
-        c.resources = serde_json::from_value(json!({"requests": {"cpu": "1"}})).unwrap();
-        assert_eq!(qos_class(&p), "Burstable");
     }
 }

@@ -276,7 +276,7 @@ fn prepare_volume(root: &Path, ctx: &EnvContext<'_>, volume: &Volume) -> Result<
         "Memory" => {
             let size = match &empty.size_limit {
                 Some(q) => Some(
-                    env::parse_quantity(&q.0)
+                    shoal_core::quantity::parse(&q.0)
                         .ok_or_else(|| set_up(name, format!("invalid sizeLimit {:?}", q.0)))?
                         .value(),
                 ),

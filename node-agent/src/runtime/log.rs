@@ -159,6 +159,97 @@ pub fn copy_stream(
     }
 }
 
+// Reading (what kubelet serves `kubectl logs` from).
+
+/// One line of a CRI log file (runtime/log.rs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry<'a> {
+    pub time: jiff::Timestamp,
+    /// `stdout` or `stderr`.
+    pub stream: &'a [u8],
+    /// `P`: the line goes on in the next entry.
+    pub partial: bool,
+    pub text: &'a [u8],
+}
+
+/// Parses one line of a CRI log file (without its newline).
+pub fn parse_entry(line: &[u8]) -> Option<Entry<'_>> {
+    let mut fields = line.splitn(4, |&b| b == b' ');
+    let time = std::str::from_utf8(fields.next()?).ok()?.parse().ok()?;
+    let stream = fields.next()?;
+    let tags = fields.next()?;
+    // Tags are `:`-separated; the first says full or partial.
+    let partial = match tags.split(|&b| b == b':').next()? {
+        b"P" => true,
+        b"F" => false,
+        _ => return None,
+    };
+    Some(Entry {
+        time,
+        stream,
+        partial,
+        text: fields.next().unwrap_or_default(),
+    })
+}
+
+/// A time as Go's `time.RFC3339Nano` prints it (kubelet's `--timestamps`
+/// format): UTC, trailing zeros of the fraction dropped.
+pub fn format_rfc3339_nano(time: jiff::Timestamp) -> String {
+    let full = format_time(time);
+    // `…:SS.nnnnnnnnnZ`
+    let Some(dot) = full.rfind('.') else {
+        return full;
+    };
+    let fraction = full[dot + 1..full.len() - 1].trim_end_matches('0');
+    if fraction.is_empty() {
+        format!("{}Z", &full[..dot])
+    } else {
+        format!("{}.{fraction}Z", &full[..dot])
+    }
+}
+
+/// Where the last `n` lines of the log in `buf` start (a line being one
+/// or more entries, the last of them `F`; a trailing run of `P` entries
+/// counts as a line too). `buf` is the end of the file, from its start
+/// when `whole`; without enough lines in a partial `buf`, `None`: read
+/// more. Bytes after the last newline (an entry being written) are not
+/// part of any line.
+pub fn tail_start(buf: &[u8], whole: bool, n: u64) -> Option<usize> {
+    let Some(last_newline) = buf.iter().rposition(|&b| b == b'\n') else {
+        return whole.then_some(0);
+    };
+    let end = last_newline + 1;
+    if n == 0 {
+        return Some(end);
+    }
+    // The first whole entry: in a partial buffer, the first bytes are the
+    // end of an entry that started before it.
+    let first = if whole {
+        0
+    } else {
+        buf.iter().position(|&b| b == b'\n')? + 1
+    };
+    let mut lines = 0u64;
+    let mut entry_end = end;
+    let mut is_last = true;
+    while entry_end > first {
+        let start = buf[first..entry_end - 1]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(first, |i| first + i + 1);
+        let partial = parse_entry(&buf[start..entry_end - 1]).is_some_and(|e| e.partial);
+        if !partial || is_last {
+            if lines == n {
+                return Some(entry_end);
+            }
+            lines += 1;
+        }
+        is_last = false;
+        entry_end = start;
+    }
+    whole.then_some(0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

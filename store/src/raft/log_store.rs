@@ -104,8 +104,10 @@ impl LogStore {
         Ok(Self { syncer, db })
     }
 
+    // Column families are created when the database is opened, with
+    // these names only.
+    #[allow(clippy::expect_used)]
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
-        // Column families are created when the database is opened.
         self.db.cf_handle(name).expect("column family exists")
     }
 

@@ -97,6 +97,9 @@ impl StateMachine {
         Ok(sm)
     }
 
+    // Column families are created when the database is opened, with
+    // these names only.
+    #[allow(clippy::expect_used)]
     fn cf(&self, name: &str) -> &rocksdb::ColumnFamily {
         self.db.cf_handle(name).expect("column family exists")
     }
@@ -268,7 +271,12 @@ fn save_snapshot(
         encode(&stored).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
     // Synced: it also makes every state-machine write before it durable,
     // which must hold before the log it covers is purged.
-    let cf = db.cf_handle(CF_SNAPSHOT).expect("column family exists");
+    let cf = db.cf_handle(CF_SNAPSHOT).ok_or_else(|| {
+        StorageIOError::write_snapshot(
+            Some(meta.signature()),
+            &std::io::Error::other("the snapshot column family is missing"),
+        )
+    })?;
     db.put_cf(cf, KEY_SNAPSHOT, bytes)
         .map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;
     sync_wal(db).map_err(|e| StorageIOError::write_snapshot(Some(meta.signature()), &e))?;

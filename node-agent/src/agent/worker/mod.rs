@@ -207,6 +207,47 @@ impl Ctr {
     }
 }
 
+/// Where a worker is in its pod's life: the stages of the module's
+/// diagram, each mapping to a phase (`status.rs` computes it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// Sandbox, files and volumes not ready yet (`setup.rs`). Pending.
+    Setup,
+    /// Init containers run one after another; sidecars are kept. Pending.
+    Initializing,
+    /// The init containers are done: the containers run. Running.
+    Running,
+    /// Every container ended for good. Succeeded or Failed.
+    Ended {
+        /// Whether the init containers had all succeeded.
+        initialized: bool,
+        /// An init container failed under restartPolicy Never.
+        init_failed: bool,
+        /// It had ended before this worker started (an agent restarted):
+        /// the pod keeps the status it ended with.
+        found: bool,
+    },
+    /// Being deleted: the containers were stopped.
+    Terminating { initialized: bool },
+}
+
+impl Stage {
+    /// Whether the init containers had all succeeded (the pod's
+    /// Initialized condition).
+    fn initialized(self) -> bool {
+        match self {
+            Stage::Setup | Stage::Initializing => false,
+            Stage::Running => true,
+            Stage::Ended { initialized, .. } | Stage::Terminating { initialized } => initialized,
+        }
+    }
+
+    /// Whether the containers have stopped for good.
+    fn is_over(self) -> bool {
+        matches!(self, Stage::Ended { .. } | Stage::Terminating { .. })
+    }
+}
+
 struct Worker {
     shared: Arc<Shared>,
     pod: Arc<Pod>,
@@ -222,25 +263,28 @@ struct Worker {
     setup_retry_at: Option<Instant>,
     init: Vec<Ctr>,
     containers: Vec<Ctr>,
-    initialized: bool,
-    init_failed: bool,
+    stage: Stage,
     start_time: String,
     last_status: Option<Value>,
-    ended: bool,
-    /// The pod had ended when this worker started (an agent restarted).
-    found_ended: bool,
 }
 
-/// Runs the worker of one pod until the pod is gone.
+/// Runs the worker of one pod until the pod is gone. Every line it logs
+/// names the pod (`pod = namespace/name`, `uid`).
 pub async fn run(shared: Arc<Shared>, mut updates: watch::Receiver<Update>) {
     let Update::Present(pod) = updates.borrow_and_update().clone() else {
         return;
     };
-    let mut worker = Worker::new(shared, pod);
-    tracing::debug!(pod = %worker.name, "a worker for the pod");
-    let span = tracing::info_span!("pod", pod = %format!("{}/{}", worker.namespace, worker.name));
-    let _guard = span.enter();
-    drop(_guard);
+    let worker = Worker::new(shared, pod);
+    let span = tracing::info_span!(
+        "pod",
+        pod = %format!("{}/{}", worker.namespace, worker.name),
+        uid = %worker.uid
+    );
+    tracing::Instrument::instrument(work(worker, updates), span).await;
+}
+
+async fn work(mut worker: Worker, mut updates: watch::Receiver<Update>) {
+    tracing::debug!("a worker for the pod");
     worker.adopt().await;
     loop {
         let update = updates.borrow_and_update().clone();
@@ -327,13 +371,18 @@ impl Worker {
             setup_retry_at: None,
             init,
             containers,
-            initialized: false,
-            init_failed: false,
+            // A pod that ended before (this agent restarted) stays ended.
+            stage: if matches!(phase.as_str(), "Succeeded" | "Failed") {
+                Stage::Ended {
+                    initialized: false,
+                    init_failed: false,
+                    found: true,
+                }
+            } else {
+                Stage::Setup
+            },
             start_time,
             last_status: None,
-            // A pod that ended before (this agent restarted) stays ended.
-            ended: matches!(phase.as_str(), "Succeeded" | "Failed"),
-            found_ended: matches!(phase.as_str(), "Succeeded" | "Failed"),
             pod,
         }
     }
@@ -445,7 +494,7 @@ impl Worker {
             }
         }
         // Its init containers ran under the previous agent.
-        self.initialized = self
+        let initialized = self
             .pod
             .status
             .as_ref()
@@ -454,7 +503,10 @@ impl Worker {
                 c.iter()
                     .any(|c| c.type_ == "Initialized" && c.status == "True")
             });
-        tracing::info!(pod = %self.name, "re-adopted the pod's containers");
+        if initialized && !self.stage.is_over() {
+            self.stage = Stage::Running;
+        }
+        tracing::info!("re-adopted the pod's containers");
         self.refresh().await;
         // What ran on: its probes start again (postStart ran long ago).
         for (init, list) in [(true, self.init.len()), (false, self.containers.len())] {
@@ -525,16 +577,20 @@ impl Worker {
     /// One pass: refresh, then start, restart or kill what needs it.
     async fn step(&mut self) {
         self.refresh().await;
-        if self.ended {
+        if self.stage.is_over() {
             return;
         }
         if !self.setup().await {
             return;
         }
+        if self.stage == Stage::Setup {
+            self.stage = Stage::Initializing;
+        }
         self.follow_probes();
         // Init containers, one after another.
-        if !self.initialized {
+        if self.stage == Stage::Initializing {
             let mut all_done = true;
+            let mut init_failed = false;
             for i in 0..self.init.len() {
                 let ctr = &self.init[i];
                 match ctr.kind {
@@ -547,7 +603,7 @@ impl Worker {
                             break;
                         }
                         if ctr.terminated().is_some() && self.restart_policy() == "Never" {
-                            self.init_failed = true;
+                            init_failed = true;
                             break;
                         }
                         self.start_or_back_off(true, i).await;
@@ -567,14 +623,14 @@ impl Worker {
                     Kind::Regular => {}
                 }
             }
-            if self.init_failed {
-                self.end().await;
+            if init_failed {
+                self.end(true).await;
                 return;
             }
             if !all_done {
                 return;
             }
-            self.initialized = true;
+            self.stage = Stage::Running;
         }
         // Sidecars keep running.
         for i in 0..self.init.len() {
@@ -603,7 +659,7 @@ impl Worker {
         }
         let view = self.view();
         if matches!(status::phase(&view), "Succeeded" | "Failed") {
-            self.end().await;
+            self.end(false).await;
         }
     }
 
@@ -616,8 +672,14 @@ impl Worker {
             start_time: self.start_time.clone(),
             init: self.init.iter().map(Ctr::view).collect(),
             containers: self.containers.iter().map(Ctr::view).collect(),
-            init_failed: self.init_failed,
-            initialized: self.initialized,
+            init_failed: matches!(
+                self.stage,
+                Stage::Ended {
+                    init_failed: true,
+                    ..
+                }
+            ),
+            initialized: self.stage.initialized(),
             terminating: self.pod.metadata.deletion_timestamp.is_some(),
         }
     }
@@ -626,7 +688,7 @@ impl Worker {
     async fn report(&mut self) {
         let view = self.view();
         // A pod this agent found ended keeps the status it ended with.
-        if self.found_ended {
+        if let Stage::Ended { found: true, .. } = self.stage {
             return;
         }
         let status = status::pod_status(&view, &now());
@@ -640,12 +702,12 @@ impl Worker {
             .await
         {
             Ok(pod) => {
-                tracing::debug!(pod = %self.name, phase = %status["phase"], "status written");
+                tracing::debug!(phase = %status["phase"], "status written");
                 self.pod = Arc::new(pod);
                 self.last_status = Some(status);
             }
             Err(kube::Error::Api(e)) if e.code == 404 => {}
-            Err(e) => tracing::warn!(pod = %self.name, error = %e, "cannot write the pod status"),
+            Err(e) => tracing::warn!(error = %e, "cannot write the pod status"),
         }
     }
 }

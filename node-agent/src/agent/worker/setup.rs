@@ -26,7 +26,7 @@ impl Worker {
         let refs = match env::gather(&self.shared.client, &self.shared.services, &self.pod).await {
             Ok(refs) => refs,
             Err(e) => {
-                tracing::warn!(pod = %self.name, error = %e, "cannot read what the pod refers to");
+                tracing::warn!(error = %e, "cannot read what the pod refers to");
                 return false;
             }
         };
@@ -55,7 +55,7 @@ impl Worker {
         self.refs = Some(refs);
         self.refs_read_at = Some(Instant::now());
         self.setup_retry_at = None;
-        tracing::debug!(pod = %self.name, "sandbox and volumes ready");
+        tracing::debug!("sandbox and volumes ready");
         true
     }
 

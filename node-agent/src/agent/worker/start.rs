@@ -207,7 +207,7 @@ impl Worker {
         // A bounded number at once: a hundred runc starts together on a
         // small node all finish late.
         let permit = self.shared.starts.clone().acquire_owned().await;
-        tracing::debug!(pod = %self.name, container = %config.id, "starting the container");
+        tracing::debug!(container = %config.id, "starting the container");
         let started = tokio::task::spawn_blocking(move || {
             let _permit = permit;
             // A leftover of the same id (a start that failed half-way).
@@ -217,7 +217,7 @@ impl Worker {
             runtime.create_and_start(&config)
         })
         .await;
-        tracing::debug!(pod = %self.name, container = %id, ok = matches!(started, Ok(Ok(_))), "container start returned");
+        tracing::debug!(container = %id, ok = matches!(started, Ok(Ok(_))), "container start returned");
         let ctr = self.ctr_mut(init, index);
         ctr.attempt += 1;
         ctr.run_id = Some(id.clone());
@@ -349,9 +349,9 @@ impl Worker {
             &BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>,
         >,
                         key: &str,
-                        scale: f64| {
+                        scale: u64| {
             map.and_then(|m| m.get(key))
-                .and_then(|q| crate::quantity::parse_quantity(&q.0, scale))
+                .and_then(|q| shoal_core::quantity::parse_scaled(&q.0, scale))
         };
         let limits = resources.and_then(|r| r.limits.as_ref());
         let requests = resources.and_then(|r| r.requests.as_ref());
@@ -374,9 +374,9 @@ impl Worker {
                 _ => Network::Host,
             },
             mounts,
-            memory_limit_bytes: quantity(limits, "memory", 1.0),
-            cpu_request_millis: quantity(requests, "cpu", 1000.0),
-            cpu_limit_millis: quantity(limits, "cpu", 1000.0),
+            memory_limit_bytes: quantity(limits, "memory", 1),
+            cpu_request_millis: quantity(requests, "cpu", 1000),
+            cpu_limit_millis: quantity(limits, "cpu", 1000),
             log_path: Some(
                 self.pod_dir
                     .join("logs")

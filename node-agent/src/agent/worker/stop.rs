@@ -5,10 +5,15 @@
 use super::*;
 
 impl Worker {
-    /// The pod ended for good: sidecars stop, the network is released
+    /// The pod ended for good (`init_failed`: an init container failed
+    /// under restartPolicy Never): sidecars stop, the network is released
     /// (the status keeps the address it had, as in Kubernetes).
-    pub(super) async fn end(&mut self) {
-        self.ended = true;
+    pub(super) async fn end(&mut self, init_failed: bool) {
+        self.stage = Stage::Ended {
+            initialized: self.stage.initialized(),
+            init_failed,
+            found: false,
+        };
         let grace = self.grace_period();
         stop_all(
             &self.shared,
@@ -24,7 +29,7 @@ impl Worker {
         self.refresh().await;
         if self.sandbox.is_some() {
             if let Err(e) = self.shared.network.delete_sandbox(&self.uid).await {
-                tracing::warn!(pod = %self.name, error = %e, "cannot release the pod's network");
+                tracing::warn!(error = %e, "cannot release the pod's network");
             }
         }
     }
@@ -55,7 +60,11 @@ impl Worker {
                 }
             }
         }
-        self.ended = true;
+        if !self.stage.is_over() {
+            self.stage = Stage::Terminating {
+                initialized: self.stage.initialized(),
+            };
+        }
     }
 
     /// The containers stopped: remove the pod object (kubelet's final
@@ -74,7 +83,7 @@ impl Worker {
             Ok(_) => {}
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
             Err(e) => {
-                tracing::warn!(pod = %self.name, error = %e, "cannot finish the pod's deletion")
+                tracing::warn!(error = %e, "cannot finish the pod's deletion")
             }
         }
     }
@@ -99,7 +108,7 @@ impl Worker {
         })
         .await;
         if let Err(e) = self.shared.network.delete_sandbox(&self.uid).await {
-            tracing::warn!(pod = %self.name, error = %e, "cannot remove the pod's sandbox");
+            tracing::warn!(error = %e, "cannot remove the pod's sandbox");
         }
         let pod_dir = self.pod_dir.clone();
         let _ = tokio::task::spawn_blocking(move || volumes::teardown(&pod_dir)).await;

@@ -1,0 +1,26 @@
+//! What several of shoal's crates need, written once: the apiserver, the
+//! controllers, the node agent, the overlay and DNS all build on it.
+//!
+//! ```text
+//!   quantity   resource quantities, exactly (`250m`, `64Mi`, `1e9`)
+//!   pod        ready, active, QoS class, container lookup (pkg/api/v1/pod)
+//!   selector   client-side label selector matching and query strings
+//!   names      DNS-1123/1035 name rules
+//!   time       metav1.Time / MicroTime formatting
+//!   duration   Go's duration grammar, flag durations
+//!   cron       CronJob schedules (robfig/cron's standard parser)
+//!   json       untyped object edits (set a path, drop nulls)
+//!   tls        the cluster CA, serving certificates, rustls configurations
+//!   client     kube clients from kubeconfigs
+//! ```
+
+pub mod client;
+pub mod cron;
+pub mod duration;
+pub mod json;
+pub mod names;
+pub mod pod;
+pub mod quantity;
+pub mod selector;
+pub mod time;
+pub mod tls;

@@ -1,0 +1,382 @@
+//! TLS material, made and loaded in one place: the cluster CA and the
+//! apiserver's serving certificate (made on first start, kept in the data
+//! dir and reused afterwards; `--tls-cert-file`/`--tls-private-key-file`
+//! give them instead), serving certificates the CA issues to node agents,
+//! self-signed ones for an agent on its own, and the rustls configurations
+//! built from PEM files.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use std::net::IpAddr;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot read or write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot make a certificate: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("{path} holds no usable {what}")]
+    Pem { path: PathBuf, what: &'static str },
+    #[error("the certificate and key do not work together: {0}")]
+    Rustls(#[from] rustls::Error),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Where the generated files live in the data dir.
+pub struct Files {
+    pub ca_cert: PathBuf,
+    pub ca_key: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+impl Files {
+    pub fn in_dir(dir: &Path) -> Files {
+        Files {
+            ca_cert: dir.join("ca.crt"),
+            ca_key: dir.join("ca.key"),
+            cert: dir.join("apiserver.crt"),
+            key: dir.join("apiserver.key"),
+        }
+    }
+}
+
+fn write(path: &Path, text: &str, private: bool) -> Result<()> {
+    let io = |source| Error::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(io)?;
+    }
+    if private {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Created 0600: a key is never readable by others, not even briefly.
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(path)
+            .map_err(io)?;
+        std::io::Write::write_all(&mut file, text.as_bytes()).map_err(io)
+    } else {
+        std::fs::write(path, text).map_err(io)
+    }
+}
+
+/// The parameters of a serving certificate for `names` and `ips`, named
+/// after the first of them.
+fn serving_params(names: &[String], ips: &[IpAddr]) -> Result<CertificateParams> {
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    for name in names {
+        params
+            .subject_alt_names
+            .push(SanType::DnsName(name.clone().try_into()?));
+    }
+    for ip in ips {
+        params.subject_alt_names.push(SanType::IpAddress(*ip));
+    }
+    let common_name = names
+        .first()
+        .cloned()
+        .or_else(|| ips.first().map(|ip| ip.to_string()))
+        .unwrap_or_else(|| "shoal-agent".to_string());
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    Ok(params)
+}
+
+/// A self-signed serving certificate (`agent.crt`/`agent.key` in `dir`),
+/// made once and kept, for a node agent started without
+/// `--tls-cert-file`.
+///
+/// The apiserver verifies agents against `--kubelet-certificate-authority`
+/// (default: the cluster CA), which did not sign this certificate: point
+/// that flag at this `agent.crt` (it is its own CA), or give the agent a
+/// certificate signed by the cluster CA ([`issue_serving_cert`], as
+/// `shoal up` does).
+pub fn ensure_self_signed(
+    dir: &Path,
+    names: &[String],
+    ips: &[IpAddr],
+) -> Result<(PathBuf, PathBuf)> {
+    let cert_path = dir.join("agent.crt");
+    let key_path = dir.join("agent.key");
+    if cert_path.exists() && key_path.exists() {
+        return Ok((cert_path, key_path));
+    }
+    let key = KeyPair::generate()?;
+    let cert = serving_params(names, ips)?.self_signed(&key)?;
+    write(&key_path, &key.serialize_pem(), true)?;
+    write(&cert_path, &cert.pem(), false)?;
+    Ok((cert_path, key_path))
+}
+
+/// Makes the CA and serving certificate unless they exist already.
+pub fn ensure_generated(files: &Files, names: &[String]) -> Result<()> {
+    if files.ca_cert.exists() && files.cert.exists() && files.key.exists() {
+        return Ok(());
+    }
+    let ca_key = KeyPair::generate()?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name.push(DnType::CommonName, "shoal-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    ca.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    ca.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    let ca_cert = ca.self_signed(&ca_key)?;
+
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(names.to_vec())?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
+    params.not_before = rcgen::date_time_ymd(2024, 1, 1);
+    params.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let issuer = Issuer::from_params(&ca, &ca_key);
+    let cert = params.signed_by(&key, &issuer)?;
+
+    write(&files.ca_cert, &ca_cert.pem(), false)?;
+    write(&files.ca_key, &ca_key.serialize_pem(), true)?;
+    write(&files.key, &key.serialize_pem(), true)?;
+    write(
+        &files.cert,
+        &format!("{}{}", cert.pem(), ca_cert.pem()),
+        false,
+    )?;
+    Ok(())
+}
+
+/// The names a locally generated serving certificate is valid for.
+pub fn default_names(extra: &[String]) -> Vec<String> {
+    let mut names: Vec<String> = [
+        "localhost",
+        "127.0.0.1",
+        "::1",
+        "kubernetes",
+        "kubernetes.default",
+        "kubernetes.default.svc",
+        "kubernetes.default.svc.cluster.local",
+        "10.96.0.1",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    if let Ok(host) = std::fs::read_to_string("/etc/hostname") {
+        let host = host.trim();
+        if !host.is_empty() {
+            names.push(host.to_string());
+        }
+    }
+    for name in extra {
+        if !name.is_empty() && name != "0.0.0.0" && !names.contains(name) {
+            names.push(name.clone());
+        }
+    }
+    names
+}
+
+/// HTTP/2 and HTTP/1.1, as the apiserver serves.
+pub const ALPN_H2_HTTP1: &[&[u8]] = &[b"h2", b"http/1.1"];
+/// HTTP/1.1 only, as the node agent serves (exec and attach are HTTP/1.1
+/// upgrades, as the apiserver's proxy makes them).
+pub const ALPN_HTTP1: &[&[u8]] = &[b"http/1.1"];
+
+/// A server configuration from PEM files (a certificate chain and its key)
+/// offering the `alpn` protocols.
+pub fn server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<rustls::ServerConfig>> {
+    let read = |path: &Path| {
+        std::fs::read(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let cert_pem = read(cert)?;
+    let key_pem = read(key)?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
+        .filter_map(|c| c.ok())
+        .collect();
+    if certs.is_empty() {
+        return Err(Error::Pem {
+            path: cert.to_path_buf(),
+            what: "certificate",
+        });
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
+        .ok()
+        .flatten()
+        .ok_or_else(|| Error::Pem {
+            path: key.to_path_buf(),
+            what: "private key",
+        })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_no_client_auth()
+        .with_single_cert(certs, key)?;
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(Arc::new(config))
+}
+
+/// A client configuration trusting the CAs in `ca` (PEM); with no such
+/// file, one that trusts nothing (every agent connection then fails with
+/// a clear error rather than the server refusing to start).
+pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Ok(pem) = std::fs::read(ca) {
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()).flatten() {
+            roots.add(cert)?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Issues a serving certificate for `names` and `ips`, signed by the CA
+/// that [`ensure_generated`] made (`ca.crt` and `ca.key` in the apiserver's
+/// data dir), and writes it (followed by the CA certificate) and its key to
+/// `out_cert` and `out_key`. `shoal up` gives its node agents certificates
+/// this way, so the apiserver's default `--kubelet-certificate-authority`
+/// (the cluster CA) trusts them.
+///
+/// The issuer is rebuilt from the parameters `ensure_generated` uses (rcgen
+/// reads no certificates without its x509 parser), and the new certificate
+/// is verified against `ca_cert` before it is written: a CA that shoal did
+/// not make is reported, not used to write a certificate nobody trusts.
+pub fn issue_serving_cert(
+    ca_cert: &Path,
+    ca_key: &Path,
+    names: &[String],
+    ips: &[std::net::IpAddr],
+    out_cert: &Path,
+    out_key: &Path,
+) -> Result<()> {
+    use rustls::client::danger::ServerCertVerifier;
+
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).map_err(|source| Error::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+    };
+    let ca_pem = read(ca_cert)?;
+    let ca_key_pair = KeyPair::from_pem(&read(ca_key)?).map_err(|_| Error::Pem {
+        path: ca_key.to_path_buf(),
+        what: "private key",
+    })?;
+    let mut ca = CertificateParams::new(Vec::<String>::new())?;
+    ca.distinguished_name.push(DnType::CommonName, "shoal-ca");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let issuer = Issuer::from_params(&ca, &ca_key_pair);
+
+    let key = KeyPair::generate()?;
+    let params = serving_params(names, ips)?;
+    let cert = params.signed_by(&key, &issuer)?;
+
+    // The check a client of the agent will make, made now.
+    let mut roots = rustls::RootCertStore::empty();
+    for root in rustls_pemfile::certs(&mut ca_pem.as_bytes()).flatten() {
+        roots.add(root)?;
+    }
+    let not_this_ca = || Error::Pem {
+        path: ca_cert.to_path_buf(),
+        what: "CA certificate made by shoal (subject CN=shoal-ca) for this CA key",
+    };
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier =
+        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+            .map_err(|_| not_this_ca())?;
+    let server_name = match (names.first(), ips.first()) {
+        (Some(name), _) => rustls::pki_types::ServerName::try_from(name.clone()),
+        (None, Some(ip)) => Ok(rustls::pki_types::ServerName::from(*ip)),
+        (None, None) => rustls::pki_types::ServerName::try_from("shoal-agent".to_string()),
+    }
+    .map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
+    verifier
+        .verify_server_cert(
+            cert.der(),
+            &[],
+            &server_name,
+            &[],
+            rustls::pki_types::UnixTime::now(),
+        )
+        .map_err(|_| not_this_ca())?;
+
+    write(out_key, &key.serialize_pem(), true)?;
+    write(out_cert, &format!("{}{}", cert.pem(), ca_pem), false)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_certificates_load_and_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files::in_dir(dir.path());
+        ensure_generated(&files, &default_names(&[])).unwrap();
+        server_config(&files.cert, &files.key, ALPN_H2_HTTP1).unwrap();
+        let before = std::fs::read(&files.ca_cert).unwrap();
+        ensure_generated(&files, &default_names(&[])).unwrap();
+        assert_eq!(before, std::fs::read(&files.ca_cert).unwrap());
+    }
+
+    #[test]
+    fn issued_serving_certificates_chain_to_the_cluster_ca() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files::in_dir(dir.path());
+        ensure_generated(&files, &default_names(&[])).unwrap();
+        let (cert, key) = (dir.path().join("agent.crt"), dir.path().join("agent.key"));
+        let ip: std::net::IpAddr = "10.0.0.7".parse().unwrap();
+        issue_serving_cert(
+            &files.ca_cert,
+            &files.ca_key,
+            &["node-1".to_string()],
+            &[ip],
+            &cert,
+            &key,
+        )
+        .unwrap();
+        server_config(&cert, &key, ALPN_HTTP1).unwrap();
+        client_config(&files.ca_cert).unwrap();
+        // A CA key that does not belong to the CA certificate is refused.
+        let other = tempfile::tempdir().unwrap();
+        let other_files = Files::in_dir(other.path());
+        ensure_generated(&other_files, &default_names(&[])).unwrap();
+        let err = issue_serving_cert(&files.ca_cert, &other_files.ca_key, &[], &[ip], &cert, &key)
+            .unwrap_err();
+        assert!(matches!(err, Error::Pem { .. }), "{err}");
+    }
+}

@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs what building, running and testing shoal need on a Debian
+# machine, skipping what is there already: the build tools (protoc for the
+# gRPC code, libclang for RocksDB's bindings), the container runtime and
+# the busybox image's source (runc, busybox-static), the tools the tests
+# drive (etcd, etcdctl, curl, openssl, dig, ip, nft, setpriv), and with
+# --tests the official Python client in a venv.
+#
+#   scripts/install-deps.sh           # to build and run (scripts/up.sh)
+#   scripts/install-deps.sh --tests   # to run the tests too (.ci/run)
+set -euo pipefail
+
+PACKAGES=(
+  protobuf-compiler libclang-dev clang ca-certificates curl openssl
+  runc busybox-static util-linux iproute2 nftables
+)
+if [ "${1:-}" = "--tests" ]; then
+  PACKAGES+=(etcd-client etcd-server dnsutils python3-venv)
+fi
+
+missing=()
+for p in "${PACKAGES[@]}"; do
+  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed"; then
+    missing+=("$p")
+  fi
+done
+if [ "${#missing[@]}" -gt 0 ]; then
+  if [ "$(id -u)" != 0 ]; then
+    echo "missing Debian packages: ${missing[*]}; run this as root (or: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi
+
+if [ "${1:-}" = "--tests" ]; then
+  # The official Python client, for tests/python_client.rs.
+  VENV="${SHOAL_VENV:-$HOME/.cache/shoal-venv}"
+  if ! "$VENV/bin/python" -c 'import kubernetes' 2>/dev/null; then
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install -q kubernetes
+  fi
+  if ! command -v cargo-nextest >/dev/null 2>&1; then
+    cargo install cargo-nextest --locked
+  fi
+fi

@@ -12,6 +12,7 @@ use std::net::Ipv4Addr;
 
 use rand::Rng;
 use serde_json::{json, Value};
+use shoal_core::cidr::Ipv4Cidr;
 
 use crate::error::{ApiError, Cause, Result};
 use crate::resources::Resource;
@@ -21,44 +22,16 @@ use crate::storage::{Guard, Op};
 const IPS: &str = "/registry/shoal/serviceips/";
 const PORTS: &str = "/registry/shoal/nodeports/";
 
-/// An IPv4 range such as 10.96.0.0/12.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Cidr {
-    pub base: u32,
-    pub bits: u8,
-}
-
-impl Cidr {
-    pub fn parse(text: &str) -> Result<Cidr, String> {
-        let (ip, bits) = text
-            .split_once('/')
-            .ok_or_else(|| format!("{text:?} is not a CIDR (like 10.96.0.0/12)"))?;
-        let ip: Ipv4Addr = ip.parse().map_err(|e| format!("{text:?}: {e}"))?;
-        let bits: u8 = bits.parse().map_err(|e| format!("{text:?}: {e}"))?;
-        if !(8..=28).contains(&bits) {
-            return Err(format!(
-                "{text:?}: the prefix length must be between 8 and 28"
-            ));
-        }
-        let mask = u32::MAX << (32 - bits);
-        Ok(Cidr {
-            base: u32::from(ip) & mask,
-            bits,
-        })
+/// The Service range (`--service-cluster-ip-range`, such as 10.96.0.0/12):
+/// a /8 to a /28, host bits cleared as Go's `net.ParseCIDR` does.
+pub fn parse_service_cidr(text: &str) -> Result<Ipv4Cidr, String> {
+    let cidr = Ipv4Cidr::parse_masked(text).map_err(|e| e.to_string())?;
+    if !(8..=28).contains(&cidr.prefix_len()) {
+        return Err(format!(
+            "{text:?}: the prefix length must be between 8 and 28"
+        ));
     }
-
-    pub fn size(&self) -> u32 {
-        1 << (32 - self.bits)
-    }
-
-    pub fn contains(&self, ip: Ipv4Addr) -> bool {
-        let mask = u32::MAX << (32 - self.bits);
-        u32::from(ip) & mask == self.base
-    }
-
-    pub fn nth(&self, n: u32) -> Ipv4Addr {
-        Ipv4Addr::from(self.base + n)
-    }
+    Ok(cidr)
 }
 
 /// A range of ports such as 30000-32767.
@@ -187,9 +160,15 @@ pub async fn on_create(
             // Dynamic addresses come from above the first 1/16 of the
             // range, which is left for addresses chosen by hand (such as
             // the DNS service's).
-            let high = cidr.size() - 2;
-            let low = (cidr.size() / 16).clamp(16, 256).min(high);
-            let ip = pick(&used, low, high, |n| cidr.nth(n).to_string()).ok_or_else(|| {
+            let size = u32::try_from(cidr.size()).unwrap_or(u32::MAX);
+            let high = size - 2;
+            let low = (size / 16).clamp(16, 256).min(high);
+            let show = |n: u32| {
+                cidr.nth(n.into())
+                    .map(|ip| ip.to_string())
+                    .unwrap_or_default()
+            };
+            let ip = pick(&used, low, high, show).ok_or_else(|| {
                 invalid(vec![Cause::invalid(
                     "spec.clusterIPs",
                     &json!([]),
@@ -210,9 +189,8 @@ pub async fn on_create(
                     "spec.clusterIPs",
                     &json!([requested]),
                     format!(
-                        "failed to allocate IP {requested}: the provided IP ({requested}) is not in the valid range. The range of valid IPs is {}/{}",
-                        Ipv4Addr::from(api.service_cidr.base),
-                        api.service_cidr.bits
+                        "failed to allocate IP {requested}: the provided IP ({requested}) is not in the valid range. The range of valid IPs is {}",
+                        api.service_cidr
                     ),
                 )]));
             }
@@ -386,15 +364,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn cidrs() {
-        let c = Cidr::parse("10.96.0.0/12").unwrap();
-        assert_eq!(c.size(), 1 << 20);
+    fn ranges() {
+        let c = parse_service_cidr("10.96.0.0/12").unwrap();
         assert!(c.contains("10.100.1.2".parse().unwrap()));
         assert!(!c.contains("10.112.0.1".parse().unwrap()));
-        assert_eq!(c.nth(10).to_string(), "10.96.0.10");
-        assert!(Cidr::parse("10.96.0.0").is_err());
-        assert!(Cidr::parse("10.96.0.0/29").is_err());
-        assert_eq!(Cidr::parse("10.96.0.0/28").unwrap().size(), 16);
+        assert_eq!(parse_service_cidr("10.96.0.1/12").unwrap(), c);
+        assert!(parse_service_cidr("10.96.0.0").is_err());
+        assert!(parse_service_cidr("10.96.0.0/29").is_err());
+        assert_eq!(parse_service_cidr("10.96.0.0/28").unwrap().size(), 16);
         assert_eq!(parse_port_range("30000-32767").unwrap(), (30000, 32767));
         assert!(parse_port_range("5-1").is_err());
     }

@@ -57,7 +57,12 @@ async fn bootstrap(api: &Api) -> Result<()> {
         create_if_missing(api, ctx, json!({"metadata": {"name": name}})).await?;
     }
     let services = resources::served("", "v1", "services");
-    let first = api.service_cidr.nth(1).to_string();
+    // A /8 to /28 always has a first host.
+    let first = api
+        .service_cidr
+        .nth(1)
+        .map(|ip| ip.to_string())
+        .unwrap_or_default();
     let service = json!({
         "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"type": "ClusterIP", "clusterIP": first, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},

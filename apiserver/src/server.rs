@@ -18,7 +18,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 
-use crate::allocate::{parse_port_range, Cidr};
+use crate::allocate::{parse_port_range, parse_service_cidr};
 use crate::error::ApiError;
 use crate::storage::Store;
 use crate::{compaction, discovery, namespaces, openapi, rest};
@@ -116,7 +116,7 @@ pub enum StartError {
 /// Shared by every request.
 pub struct Api {
     pub store: Store,
-    pub service_cidr: Cidr,
+    pub service_cidr: shoal_core::cidr::Ipv4Cidr,
     pub node_ports: (u16, u16),
     /// Bearer token → user name; `None` when authentication is off.
     pub tokens: Option<HashMap<String, String>>,
@@ -288,7 +288,8 @@ pub async fn start_advertising(
     config: Config,
     advertise_address: Option<std::net::IpAddr>,
 ) -> Result<Running, StartError> {
-    let service_cidr = Cidr::parse(&config.service_cluster_ip_range).map_err(StartError::Config)?;
+    let service_cidr =
+        parse_service_cidr(&config.service_cluster_ip_range).map_err(StartError::Config)?;
     let node_ports =
         parse_port_range(&config.service_node_port_range).map_err(StartError::Config)?;
     let store = Store::new(&config.etcd_servers)?;

@@ -192,12 +192,20 @@ impl<K: Kind> Informer<K> {
     }
 
     /// Changes from now on; a subscriber that falls behind gets
-    /// [`Seen::Relisted`] instead of what it missed.
+    /// [`Seen::Relisted`] instead of what it missed. A subscriber that
+    /// comes after the first list starts with [`Seen::Relisted`], so that
+    /// what is already cached is seen once (a loop that waited for another
+    /// cache before subscribing would otherwise never see it, and a new
+    /// leader would leave existing objects alone until they change).
     pub fn subscribe(&self) -> impl Stream<Item = Seen<K>> + Send + 'static {
-        BroadcastStream::new(self.changes.subscribe()).map(|seen| match seen {
+        // Subscribe, then look: a list that ends in between is seen
+        // twice (harmless), never missed.
+        let changes = BroadcastStream::new(self.changes.subscribe()).map(|seen| match seen {
             Ok(seen) => seen,
             Err(BroadcastStreamRecvError::Lagged(_)) => Seen::Relisted,
-        })
+        });
+        let cached = (*self.listed.borrow()).then_some(Seen::Relisted);
+        futures::stream::iter(cached).chain(changes)
     }
 
     /// Each object that changed or went away, as `Controller::watches_stream`
@@ -413,5 +421,54 @@ mod tests {
         index.rebuild(&[pod("x", Some("rs-2"))]);
         assert_eq!(index.objects.len(), 1);
         assert_eq!(names(&index.objects["rs-2"]), ["x"]);
+    }
+
+    /// An informer not backed by a watch, in the state `listed` says.
+    fn detached(listed: bool) -> (Informer<Pod>, tokio::sync::watch::Sender<bool>) {
+        let (store, _writer) = reflector::store::<Pod>();
+        let (changes, _) = broadcast::channel(16);
+        let (listed_tx, listed_rx) = tokio::sync::watch::channel(listed);
+        let informer = Informer {
+            store,
+            changes,
+            seen: Arc::new(AtomicI64::new(0)),
+            listed: listed_rx,
+            by_controller: Arc::new(RwLock::new(ByController::default())),
+        };
+        (informer, listed_tx)
+    }
+
+    fn kinds(seen: &[Seen<Pod>]) -> Vec<&'static str> {
+        seen.iter()
+            .map(|s| match s {
+                Seen::Applied(_) => "applied",
+                Seen::Deleted(_) => "deleted",
+                Seen::Relisted => "relisted",
+            })
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_after_the_first_list_starts_with_the_cache() {
+        let (informer, _listed) = detached(true);
+        let changes = informer.subscribe();
+        informer
+            .changes
+            .send(Seen::Applied(pod("a", None)))
+            .unwrap();
+        drop(informer);
+        let seen: Vec<Seen<Pod>> = changes.collect().await;
+        assert_eq!(kinds(&seen), ["relisted", "applied"]);
+    }
+
+    #[tokio::test]
+    async fn a_subscriber_before_the_first_list_waits_for_it() {
+        let (informer, listed) = detached(false);
+        let changes = informer.subscribe();
+        listed.send_replace(true);
+        informer.changes.send(Seen::Relisted).unwrap();
+        drop(informer);
+        let seen: Vec<Seen<Pod>> = changes.collect().await;
+        assert_eq!(kinds(&seen), ["relisted"]);
     }
 }

@@ -51,6 +51,9 @@ pub struct Settings {
     /// Addresses given to LoadBalancer Services (`--loadbalancer-ip-pool`,
     /// a CIDR such as `172.18.255.0/24`); none means they stay pending.
     pub loadbalancer_ip_pool: Option<String>,
+    /// The pod network nodes get their ranges from (`--cluster-cidr`,
+    /// `--node-cidr-mask-size`).
+    pub pod_network: nodeipam::PodNetwork,
     /// The watches the loops share (one per kind).
     pub informers: informers::Informers,
     /// How often each HorizontalPodAutoscaler is synced (Kubernetes: 15 s).
@@ -63,6 +66,7 @@ impl Default for Settings {
             node_monitor_grace_period: std::time::Duration::from_secs(5),
             pod_eviction_timeout: std::time::Duration::from_secs(5),
             loadbalancer_ip_pool: None,
+            pod_network: nodeipam::PodNetwork::default(),
             informers: informers::Informers::default(),
             horizontal_pod_autoscaler_sync_period: std::time::Duration::from_secs(15),
         }

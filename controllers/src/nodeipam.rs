@@ -1,7 +1,8 @@
-//! Node IPAM: every node gets a `/24` of the cluster's pod network
-//! (10.244.0.0/16, as kube-controller-manager's `--cluster-cidr` with
-//! `--node-cidr-mask-size=24`) in `spec.podCIDR`/`spec.podCIDRs`; the node
-//! agent hands out its pods' addresses from it. Nodes are handled one at a
+//! Node IPAM: every node gets a range of the cluster's pod network
+//! (`--cluster-cidr`, 10.244.0.0/16 by default, split by
+//! `--node-cidr-mask-size`, 24, as kube-controller-manager does) in
+//! `spec.podCIDR`/`spec.podCIDRs`; the node agent hands out its pods'
+//! addresses from it. Nodes are handled one at a
 //! time from a watch, so two nodes never get the same range.
 
 use std::collections::{HashMap, HashSet};
@@ -12,18 +13,50 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::reflector;
 use kube::ResourceExt;
 use serde_json::json;
+use shoal_core::cidr::Ipv4Cidr;
 
 use crate::events;
 use crate::informers::Seen;
 
-/// The cluster's pod network: 10.244.0.0/16, in /24s.
-const FIRST_OCTETS: (u8, u8) = (10, 244);
+/// The cluster's pod network and the size of each node's part of it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct PodNetwork {
+    pub cluster_cidr: Ipv4Cidr,
+    pub node_cidr_mask_size: u8,
+}
 
-/// The first /24 of the pod network not in `used`.
-pub fn next_range(used: &HashSet<String>) -> Option<String> {
-    (0..=255u8)
-        .map(|i| format!("{}.{}.{i}.0/24", FIRST_OCTETS.0, FIRST_OCTETS.1))
-        .find(|cidr| !used.contains(cidr))
+impl Default for PodNetwork {
+    fn default() -> PodNetwork {
+        PodNetwork {
+            cluster_cidr: Ipv4Cidr::containing(std::net::Ipv4Addr::new(10, 244, 0, 0), 16)
+                .unwrap_or_else(|| unreachable!("16 is a prefix length")),
+            node_cidr_mask_size: 24,
+        }
+    }
+}
+
+impl PodNetwork {
+    /// Checks that nodes' ranges fit in the cluster's and hold pods.
+    pub fn new(cluster_cidr: Ipv4Cidr, node_cidr_mask_size: u8) -> Result<PodNetwork, String> {
+        if node_cidr_mask_size < cluster_cidr.prefix_len() || node_cidr_mask_size > 30 {
+            return Err(format!(
+                "--node-cidr-mask-size {node_cidr_mask_size} must be between the cluster CIDR's prefix length ({}) and 30",
+                cluster_cidr.prefix_len()
+            ));
+        }
+        Ok(PodNetwork {
+            cluster_cidr,
+            node_cidr_mask_size,
+        })
+    }
+
+    /// The first node range not in `used`.
+    pub fn next_range(&self, used: &HashSet<String>) -> Option<String> {
+        self.cluster_cidr
+            .subnets(self.node_cidr_mask_size)
+            .map(|cidr| cidr.to_string())
+            .find(|cidr| !used.contains(cidr))
+    }
 }
 
 fn pod_cidr(node: &Node) -> Option<String> {
@@ -44,7 +77,10 @@ pub async fn run(client: kube::Client, settings: super::Settings) {
     let every_node = |store: &reflector::Store<Node>| -> Vec<Node> {
         store.state().iter().map(|n| (**n).clone()).collect()
     };
-    let mut ipam = Ipam::default();
+    let mut ipam = Ipam {
+        network: settings.pod_network,
+        ..Ipam::default()
+    };
     let mut todo = every_node(&store);
     loop {
         for node in &todo {
@@ -61,6 +97,7 @@ pub async fn run(client: kube::Client, settings: super::Settings) {
 
 #[derive(Default)]
 struct Ipam {
+    network: PodNetwork,
     /// Ranges handed out here that the watch has not shown yet, by node: a
     /// node's status updates may arrive before its range does.
     pending: HashMap<String, String>,
@@ -89,7 +126,7 @@ impl Ipam {
             .retain(|n, _| known.iter().any(|node| node.name_any() == *n));
         let mut used: HashSet<String> = known.iter().filter_map(|n| pod_cidr(n)).collect();
         used.extend(self.pending.values().cloned());
-        let Some(cidr) = next_range(&used) else {
+        let Some(cidr) = self.network.next_range(&used) else {
             if self.told.insert(name.clone()) {
                 events::record(
                     client,
@@ -123,18 +160,30 @@ mod tests {
 
     #[test]
     fn ranges_are_handed_out_in_order_skipping_used_ones() {
+        let network = PodNetwork::default();
         let mut used = HashSet::new();
-        assert_eq!(next_range(&used).as_deref(), Some("10.244.0.0/24"));
+        assert_eq!(network.next_range(&used).as_deref(), Some("10.244.0.0/24"));
         used.insert("10.244.0.0/24".to_string());
         used.insert("10.244.2.0/24".to_string());
-        assert_eq!(next_range(&used).as_deref(), Some("10.244.1.0/24"));
+        assert_eq!(network.next_range(&used).as_deref(), Some("10.244.1.0/24"));
         used.insert("10.244.1.0/24".to_string());
-        assert_eq!(next_range(&used).as_deref(), Some("10.244.3.0/24"));
+        assert_eq!(network.next_range(&used).as_deref(), Some("10.244.3.0/24"));
     }
 
     #[test]
     fn a_full_network_has_no_range() {
         let used: HashSet<String> = (0..=255).map(|i| format!("10.244.{i}.0/24")).collect();
-        assert_eq!(next_range(&used), None);
+        assert_eq!(PodNetwork::default().next_range(&used), None);
+    }
+
+    #[test]
+    fn other_networks_and_node_sizes() {
+        let network = PodNetwork::new("10.42.0.0/16".parse().unwrap(), 26).unwrap();
+        let mut used = HashSet::from(["10.42.0.0/26".to_string()]);
+        assert_eq!(network.next_range(&used).as_deref(), Some("10.42.0.64/26"));
+        used.insert("10.42.0.64/26".to_string());
+        assert_eq!(network.next_range(&used).as_deref(), Some("10.42.0.128/26"));
+        assert!(PodNetwork::new("10.42.0.0/16".parse().unwrap(), 12).is_err());
+        assert!(PodNetwork::new("10.42.0.0/16".parse().unwrap(), 31).is_err());
     }
 }

@@ -2,6 +2,7 @@
 //! controllers, the node agent, the overlay and DNS all build on it.
 //!
 //! ```text
+//!   cidr       IPv4 ranges: pod network, node ranges, Service range, pools
 //!   quantity   resource quantities, exactly (`250m`, `64Mi`, `1e9`)
 //!   pod        ready, active, QoS class, container lookup (pkg/api/v1/pod)
 //!   selector   client-side label selector matching and query strings
@@ -14,6 +15,7 @@
 //!   client     kube clients from kubeconfigs
 //! ```
 
+pub mod cidr;
 pub mod client;
 pub mod cron;
 pub mod duration;

@@ -6,7 +6,6 @@
 //! stopped.
 //!
 //! ```text
-//!   cidr     the node's range and the roles of its addresses     (pure)
 //!   names    sandbox ids, veth names, the bridge MAC             (pure)
 //!   ipam     one file per allocated address under state_dir
 //!   netns    namespaces kept by bind mounts; running code inside one
@@ -17,11 +16,11 @@
 //! between nodes (a TUN device and a route per remote podCIDR), the service
 //! proxy and network policies.
 
-pub mod cidr;
 pub mod ipam;
 pub mod names;
 pub mod netns;
 pub mod network;
 
-pub use cidr::Ipv4Cidr;
 pub use network::{Error, Network, NodeNetwork, Result, Sandbox};
+/// The node's range and the roles of its addresses.
+pub use shoal_core::cidr::{self, Ipv4Cidr};

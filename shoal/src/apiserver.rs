@@ -40,7 +40,7 @@ pub async fn run(args: ApiserverArgs) -> anyhow::Result<()> {
         Some(tokio::spawn(shoal_controllers::run_elected(
             client,
             crate::controllers::identity(),
-            args.controllers.settings(),
+            args.controllers.settings()?,
         )))
     };
     wait_for_signal().await?;

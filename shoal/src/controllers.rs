@@ -31,6 +31,12 @@ pub struct ControllerFlags {
     /// without it they stay `<pending>`.
     #[arg(long, env = "SHOAL_LOADBALANCER_IP_POOL")]
     loadbalancer_ip_pool: Option<String>,
+    /// The pod network: each node gets a part of it for its pods.
+    #[arg(long, env = "SHOAL_CLUSTER_CIDR", default_value = "10.244.0.0/16", value_parser = shoal_core::cidr::Ipv4Cidr::parse_masked)]
+    cluster_cidr: shoal_core::cidr::Ipv4Cidr,
+    /// The prefix length of each node's part of the pod network.
+    #[arg(long, env = "SHOAL_NODE_CIDR_MASK_SIZE", default_value_t = 24)]
+    node_cidr_mask_size: u8,
     /// How often each HorizontalPodAutoscaler is synced (`15s`, as
     /// Kubernetes).
     #[arg(long, env = "SHOAL_HPA_SYNC_PERIOD", default_value = "15s", value_parser = shoal_core::duration::parse)]
@@ -38,16 +44,22 @@ pub struct ControllerFlags {
 }
 
 impl ControllerFlags {
-    pub fn settings(&self) -> shoal_controllers::Settings {
-        shoal_controllers::Settings {
+    pub fn settings(&self) -> anyhow::Result<shoal_controllers::Settings> {
+        let pod_network = shoal_controllers::nodeipam::PodNetwork::new(
+            self.cluster_cidr,
+            self.node_cidr_mask_size,
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(shoal_controllers::Settings {
             node_monitor_grace_period: self.node_monitor_grace_period,
             pod_eviction_timeout: self.pod_eviction_timeout,
             loadbalancer_ip_pool: self.loadbalancer_ip_pool.clone(),
+            pod_network,
             horizontal_pod_autoscaler_sync_period: self
                 .horizontal_pod_autoscaler_sync_period
                 .max(std::time::Duration::from_secs(1)),
             ..Default::default()
-        }
+        })
     }
 }
 
@@ -59,7 +71,7 @@ pub fn identity() -> String {
 
 pub async fn run(args: ControllersArgs) -> anyhow::Result<()> {
     shoal_controllers::check()?;
-    let settings = args.flags.settings();
+    let settings = args.flags.settings()?;
     let client = shoal_core::client::from_file(&args.kubeconfig)
         .await
         .with_context(|| format!("reading {}", args.kubeconfig.display()))?;

@@ -274,7 +274,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         Some(tokio::spawn(shoal_controllers::run_elected(
             client,
             crate::controllers::identity(),
-            args.controllers.settings(),
+            args.controllers.settings()?,
         )))
     };
 

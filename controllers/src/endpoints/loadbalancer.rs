@@ -12,11 +12,12 @@ use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
 
 use k8s_openapi::api::core::v1::Service;
+use shoal_core::cidr::Ipv4Cidr;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum Error {
-    #[error("invalid address pool {pool:?}: {reason}")]
-    InvalidPool { pool: String, reason: &'static str },
+    #[error("invalid address pool: {0}")]
+    InvalidPool(#[from] shoal_core::cidr::ParseError),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -24,7 +25,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// The usable addresses of a CIDR, first and last inclusive.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Pool {
-    pub cidr: String,
+    pub cidr: Ipv4Cidr,
     first: u32,
     last: u32,
 }
@@ -34,38 +35,12 @@ impl Pool {
     /// out for prefixes shorter than /31 (a /31 has two usable addresses,
     /// a /32 one).
     pub fn parse(text: &str) -> Result<Pool> {
-        let invalid = |reason| Error::InvalidPool {
-            pool: text.to_string(),
-            reason,
-        };
-        let (address, bits) = text
-            .trim()
-            .split_once('/')
-            .ok_or_else(|| invalid("expected an IPv4 CIDR such as 172.18.255.0/24"))?;
-        let address: Ipv4Addr = address
-            .parse()
-            .map_err(|_| invalid("the address is not IPv4"))?;
-        let bits: u32 = bits
-            .parse()
-            .ok()
-            .filter(|b| *b <= 32)
-            .ok_or_else(|| invalid("the prefix length must be 0 to 32"))?;
-        let mask = if bits == 0 {
-            0
-        } else {
-            u32::MAX << (32 - bits)
-        };
-        let network = u32::from(address) & mask;
-        let broadcast = network | !mask;
-        let (first, last) = if bits < 31 {
-            (network + 1, broadcast - 1)
-        } else {
-            (network, broadcast)
-        };
+        let cidr = Ipv4Cidr::parse_masked(text)?;
+        let (first, last) = cidr.hosts();
         Ok(Pool {
-            cidr: format!("{}/{bits}", Ipv4Addr::from(network)),
-            first,
-            last,
+            cidr,
+            first: u32::from(first),
+            last: u32::from(last),
         })
     }
 
@@ -269,7 +244,10 @@ mod tests {
         let one = Pool::parse("10.0.0.9/32").unwrap();
         assert_eq!(one.first_free(&BTreeSet::new()), Some(ip("10.0.0.9")));
         // Host bits are ignored, as in a route.
-        assert_eq!(Pool::parse("10.1.2.3/24").unwrap().cidr, "10.1.2.0/24");
+        assert_eq!(
+            Pool::parse("10.1.2.3/24").unwrap().cidr.to_string(),
+            "10.1.2.0/24"
+        );
         assert!(Pool::parse("10.0.0.0").is_err());
         assert!(Pool::parse("10.0.0.0/33").is_err());
         assert!(Pool::parse("fd00::/64").is_err());

@@ -1,5 +1,6 @@
-//! IPv4 ranges in CIDR notation (`10.244.1.0/24`), as they appear in
-//! `Node.spec.podCIDR`, and the roles of the addresses in a node's range:
+//! IPv4 ranges in CIDR notation (`10.244.1.0/24`): the cluster's pod
+//! network and its per-node ranges (`Node.spec.podCIDR`), the Service
+//! range, LoadBalancer pools. The roles of the addresses in a node's range:
 //!
 //! ```text
 //!   10.244.1.0     network address        never handed out
@@ -35,6 +36,15 @@ pub struct Ipv4Cidr {
 }
 
 impl Ipv4Cidr {
+    /// Parses as Go's `net.ParseCIDR` does for flags: host bits are
+    /// allowed and cleared (`10.1.2.3/24` is `10.1.2.0/24`).
+    pub fn parse_masked(input: &str) -> Result<Self, ParseError> {
+        match input.parse() {
+            Err(ParseError::HostBitsSet { network, .. }) => Ok(network),
+            other => other,
+        }
+    }
+
     /// The network containing `address` with this prefix length (host bits
     /// cleared). `None` when `prefix_len > 32`.
     pub fn containing(address: Ipv4Addr, prefix_len: u8) -> Option<Self> {
@@ -91,6 +101,42 @@ impl Ipv4Cidr {
     /// How many pods the range holds.
     pub fn pod_capacity(&self) -> u64 {
         self.size().saturating_sub(3)
+    }
+
+    /// The `n`-th address of the range (0 is the network address); `None`
+    /// past its end.
+    pub fn nth(&self, n: u64) -> Option<Ipv4Addr> {
+        (n < self.size()).then(|| Ipv4Addr::from(u32::from(self.network) + n as u32))
+    }
+
+    /// The first and last addresses a host may have: the range without its
+    /// network and broadcast addresses, except in a /31 (two hosts, RFC
+    /// 3021) and a /32 (one).
+    pub fn hosts(&self) -> (Ipv4Addr, Ipv4Addr) {
+        let (network, broadcast) = (u32::from(self.network), u32::from(self.broadcast()));
+        if self.prefix_len < 31 {
+            (Ipv4Addr::from(network + 1), Ipv4Addr::from(broadcast - 1))
+        } else {
+            (self.network, Ipv4Addr::from(broadcast))
+        }
+    }
+
+    /// The ranges of length `prefix_len` this one splits into, in order
+    /// (none when `prefix_len` is shorter than this range's or over 32).
+    pub fn subnets(&self, prefix_len: u8) -> impl Iterator<Item = Ipv4Cidr> + Clone {
+        let count = if (self.prefix_len..=32).contains(&prefix_len) {
+            1u64 << (prefix_len - self.prefix_len)
+        } else {
+            0
+        };
+        let (network, step) = (
+            u64::from(u32::from(self.network)),
+            1u64 << (32 - prefix_len.min(32)),
+        );
+        (0..count).map(move |i| Ipv4Cidr {
+            network: Ipv4Addr::from((network + i * step) as u32),
+            prefix_len,
+        })
     }
 }
 
@@ -185,6 +231,44 @@ mod tests {
     }
 
     #[test]
+    fn nth_hosts_and_subnets() {
+        let c = cidr("10.96.0.0/12");
+        assert_eq!(c.size(), 1 << 20);
+        assert_eq!(c.nth(10), Some(Ipv4Addr::new(10, 96, 0, 10)));
+        assert_eq!(c.nth(1 << 20), None);
+        assert_eq!(
+            cidr("172.18.255.0/24").hosts(),
+            (
+                Ipv4Addr::new(172, 18, 255, 1),
+                Ipv4Addr::new(172, 18, 255, 254)
+            )
+        );
+        let p2p = cidr("10.0.0.2/31");
+        assert_eq!(
+            p2p.hosts(),
+            (Ipv4Addr::new(10, 0, 0, 2), Ipv4Addr::new(10, 0, 0, 3))
+        );
+        let one = cidr("10.0.0.7/32");
+        assert_eq!(one.hosts(), (one.network(), one.network()));
+
+        let nodes: Vec<String> = cidr("10.244.0.0/16")
+            .subnets(24)
+            .map(|c| c.to_string())
+            .collect();
+        assert_eq!(nodes.len(), 256);
+        assert_eq!(nodes[0], "10.244.0.0/24");
+        assert_eq!(nodes[255], "10.244.255.0/24");
+        assert_eq!(cidr("10.0.0.0/8").subnets(8).count(), 1);
+        assert_eq!(cidr("10.0.0.0/24").subnets(16).count(), 0);
+        assert_eq!(cidr("10.0.0.0/24").subnets(33).count(), 0);
+        assert_eq!(
+            cidr("0.0.0.0/0").subnets(1).last(),
+            Some(cidr("128.0.0.0/1"))
+        );
+        assert_eq!(cidr("10.0.0.0/30").subnets(32).count(), 4);
+    }
+
+    #[test]
     fn contains() {
         let c = cidr("10.244.1.0/24");
         assert!(c.contains(Ipv4Addr::new(10, 244, 1, 77)));
@@ -221,5 +305,10 @@ mod tests {
             "\"10.244.1.5/24\" has host bits set; the network is 10.244.1.0/24"
         );
         assert!("fd00::/64".parse::<Ipv4Cidr>().is_err());
+        assert_eq!(
+            Ipv4Cidr::parse_masked("10.244.1.5/24"),
+            Ok(cidr("10.244.1.0/24"))
+        );
+        assert!(Ipv4Cidr::parse_masked("10.244.1.5").is_err());
     }
 }

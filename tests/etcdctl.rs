@@ -362,6 +362,26 @@ async fn members_and_status(mut c: TestCluster) {
         .count();
     assert_eq!(status.lines().count(), 3, "{status}");
     assert_eq!(leaders, 1, "{status}");
+    // The whole cluster from one http:// endpoint, as a table.
+    let first = c.members[0].client_url();
+    let out = support::etcdctl(
+        &first,
+        &["endpoint", "status", "--cluster", "-w", "table"],
+        None,
+    );
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{table}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for m in &c.members {
+        assert!(
+            table.contains(&format!("| {} |", m.client_url())),
+            "{table}"
+        );
+    }
+    assert_eq!(table.matches("|      true |").count(), 1, "{table}");
     // etcdctl prints health to stderr.
     let out = c.etcdctl(&["endpoint", "health"]);
     assert!(out.status.success());

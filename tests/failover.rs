@@ -251,7 +251,7 @@ async fn sigterm_stops_a_member_promptly_even_with_open_streams() {
     // A watch held open on the member being stopped.
     let mut watch = std::process::Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
-        .arg(format!("--endpoints={}", url.replace("http://", "")))
+        .arg(format!("--endpoints={url}"))
         .args(["watch", "acked/"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

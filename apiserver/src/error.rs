@@ -244,6 +244,9 @@ impl From<storage::Error> for ApiError {
             storage::Error::Unavailable(message) => {
                 ApiError::unavailable(format!("the store is unavailable: {message}"))
             }
+            unknown @ storage::Error::OutcomeUnknown(_) => {
+                ApiError::unavailable(unknown.to_string())
+            }
             other => ApiError::internal(other.to_string()),
         }
     }

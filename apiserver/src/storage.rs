@@ -36,6 +36,10 @@ pub enum Error {
     Compacted { requested: i64, compacted: i64 },
     #[error("the requested resource version {requested} is newer than the store's {current}")]
     FutureRevision { requested: i64, current: i64 },
+    /// A write may or may not have been applied (its member died or the
+    /// call timed out after it was sent).
+    #[error("the store is unavailable; the write's outcome is unknown: {0}")]
+    OutcomeUnknown(String),
     #[error("store error: {0}")]
     Other(String),
 }
@@ -91,6 +95,27 @@ fn retryable(status: &tonic::Status) -> bool {
     )
 }
 
+/// Whether a call failed before it was sent: no connection to the member
+/// could be made (it is down), or the store said it was not proposed.
+fn unsent(status: &tonic::Status) -> bool {
+    if status.code() == Code::Unavailable
+        && matches!(
+            status.message(),
+            "etcdserver: not leader" | "etcdserver: no leader"
+        )
+    {
+        return true;
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 impl Store {
     pub fn new(endpoints: &[String]) -> Result<Store> {
         if endpoints.is_empty() {
@@ -142,9 +167,10 @@ impl Store {
     }
 
     /// Runs `call`, moving on to the next endpoint when one fails. A write
-    /// (`idempotent == false`) is only retried when the store said it is
-    /// unavailable; after a timeout or a broken connection it may have been
-    /// applied, so the caller gets the error rather than a second attempt.
+    /// (`idempotent == false`) is only retried when it was certainly not
+    /// sent (no connection) or not proposed; after a timeout or a broken
+    /// connection it may have been applied, so the caller gets
+    /// [`Error::OutcomeUnknown`] rather than a second attempt.
     async fn retrying<T, F, Fut>(&self, idempotent: bool, mut call: F) -> Result<T>
     where
         F: FnMut(KvClient<Channel>) -> Fut,
@@ -158,17 +184,12 @@ impl Store {
                 Ok(Err(status)) if !retryable(&status) => {
                     return Err(classify(status));
                 }
-                Ok(Err(status)) if !idempotent && status.code() != Code::Unavailable => {
-                    return Err(Error::Unavailable(format!(
-                        "the write's outcome is unknown: {}",
-                        status.message()
-                    )));
+                Ok(Err(status)) if !idempotent && !unsent(&status) => {
+                    return Err(Error::OutcomeUnknown(status.message().to_string()));
                 }
                 Ok(Err(status)) => status.message().to_string(),
                 Err(_) if !idempotent => {
-                    return Err(Error::Unavailable(
-                        "the write timed out; its outcome is unknown".into(),
-                    ))
+                    return Err(Error::OutcomeUnknown("the write timed out".into()))
                 }
                 Err(_) => "timed out".to_string(),
             };
@@ -256,16 +277,37 @@ impl Store {
     }
 
     /// Applies `ops` if every guard holds; otherwise reads `key` back.
+    ///
+    /// When the store's member fails while the write is on its way (a
+    /// crashed leader, a timeout), the outcome is found out instead of
+    /// reported as unknown: every guard is on a key the write changes, so
+    /// guards that still hold mean it was not applied (it is sent again),
+    /// and keys that hold exactly what it wrote mean it was.
     pub async fn txn(&self, key: &str, guards: Vec<Guard>, ops: Vec<Op>) -> Result<Written> {
+        let resolvable = guards
+            .iter()
+            .all(|g| ops.iter().any(|op| op.key() == g.key()));
+        let mut attempts = 0;
+        loop {
+            match self.try_txn(key, &guards, &ops).await {
+                Err(Error::OutcomeUnknown(reason)) if resolvable && attempts < 3 => {
+                    attempts += 1;
+                    tracing::info!(%key, %reason, "a write's outcome is unknown; reading it back");
+                    match self.applied(key, &guards, &ops).await? {
+                        Some(written) => return Ok(written),
+                        None => continue,
+                    }
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_txn(&self, key: &str, guards: &[Guard], ops: &[Op]) -> Result<Written> {
         let request = TxnRequest {
-            compare: guards.into_iter().map(Guard::into_compare).collect(),
-            success: ops.into_iter().map(Op::into_request).collect(),
-            failure: vec![RequestOp {
-                request: Some(request_op::Request::RequestRange(RangeRequest {
-                    key: key.as_bytes().to_vec(),
-                    ..Default::default()
-                })),
-            }],
+            compare: guards.iter().cloned().map(Guard::into_compare).collect(),
+            success: ops.iter().cloned().map(Op::into_request).collect(),
+            failure: vec![range_op(key)],
         };
         let response = self
             .retrying(false, |mut kv| {
@@ -278,16 +320,45 @@ impl Store {
         if response.succeeded {
             return Ok(Written::Ok(revision));
         }
-        let current = response
-            .responses
-            .into_iter()
-            .find_map(|r| match r.response {
-                Some(shoal_store::proto::etcdserverpb::response_op::Response::ResponseRange(
-                    range,
-                )) => range.kvs.into_iter().next(),
-                _ => None,
-            });
+        let current = response.responses.into_iter().find_map(first_kv);
         Ok(Written::Failed(current))
+    }
+
+    /// After an unknown outcome: `None` when the write was not applied (its
+    /// guards still hold), its result when the keys hold what it wrote, and
+    /// `Failed` (with `key`'s value) when something else changed them.
+    async fn applied(&self, key: &str, guards: &[Guard], ops: &[Op]) -> Result<Option<Written>> {
+        let mut keys: Vec<&str> = vec![key];
+        keys.extend(ops.iter().map(Op::key));
+        let request = TxnRequest {
+            compare: guards.iter().cloned().map(Guard::into_compare).collect(),
+            success: Vec::new(),
+            failure: keys.iter().map(|k| range_op(k)).collect(),
+        };
+        let response = self
+            .with_retry(|mut kv| {
+                let request = request.clone();
+                async move { kv.txn(request).await }
+            })
+            .await?
+            .into_inner();
+        if response.succeeded {
+            return Ok(None);
+        }
+        let revision = response.header.map(|h| h.revision).unwrap_or_default();
+        let found: Vec<Option<KeyValue>> = response.responses.into_iter().map(first_kv).collect();
+        let current = found.first().cloned().flatten();
+        let mut written_at = 0;
+        for (op, kv) in ops.iter().zip(found.iter().skip(1)) {
+            match (op, kv) {
+                (Op::Put(_, value), Some(kv)) if kv.value == *value => {
+                    written_at = written_at.max(kv.mod_revision);
+                }
+                (Op::Delete(_), None) => written_at = written_at.max(revision),
+                _ => return Ok(Some(Written::Failed(current))),
+            }
+        }
+        Ok(Some(Written::Ok(written_at)))
     }
 
     /// Watches every key under `prefix` from `start` (inclusive). The stream
@@ -444,7 +515,33 @@ pub enum Guard {
     ModRevision(String, i64),
 }
 
+/// A read of one key, as a transaction's operation.
+fn range_op(key: &str) -> RequestOp {
+    RequestOp {
+        request: Some(request_op::Request::RequestRange(RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        })),
+    }
+}
+
+/// The key a transaction's range operation found, if any.
+fn first_kv(response: shoal_store::proto::etcdserverpb::ResponseOp) -> Option<KeyValue> {
+    match response.response {
+        Some(shoal_store::proto::etcdserverpb::response_op::Response::ResponseRange(range)) => {
+            range.kvs.into_iter().next()
+        }
+        _ => None,
+    }
+}
+
 impl Guard {
+    fn key(&self) -> &str {
+        match self {
+            Guard::Absent(key) | Guard::ModRevision(key, _) => key,
+        }
+    }
+
     fn into_compare(self) -> Compare {
         match self {
             Guard::Absent(key) => Compare {
@@ -473,6 +570,12 @@ pub enum Op {
 }
 
 impl Op {
+    fn key(&self) -> &str {
+        match self {
+            Op::Put(key, _) | Op::Delete(key) => key,
+        }
+    }
+
     fn into_request(self) -> RequestOp {
         let request = match self {
             Op::Put(key, value) => request_op::Request::RequestPut(PutRequest {

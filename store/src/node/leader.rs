@@ -64,11 +64,54 @@ impl From<WireStatus> for Status {
     }
 }
 
+/// How a try to reach the leader ended.
+enum Attempt {
+    /// Served (or refused) by a leader, or may have reached one.
+    Done(Result<LeaderResponse, Status>),
+    /// Certainly not proposed (no leader, not the leader, no connection):
+    /// safe to try again.
+    Unsent(Status),
+}
+
+impl From<Result<LeaderResponse, Status>> for Attempt {
+    fn from(result: Result<LeaderResponse, Status>) -> Attempt {
+        match result {
+            Err(s)
+                if s.code() == Code::Unavailable
+                    && (s.message() == NOT_LEADER || s.message() == NO_LEADER) =>
+            {
+                Attempt::Unsent(s)
+            }
+            other => Attempt::Done(other),
+        }
+    }
+}
+
+/// How often a request waiting for a leader looks again.
+const RETRY_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Whether a peer call failed before a connection existed (refused, timed
+/// out connecting): then the request was never sent.
+fn never_connected(status: &Status) -> bool {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
 impl Node {
     /// Runs `req` on the leader, here or through the peer link, waiting up
-    /// to a few seconds for a leader to exist. A request is sent again only
-    /// when the member it reached was not the leader (so it was not
-    /// proposed there): writes are never applied twice.
+    /// to a few seconds for a leader to exist and be reachable. A request
+    /// is sent again only when it cannot have been proposed: the member it
+    /// reached was not the leader, or the connection to the leader was
+    /// never made (a leader that just died refuses connections until the
+    /// others elect a new one). Writes are never applied twice; a request
+    /// that may have reached a leader that then died answers "request
+    /// timed out", as etcd does.
     pub async fn leader_call(
         self: &Arc<Self>,
         req: LeaderRequest,
@@ -76,47 +119,53 @@ impl Node {
         let deadline = tokio::time::Instant::now() + LEADER_WAIT;
         loop {
             let attempt = match self.leader() {
-                Some((leader, _)) if leader == self.id => self.serve_leader(req.clone()).await,
+                Some((leader, _)) if leader == self.id => {
+                    Attempt::from(self.serve_leader(req.clone()).await)
+                }
                 Some((_, member)) => self.forward(&member, &req).await,
-                None => Err(Status::unavailable(NO_LEADER)),
+                None => Attempt::Unsent(Status::unavailable(NO_LEADER)),
             };
             match attempt {
-                Err(s)
-                    if s.code() == Code::Unavailable
-                        && (s.message() == NOT_LEADER || s.message() == NO_LEADER)
-                        && tokio::time::Instant::now() < deadline =>
-                {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                Attempt::Done(result) => return result,
+                Attempt::Unsent(_) if tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(RETRY_INTERVAL).await;
                 }
-                other => return other,
+                Attempt::Unsent(status) => return Err(status),
             }
         }
     }
 
-    async fn forward(
-        &self,
-        leader: &Member,
-        req: &LeaderRequest,
-    ) -> Result<LeaderResponse, Status> {
-        let mut client = self
-            .peers
-            .client(leader)
-            .map_err(|e| Status::unavailable(e.to_string()))?;
-        let data = encode(req).map_err(|e| Status::internal(e.to_string()))?;
+    async fn forward(&self, leader: &Member, req: &LeaderRequest) -> Attempt {
+        let mut client = match self.peers.client(leader) {
+            Ok(client) => client,
+            Err(e) => return Attempt::Done(Err(Status::unavailable(e.to_string()))),
+        };
+        let data = match encode(req) {
+            Ok(data) => data,
+            Err(e) => return Attempt::Done(Err(Status::internal(e.to_string()))),
+        };
         let mut request = tonic::Request::new(crate::proto::peer::Payload { data: data.into() });
         request.set_timeout(LEADER_WAIT + Duration::from_secs(2));
-        let reply = client.forward(request).await.map_err(|s| {
-            if s.code() == Code::Unavailable {
-                // The leader could not be reached; whether it got the request
-                // is unknown, as with a timeout.
-                Status::unavailable(TIMED_OUT)
-            } else {
-                s
+        let reply = match client.forward(request).await {
+            Ok(reply) => reply,
+            // No connection, so nothing was sent: wait for a leader that
+            // answers. After the deadline, the client hears what etcd
+            // says when its leader is gone.
+            Err(s) if never_connected(&s) => {
+                return Attempt::Unsent(Status::unavailable(TIMED_OUT))
             }
-        })?;
-        let result: Result<LeaderResponse, WireStatus> =
-            decode(&reply.into_inner().data).map_err(|e| Status::internal(e.to_string()))?;
-        result.map_err(Status::from)
+            // The leader could not be reached; whether it got the request
+            // is unknown, as with a timeout.
+            Err(s) if s.code() == Code::Unavailable => {
+                return Attempt::Done(Err(Status::unavailable(TIMED_OUT)))
+            }
+            Err(s) => return Attempt::Done(Err(s)),
+        };
+        let result: Result<LeaderResponse, WireStatus> = match decode(&reply.into_inner().data) {
+            Ok(result) => result,
+            Err(e) => return Attempt::Done(Err(Status::internal(e.to_string()))),
+        };
+        Attempt::from(result.map_err(Status::from))
     }
 
     /// Serves a leader-only request on this member, which believes it leads.

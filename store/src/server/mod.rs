@@ -1,6 +1,7 @@
 //! The gRPC front of a member: etcd's v3 services for clients on the client
 //! URLs, the peer service on the peer URLs.
 
+mod authority;
 mod cluster;
 mod kv;
 mod lease;
@@ -52,7 +53,13 @@ pub async fn serve(node: Arc<Node>) -> Result<Vec<JoinHandle<()>>, StartError> {
                 MaintenanceServer::new(maintenance::Maintenance(n.clone()))
                     .max_decoding_message_size(max),
             );
-        tasks.push(spawn_server(router, listener, url, n));
+        tasks.push(spawn_server(
+            router,
+            listener,
+            url,
+            n,
+            authority::FixAuthority::new,
+        ));
     }
     for url in node.config.listen_peer_urls.clone() {
         let listener = bind(&url).await?;
@@ -62,24 +69,33 @@ pub async fn serve(node: Arc<Node>) -> Result<Vec<JoinHandle<()>>, StartError> {
                 .max_decoding_message_size(MAX_PEER_MESSAGE)
                 .max_encoding_message_size(MAX_PEER_MESSAGE),
         );
-        tasks.push(spawn_server(router, listener, url, n));
+        tasks.push(spawn_server(router, listener, url, n, |c| c));
     }
     Ok(tasks)
 }
 
-/// Serves `router` on `listener` until the member stops.
-fn spawn_server(
+/// Serves `router` on `listener` until the member stops, each accepted
+/// connection wrapped by `wrap`.
+fn spawn_server<IO>(
     router: Router,
     listener: TcpListener,
     url: String,
     node: Arc<Node>,
-) -> JoinHandle<()> {
+    wrap: fn(tokio::net::TcpStream) -> IO,
+) -> JoinHandle<()>
+where
+    IO: tokio::io::AsyncRead
+        + tokio::io::AsyncWrite
+        + tonic::transport::server::Connected
+        + Unpin
+        + Send
+        + 'static,
+{
+    use tokio_stream::StreamExt;
     tokio::spawn(async move {
         let stop = async move { node.stopped().await };
-        if let Err(e) = router
-            .serve_with_incoming_shutdown(incoming(listener), stop)
-            .await
-        {
+        let incoming = incoming(listener).map(move |conn| conn.map(wrap));
+        if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
             tracing::error!(%url, error = %e, "gRPC server failed");
         }
     })

@@ -460,3 +460,111 @@ async fn members_and_status(mut c: TestCluster) {
     assert!(String::from_utf8_lossy(&out.stderr).contains("member not found"));
     assert_eq!(c.etcdctl_ok(&["put", "after-remove", "1"]), "OK\n");
 }
+
+/// A key as `-w json` shows it: key, value, create_revision, mod_revision,
+/// version.
+type Stored = (String, String, i64, i64, i64);
+
+/// `etcdctl get "" --prefix -w json`: the revision and every key.
+fn everything(c: &TestCluster) -> (i64, Vec<Stored>) {
+    let out = json(&c.etcdctl_ok(&["get", "", "--prefix", "-w", "json"]));
+    let field = |kv: &serde_json::Value, f: &str| kv[f].as_i64().unwrap_or(0);
+    let kvs = out["kvs"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|kv| {
+            let text = |f: &str| {
+                use base64::Engine;
+                let raw = base64::engine::general_purpose::STANDARD
+                    .decode(kv[f].as_str().unwrap_or(""))
+                    .unwrap();
+                String::from_utf8(raw).unwrap()
+            };
+            (
+                text("key"),
+                text("value"),
+                field(kv, "create_revision"),
+                field(kv, "mod_revision"),
+                field(kv, "version"),
+            )
+        })
+        .collect();
+    (out["header"]["revision"].as_i64().unwrap(), kvs)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_save_then_restore_into_a_new_cluster() {
+    let c = TestCluster::start(3).await;
+    let mut a_was_2 = 0;
+    for (k, v) in [("a", "1"), ("b", "1"), ("a", "2"), ("c", "1"), ("a", "3")] {
+        let put = json(&c.etcdctl_ok(&["put", k, v, "-w", "json"]));
+        if (k, v) == ("a", "2") {
+            a_was_2 = put["header"]["revision"].as_i64().unwrap();
+        }
+    }
+    c.etcdctl_ok(&["del", "c"]);
+    let (revision, kvs) = everything(&c);
+    let file = c.dir.path().join("backup.db");
+    let file_arg = file.to_str().unwrap();
+    let first = c.members[0].client_url();
+    let out = support::etcdctl(&first, &["snapshot", "save", file_arg], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(saved.contains("Snapshot saved at"), "{saved}");
+
+    // Every member of a new cluster restored from the same file.
+    let restored = TestCluster::start_prepared(3, |data_dir| {
+        let out = Command::new(support::SHOAL)
+            .args(["store", "restore", file_arg, "--data-dir"])
+            .arg(data_dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    })
+    .await;
+    assert_eq!(everything(&restored), (revision, kvs));
+    // History is back too: "a" as it was two writes ago.
+    let at = format!("--rev={a_was_2}");
+    let old = restored.etcdctl_ok(&["get", "a", &at, "--print-value-only"]);
+    assert_eq!(old, "2\n");
+    restored.assert_same_data().await;
+    // And the new cluster goes on from there.
+    restored.etcdctl_ok(&["put", "after", "1"]);
+    assert_eq!(everything(&restored).0, revision + 1);
+
+    // A damaged file is refused, and no data dir is left behind.
+    let mut bytes = std::fs::read(&file).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    let damaged = c.dir.path().join("damaged.db");
+    std::fs::write(&damaged, &bytes).unwrap();
+    let target = c.dir.path().join("never");
+    let out = Command::new(support::SHOAL)
+        .args(["store", "restore"])
+        .arg(&damaged)
+        .arg("--data-dir")
+        .arg(&target)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("is corrupted: its SHA-256 does not match"),
+        "{err}"
+    );
+    assert!(!target.exists());
+}

@@ -214,3 +214,41 @@ async fn creating_configmaps_through_a_store_leader_kill_sees_no_error() {
         .count();
     assert_eq!(count, sent, "{names}");
 }
+
+/// The status of every running member: (raft term, leader id) as each
+/// sees them.
+async fn terms(c: &TestCluster) -> Vec<(u64, u64)> {
+    let mut seen = Vec::new();
+    for i in c.running() {
+        let mut m = support::maintenance(&c.members[i].client_url())
+            .await
+            .unwrap();
+        let s = m
+            .status(shoal_store::proto::etcdserverpb::StatusRequest {})
+            .await
+            .unwrap()
+            .into_inner();
+        seen.push((s.raft_term, s.leader));
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_member_back_from_a_pause_does_not_depose_the_leader() {
+    let c = TestCluster::start(3).await;
+    let leader = c.leader().await.expect("a leader");
+    let before = terms(&c).await;
+    let follower = (leader + 1) % 3;
+    // Cut off for three election timeouts: it stands for election as soon
+    // as it runs again.
+    c.pause(follower, true);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    c.pause(follower, false);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(c.leader().await, Some(leader), "the leader changed");
+    let after = terms(&c).await;
+    assert_eq!(
+        before, after,
+        "terms and leaders before and after the pause"
+    );
+}

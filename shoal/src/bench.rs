@@ -42,6 +42,9 @@ pub enum BenchCommand {
     /// Create pods at once on a node agent and time how fast they get
     /// Running and Ready; print one JSON line.
     PodStartup(crate::bench_pod_startup::PodStartupBench),
+    /// Kill a store cluster's leader under concurrent writers; print one
+    /// JSON line with the time to a new leader and the longest outage.
+    Failover(crate::bench_failover::FailoverBench),
 }
 
 /// The request every operation sends.
@@ -129,6 +132,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Api(args) => crate::bench_api::run(args).await,
         BenchCommand::Scheduler(args) => crate::bench_scheduler::run(args).await,
         BenchCommand::PodStartup(args) => crate::bench_pod_startup::run(args).await,
+        BenchCommand::Failover(args) => crate::bench_failover::run(args).await,
     }
 }
 

@@ -4,6 +4,7 @@ mod agent;
 mod apiserver;
 mod bench;
 mod bench_api;
+mod bench_failover;
 mod bench_pod_startup;
 mod bench_scheduler;
 mod controllers;

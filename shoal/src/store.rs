@@ -4,7 +4,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use clap::{Args, ValueEnum};
+use clap::{Args, Subcommand, ValueEnum};
 use shoal_store::{Config, Node};
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -14,7 +14,10 @@ pub enum ClusterState {
 }
 
 #[derive(Args)]
+#[command(args_conflicts_with_subcommands = true)]
 pub struct StoreArgs {
+    #[command(subcommand)]
+    command: Option<StoreCommand>,
     /// Human-readable name of this member.
     #[arg(long, env = "ETCD_NAME", default_value = "default")]
     name: String,
@@ -78,6 +81,36 @@ pub struct StoreArgs {
     max_txn_ops: usize,
 }
 
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Make a new member's data dir from a snapshot taken with `etcdctl
+    /// snapshot save`; then start every member of the new cluster (each
+    /// restored from the same file) with `--initial-cluster-state new`.
+    Restore(RestoreArgs),
+}
+
+#[derive(Args)]
+struct RestoreArgs {
+    /// The snapshot file.
+    file: PathBuf,
+    /// The new member's data dir (must not exist yet).
+    #[arg(long)]
+    data_dir: PathBuf,
+}
+
+fn restore(args: &RestoreArgs) -> anyhow::Result<()> {
+    let restored = shoal_store::snapshot::restore(&args.file, &args.data_dir)?;
+    println!(
+        "restored {} into {}: revision {}, {} key versions, {} leases",
+        args.file.display(),
+        args.data_dir.display(),
+        restored.revision,
+        restored.rows,
+        restored.leases
+    );
+    Ok(())
+}
+
 /// Parses `--initial-cluster` (`name=url,name=url`).
 fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, String)>> {
     s.split(',')
@@ -93,6 +126,9 @@ fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
+    if let Some(StoreCommand::Restore(restore_args)) = &args.command {
+        return restore(restore_args);
+    }
     let data_dir = args
         .data_dir
         .clone()

@@ -8,6 +8,7 @@
 //!   raft/      openraft types, RocksDB log + state machine, gRPC network
 //!   node       one member: start-up, leader forwarding, background loops
 //!   server/    the gRPC services (KV, Watch, Lease, Cluster, Maintenance, Peer)
+//!   snapshot   backups: the file `etcdctl snapshot save` writes, restore
 //! ```
 
 pub mod mvcc;
@@ -16,5 +17,6 @@ pub mod proto;
 pub mod raft;
 pub mod server;
 pub mod shared;
+pub mod snapshot;
 
 pub use node::{Config, Node};

@@ -116,7 +116,22 @@ impl TestCluster {
         Self::start_kind(Kind::Shoal, n, extra).await
     }
 
+    /// Starts `n` shoal members whose data dirs `prepare` made first (a
+    /// restore from a snapshot).
+    pub async fn start_prepared(n: usize, prepare: impl Fn(&std::path::Path)) -> TestCluster {
+        Self::start_inner(Kind::Shoal, n, &[], prepare).await
+    }
+
     async fn start_kind(kind: Kind, n: usize, extra: &[&str]) -> TestCluster {
+        Self::start_inner(kind, n, extra, |_| {}).await
+    }
+
+    async fn start_inner(
+        kind: Kind,
+        n: usize,
+        extra: &[&str],
+        prepare: impl Fn(&std::path::Path),
+    ) -> TestCluster {
         let dir = tempfile::tempdir().expect("temp dir");
         let members = (1..=n)
             .map(|i| Member {
@@ -134,6 +149,7 @@ impl TestCluster {
             extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         for i in 0..n {
+            prepare(&c.members[i].data_dir);
             c.spawn(i, "new");
         }
         c.wait_leader(Duration::from_secs(30)).await;
@@ -219,6 +235,16 @@ impl TestCluster {
         }
         kill_group(&mut child);
         None
+    }
+
+    /// SIGSTOP (`pause = true`) or SIGCONT: a member cut off and back.
+    pub fn pause(&self, i: usize, pause: bool) {
+        if let Some(child) = &self.members[i].child {
+            let signal = if pause { "-STOP" } else { "-CONT" };
+            let _ = Command::new("kill")
+                .args([signal, &child.id().to_string()])
+                .status();
+        }
     }
 
     pub fn restart(&mut self, i: usize) {

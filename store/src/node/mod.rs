@@ -29,9 +29,11 @@ use crate::raft::types::{Member, MemberAttrs, NodeId, Raft, Request};
 use crate::shared::Shared;
 
 mod batch;
+mod election;
 mod leader;
 
 use batch::{ReadBatch, WriteBatch};
+pub use election::{PreVoteRequest, PreVoteResponse};
 pub use leader::{LeaderRequest, LeaderResponse, WireStatus};
 
 /// How a member starts, named as etcd names its flags.
@@ -124,14 +126,11 @@ const LEADER_WAIT: Duration = Duration::from_secs(5);
 
 /// openraft's election timers for etcd's `--election-timeout` E.
 ///
-/// A follower of a leader it has heard from stands for election after
-/// openraft's leader lease (`election_timeout_max`) plus a random timeout
-/// in `[min, max]`; until the lease has passed it also refuses to vote for
-/// anyone else, which is what keeps a member coming back from a partition
-/// from deposing a healthy leader (etcd's pre-vote and check-quorum).
-/// With min = 3/8 E and max = 5/8 E, a silent leader is replaced after
-/// E to 1.25 E, as in etcd (E to 2 E), instead of the 3 E to 4 E that
-/// openraft's usual reading (min = E, max = 2 E) gives.
+/// When to stand is decided by the pre-vote loop (`election.rs`); what is
+/// left to openraft is its leader lease (`election_timeout_max`): a member
+/// that heard from a leader less than 5/8 E ago refuses to vote for anyone
+/// else. The pre-vote waits a whole E, so a real election after it always
+/// finds the voters' leases expired.
 pub fn election_timers(election_timeout: Duration) -> (u64, u64) {
     let e = election_timeout.as_millis().min(u128::from(u32::MAX)) as u64;
     ((e * 3 / 8).max(1), (e * 5 / 8).max(2))
@@ -148,6 +147,10 @@ pub struct Node {
     reads: std::sync::Mutex<ReadBatch>,
     writes: std::sync::Mutex<WriteBatch>,
     proposals: std::sync::Mutex<WriteBatch>,
+    heard: election::Heard,
+    /// The Raft log (a handle on the one openraft writes), read by the
+    /// pre-vote.
+    log: crate::raft::log_store::LogStore,
 }
 
 impl Node {
@@ -199,6 +202,7 @@ impl Node {
                 .validate()
                 .map_err(|e| StartError::Config(e.to_string()))?,
         );
+        let log_handle = log.clone();
         let raft = Raft::new(
             id,
             raft_config,
@@ -209,6 +213,8 @@ impl Node {
             sm,
         )
         .await?;
+        // Elections are started by the pre-vote loop (election.rs) only.
+        raft.runtime_config().elect(false);
 
         if !raft.is_initialized().await? && !config.initial_cluster_state_existing {
             let mut members = BTreeMap::new();
@@ -258,7 +264,10 @@ impl Node {
             reads: Default::default(),
             writes: Default::default(),
             proposals: Default::default(),
+            heard: Default::default(),
+            log: log_handle,
         });
+        tokio::spawn(node.clone().election_loop());
         tokio::spawn(node.clone().lease_loop());
         tokio::spawn(node.clone().publish_loop());
         Ok(node)

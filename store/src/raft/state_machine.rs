@@ -242,20 +242,89 @@ impl StateMachine {
     }
 
     fn snapshot_data(&self) -> Result<Vec<u8>, StorageError> {
-        let m = self.shared.mvcc();
-        let (rows, leases) = m.dump();
-        let data = SnapshotData {
-            current: m.revision(),
-            compacted: m.compact_revision(),
-            rows: rows
-                .into_iter()
-                .map(|(k, kv)| (ByteBuf(k), ByteBuf(kv.encode_to_vec())))
-                .collect(),
-            leases,
-            members: self.shared.members(),
-        };
-        encode(&data).map_err(sm_err)
+        dump(&self.shared)
     }
+
+    /// Replaces the persisted key space, leases and metadata with `data`,
+    /// then reloads it.
+    fn replace(
+        &mut self,
+        data: &SnapshotData,
+        applied: &Option<LogId>,
+        membership: &StoredMembership,
+    ) -> Result<(), StorageError> {
+        let mut batch = WriteBatch::default();
+        // Row keys are 16 or 17 bytes; every lease row starts with
+        // "lease/" (and "lease0" is the first key after them).
+        batch.delete_range_cf(self.cf(CF_KV), &[][..], &[0xff; 18][..]);
+        batch.delete_range_cf(self.cf(CF_SM), LEASE_PREFIX, b"lease0");
+        for (k, v) in &data.rows {
+            batch.put_cf(self.cf(CF_KV), &k.0, &v.0);
+        }
+        for (id, ttl) in &data.leases {
+            batch.put_cf(
+                self.cf(CF_SM),
+                lease_key(*id),
+                encode(ttl).map_err(sm_write_err)?,
+            );
+        }
+        self.put_meta(
+            &mut batch,
+            &SmMeta {
+                revisions: (data.current, data.compacted),
+                applied,
+                membership,
+                members: &data.members,
+            },
+        )?;
+        self.db.write(batch).map_err(sm_write_err)?;
+        self.load()
+    }
+
+    /// Fills a new member's empty state machine from a snapshot's data
+    /// (`etcdctl snapshot save`): the keys with their history and
+    /// revisions, and the leases; not the old cluster's members, nor any
+    /// Raft state (the new cluster starts its own log). Synced.
+    pub(crate) fn restore(&mut self, data: &[u8]) -> Result<RestoredData, StorageError> {
+        let mut data: SnapshotData = decode(data).map_err(sm_err)?;
+        data.members.clear();
+        self.replace(&data, &None, &StoredMembership::default())?;
+        sync_wal(&self.db).map_err(sm_write_err)?;
+        Ok(RestoredData {
+            revision: data.current,
+            compacted: data.compacted,
+            rows: data.rows.len(),
+            leases: data.leases.len(),
+        })
+    }
+}
+
+/// What a restore put back.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RestoredData {
+    pub revision: i64,
+    pub compacted: i64,
+    /// Key versions (the history included).
+    pub rows: usize,
+    pub leases: usize,
+}
+
+/// The whole key space with its history, the leases and the members, as a
+/// snapshot carries them.
+pub(crate) fn dump(shared: &Shared) -> Result<Vec<u8>, StorageError> {
+    let m = shared.mvcc();
+    let (rows, leases) = m.dump();
+    let data = SnapshotData {
+        current: m.revision(),
+        compacted: m.compact_revision(),
+        rows: rows
+            .into_iter()
+            .map(|(k, kv)| (ByteBuf(k), ByteBuf(kv.encode_to_vec())))
+            .collect(),
+        leases,
+        members: shared.members(),
+    };
+    encode(&data).map_err(sm_err)
 }
 
 fn save_snapshot(
@@ -381,33 +450,8 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             .map_err(|e| StorageIOError::read_snapshot(Some(meta.signature()), &e))?;
 
         // Replace the persisted state wholesale, then reload it.
-        let mut batch = WriteBatch::default();
-        // Row keys are 16 or 17 bytes; every lease row starts with
-        // "lease/" (and "lease0" is the first key after them).
-        batch.delete_range_cf(self.cf(CF_KV), &[][..], &[0xff; 18][..]);
-        batch.delete_range_cf(self.cf(CF_SM), LEASE_PREFIX, b"lease0");
-        for (k, v) in &data.rows {
-            batch.put_cf(self.cf(CF_KV), &k.0, &v.0);
-        }
-        for (id, ttl) in &data.leases {
-            batch.put_cf(
-                self.cf(CF_SM),
-                lease_key(*id),
-                encode(ttl).map_err(sm_write_err)?,
-            );
-        }
-        self.put_meta(
-            &mut batch,
-            &SmMeta {
-                revisions: (data.current, data.compacted),
-                applied: &meta.last_log_id,
-                membership: &meta.last_membership,
-                members: &data.members,
-            },
-        )?;
-        self.db.write(batch).map_err(sm_write_err)?;
+        self.replace(&data, &meta.last_log_id, &meta.last_membership)?;
         save_snapshot(&self.db, meta, &bytes)?;
-        self.load()?;
         // Live watches missed whatever the snapshot skipped over: let them
         // resume from the new history (or learn it was compacted).
         self.shared.hub.drop_all();

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use serde::Serialize;
 use tonic::{Request, Response, Status};
 
-use crate::node::{LeaderRequest, Node, WireStatus};
+use openraft::raft::AppendEntriesResponse;
+
+use crate::node::{LeaderRequest, Node, PreVoteRequest, WireStatus};
 use crate::proto::peer::{peer_server, Payload};
 use crate::raft::log_store::{decode, encode};
 
@@ -26,12 +28,26 @@ fn payload<T: serde::de::DeserializeOwned>(req: Request<Payload>) -> Result<T, S
 impl peer_server::Peer for Peer {
     async fn append_entries(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         let rpc = payload(req)?;
-        reply(&self.0.raft.append_entries(rpc).await)
+        let result = self.0.raft.append_entries(rpc).await;
+        // A leader this member follows (not one it has a newer vote than).
+        if matches!(&result, Ok(resp) if !matches!(resp, AppendEntriesResponse::HigherVote(_))) {
+            self.0.heard_from_leader();
+        }
+        reply(&result)
     }
 
     async fn vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
         let rpc = payload(req)?;
-        reply(&self.0.raft.vote(rpc).await)
+        let result = self.0.raft.vote(rpc).await;
+        if matches!(&result, Ok(resp) if resp.vote_granted) {
+            self.0.heard_from_leader();
+        }
+        reply(&result)
+    }
+
+    async fn pre_vote(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {
+        let req: PreVoteRequest = payload(req)?;
+        reply(&self.0.pre_vote(req).await)
     }
 
     async fn install_snapshot(&self, req: Request<Payload>) -> Result<Response<Payload>, Status> {

@@ -9,7 +9,7 @@ use http::header;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
-use crate::resources::{self, Resource, VERBS};
+use crate::resources::{self, Resource};
 use crate::rest::metrics;
 
 /// The Kubernetes version this server implements, so that clients (and
@@ -82,7 +82,7 @@ fn discovery_resource(r: &Resource) -> Value {
         "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
         "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
         "singularResource": r.singular(),
-        "verbs": VERBS,
+        "verbs": r.verbs(),
     });
     if !r.short_names.is_empty() {
         entry["shortNames"] = json!(r.short_names);
@@ -190,7 +190,7 @@ fn resource_list(group: &str, version: &str) -> Option<Value> {
             "singularName": r.singular(),
             "namespaced": r.namespaced,
             "kind": r.kind,
-            "verbs": VERBS,
+            "verbs": r.verbs(),
         });
         if !r.short_names.is_empty() {
             entry["shortNames"] = json!(r.short_names);

@@ -6,6 +6,7 @@
 //!   server      HTTPS, routes, authentication, accept loop
 //!   discovery   /version, /api, /apis, aggregated discovery
 //!   rest/       generic handlers: get, list, watch, create, update, patch, delete
+//!   query       query parameters, read as kube-apiserver reads them
 //!   resources   the one table of served resources
 //!   patch/      JSON, merge, strategic merge and server-side apply patches
 //!   defaults, validation, hooks, allocate, convert   what happens to an object on the way in
@@ -34,6 +35,7 @@ mod object;
 mod openapi;
 pub mod patch;
 pub mod protobuf;
+mod query;
 pub mod resources;
 mod rest;
 mod schema;

@@ -6,6 +6,7 @@
 //! ```text
 //!   GET /openapi/v3                 {"paths": {"apis/apps/v1": {"serverRelativeURL": ...}}}
 //!   GET /openapi/v3/apis/apps/v1    {"openapi": "3.0.0", "paths": {...}, "components": {...}}
+//!   GET /openapi/v2                 {"swagger": "2.0", "paths": {...}, "definitions": {...}} (all of them)
 //! ```
 
 use std::collections::BTreeMap;
@@ -18,17 +19,94 @@ use serde_json::{json, Value};
 use crate::error::ApiError;
 use crate::resources::{self, Resource, Sub};
 
-fn query_param(name: &str, description: &str) -> Value {
-    json!({"name": name, "in": "query", "description": description, "schema": {"type": "string", "uniqueItems": true}})
+/// A query parameter of type `string`, `boolean` or `integer`, as
+/// kube-apiserver's documents declare it.
+fn query_param(name: &str, kind: &str, description: &str) -> Value {
+    json!({"name": name, "in": "query", "description": description, "schema": {"type": kind, "uniqueItems": true}})
 }
 
-fn write_params() -> Vec<Value> {
-    vec![
-        query_param("dryRun", "When present, indicates that modifications should not be persisted."),
-        query_param("fieldManager", "fieldManager is a name associated with the actor or entity that is making these changes."),
-        query_param("fieldValidation", "fieldValidation instructs the server on how to handle objects in the request containing unknown or duplicate fields: Ignore, Warn (default) or Strict."),
-    ]
+fn path_param(name: &str, description: &str) -> Value {
+    json!({"name": name, "in": "path", "required": true, "description": description, "schema": {"type": "string", "uniqueItems": true}})
 }
+
+/// The parameters each kind of operation takes, named as in Kubernetes.
+fn params(names: &[&str]) -> Vec<Value> {
+    names
+        .iter()
+        .map(|name| {
+            let (kind, description) = match *name {
+                "allowWatchBookmarks" => ("boolean", "allowWatchBookmarks requests watch events with type \"BOOKMARK\"."),
+                "continue" => ("string", "The continue option should be set when retrieving more results from the server."),
+                "dryRun" => ("string", "When present, indicates that modifications should not be persisted. Valid value: All."),
+                "fieldManager" => ("string", "fieldManager is a name associated with the actor or entity that is making these changes."),
+                "fieldSelector" => ("string", "A selector to restrict the list of returned objects by their fields."),
+                "fieldValidation" => ("string", "How to handle unknown or duplicate fields: Ignore, Warn (default) or Strict."),
+                "force" => ("boolean", "Force is going to \"force\" Apply requests."),
+                "gracePeriodSeconds" => ("integer", "The duration in seconds before the object should be deleted."),
+                "labelSelector" => ("string", "A selector to restrict the list of returned objects by their labels."),
+                "limit" => ("integer", "limit is a maximum number of responses to return for a list call."),
+                "orphanDependents" => ("boolean", "Deprecated: please use the PropagationPolicy."),
+                "propagationPolicy" => ("string", "Whether and how garbage collection will be performed: Orphan, Background or Foreground."),
+                "resourceVersion" => ("string", "resourceVersion sets a constraint on what resource versions a request may be served from."),
+                "resourceVersionMatch" => ("string", "resourceVersionMatch determines how resourceVersion is applied to list calls."),
+                "sendInitialEvents" => ("boolean", "sendInitialEvents=true may be set together with watch=true."),
+                "timeoutSeconds" => ("integer", "Timeout for the list/watch call."),
+                "watch" => ("boolean", "Watch for changes to the described resources and return them as a stream of add, update, and remove notifications."),
+                "container" => ("string", "The container for which to stream logs."),
+                "follow" => ("boolean", "Follow the log stream of the pod."),
+                "previous" => ("boolean", "Return previous terminated container logs."),
+                "sinceSeconds" => ("integer", "A relative time in seconds before the current time from which to show logs."),
+                "tailLines" => ("integer", "The number of lines from the end of the logs to show."),
+                "timestamps" => ("boolean", "Prefix each line of log output with an RFC3339 timestamp."),
+                _ => ("string", ""),
+            };
+            query_param(name, kind, description)
+        })
+        .collect()
+}
+
+const LIST: &[&str] = &[
+    "allowWatchBookmarks",
+    "continue",
+    "fieldSelector",
+    "labelSelector",
+    "limit",
+    "resourceVersion",
+    "resourceVersionMatch",
+    "sendInitialEvents",
+    "timeoutSeconds",
+    "watch",
+];
+const WRITE: &[&str] = &["dryRun", "fieldManager", "fieldValidation"];
+const PATCH: &[&str] = &["dryRun", "fieldManager", "fieldValidation", "force"];
+const DELETE: &[&str] = &[
+    "dryRun",
+    "gracePeriodSeconds",
+    "orphanDependents",
+    "propagationPolicy",
+];
+const DELETE_COLLECTION: &[&str] = &[
+    "continue",
+    "dryRun",
+    "fieldSelector",
+    "gracePeriodSeconds",
+    "labelSelector",
+    "limit",
+    "orphanDependents",
+    "propagationPolicy",
+    "resourceVersion",
+    "resourceVersionMatch",
+    "sendInitialEvents",
+    "timeoutSeconds",
+];
+const LOG: &[&str] = &[
+    "container",
+    "follow",
+    "previous",
+    "sinceSeconds",
+    "tailLines",
+    "timestamps",
+];
 
 fn gvk(r: &Resource) -> Value {
     json!({"group": r.group, "version": r.version, "kind": r.kind})
@@ -41,13 +119,13 @@ fn reference(r: &Resource) -> Value {
 fn operation(
     r: &Resource,
     action: &str,
-    verb: &str,
-    extra: Vec<Value>,
+    operation_id: String,
+    parameters: Vec<Value>,
     body: Option<Value>,
 ) -> Value {
     let mut op = json!({
-        "operationId": format!("{verb}{}{}", if r.namespaced { "Namespaced" } else { "" }, r.kind),
-        "parameters": extra,
+        "operationId": operation_id,
+        "parameters": parameters,
         "responses": {"200": {"description": "OK", "content": {"application/json": {"schema": reference(r)}}}},
         "x-kubernetes-action": action,
         "x-kubernetes-group-version-kind": gvk(r),
@@ -72,45 +150,91 @@ fn patch_body() -> Value {
     }, "required": true})
 }
 
+/// The operations of one resource, by path, as kube-apiserver documents
+/// them: path-level `{namespace}`, `{name}` and `pretty`, each
+/// operation's query parameters, and only the verbs the server serves.
 fn paths_for(r: &Resource) -> Vec<(String, Value)> {
     let prefix = r.path_prefix();
-    let collection = if r.namespaced {
-        format!("{prefix}/namespaces/{{namespace}}/{}", r.plural)
-    } else {
-        format!("{prefix}/{}", r.plural)
-    };
-    let item = format!("{collection}/{{name}}");
-    let mut paths = vec![
+    let scope = if r.namespaced { "Namespaced" } else { "" };
+    let id = |verb: &str, suffix: &str| format!("{verb}{scope}{}{suffix}", r.kind);
+    let pretty = query_param(
+        "pretty",
+        "string",
+        "If 'true', then the output is pretty printed.",
+    );
+    let namespace = path_param(
+        "namespace",
+        "object name and auth scope, such as for teams and projects",
+    );
+    let name = path_param("name", &format!("name of the {}", r.kind));
+    let (collection, mut scope_params) = if r.namespaced {
         (
-            collection.clone(),
-            json!({
-                "get": operation(r, "list", "list", vec![query_param("labelSelector", ""), query_param("fieldSelector", ""), query_param("watch", "")], None),
-                "post": operation(r, "post", "create", write_params(), Some(json_body(r))),
-                "delete": operation(r, "deletecollection", "deleteCollection", vec![], None),
-            }),
-        ),
+            format!("{prefix}/namespaces/{{namespace}}/{}", r.plural),
+            vec![namespace],
+        )
+    } else {
+        (format!("{prefix}/{}", r.plural), Vec::new())
+    };
+    scope_params.push(pretty.clone());
+    let mut item_params = vec![name];
+    item_params.extend(scope_params.iter().cloned());
+    let item = format!("{collection}/{{name}}");
+
+    let mut collection_ops = json!({
+        "parameters": scope_params,
+        "get": operation(r, "list", id("list", ""), params(LIST), None),
+        "post": operation(r, "post", id("create", ""), params(WRITE), Some(json_body(r))),
+    });
+    if r.verbs().contains(&"deletecollection") {
+        collection_ops["delete"] = operation(
+            r,
+            "deletecollection",
+            id("deleteCollection", ""),
+            params(DELETE_COLLECTION),
+            None,
+        );
+    }
+    let mut paths = vec![
+        (collection, collection_ops),
         (
             item.clone(),
             json!({
-                "get": operation(r, "get", "read", vec![], None),
-                "put": operation(r, "put", "replace", write_params(), Some(json_body(r))),
-                "patch": operation(r, "patch", "patch", {
-                    let mut p = write_params();
-                    p.push(query_param("force", "Force is going to \"force\" Apply requests."));
-                    p
-                }, Some(patch_body())),
-                "delete": operation(r, "delete", "delete", vec![query_param("gracePeriodSeconds", ""), query_param("propagationPolicy", "")], None),
+                "parameters": item_params,
+                "get": operation(r, "get", id("read", ""), Vec::new(), None),
+                "put": operation(r, "put", id("replace", ""), params(WRITE), Some(json_body(r))),
+                "patch": operation(r, "patch", id("patch", ""), params(PATCH), Some(patch_body())),
+                "delete": operation(r, "delete", id("delete", ""), params(DELETE), None),
             }),
         ),
     ];
-    if r.has(Sub::Status) {
+    if r.namespaced {
         paths.push((
-            format!("{item}/status"),
+            format!("{prefix}/{}", r.plural),
             json!({
-                "get": operation(r, "get", "read", vec![], None),
-                "put": operation(r, "put", "replace", write_params(), Some(json_body(r))),
-                "patch": operation(r, "patch", "patch", write_params(), Some(patch_body())),
+                "parameters": [pretty],
+                "get": operation(r, "list", format!("list{}ForAllNamespaces", r.kind), params(LIST), None),
             }),
+        ));
+    }
+    for (sub, suffix) in [(Sub::Status, "Status"), (Sub::Scale, "Scale")] {
+        if r.has(sub) {
+            paths.push((
+                format!("{item}/{}", sub.name()),
+                json!({
+                    "parameters": item_params,
+                    "get": operation(r, "get", id("read", suffix), Vec::new(), None),
+                    "put": operation(r, "put", id("replace", suffix), params(WRITE), Some(json_body(r))),
+                    "patch": operation(r, "patch", id("patch", suffix), params(PATCH), Some(patch_body())),
+                }),
+            ));
+        }
+    }
+    if r.has(Sub::Log) {
+        let mut log = operation(r, "get", id("read", "Log"), params(LOG), None);
+        log["responses"] = json!({"200": {"description": "OK", "content": {"text/plain": {"schema": {"type": "string"}}}}});
+        paths.push((
+            format!("{item}/log"),
+            json!({"parameters": item_params, "get": log}),
         ));
     }
     paths
@@ -189,6 +313,129 @@ pub async fn group(Path((group, version)): Path<(String, String)>) -> Response {
     serve(&format!("apis/{group}/{version}"))
 }
 
+/// `/openapi/v2`: one Swagger 2.0 document for every group/version, made
+/// once from the v3 documents (the same paths, operations and schemas,
+/// written as v2 writes them).
+pub async fn v2() -> Response {
+    static DOC: OnceLock<Value> = OnceLock::new();
+    let doc = DOC.get_or_init(|| {
+        let mut paths = serde_json::Map::new();
+        let mut definitions = serde_json::Map::new();
+        for (doc, _) in documents().values() {
+            if let Some(v3_paths) = doc["paths"].as_object() {
+                for (path, item) in v3_paths {
+                    paths.insert(path.clone(), v2_path_item(item));
+                }
+            }
+            if let Some(schemas) = doc["components"]["schemas"].as_object() {
+                for (name, schema) in schemas {
+                    definitions.insert(name.clone(), v2_refs(schema.clone()));
+                }
+            }
+        }
+        json!({
+            "swagger": "2.0",
+            "info": {"title": "Kubernetes", "version": crate::discovery::KUBE_GIT_VERSION},
+            "paths": paths,
+            "definitions": definitions,
+        })
+    });
+    axum::Json(doc.clone()).into_response()
+}
+
+/// `#/components/schemas/X` references become `#/definitions/X`.
+fn v2_refs(mut value: Value) -> Value {
+    match &mut value {
+        Value::Object(map) => {
+            for (key, v) in map.iter_mut() {
+                if key == "$ref" {
+                    if let Some(r) = v.as_str() {
+                        *v = json!(r.replace("#/components/schemas/", "#/definitions/"));
+                    }
+                } else {
+                    *v = v2_refs(std::mem::take(v));
+                }
+            }
+        }
+        Value::Array(items) => {
+            for v in items.iter_mut() {
+                *v = v2_refs(std::mem::take(v));
+            }
+        }
+        _ => {}
+    }
+    value
+}
+
+/// A v3 parameter as v2 writes it (the type beside the name).
+fn v2_parameter(p: &Value) -> Value {
+    let mut out =
+        json!({"name": p["name"], "in": p["in"], "type": p["schema"]["type"], "uniqueItems": true});
+    for key in ["description", "required"] {
+        if let Some(v) = p.get(key) {
+            out[key] = v.clone();
+        }
+    }
+    out
+}
+
+fn v2_path_item(item: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for (key, value) in item.as_object().into_iter().flatten() {
+        let converted = if key == "parameters" {
+            json!(value
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(v2_parameter)
+                .collect::<Vec<_>>())
+        } else {
+            v2_operation(value)
+        };
+        out.insert(key.clone(), converted);
+    }
+    Value::Object(out)
+}
+
+fn v2_operation(op: &Value) -> Value {
+    let mut out = op.clone();
+    let mut parameters: Vec<Value> = op["parameters"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(v2_parameter)
+        .collect();
+    if let Some(content) = op["requestBody"]["content"].as_object() {
+        if let Some(schema) = content.values().next().map(|c| c["schema"].clone()) {
+            parameters.insert(
+                0,
+                json!({"name": "body", "in": "body", "required": true, "schema": v2_refs(schema)}),
+            );
+        }
+        out["consumes"] = json!(content.keys().collect::<Vec<_>>());
+    }
+    if let Some(map) = out.as_object_mut() {
+        map.remove("requestBody");
+    }
+    out["parameters"] = json!(parameters);
+    let mut responses = serde_json::Map::new();
+    let mut produces = Vec::new();
+    for (code, response) in op["responses"].as_object().into_iter().flatten() {
+        let mut r = json!({"description": response["description"]});
+        if let Some(content) = response["content"].as_object() {
+            if let Some(schema) = content.values().next().map(|c| c["schema"].clone()) {
+                r["schema"] = v2_refs(schema);
+            }
+            produces.extend(content.keys().cloned());
+        }
+        responses.insert(code.clone(), r);
+    }
+    out["responses"] = Value::Object(responses);
+    out["produces"] = json!(produces);
+    out["schemes"] = json!(["https"]);
+    out
+}
+
 fn serve(path: &str) -> Response {
     match documents().get(path) {
         Some((doc, _)) => (
@@ -203,6 +450,73 @@ fn serve(path: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn paths_declare_their_parameters_and_only_served_operations() {
+        for (path, (doc, _)) in documents() {
+            for (route, item) in doc["paths"].as_object().unwrap() {
+                let mut declared: Vec<&str> = item["parameters"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter(|p| p["in"] == "path")
+                    .map(|p| p["name"].as_str().unwrap())
+                    .collect();
+                declared.sort();
+                let mut used: Vec<&str> = route
+                    .split('/')
+                    .filter_map(|s| s.strip_prefix('{').and_then(|s| s.strip_suffix('}')))
+                    .collect();
+                used.sort();
+                assert_eq!(declared, used, "{path}: {route}");
+            }
+        }
+        let core = &documents()["api/v1"].0["paths"];
+        assert!(core["/api/v1/namespaces"].get("delete").is_none());
+        assert!(core["/api/v1/namespaces/{namespace}/configmaps"]
+            .get("delete")
+            .is_some());
+        let list = &core["/api/v1/namespaces/{namespace}/pods"]["get"]["parameters"];
+        let typed = |name: &str| {
+            list.as_array()
+                .unwrap()
+                .iter()
+                .find(|p| p["name"] == name)
+                .map(|p| p["schema"]["type"].clone())
+        };
+        assert_eq!(typed("watch"), Some(json!("boolean")));
+        assert_eq!(typed("limit"), Some(json!("integer")));
+        assert_eq!(typed("labelSelector"), Some(json!("string")));
+        assert!(core["/api/v1/pods"].get("get").is_some());
+        assert!(core["/api/v1/namespaces/{namespace}/pods/{name}/log"]
+            .get("get")
+            .is_some());
+    }
+
+    #[tokio::test]
+    async fn v2_is_swagger_with_definitions_and_typed_parameters() {
+        let response = v2().await;
+        let body = axum::body::to_bytes(response.into_body(), 1 << 28)
+            .await
+            .unwrap();
+        let doc: Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(doc["swagger"], "2.0");
+        assert!(doc["definitions"]["io.k8s.api.apps.v1.Deployment"].is_object());
+        let text = String::from_utf8_lossy(&body);
+        assert!(!text.contains("#/components/schemas/"));
+        let create = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments"]["post"];
+        assert_eq!(create["parameters"][0]["in"], "body");
+        assert_eq!(
+            create["parameters"][0]["schema"]["$ref"],
+            "#/definitions/io.k8s.api.apps.v1.Deployment"
+        );
+        let list = &doc["paths"]["/apis/apps/v1/namespaces/{namespace}/deployments"]["get"];
+        assert!(list["parameters"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["name"] == "limit" && p["type"] == "integer"));
+    }
 
     #[test]
     fn patch_operations_name_their_kind_and_take_field_validation() {

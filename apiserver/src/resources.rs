@@ -133,6 +133,19 @@ pub const VERBS: &[&str] = &[
 ];
 
 impl Resource {
+    /// The verbs this resource serves, as discovery lists them: every one
+    /// but `deletecollection` on namespaces (which Kubernetes does not
+    /// serve either).
+    pub fn verbs(&self) -> &'static [&'static str] {
+        if self.group.is_empty() && self.plural == "namespaces" {
+            &[
+                "create", "delete", "get", "list", "patch", "update", "watch",
+            ]
+        } else {
+            VERBS
+        }
+    }
+
     pub fn api_version(&self) -> String {
         if self.group.is_empty() {
             self.version.to_string()

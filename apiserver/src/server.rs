@@ -17,6 +17,7 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
+use tower::ServiceExt;
 
 use crate::allocate::{parse_port_range, parse_service_cidr};
 use crate::error::ApiError;
@@ -246,6 +247,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/api/{version}", get(discovery::core_version))
         .route("/apis/{group}", get(discovery::group))
         .route("/apis/{group}/{version}", get(discovery::group_version))
+        .route("/openapi/v2", get(openapi::v2))
         .route("/openapi/v3", get(openapi::root))
         .route("/openapi/v3/api/{version}", get(openapi::core))
         .route("/openapi/v3/apis/{group}/{version}", get(openapi::group))
@@ -412,6 +414,30 @@ pub async fn start_advertising(
     Ok(running)
 }
 
+/// `/version/`, `/api/v1/pods/`: a path is matched without its trailing
+/// slashes, as kube-apiserver's router (go-restful) matches it.
+fn trim_trailing_slash<B>(mut request: http::Request<B>) -> http::Request<B> {
+    let path = request.uri().path();
+    if path.len() > 1 && path.ends_with('/') {
+        let trimmed = match path.trim_end_matches('/') {
+            "" => "/",
+            trimmed => trimmed,
+        };
+        let path_and_query = match request.uri().query() {
+            Some(query) => format!("{trimmed}?{query}"),
+            None => trimmed.to_string(),
+        };
+        let mut parts = request.uri().clone().into_parts();
+        if let Ok(pq) = path_and_query.parse() {
+            parts.path_and_query = Some(pq);
+            if let Ok(uri) = http::Uri::from_parts(parts) {
+                *request.uri_mut() = uri;
+            }
+        }
+    }
+    request
+}
+
 async fn accept_loop(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
@@ -433,7 +459,7 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let service = TowerToHyperService::new(router.clone().map_request(trim_trailing_slash));
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                 .await
@@ -466,7 +492,6 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_handler_answers_500_and_the_server_goes_on() {
-        use tower::ServiceExt;
         let app = Router::new()
             .route("/boom", get(|| async { boom() }))
             .layer(middleware::from_fn(catch_panic));
@@ -481,6 +506,19 @@ mod tests {
         let status: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(status["reason"], "InternalError");
         assert!(status["message"].as_str().unwrap().contains("boom"));
+    }
+
+    #[test]
+    fn trailing_slashes_are_dropped_from_paths_only() {
+        let path = |uri: &str| {
+            let request = http::Request::get(uri).body(()).unwrap();
+            trim_trailing_slash(request).uri().to_string()
+        };
+        assert_eq!(path("/version/"), "/version");
+        assert_eq!(path("/api/v1/pods//?watch=1"), "/api/v1/pods?watch=1");
+        assert_eq!(path("/"), "/");
+        assert_eq!(path("//"), "/");
+        assert_eq!(path("/api/v1?x=a/"), "/api/v1?x=a/");
     }
 
     #[test]

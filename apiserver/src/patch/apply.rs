@@ -186,7 +186,7 @@ fn conflict_error(ctx: &Ctx, conflicts: &[(String, String, Vec<String>)]) -> Api
 /// Records a write that is not an apply: the fields it changed become its
 /// manager's (operation Update) and stop being anyone else's.
 pub fn record_update(ctx: &Ctx, old: Option<&Value>, object: &mut Value) {
-    let manager = ctx.param("fieldManager").unwrap_or("unknown").to_string();
+    let manager = ctx.field_manager();
     let kind = ctx.resource.kind;
     let mut managed: Vec<Value> = object
         .pointer("/metadata/managedFields")

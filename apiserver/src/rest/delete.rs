@@ -49,11 +49,8 @@ fn options(ctx: &Ctx, body: &[u8]) -> Result<Options> {
             .and_then(Value::as_array)
             .is_some_and(|d| d.iter().any(|v| v == "All"));
     }
-    if let Some(g) = ctx.param("gracePeriodSeconds") {
-        options.grace_period = Some(
-            g.parse()
-                .map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?,
-        );
+    if let Some(g) = ctx.query.int("gracePeriodSeconds")? {
+        options.grace_period = Some(g);
     }
     if let Some(p) = ctx.param("propagationPolicy") {
         options.propagation = Some(p.to_string());
@@ -269,6 +266,7 @@ pub async fn delete_collection(
             content_type: ctx.content_type.clone(),
             method: ctx.method.clone(),
             warnings: Vec::new(),
+            user_agent: ctx.user_agent.clone(),
         };
         let mut current = Stored {
             object: item,

@@ -199,15 +199,8 @@ pub async fn serve(
     body: bytes::Bytes,
 ) -> Result<Response> {
     let target = parse_path(parts.uri.path()).ok_or_else(ApiError::path_not_found)?;
-    let query: HashMap<String, String> =
-        serde_urlencoded::from_str(parts.uri.query().unwrap_or_default())
-            .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
-    let param = |name: &str| {
-        query
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
-    };
+    let query = crate::query::Query::parse(parts.uri.query().unwrap_or_default());
+    let param = |name: &str| query.string(name);
     let accept = super::parse_accept(&parts.headers, &query);
     let object = match (target, &parts.method) {
         (Target::Report(node), &Method::PUT) => put_report(api, &node, &body).await?,
@@ -216,9 +209,7 @@ pub async fn serve(
         (_, method) if method != Method::GET => {
             return Err(ApiError::method_not_allowed(method.as_str()))
         }
-        (_, _) if matches!(param("watch"), Some("true" | "1")) => {
-            return Err(ApiError::method_not_allowed("watch"))
-        }
+        (_, _) if query.flag("watch") => return Err(ApiError::method_not_allowed("watch")),
         (target, _) => {
             let labels = LabelSelector::parse(param("labelSelector").unwrap_or_default())
                 .map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?;

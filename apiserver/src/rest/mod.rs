@@ -23,7 +23,6 @@ pub(crate) mod read;
 pub mod watch;
 mod write;
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::body::Body;
@@ -33,6 +32,7 @@ use http::{header, HeaderValue, Method, StatusCode};
 use serde_json::Value;
 
 use crate::error::{ApiError, Result};
+use crate::query::Query;
 use crate::resources::{self, Resource, Sub};
 use crate::server::Api;
 
@@ -58,12 +58,14 @@ pub struct Ctx {
     pub namespace: Option<String>,
     pub name: Option<String>,
     pub sub: Option<Sub>,
-    pub query: HashMap<String, String>,
+    pub query: Query,
     pub accept: Accept,
     pub content_type: String,
     pub method: Method,
     /// Warnings for the `Warning` header (unknown fields under Warn).
     pub warnings: Vec<String>,
+    /// The client's `User-Agent`.
+    pub user_agent: String,
 }
 
 impl Ctx {
@@ -74,23 +76,34 @@ impl Ctx {
             namespace: namespace.map(String::from),
             name: None,
             sub: None,
-            query: HashMap::new(),
+            query: Query::default(),
             accept: Accept::Json,
             content_type: "application/json".into(),
             method: Method::POST,
             warnings: Vec::new(),
+            user_agent: String::new(),
         }
     }
 
+    /// A string parameter (see [`Query::string`]).
     pub fn param(&self, name: &str) -> Option<&str> {
-        self.query
-            .get(name)
-            .map(String::as_str)
-            .filter(|v| !v.is_empty())
+        self.query.string(name)
     }
 
+    /// A boolean parameter, as kube-apiserver reads it ([`Query::flag`]).
     pub fn flag(&self, name: &str) -> bool {
-        matches!(self.param(name), Some("true" | "1"))
+        self.query.flag(name)
+    }
+
+    /// Who makes a write, for `managedFields`: `fieldManager`, or as
+    /// kube-apiserver defaults it, the User-Agent up to its first `/`
+    /// (`lightkube/1.0` → `lightkube`), printable characters only, at most
+    /// 128 bytes.
+    pub fn field_manager(&self) -> String {
+        if let Some(manager) = self.param("fieldManager") {
+            return manager.to_string();
+        }
+        default_field_manager(&self.user_agent)
     }
 
     pub fn dry_run(&self) -> bool {
@@ -108,7 +121,20 @@ impl Ctx {
     }
 }
 
-fn parse_accept(headers: &http::HeaderMap, query: &HashMap<String, String>) -> Accept {
+/// kube-apiserver's `prefixFromUserAgent`.
+fn default_field_manager(user_agent: &str) -> String {
+    let prefix = user_agent.split('/').next().unwrap_or_default();
+    let mut manager = String::new();
+    for c in prefix.chars().filter(|c| !c.is_control()) {
+        if manager.len() + c.len_utf8() > 128 {
+            break;
+        }
+        manager.push(c);
+    }
+    manager
+}
+
+fn parse_accept(headers: &http::HeaderMap, query: &Query) -> Accept {
     let accept = headers
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok())
@@ -118,9 +144,9 @@ fn parse_accept(headers: &http::HeaderMap, query: &HashMap<String, String>) -> A
         let part = part.trim();
         if part.contains("as=Table") && part.contains("g=meta.k8s.io") {
             let include = query
-                .get("includeObject")
-                .cloned()
-                .unwrap_or_else(|| "Metadata".into());
+                .string("includeObject")
+                .unwrap_or("Metadata")
+                .to_string();
             return Accept::Table { include };
         }
         if part.starts_with("application/json") || part.starts_with("*/*") {
@@ -205,9 +231,7 @@ fn context(parts: &http::request::Parts) -> Result<Ctx> {
     else {
         return Err(ApiError::path_not_found());
     };
-    let query: HashMap<String, String> =
-        serde_urlencoded::from_str(parts.uri.query().unwrap_or_default())
-            .map_err(|e| ApiError::bad_request(format!("invalid query: {e}")))?;
+    let query = Query::parse(parts.uri.query().unwrap_or_default());
     let sub = match sub {
         None => None,
         Some(s) => match Sub::parse(&s).filter(|s| resource.has(*s)) {
@@ -237,6 +261,11 @@ fn context(parts: &http::request::Parts) -> Result<Ctx> {
         content_type,
         method: parts.method.clone(),
         warnings: Vec::new(),
+        user_agent: parts
+            .headers
+            .get(header::USER_AGENT)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .unwrap_or_default(),
     })
 }
 
@@ -276,7 +305,9 @@ async fn handle(api: Arc<Api>, request: Request) -> Result<Response> {
         (&Method::PUT, true) => write::replace(&api, &mut ctx, body).await,
         (&Method::PATCH, true) => write::patch(&api, &mut ctx, body).await,
         (&Method::DELETE, true) => delete::delete(&api, &ctx, body).await,
-        (&Method::DELETE, false) => delete::delete_collection(&api, &ctx, body).await,
+        (&Method::DELETE, false) if ctx.resource.verbs().contains(&"deletecollection") => {
+            delete::delete_collection(&api, &ctx, body).await
+        }
         (method, _) => Err(ApiError::method_not_allowed(method.as_str())),
     };
     let (code, object) = result?;
@@ -394,6 +425,27 @@ fn is_object_or_list(object: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_field_managers_come_from_the_user_agent() {
+        let cases = [
+            ("lightkube/0.15.0", "lightkube"),
+            ("kubectl/v1.32.0 (linux/amd64) kubernetes/abc", "kubectl"),
+            ("OpenAPI-Generator/31.0.0/python", "OpenAPI-Generator"),
+            ("python-requests", "python-requests"),
+            ("", ""),
+            ("a\tb\u{7f}c/1", "abc"),
+        ];
+        for (agent, manager) in cases {
+            assert_eq!(default_field_manager(agent), manager, "{agent:?}");
+        }
+        assert_eq!(default_field_manager(&"x".repeat(300)).len(), 128);
+        let mut ctx = Ctx::internal(crate::resources::served("", "v1", "configmaps"), None);
+        ctx.user_agent = "kr8s/0.17".into();
+        assert_eq!(ctx.field_manager(), "kr8s");
+        ctx.query = Query::parse("fieldManager=mine");
+        assert_eq!(ctx.field_manager(), "mine");
+    }
 
     #[test]
     fn paths_name_resources() {

@@ -209,13 +209,7 @@ pub async fn list(api: &Api, ctx: &Ctx) -> Result<(StatusCode, Value)> {
         return Err(ApiError::method_not_allowed("GET"));
     }
     let selectors = Selectors::parse(ctx)?;
-    let limit = match ctx.param("limit") {
-        Some(text) => text
-            .parse::<i64>()
-            .map_err(|_| ApiError::bad_request(format!("invalid limit {text:?}")))?
-            .max(0),
-        None => 0,
-    };
+    let limit = ctx.query.int("limit")?.unwrap_or(0).max(0);
     let from = match ctx.param("continue") {
         Some(token) => {
             let bytes = base64::engine::general_purpose::STANDARD

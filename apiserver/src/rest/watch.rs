@@ -34,16 +34,11 @@ pub async fn serve(api: Arc<Api>, ctx: Ctx) -> Result<Response> {
     }
     let selectors = Selectors::parse(&ctx)?;
     let bookmarks = ctx.flag("allowWatchBookmarks");
-    let timeout = match ctx.param("timeoutSeconds") {
-        Some(t) => match t
-            .parse::<u64>()
-            .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {t:?}")))?
-        {
-            // 0 means "the server's default", as in Kubernetes.
-            0 => DEFAULT_TIMEOUT,
-            seconds => Duration::from_secs(seconds.min(24 * 3600)),
-        },
-        None => DEFAULT_TIMEOUT,
+    let timeout = match ctx.query.int("timeoutSeconds")? {
+        // Unset or 0 means "the server's default", as in Kubernetes; a
+        // negative one has already run out.
+        None | Some(0) => DEFAULT_TIMEOUT,
+        Some(seconds) => Duration::from_secs(seconds.clamp(0, 24 * 3600) as u64),
     };
     let rv = ctx.param("resourceVersion").map(String::from);
     let send_initial = match ctx.param("sendInitialEvents") {

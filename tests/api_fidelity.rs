@@ -15,6 +15,9 @@ use support::kube::ShoalUp;
 const CM: &str = "/api/v1/namespaces/default/configmaps";
 const JSON: &str = "application/json";
 
+/// method, path, content type, body, expected code, expected message part
+type Case<'a> = (&'a str, String, &'a str, &'a [u8], u16, &'a str);
+
 fn json(body: &str) -> Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("not JSON ({e}): {body}"))
 }
@@ -84,6 +87,84 @@ fn query_parameters_are_read_as_go_reads_them() {
     );
     let (code, body) = up.curl("GET", &format!("{CM}?limit=1&limit=x"), JSON, None);
     assert_eq!(code, 200, "the first of repeated parameters counts: {body}");
+    // Options kube-apiserver validates, refused as it refuses them.
+    let body = br#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"two"}}"#;
+    let cases: [Case; 7] = [
+        (
+            "POST",
+            format!("{CM}?dryRun=Bogus"),
+            JSON,
+            body,
+            422,
+            "CreateOptions.meta.k8s.io \"\" is invalid: dryRun: Unsupported value",
+        ),
+        (
+            "POST",
+            format!("{CM}?fieldValidation=Loose"),
+            JSON,
+            body,
+            422,
+            "fieldValidation: Unsupported value: \"Loose\"",
+        ),
+        (
+            "PATCH",
+            format!("{CM}/one?force=true"),
+            "application/merge-patch+json",
+            b"{}",
+            422,
+            "force: Forbidden: may not be specified for non-apply patch",
+        ),
+        (
+            "GET",
+            format!("{CM}?resourceVersionMatch=Exact"),
+            JSON,
+            b"",
+            422,
+            "resourceVersionMatch is forbidden unless resourceVersion is provided",
+        ),
+        (
+            "GET",
+            format!("{CM}?sendInitialEvents=true"),
+            JSON,
+            b"",
+            422,
+            "sendInitialEvents is forbidden for list",
+        ),
+        (
+            "DELETE",
+            format!("{CM}/one?orphanDependents=false&propagationPolicy=Orphan"),
+            JSON,
+            b"",
+            422,
+            "orphanDependents and deletionPropagation cannot be both set",
+        ),
+        (
+            "DELETE",
+            format!("{CM}/one?gracePeriodSeconds=soon"),
+            JSON,
+            b"",
+            400,
+            "strconv.ParseInt: parsing \"soon\": invalid syntax",
+        ),
+    ];
+    for (method, path, content_type, body, code, message) in cases {
+        let body = (!body.is_empty()).then_some(body);
+        let (got, text) = up.curl(method, &path, content_type, body);
+        assert_eq!(got, code, "{method} {path}: {text}");
+        let status = json(&text);
+        assert!(
+            status["message"].as_str().unwrap_or("").contains(message),
+            "{method} {path}: {text}"
+        );
+    }
+    // The deprecated orphanDependents=true is propagationPolicy=Orphan.
+    let (code, text) = up.curl(
+        "DELETE",
+        &format!("{CM}/one?orphanDependents=true"),
+        JSON,
+        None,
+    );
+    assert_eq!(code, 200, "{text}");
     // Unknown parameters are ignored.
     let (code, _) = up.curl("GET", &format!("{CM}?nonsense=1&pretty=true"), JSON, None);
     assert_eq!(code, 200);

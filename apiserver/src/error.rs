@@ -142,22 +142,28 @@ impl ApiError {
     }
 
     pub fn invalid(resource: &Resource, name: &str, causes: Vec<Cause>) -> ApiError {
+        ApiError::invalid_kind(resource.group, resource.kind, name, causes)
+    }
+
+    /// A 422 about an object of `kind` in `group` (an API object, or
+    /// request options such as `ListOptions.meta.k8s.io`).
+    pub fn invalid_kind(group: &str, kind: &str, name: &str, causes: Vec<Cause>) -> ApiError {
         let texts: Vec<String> = causes.iter().map(Cause::text).collect();
         let summary = if texts.len() == 1 {
             texts[0].clone()
         } else {
             format!("[{}]", texts.join(", "))
         };
-        let group_kind = if resource.group.is_empty() {
-            resource.kind.to_string()
+        let group_kind = if group.is_empty() {
+            kind.to_string()
         } else {
-            format!("{}.{}", resource.kind, resource.group)
+            format!("{kind}.{group}")
         };
         ApiError {
             details: Some(json!({
                 "name": name,
-                "group": resource.group,
-                "kind": resource.kind,
+                "group": group,
+                "kind": kind,
                 "causes": causes.iter().map(|c| json!({
                     "reason": c.reason,
                     "message": c.message,

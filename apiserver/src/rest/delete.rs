@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 use super::read::{list_objects, load, Selectors, Stored};
 use super::Ctx;
-use crate::error::{ApiError, Result};
+use crate::error::{ApiError, Cause, Result};
 use crate::object::{meta_mut, now};
 use crate::server::Api;
 use crate::storage::{Guard, Op};
@@ -28,6 +28,7 @@ struct Options {
 
 fn options(ctx: &Ctx, body: &[u8]) -> Result<Options> {
     let mut options = Options::default();
+    let mut body_value = None;
     if !body.iter().all(u8::is_ascii_whitespace) {
         let value = super::decode(ctx, body)
             .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {}", e.message)))?;
@@ -48,19 +49,50 @@ fn options(ctx: &Ctx, body: &[u8]) -> Result<Options> {
             .get("dryRun")
             .and_then(Value::as_array)
             .is_some_and(|d| d.iter().any(|v| v == "All"));
+        body_value = Some(value);
     }
+    let mut orphan = match &body_value {
+        Some(value) => value.get("orphanDependents").and_then(Value::as_bool),
+        None => None,
+    };
     if let Some(g) = ctx.query.int("gracePeriodSeconds")? {
         options.grace_period = Some(g);
     }
     if let Some(p) = ctx.param("propagationPolicy") {
         options.propagation = Some(p.to_string());
     }
+    if ctx.query.raw("orphanDependents").is_some() {
+        orphan = Some(ctx.flag("orphanDependents"));
+    }
+    // kube-apiserver's ValidateDeleteOptions.
+    let mut causes = Vec::new();
+    if let (Some(_), Some(p)) = (orphan, options.propagation.as_deref()) {
+        causes.push(Cause::invalid(
+            "propagationPolicy",
+            &json!(p),
+            "orphanDependents and deletionPropagation cannot be both set",
+        ));
+    }
     if let Some(p) = options.propagation.as_deref() {
         if !["Orphan", "Background", "Foreground"].contains(&p) {
-            return Err(ApiError::bad_request(format!(
-                "propagationPolicy: Unsupported value: \"{p}\": supported values: \"Foreground\", \"Background\", \"Orphan\""
-            )));
+            causes.push(Cause::unsupported(
+                "propagationPolicy",
+                p,
+                &["Foreground", "Background", "Orphan", "nil"],
+            ));
         }
+    }
+    if !causes.is_empty() {
+        return Err(ApiError::invalid_kind(
+            "meta.k8s.io",
+            "DeleteOptions",
+            "",
+            causes,
+        ));
+    }
+    // The deprecated form: orphanDependents=true is propagationPolicy=Orphan.
+    if orphan == Some(true) {
+        options.propagation = Some("Orphan".into());
     }
     Ok(options)
 }

@@ -32,7 +32,7 @@ use http::{header, HeaderValue, Method, StatusCode};
 use serde_json::Value;
 
 use crate::error::{ApiError, Result};
-use crate::query::Query;
+use crate::query::{Query, Write};
 use crate::resources::{self, Resource, Sub};
 use crate::server::Api;
 
@@ -296,6 +296,21 @@ async fn handle(api: Arc<Api>, request: Request) -> Result<Response> {
         return proxy::log(&api, &ctx, parts.uri.query().unwrap_or_default()).await;
     }
     let watching = ctx.flag("watch");
+    if parts.method == Method::GET && ctx.name.is_none() {
+        crate::query::validate_list_options(&ctx.query)?;
+    }
+    let write = match parts.method {
+        Method::POST => Some(Write::Create),
+        Method::PUT => Some(Write::Update),
+        Method::PATCH => Some(Write::Patch {
+            apply: ctx.content_type.starts_with("application/apply-patch"),
+        }),
+        Method::DELETE => Some(Write::Delete),
+        _ => None,
+    };
+    if let Some(write) = write {
+        crate::query::validate_write_options(&ctx.query, write)?;
+    }
     let result = match (&parts.method, ctx.name.is_some()) {
         (&Method::GET, false) if watching => return watch::serve(api, ctx).await,
         (&Method::GET, false) => read::list(&api, &ctx).await,

@@ -41,8 +41,8 @@ pub async fn serve(api: Arc<Api>, ctx: Ctx) -> Result<Response> {
         Some(seconds) => Duration::from_secs(seconds.clamp(0, 24 * 3600) as u64),
     };
     let rv = ctx.param("resourceVersion").map(String::from);
-    let send_initial = match ctx.param("sendInitialEvents") {
-        Some(v) => v == "true",
+    let send_initial = match ctx.query.raw("sendInitialEvents") {
+        Some(_) => ctx.flag("sendInitialEvents"),
         None => rv.as_deref().is_none_or(|rv| rv == "0"),
     };
     let mut initial = Vec::new();
@@ -176,7 +176,7 @@ impl Watcher {
                 return false;
             }
         }
-        if self.bookmarks && self.ctx.param("sendInitialEvents") == Some("true") {
+        if self.bookmarks && self.ctx.flag("sendInitialEvents") {
             let mark = self.bookmark(listed_at, true);
             return self.send("BOOKMARK", mark).await;
         }

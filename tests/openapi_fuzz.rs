@@ -59,6 +59,7 @@ fn every_openapi_document_survives_schemathesis() {
             .args(["--phases", "examples,fuzzing"])
             .args(["--max-examples", "3", "--request-timeout", "10"])
             .args(["--generation-deterministic"])
+            .current_dir(up.data_dir())
             .env("PYTHONPATH", &hooks)
             .env("SCHEMATHESIS_HOOKS", "schemathesis_hooks")
             .env("NO_COLOR", "1")

@@ -19,6 +19,9 @@ use shoal_store::proto::mvccpb::{event::EventType, KeyValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
 
+/// How long connecting to a member may take before the next one is tried
+/// (a member whose machine is gone answers nothing, not even a refusal).
+const CONNECT_TIMEOUT: Duration = Duration::from_millis(300);
 /// How long one unary call may take before the next endpoint is tried.
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a request keeps trying endpoints before it gives up.
@@ -136,7 +139,7 @@ impl Store {
                 reason: e.to_string(),
             })?;
             let channel = endpoint
-                .connect_timeout(Duration::from_secs(1))
+                .connect_timeout(CONNECT_TIMEOUT)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(5))
                 .keep_alive_timeout(Duration::from_secs(3))

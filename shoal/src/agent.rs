@@ -199,6 +199,15 @@ async fn run_real(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
         })?,
         container_log_max_files: args.container_log_max_files.max(1),
     };
+    // As `shoal up` does: the busybox image, from this machine's busybox.
+    let busybox = std::path::Path::new("/bin/busybox");
+    if busybox.exists() {
+        let runtime =
+            shoal_agent::runtime::Runtime::new(&args.data_dir).context("the container runtime")?;
+        if let Err(e) = shoal_agent::image::busybox::ensure_loaded(runtime.images(), busybox) {
+            tracing::warn!(error = %e, "the busybox image was not loaded");
+        }
+    }
     let shutdown = async {
         if let Err(e) = crate::apiserver::wait_for_signal().await {
             tracing::warn!(error = %e, "waiting for signals");

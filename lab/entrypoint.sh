@@ -1,0 +1,61 @@
+#!/bin/sh
+# The lab's containers start here (docker-compose.yml): what a role needs
+# before shoal runs, then `exec shoal ARGS...`.
+#
+#   agent       shared mount propagation for pods' mounts (the cgroup
+#               hierarchy is the machine's, bound read-write by compose)
+#   apiserver   the first one makes the tokens and, once its CA exists,
+#               the kubeconfigs (/pki for the nodes, /out for the host);
+#               the second waits for the first one's certificate
+set -e
+
+kubeconfig() { # server ca-file token
+    ca=$(base64 -w0 "$2")
+    cat <<KUBECONFIG
+apiVersion: v1
+kind: Config
+clusters:
+- name: lab
+  cluster:
+    server: $1
+    certificate-authority-data: $ca
+users:
+- name: admin
+  user:
+    token: $3
+contexts:
+- name: lab
+  context:
+    cluster: lab
+    user: admin
+current-context: lab
+KUBECONFIG
+}
+
+case "$1" in
+agent)
+    mount --make-rshared / 2>/dev/null || true
+    until [ -s /pki/kubeconfig ]; do sleep 0.2; done
+    ;;
+apiserver)
+    if [ "${LAB_FIRST_APISERVER:-}" = 1 ]; then
+        if [ ! -s /pki/tokens.csv ]; then
+            token=$(head -c 24 /dev/urandom | base64 | tr -d '+/=')
+            echo "$token,admin,admin,\"system:masters\"" >/pki/tokens.csv
+        fi
+        token=$(cut -d, -f1 /pki/tokens.csv)
+        (
+            until [ -s /pki/ca.crt ]; do sleep 0.2; done
+            kubeconfig https://apiserver:6443 /pki/ca.crt "$token" >/pki/kubeconfig.new
+            mv /pki/kubeconfig.new /pki/kubeconfig
+            if [ -d /out ]; then
+                kubeconfig "https://127.0.0.1:${LAB_HOST_PORT:-16443}" /pki/ca.crt "$token" >/out/kubeconfig.new
+                mv /out/kubeconfig.new /out/kubeconfig
+            fi
+        ) &
+    else
+        until [ -s /pki/apiserver.crt ] && [ -s /pki/tokens.csv ]; do sleep 0.2; done
+    fi
+    ;;
+esac
+exec shoal "$@"

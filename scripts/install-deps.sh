@@ -4,7 +4,7 @@
 # gRPC code, libclang for RocksDB's bindings), the container runtime and
 # the busybox image's source (runc, busybox-static), the tools the tests
 # drive (etcd, etcdctl, curl, openssl, dig, ip, nft, setpriv), and with
-# --tests the official Python client in a venv.
+# --tests the Python clients in a venv and docker-compose for the lab.
 #
 #   scripts/install-deps.sh           # to build and run (scripts/up.sh)
 #   scripts/install-deps.sh --tests   # to run the tests too (.ci/run)
@@ -15,7 +15,12 @@ PACKAGES=(
   runc busybox-static util-linux iproute2 nftables
 )
 if [ "${1:-}" = "--tests" ]; then
-  PACKAGES+=(etcd-client etcd-server dnsutils python3-venv)
+  PACKAGES+=(etcd-client etcd-server dnsutils python3-venv binutils)
+  # The lab (tests/lab.rs) drives a Docker engine the machine provides;
+  # only its compose tool is installed here when missing.
+  if ! command -v docker-compose >/dev/null 2>&1; then
+    PACKAGES+=(docker-compose)
+  fi
 fi
 
 missing=()

@@ -15,15 +15,6 @@ use std::time::Duration;
 
 use support::kube::{eventually, ShoalUp};
 
-/// The venv `scripts/install-deps.sh --tests` makes; `SHOAL_PYTHON`
-/// points elsewhere.
-fn python() -> String {
-    std::env::var("SHOAL_PYTHON").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-        format!("{home}/.cache/shoal-venv/bin/python")
-    })
-}
-
 /// Runs `tests/python/<script>` against a cluster with a Ready node and
 /// returns what it printed; it fails the test if the script does.
 fn run(script: &str) -> String {
@@ -36,11 +27,7 @@ fn run(script: &str) -> String {
         eprintln!("skipped: {}", node::PODS_NEED_ROOT);
         return String::new();
     }
-    let python = python();
-    assert!(
-        std::path::Path::new(&python).exists(),
-        "{python} is missing: scripts/install-deps.sh --tests (which .ci/run runs) creates it"
-    );
+    let python = support::venv_program("python");
     let up = ShoalUp::with_agent(&[]);
     assert!(
         eventually(Duration::from_secs(30), || {

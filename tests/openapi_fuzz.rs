@@ -13,21 +13,9 @@ use std::process::Command;
 
 use support::kube::ShoalUp;
 
-/// schemathesis from the venv `scripts/install-deps.sh --tests` makes.
-fn schemathesis() -> String {
-    let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-    std::env::var("SHOAL_VENV")
-        .map(|venv| format!("{venv}/bin/schemathesis"))
-        .unwrap_or_else(|_| format!("{home}/.cache/shoal-venv/bin/schemathesis"))
-}
-
 #[test]
 fn every_openapi_document_survives_schemathesis() {
-    let st = schemathesis();
-    assert!(
-        std::path::Path::new(&st).exists(),
-        "{st} is missing: scripts/install-deps.sh --tests (which .ci/run runs) installs it"
-    );
+    let st = support::venv_program("schemathesis");
     let up = ShoalUp::start();
     let (code, root) = up.curl("GET", "/openapi/v3", "application/json", None);
     assert_eq!(code, 200, "{root}");

@@ -10,22 +10,9 @@ use std::process::Command;
 
 use support::kube::ShoalUp;
 
-/// The venv `scripts/install-deps.sh --tests` makes; `SHOAL_PYTHON`
-/// points elsewhere.
-fn python() -> String {
-    std::env::var("SHOAL_PYTHON").unwrap_or_else(|_| {
-        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
-        format!("{home}/.cache/shoal-venv/bin/python")
-    })
-}
-
 #[test]
 fn python_client_lists_creates_patches_and_watches_pods() {
-    let python = python();
-    assert!(
-        std::path::Path::new(&python).exists(),
-        "{python} is missing: scripts/install-deps.sh --tests (which .ci/run runs) creates it"
-    );
+    let python = support::venv_program("python");
     let up = ShoalUp::start();
     let script = format!("{}/../tests/python/pods.py", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(&python)

@@ -109,14 +109,7 @@ fn unsent(status: &tonic::Status) -> bool {
     {
         return true;
     }
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(e) = source {
-        if e.is::<tonic::ConnectError>() {
-            return true;
-        }
-        source = e.source();
-    }
-    false
+    shoal_store::node::never_connected(status)
 }
 
 impl Store {

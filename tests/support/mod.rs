@@ -51,6 +51,21 @@ pub fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
 }
 
+/// A program of the Python venv `scripts/install-deps.sh --tests` makes
+/// (`$SHOAL_VENV`, default `~/.cache/shoal-venv`), checked to be there.
+pub fn venv_program(name: &str) -> String {
+    let venv = std::env::var("SHOAL_VENV").unwrap_or_else(|_| {
+        let home = std::env::var("HOME").unwrap_or_else(|_| "/root".into());
+        format!("{home}/.cache/shoal-venv")
+    });
+    let program = format!("{venv}/bin/{name}");
+    assert!(
+        std::path::Path::new(&program).exists(),
+        "{program} is missing: scripts/install-deps.sh --tests (which .ci/run runs) installs it"
+    );
+    program
+}
+
 /// A port no one listens on, below Linux's ephemeral range (32768+) so
 /// that outgoing connections of parallel tests cannot take it between this
 /// check and the member's bind.

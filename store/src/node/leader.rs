@@ -90,9 +90,10 @@ impl From<Result<LeaderResponse, Status>> for Attempt {
 /// How often a request waiting for a leader looks again.
 const RETRY_INTERVAL: Duration = Duration::from_millis(50);
 
-/// Whether a peer call failed before a connection existed (refused, timed
-/// out connecting): then the request was never sent.
-fn never_connected(status: &Status) -> bool {
+/// Whether a gRPC call failed before a connection existed (refused, timed
+/// out connecting): then the request was never sent, and sending it again
+/// cannot apply it twice. (The apiserver's store client asks this too.)
+pub fn never_connected(status: &Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(e) = source {
         if e.is::<tonic::ConnectError>() {

@@ -34,7 +34,7 @@ mod leader;
 
 use batch::{ReadBatch, WriteBatch};
 pub use election::{PreVoteRequest, PreVoteResponse};
-pub use leader::{LeaderRequest, LeaderResponse, WireStatus};
+pub use leader::{never_connected, LeaderRequest, LeaderResponse, WireStatus};
 
 /// How a member starts, named as etcd names its flags.
 #[derive(Debug, Clone)]

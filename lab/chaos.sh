@@ -7,8 +7,8 @@
 #
 #   lab/chaos.sh [SCENARIO...]     (default: every scenario, in order)
 #
-# Scenarios: node-killed, store-leader-killed, apiserver-killed,
-# lab-restarted. The lab must be up (docker-compose up -d) with three
+# Scenarios: node-killed, node-partitioned, store-leader-killed,
+# apiserver-killed, lab-restarted. The lab must be up (docker-compose up -d) with three
 # Ready nodes; the scenarios leave it so.
 #
 # Environment: KUBECTL (default: kubectl), COMPOSE (default:
@@ -85,10 +85,13 @@ running_elsewhere() {
         awk -v node="$2" '$3 == "Running" && $7 != node' | wc -l
 }
 
-# --- node killed --------------------------------------------------------------
+# --- node killed / node partitioned -----------------------------------------
 
-scenario_node_killed() {
-    local s=node-killed
+# node_lost SCENARIO kill|partition: a node running a Deployment pod is
+# killed (docker kill) or cut off (docker network disconnect), then healed
+# (started again, or reconnected with its address).
+node_lost() {
+    local s=$1 how=$2
     k create deployment chaos-web --image=busybox --replicas=3 -- sleep 36000 >/dev/null
     wait_for 60 running_at_least 3 app=chaos-web || {
         record $s "workload Running" "-" FAIL
@@ -96,12 +99,17 @@ scenario_node_killed() {
     }
     local node
     node=$(k get pods -l app=chaos-web -o jsonpath='{.items[0].spec.nodeName}')
-    local on_node
-    on_node=$(k get pods -l app=chaos-web -o wide --no-headers | awk -v n="$node" '$7 == n' | wc -l)
-    log "$s: killing $node ($on_node of its pods)"
+    local id network address
+    id=$($COMPOSE ps -q "$node")
+    network=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "$id")
+    address=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$id")
+    log "$s: $how $node ($address on $network)"
     local t0
     t0=$(now)
-    docker kill "$($COMPOSE ps -q "$node")" >/dev/null
+    case $how in
+        kill) docker kill "$id" >/dev/null ;;
+        partition) docker network disconnect "$network" "$id" ;;
+    esac
     wait_for 30 sh -c "$KUBECTL get pods -l app=chaos-web -o wide --no-headers | awk '\$7 == \"$node\" && \$3 == \"Unknown\"' | grep -q ."
     local unknown
     unknown=$(since "$t0")
@@ -110,22 +118,34 @@ scenario_node_killed() {
     replaced=$(since "$t0")
     # The grace period (5 s) plus a lease renewal; the eviction timeout
     # (5 s more) plus a pod start. (Goals, measured in benchmarks: 6 s, 15 s.)
-    check $s "pods on the dead node show Unknown (<= 8 s)" "${unknown}s" awk "BEGIN { exit !($unknown <= 8) }"
+    check $s "pods on the lost node show Unknown (<= 8 s)" "${unknown}s" awk "BEGIN { exit !($unknown <= 8) }"
     check $s "replacements Running elsewhere (<= 20 s)" "${replaced}s" awk "BEGIN { exit !($replaced <= 20) }"
-    log "$s: starting $node again"
-    $COMPOSE start "$node" >/dev/null 2>&1
+    log "$s: healing $node"
+    case $how in
+        kill) $COMPOSE start "$node" >/dev/null 2>&1 ;;
+        partition) docker network connect --ip "$address" "$network" "$id" ;;
+    esac
     wait_for 60 nodes_ready
     local back
     back=$(since "$t0")
-    # Nothing runs twice: the node's runc has only the pods still bound to it.
-    sleep 3
+    # Nothing runs twice: the node's runc runs only the pods still bound
+    # to it (a partitioned node kills what was evicted meanwhile).
+    wait_for 30 no_extra_containers "$node"
     local bound running
     bound=$(k get pods -A -o wide --no-headers --field-selector "spec.nodeName=$node" 2>/dev/null | wc -l)
     running=$(running_containers "$node")
-    check $s "node Ready again, no pod left running twice" "ready after ${back}s; $running containers for $bound pods" \
+    check $s "node Ready again, no workload above its replicas" "ready after ${back}s; $running containers for $bound pods" \
         sh -c "[ $running -le $bound ] && [ $(running_elsewhere app=chaos-web none) -eq 3 ]"
     cleanup chaos-web
 }
+
+# No more containers running on node $1 than pods bound to it.
+no_extra_containers() {
+    [[ $(running_containers "$1") -le $(k get pods -A --no-headers --field-selector "spec.nodeName=$1" 2>/dev/null | wc -l) ]]
+}
+
+scenario_node_killed() { node_lost node-killed kill; }
+scenario_node_partitioned() { node_lost node-partitioned partition; }
 
 # --- store leader killed ------------------------------------------------------
 
@@ -261,7 +281,7 @@ scenario_lab_restarted() {
 
 wait_for 90 nodes_ready || { log "the lab is not up: three Ready nodes expected (docker-compose up -d)"; exit 2; }
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(node-killed store-leader-killed apiserver-killed lab-restarted)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(node-killed node-partitioned store-leader-killed apiserver-killed lab-restarted)
 for scenario in "${scenarios[@]}"; do
     log "--- $scenario"
     "scenario_${scenario//-/_}"

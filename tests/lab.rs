@@ -85,6 +85,7 @@ fn the_lab_comes_up_and_passes_the_chaos_suite() {
     }
     for scenario in [
         "node-killed",
+        "node-partitioned",
         "store-leader-killed",
         "apiserver-killed",
         "lab-restarted",

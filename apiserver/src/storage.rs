@@ -280,9 +280,12 @@ impl Store {
     /// guards that still hold mean it was not applied (it is sent again),
     /// and keys that hold exactly what it wrote mean it was.
     pub async fn txn(&self, key: &str, guards: Vec<Guard>, ops: Vec<Op>) -> Result<Written> {
-        let resolvable = guards
-            .iter()
-            .all(|g| ops.iter().any(|op| op.key() == g.key()));
+        // Without a guard nothing tells an applied write from one that was
+        // not: such a write is never sent again.
+        let resolvable = !guards.is_empty()
+            && guards
+                .iter()
+                .all(|g| ops.iter().any(|op| op.key() == g.key()));
         let mut attempts = 0;
         loop {
             match self.try_txn(key, &guards, &ops).await {

@@ -41,7 +41,7 @@ enum Command {
     Apiserver(apiserver::ApiserverArgs),
     /// Run the scheduler and the control loops (one replica leads).
     Controllers(controllers::ControllersArgs),
-    /// Run a node agent (today: simulated nodes, --simulate).
+    /// Run a node agent: real pods with runc, or simulated nodes (--simulate).
     Agent(agent::AgentArgs),
     /// Run a whole cluster on this machine and write a kubeconfig.
     Up(up::UpArgs),

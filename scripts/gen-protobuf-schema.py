@@ -158,6 +158,7 @@ for package, kinds in {
     "io.k8s.api.networking.v1": ["NetworkPolicy", "Ingress", "IngressClass"],
     "io.k8s.api.autoscaling.v1": ["HorizontalPodAutoscaler"],
     "io.k8s.api.autoscaling.v2": ["HorizontalPodAutoscaler"],
+    "io.k8s.api.certificates.v1": ["CertificateSigningRequest"],
     "io.k8s.api.coordination.v1": ["Lease"],
     "io.k8s.api.events.v1": ["Event"],
     "io.k8s.api.policy.v1": ["PodDisruptionBudget"],

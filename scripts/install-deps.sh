@@ -3,7 +3,8 @@
 # machine, skipping what is there already: the build tools (protoc for the
 # gRPC code, libclang for RocksDB's bindings), the container runtime and
 # the busybox image's source (runc, busybox-static), the tools the tests
-# drive (etcd, etcdctl, curl, openssl, dig, ip, nft, setpriv), and with
+# drive (etcd, etcdctl, curl, openssl, dig, ip, nft, iptables, setpriv,
+# tcpdump, ping), and with
 # --tests the Python clients in a venv and docker-compose for the lab.
 #
 #   scripts/install-deps.sh           # to build and run (scripts/up.sh)
@@ -12,10 +13,12 @@ set -euo pipefail
 
 PACKAGES=(
   protobuf-compiler libclang-dev clang ca-certificates curl openssl
-  runc busybox-static util-linux iproute2 nftables
+  runc busybox-static util-linux iproute2 nftables iptables
 )
 if [ "${1:-}" = "--tests" ]; then
   PACKAGES+=(etcd-client etcd-server dnsutils python3-venv binutils)
+  # The overlay's tests: a capture on the nodes' bridge, ping -M do.
+  PACKAGES+=(tcpdump iputils-ping)
   # The lab (tests/lab.rs) drives a Docker engine the machine provides;
   # only its compose tool is installed here when missing.
   if ! command -v docker-compose >/dev/null 2>&1; then

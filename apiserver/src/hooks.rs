@@ -7,14 +7,34 @@ use serde_json::{json, Value};
 use crate::object::{now, set_path};
 use crate::resources::Resource;
 
-pub fn before_create(resource: &Resource, object: &mut Value) {
+pub fn before_create(resource: &Resource, object: &mut Value, user: Option<&crate::server::User>) {
     match (resource.group, resource.kind) {
+        ("certificates.k8s.io", "CertificateSigningRequest") => csr_requester(object, user),
         ("", "Pod") => pod_service_account(object.get_mut("spec")),
         ("batch", "Job") => {
             job_selector(object);
             job_labels(object);
         }
         _ => {}
+    }
+}
+
+/// A CertificateSigningRequest records who asked, whatever the client
+/// wrote there (Kubernetes' CSR strategy): signers and approvers decide
+/// from it.
+fn csr_requester(object: &mut Value, user: Option<&crate::server::User>) {
+    let Some(spec) = object.get_mut("spec").and_then(Value::as_object_mut) else {
+        return;
+    };
+    for field in ["username", "uid", "groups", "extra"] {
+        spec.remove(field);
+    }
+    if let Some(user) = user {
+        spec.insert("username".into(), json!(user.name));
+        if !user.uid.is_empty() {
+            spec.insert("uid".into(), json!(user.uid));
+        }
+        spec.insert("groups".into(), json!(user.groups));
     }
 }
 
@@ -202,7 +222,7 @@ mod tests {
         let jobs = crate::resources::find("batch", "v1", "jobs").unwrap();
         let mut job =
             json!({"metadata": {"name": "pi", "uid": "u-1"}, "spec": {"template": {"spec": {}}}});
-        before_create(jobs, &mut job);
+        before_create(jobs, &mut job, None);
         assert_eq!(
             job.pointer("/spec/selector/matchLabels/batch.kubernetes.io~1controller-uid"),
             Some(&json!("u-1"))
@@ -215,7 +235,7 @@ mod tests {
         assert_eq!(job.pointer("/metadata/labels/job-name"), Some(&json!("pi")));
         let mut labelled = json!({"metadata": {"name": "pi", "uid": "u-2", "labels": {"team": "a"}},
                                   "spec": {"template": {"spec": {}}}});
-        before_create(jobs, &mut labelled);
+        before_create(jobs, &mut labelled, None);
         assert_eq!(
             labelled.pointer("/metadata/labels"),
             Some(&json!({"team": "a"}))

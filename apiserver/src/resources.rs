@@ -51,6 +51,8 @@ pub enum Sub {
     Attach,
     Binding,
     Eviction,
+    /// A CertificateSigningRequest's approval conditions.
+    Approval,
 }
 
 impl Sub {
@@ -63,6 +65,7 @@ impl Sub {
             Sub::Attach => "attach",
             Sub::Binding => "binding",
             Sub::Eviction => "eviction",
+            Sub::Approval => "approval",
         }
     }
 
@@ -89,6 +92,12 @@ impl Sub {
             Sub::Attach => ("", "v1", "PodAttachOptions", &["create", "get"]),
             Sub::Binding => ("", "v1", "Binding", &["create"]),
             Sub::Eviction => ("policy", "v1", "Eviction", &["create"]),
+            Sub::Approval => (
+                parent.group,
+                parent.version,
+                parent.kind,
+                &["get", "patch", "update"],
+            ),
         }
     }
 
@@ -101,6 +110,7 @@ impl Sub {
             "attach" => Sub::Attach,
             "binding" => Sub::Binding,
             "eviction" => Sub::Eviction,
+            "approval" => Sub::Approval,
             _ => return None,
         })
     }
@@ -226,9 +236,10 @@ macro_rules! resource {
 
 use k8s_openapi::api::{
     apps::v1 as apps, autoscaling::v1 as autoscaling1, autoscaling::v2 as autoscaling2,
-    batch::v1 as batch, coordination::v1 as coordination, core::v1 as core,
-    discovery::v1 as discovery, events::v1 as events, networking::v1 as networking,
-    policy::v1 as policy, scheduling::v1 as scheduling, storage::v1 as storage,
+    batch::v1 as batch, certificates::v1 as certificates, coordination::v1 as coordination,
+    core::v1 as core, discovery::v1 as discovery, events::v1 as events,
+    networking::v1 as networking, policy::v1 as policy, scheduling::v1 as scheduling,
+    storage::v1 as storage,
 };
 
 pub static RESOURCES: &[Resource] = &[
@@ -259,6 +270,7 @@ pub static RESOURCES: &[Resource] = &[
     resource!("networking.k8s.io", "v1", "Ingress", "ingresses", true, short: ["ing"], categories: [], subs: [Status], networking::Ingress),
     resource!("networking.k8s.io", "v1", "IngressClass", "ingressclasses", false, short: [], categories: [], subs: [], networking::IngressClass),
     resource!("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", true, short: ["hpa"], categories: ["all"], subs: [Status], autoscaling2::HorizontalPodAutoscaler),
+    resource!("certificates.k8s.io", "v1", "CertificateSigningRequest", "certificatesigningrequests", false, short: ["csr"], categories: [], subs: [Status, Approval], certificates::CertificateSigningRequest),
     resource!("coordination.k8s.io", "v1", "Lease", "leases", true, short: [], categories: [], subs: [], coordination::Lease),
     resource!("events.k8s.io", "v1", "Event", "events", true, short: ["ev"], categories: [], subs: [], events::Event),
     resource!("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true, short: ["pdb"], categories: [], subs: [Status], policy::PodDisruptionBudget),

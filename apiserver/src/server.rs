@@ -120,7 +120,7 @@ pub struct Api {
     pub service_cidr: shoal_core::cidr::Ipv4Cidr,
     pub node_ports: (u16, u16),
     /// Bearer token → user name; `None` when authentication is off.
-    pub tokens: Option<HashMap<String, String>>,
+    pub tokens: Option<HashMap<String, User>>,
     /// Wakes the namespace finalizer when a namespace is deleted.
     pub namespaces_changed: Notify,
     /// How logs, exec and attach reach node agents.
@@ -184,20 +184,65 @@ impl Running {
 }
 
 /// Parses a token file as kube-apiserver's `--token-auth-file`.
-pub fn parse_tokens(text: &str) -> HashMap<String, String> {
+/// Who a request comes from: the user a bearer token names, with its
+/// groups (as a token file's fourth column gives them) and
+/// `system:authenticated`. Handlers find it in the request's extensions.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct User {
+    pub name: String,
+    pub uid: String,
+    pub groups: Vec<String>,
+}
+
+/// A token file: `token,user,uid[,"group1,group2"]` per line (the
+/// apiserver's `--token-auth-file` format).
+pub fn parse_tokens(text: &str) -> HashMap<String, User> {
     text.lines()
         .map(str::trim)
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .filter_map(|line| {
-            let mut fields = line.split(',');
-            let token = fields.next()?.trim().to_string();
-            let user = fields.next()?.trim().to_string();
-            (!token.is_empty()).then_some((token, user))
+            let fields = csv_fields(line);
+            let token = fields.first()?.trim().to_string();
+            let name = fields.get(1)?.trim().to_string();
+            let uid = fields
+                .get(2)
+                .map(|u| u.trim().to_string())
+                .unwrap_or_default();
+            let mut groups: Vec<String> = fields
+                .get(3)
+                .map(|g| {
+                    g.split(',')
+                        .map(str::trim)
+                        .filter(|g| !g.is_empty())
+                        .map(String::from)
+                        .collect()
+                })
+                .unwrap_or_default();
+            groups.push("system:authenticated".into());
+            (!token.is_empty()).then_some((token, User { name, uid, groups }))
         })
         .collect()
 }
 
-async fn authenticate(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
+/// The fields of one CSV line, double quotes grouping commas.
+fn csv_fields(line: &str) -> Vec<String> {
+    let mut fields = vec![String::new()];
+    let mut quoted = false;
+    for c in line.chars() {
+        match c {
+            '"' => quoted = !quoted,
+            ',' if !quoted => fields.push(String::new()),
+            c => {
+                if let Some(last) = fields.last_mut() {
+                    last.push(c);
+                }
+            }
+        }
+    }
+    fields
+}
+
+async fn authenticate(State(api): State<Arc<Api>>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let open = matches!(path, "/healthz" | "/livez" | "/readyz");
     if let (Some(tokens), false) = (&api.tokens, open) {
@@ -207,8 +252,12 @@ async fn authenticate(State(api): State<Arc<Api>>, request: Request, next: Next)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        if !token.is_some_and(|t| tokens.contains_key(t)) {
-            return ApiError::unauthorized().into_response();
+        match token.and_then(|t| tokens.get(t)) {
+            Some(user) => {
+                let user = user.clone();
+                request.extensions_mut().insert(user);
+            }
+            None => return ApiError::unauthorized().into_response(),
         }
     }
     next.run(request).await
@@ -314,7 +363,14 @@ pub async fn start_advertising(
         bytes.iter().map(|b| format!("{b:02x}")).collect::<String>()
     };
     let tokens = tokens.map(|mut tokens| {
-        tokens.insert(loopback_token.clone(), "system:apiserver".to_string());
+        tokens.insert(
+            loopback_token.clone(),
+            User {
+                name: "system:apiserver".into(),
+                uid: String::new(),
+                groups: vec!["system:masters".into(), "system:authenticated".into()],
+            },
+        );
         tokens
     });
     let (cert, key, ca_pem) = match (&config.tls_cert_file, &config.tls_private_key_file) {
@@ -523,9 +579,19 @@ mod tests {
 
     #[test]
     fn token_files_like_kube_apiserver() {
-        let tokens = parse_tokens("# comment\nabc,admin,1,\"system:masters\"\n\nxyz,bob,2\n");
-        assert_eq!(tokens.get("abc").map(String::as_str), Some("admin"));
-        assert_eq!(tokens.get("xyz").map(String::as_str), Some("bob"));
-        assert_eq!(tokens.len(), 2);
+        let tokens = parse_tokens(
+            "# comment\nabc,admin,1,\"system:masters\"\n\nxyz,bob,2\nn1,system:node:n1,3,\"system:nodes,extra\"\n",
+        );
+        let admin = &tokens["abc"];
+        assert_eq!(admin.name, "admin");
+        assert_eq!(admin.groups, ["system:masters", "system:authenticated"]);
+        assert_eq!(tokens["xyz"].name, "bob");
+        assert_eq!(tokens["xyz"].groups, ["system:authenticated"]);
+        assert_eq!(tokens["n1"].uid, "3");
+        assert_eq!(
+            tokens["n1"].groups,
+            ["system:nodes", "extra", "system:authenticated"]
+        );
+        assert_eq!(tokens.len(), 3);
     }
 }

@@ -180,6 +180,14 @@ fn columns(resource: &Resource) -> Vec<Column> {
             age,
         ],
         ("coordination.k8s.io", "Lease") => vec![name, ("Holder", "string", 0), age],
+        ("certificates.k8s.io", "CertificateSigningRequest") => vec![
+            name,
+            age,
+            ("SignerName", "string", 0),
+            ("Requestor", "string", 0),
+            ("RequestedDuration", "string", 0),
+            ("Condition", "string", 0),
+        ],
         ("discovery.k8s.io", "EndpointSlice") => vec![
             name,
             ("AddressType", "string", 0),
@@ -1005,6 +1013,37 @@ fn cells(resource: &Resource, o: &Value) -> Vec<Value> {
             ]
         }
         ("coordination.k8s.io", "Lease") => vec![json!(s(o, "/spec/holderIdentity")), a],
+        ("certificates.k8s.io", "CertificateSigningRequest") => {
+            // Kubernetes' printer: the condition types, "Issued" once a
+            // certificate is there, "Pending" while neither.
+            let mut conditions: Vec<String> = o
+                .pointer("/status/conditions")
+                .and_then(Value::as_array)
+                .into_iter()
+                .flatten()
+                .filter_map(|c| c["type"].as_str().map(String::from))
+                .collect();
+            if !s(o, "/status/certificate").is_empty() {
+                conditions.push("Issued".into());
+            }
+            let condition = if conditions.is_empty() {
+                "Pending".to_string()
+            } else {
+                conditions.join(",")
+            };
+            let duration = o
+                .pointer("/spec/expirationSeconds")
+                .and_then(Value::as_i64)
+                .map(crate::object::human_duration)
+                .unwrap_or_else(|| "<none>".into());
+            vec![
+                a,
+                json!(s(o, "/spec/signerName")),
+                json!(s(o, "/spec/username")),
+                json!(duration),
+                json!(condition),
+            ]
+        }
         ("discovery.k8s.io", "EndpointSlice") => {
             let ports: Vec<String> = o
                 .pointer("/ports")

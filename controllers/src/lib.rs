@@ -12,6 +12,7 @@
 //!   replicaset/ deployment/ statefulset/ daemonset/ job/ cronjob/ hpa/
 //!   endpoints/     Endpoints, EndpointSlices, LoadBalancer addresses
 //!   nodelifecycle nodeipam garbagecollector serviceaccount volumes
+//!   csrsigning (node overlay certificates)
 //! ```
 //!
 //! A controller with a folder keeps its wiring (informers, the kube-runtime
@@ -23,6 +24,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub mod cronjob;
+pub mod csrsigning;
 pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
@@ -58,6 +60,10 @@ pub struct Settings {
     pub informers: informers::Informers,
     /// How often each HorizontalPodAutoscaler is synced (Kubernetes: 15 s).
     pub horizontal_pod_autoscaler_sync_period: std::time::Duration,
+    /// The cluster CA that signs node overlay certificates
+    /// (`--cluster-signing-cert-file`/`-key-file`); none leaves their
+    /// requests pending.
+    pub cluster_signing: Option<std::sync::Arc<shoal_core::tls::Ca>>,
 }
 
 impl Default for Settings {
@@ -69,6 +75,7 @@ impl Default for Settings {
             pod_network: nodeipam::PodNetwork::default(),
             informers: informers::Informers::default(),
             horizontal_pod_autoscaler_sync_period: std::time::Duration::from_secs(15),
+            cluster_signing: None,
         }
     }
 }
@@ -105,6 +112,11 @@ pub const REGISTRY: &[(&str, Loop, bool)] = &[
     (
         "nodeipam",
         |client, settings| Box::pin(nodeipam::run(client, settings)),
+        true,
+    ),
+    (
+        "csrsigning",
+        |client, settings| Box::pin(csrsigning::run(client, settings)),
         true,
     ),
     (

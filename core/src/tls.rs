@@ -257,17 +257,117 @@ pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>> {
     Ok(Arc::new(config))
 }
 
-/// Issues a serving certificate for `names` and `ips`, signed by the CA
-/// that [`ensure_generated`] made (`ca.crt` and `ca.key` in the apiserver's
-/// data dir), and writes it (followed by the CA certificate) and its key to
-/// `out_cert` and `out_key`. `shoal up` gives its node agents certificates
-/// this way, so the apiserver's default `--kubelet-certificate-authority`
-/// (the cluster CA) trusts them.
+/// The cluster CA, loaded to sign with: the files [`ensure_generated`]
+/// made (`ca.crt` and `ca.key` in the apiserver's data dir), or given
+/// with the controllers' `--cluster-signing-cert-file`/`-key-file`.
 ///
 /// The issuer is rebuilt from the parameters `ensure_generated` uses (rcgen
-/// reads no certificates without its x509 parser), and the new certificate
-/// is verified against `ca_cert` before it is written: a CA that shoal did
-/// not make is reported, not used to write a certificate nobody trusts.
+/// reads no certificates without its x509 parser), and every certificate
+/// issued is verified against `ca.crt` before it is handed out: a CA that
+/// shoal did not make is reported, not used to write a certificate nobody
+/// trusts.
+pub struct Ca {
+    path: PathBuf,
+    pem: String,
+    key: KeyPair,
+    params: CertificateParams,
+}
+
+impl std::fmt::Debug for Ca {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ca {
+    pub fn load(ca_cert: &Path, ca_key: &Path) -> Result<Ca> {
+        let read = |path: &Path| {
+            std::fs::read_to_string(path).map_err(|source| Error::Io {
+                path: path.to_path_buf(),
+                source,
+            })
+        };
+        let pem = read(ca_cert)?;
+        let key = KeyPair::from_pem(&read(ca_key)?).map_err(|_| Error::Pem {
+            path: ca_key.to_path_buf(),
+            what: "private key",
+        })?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "shoal-ca");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        Ok(Ca {
+            path: ca_cert.to_path_buf(),
+            pem,
+            key,
+            params,
+        })
+    }
+
+    /// The CA certificate (PEM).
+    pub fn pem(&self) -> &str {
+        &self.pem
+    }
+
+    /// Signs `params` for `key`'s public half and checks the result chains
+    /// to this CA for `server_name`, returning the certificate's PEM.
+    pub fn sign(
+        &self,
+        params: CertificateParams,
+        key: &impl rcgen::PublicKeyData,
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) -> Result<String> {
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(key, &issuer)?;
+        self.verify(cert.der(), server_name)?;
+        Ok(cert.pem())
+    }
+
+    fn verify(
+        &self,
+        der: &rustls::pki_types::CertificateDer<'_>,
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) -> Result<()> {
+        use rustls::client::danger::ServerCertVerifier;
+        let mut roots = rustls::RootCertStore::empty();
+        for root in rustls_pemfile::certs(&mut self.pem.as_bytes()).flatten() {
+            roots.add(root)?;
+        }
+        let not_this_ca = || Error::Pem {
+            path: self.path.clone(),
+            what: "CA certificate made by shoal (subject CN=shoal-ca) for this CA key",
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|_| not_this_ca())?;
+        verifier
+            .verify_server_cert(
+                der,
+                &[],
+                &server_name,
+                &[],
+                rustls::pki_types::UnixTime::now(),
+            )
+            .map_err(|_| not_this_ca())?;
+        Ok(())
+    }
+}
+
+/// Issues a serving certificate for `names` and `ips`, signed by the
+/// cluster CA, and writes it (followed by the CA certificate) and its key
+/// to `out_cert` and `out_key`. `shoal up` gives its node agents
+/// certificates this way, so the apiserver's default
+/// `--kubelet-certificate-authority` (the cluster CA) trusts them.
 pub fn issue_serving_cert(
     ca_cert: &Path,
     ca_key: &Path,
@@ -276,66 +376,163 @@ pub fn issue_serving_cert(
     out_cert: &Path,
     out_key: &Path,
 ) -> Result<()> {
-    use rustls::client::danger::ServerCertVerifier;
-
-    let read = |path: &Path| {
-        std::fs::read_to_string(path).map_err(|source| Error::Io {
-            path: path.to_path_buf(),
-            source,
-        })
-    };
-    let ca_pem = read(ca_cert)?;
-    let ca_key_pair = KeyPair::from_pem(&read(ca_key)?).map_err(|_| Error::Pem {
-        path: ca_key.to_path_buf(),
-        what: "private key",
-    })?;
-    let mut ca = CertificateParams::new(Vec::<String>::new())?;
-    ca.distinguished_name.push(DnType::CommonName, "shoal-ca");
-    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca.key_usages = vec![
-        KeyUsagePurpose::KeyCertSign,
-        KeyUsagePurpose::CrlSign,
-        KeyUsagePurpose::DigitalSignature,
-    ];
-    let issuer = Issuer::from_params(&ca, &ca_key_pair);
-
+    let ca = Ca::load(ca_cert, ca_key)?;
     let key = KeyPair::generate()?;
-    let params = serving_params(names, ips)?;
-    let cert = params.signed_by(&key, &issuer)?;
-
-    // The check a client of the agent will make, made now.
-    let mut roots = rustls::RootCertStore::empty();
-    for root in rustls_pemfile::certs(&mut ca_pem.as_bytes()).flatten() {
-        roots.add(root)?;
-    }
-    let not_this_ca = || Error::Pem {
-        path: ca_cert.to_path_buf(),
-        what: "CA certificate made by shoal (subject CN=shoal-ca) for this CA key",
-    };
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let verifier =
-        rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
-            .build()
-            .map_err(|_| not_this_ca())?;
     let server_name = match (names.first(), ips.first()) {
         (Some(name), _) => rustls::pki_types::ServerName::try_from(name.clone()),
         (None, Some(ip)) => Ok(rustls::pki_types::ServerName::from(*ip)),
         (None, None) => rustls::pki_types::ServerName::try_from("shoal-agent".to_string()),
     }
     .map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
-    verifier
-        .verify_server_cert(
-            cert.der(),
-            &[],
-            &server_name,
-            &[],
-            rustls::pki_types::UnixTime::now(),
-        )
-        .map_err(|_| not_this_ca())?;
-
+    let pem = ca.sign(serving_params(names, ips)?, &key, server_name)?;
     write(out_key, &key.serialize_pem(), true)?;
-    write(out_cert, &format!("{}{}", cert.pem(), ca_pem), false)?;
+    write(out_cert, &format!("{pem}{}", ca.pem()), false)?;
     Ok(())
+}
+
+/// The name a node's certificate carries: subject
+/// `CN=system:node:<node>, O=system:nodes` (as kubelet certificates) and
+/// the DNS name `<node>`, valid to serve and to connect (the overlay's
+/// QUIC tunnels are mutual TLS).
+pub fn node_params(node: &str) -> Result<CertificateParams> {
+    let mut params = CertificateParams::new(vec![node.to_string()])?;
+    params
+        .distinguished_name
+        .push(DnType::CommonName, format!("system:node:{node}"));
+    params
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:nodes");
+    params.extended_key_usages = vec![
+        rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+        rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    Ok(params)
+}
+
+/// A node certificate for `node` (see [`node_params`]), signed by `ca`,
+/// valid for a year: the PEM of the certificate and of its new key.
+pub fn issue_node_cert(ca: &Ca, node: &str) -> Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let mut params = node_params(node)?;
+    let now = time_now();
+    params.not_before = now - std::time::Duration::from_secs(300);
+    params.not_after = now + std::time::Duration::from_secs(365 * 24 * 3600);
+    let name = rustls::pki_types::ServerName::try_from(node.to_string())
+        .map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
+    let pem = ca.sign(params, &key, name)?;
+    Ok((pem, key.serialize_pem()))
+}
+
+/// The signer name of node overlay certificates: the CSRs an agent makes
+/// for its tunnel identity, approved for the node that asks and signed
+/// with the cluster CA by the controllers (`csrsigning`).
+pub const NODE_OVERLAY_SIGNER: &str = "shoal.dev/node-overlay";
+
+/// A certificate signing request for `node`'s overlay certificate (see
+/// [`node_params`]) with a new key: the PEM of the request and of the key.
+pub fn node_csr(node: &str) -> Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let csr = node_params(node)?.serialize_request(&key)?;
+    Ok((csr.pem()?, key.serialize_pem()))
+}
+
+/// Why a CSR is not a node overlay certificate request.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum CsrError {
+    #[error("the request is not a PEM certificate request: {0}")]
+    Parse(String),
+    #[error("the subject must be CN=system:node:<node>, O=system:nodes")]
+    Subject,
+    #[error("the only subject alternative name must be the DNS name {0}")]
+    Names(String),
+    #[error("signing: {0}")]
+    Sign(String),
+}
+
+/// The node a node overlay CSR (PEM) is for, when it asks for exactly
+/// what [`node_csr`] asks for.
+pub fn csr_node(pem: &str) -> std::result::Result<String, CsrError> {
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(pem)
+        .map_err(|e| CsrError::Parse(e.to_string()))?;
+    csr_node_of(&csr.params)
+}
+
+fn csr_node_of(params: &CertificateParams) -> std::result::Result<String, CsrError> {
+    let mut common_name = None;
+    let mut organization = None;
+    for (kind, value) in params.distinguished_name.iter() {
+        let value = dn_text(value);
+        match kind {
+            DnType::CommonName => common_name = Some(value),
+            DnType::OrganizationName => organization = Some(value),
+            _ => return Err(CsrError::Subject),
+        }
+    }
+    let node = common_name
+        .as_deref()
+        .and_then(|cn| cn.strip_prefix("system:node:"))
+        .filter(|n| !n.is_empty())
+        .ok_or(CsrError::Subject)?
+        .to_string();
+    if organization.as_deref() != Some("system:nodes") {
+        return Err(CsrError::Subject);
+    }
+    let names_ok = matches!(
+        params.subject_alt_names.as_slice(),
+        [SanType::DnsName(name)] if name.as_str() == node
+    );
+    if !names_ok {
+        return Err(CsrError::Names(node));
+    }
+    Ok(node)
+}
+
+fn dn_text(value: &rcgen::DnValue) -> String {
+    match value {
+        rcgen::DnValue::Utf8String(s) => s.clone(),
+        rcgen::DnValue::PrintableString(s) => s.as_str().to_string(),
+        rcgen::DnValue::Ia5String(s) => s.as_str().to_string(),
+        rcgen::DnValue::TeletexString(s) => s.as_str().to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Signs a node overlay CSR (PEM) with `ca` for `lifetime`: the issued
+/// certificate followed by the CA's (so the requester learns the CA its
+/// peers chain to), and the node it names. Only what the signer allows is
+/// issued: the node's DNS name, server and client auth.
+pub fn sign_node_csr(
+    ca: &Ca,
+    pem: &str,
+    lifetime: std::time::Duration,
+) -> std::result::Result<(String, String), CsrError> {
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(pem)
+        .map_err(|e| CsrError::Parse(e.to_string()))?;
+    let node = csr_node_of(&csr.params)?;
+    let mut params = node_params(&node).map_err(|e| CsrError::Sign(e.to_string()))?;
+    let now = time_now();
+    params.not_before = now - std::time::Duration::from_secs(300);
+    params.not_after = now + lifetime;
+    let name = rustls::pki_types::ServerName::try_from(node.clone())
+        .map_err(|e| CsrError::Sign(e.to_string()))?;
+    let cert = ca
+        .sign(params, &csr.public_key, name)
+        .map_err(|e| CsrError::Sign(e.to_string()))?;
+    Ok((format!("{cert}{}", ca.pem()), node))
+}
+
+fn time_now() -> time::OffsetDateTime {
+    time::OffsetDateTime::now_utc()
+}
+
+/// Writes a key (0600) and a certificate.
+pub fn write_pair(cert: &Path, cert_pem: &str, key: &Path, key_pem: &str) -> Result<()> {
+    write(key, key_pem, true)?;
+    write(cert, cert_pem, false)
 }
 
 #[cfg(test)]

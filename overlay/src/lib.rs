@@ -10,16 +10,20 @@
 //!   ipam     one file per allocated address under state_dir
 //!   netns    namespaces kept by bind mounts; running code inside one
 //!   network  bridge + veth + addresses + routes over netlink (rtnetlink)
+//!   tunnel   the QUIC tunnels between nodes: a TUN device, a route per
+//!            other node's podCIDR, mutual TLS with node certificates
+//!   firewall accepts for the node's interfaces in the host's iptables
 //! ```
 //!
-//! Coming next, on top of the same bridge and routing: the QUIC tunnels
-//! between nodes (a TUN device and a route per remote podCIDR), the service
-//! proxy and network policies.
+//! Coming next, on top of the same bridge and routing: the service proxy
+//! and network policies.
 
+pub mod firewall;
 pub mod ipam;
 pub mod names;
 pub mod netns;
 pub mod network;
+pub mod tunnel;
 
 pub use network::{Error, Network, NodeNetwork, Result, Sandbox};
 /// The node's range and the roles of its addresses.

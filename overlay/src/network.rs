@@ -110,6 +110,10 @@ pub struct NodeNetwork {
     pub pod_cidr: String,
     /// Where allocations and namespace files live (kept across restarts).
     pub state_dir: PathBuf,
+    /// The MTU of the pods' interfaces (both ends of each veth): the
+    /// underlay's less the tunnels' overhead, see
+    /// [`crate::tunnel::pod_mtu`].
+    pub mtu: u16,
 }
 
 /// One pod's network, what an OCI runtime and the pod's status need.
@@ -135,6 +139,7 @@ pub struct Network {
     gateway: Ipv4Addr,
     netns_dir: PathBuf,
     ipam: Ipam,
+    mtu: u16,
 }
 
 impl Network {
@@ -163,6 +168,7 @@ impl Network {
             gateway,
             netns_dir,
             ipam,
+            mtu: config.mtu,
         };
         network.ensure_bridge().await?;
         enable_ip_forward()?;
@@ -348,9 +354,11 @@ impl Network {
         })?;
         let peer = LinkUnspec::new_with_name(POD_INTERFACE)
             .setns_by_fd(ns.as_raw_fd())
+            .mtu(u32::from(self.mtu))
             .build();
         let veth = LinkVeth::new(&host_veth, POD_INTERFACE)
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .mtu(u32::from(self.mtu))
             .build();
         self.handle
             .link()
@@ -730,6 +738,7 @@ mod tests {
                 bridge: String::new(),
                 pod_cidr: String::new(),
                 state_dir: PathBuf::new(),
+                mtu: 1500,
             }));
         }
     }

@@ -87,6 +87,7 @@ fn node(state: &Path, cidr: &str) -> NodeNetwork {
         bridge: BRIDGE.to_string(),
         pod_cidr: cidr.to_string(),
         state_dir: state.to_path_buf(),
+        mtu: 1500,
     }
 }
 

@@ -72,6 +72,27 @@ pub struct AgentArgs {
     /// them).
     #[arg(long, env = "SHOAL_STOP_PODS_ON_EXIT")]
     stop_pods_on_exit: bool,
+    /// UDP port of the overlay's QUIC tunnels to the other nodes.
+    #[arg(long, env = "SHOAL_OVERLAY_PORT", default_value_t = shoal_overlay::tunnel::DEFAULT_PORT)]
+    overlay_port: u16,
+    /// This node's overlay certificate and key (issued by the cluster CA
+    /// for `CN=system:node:<node>` with the DNS name `<node>`), and the CA
+    /// peers' certificates must chain to. Without them the agent asks for
+    /// a certificate through the CSR API (signer `shoal.dev/node-overlay`,
+    /// signed by the controllers' `--cluster-signing-cert-file`).
+    #[arg(long, env = "SHOAL_OVERLAY_CERT_FILE")]
+    overlay_cert_file: Option<PathBuf>,
+    #[arg(long, env = "SHOAL_OVERLAY_KEY_FILE")]
+    overlay_key_file: Option<PathBuf>,
+    #[arg(long, env = "SHOAL_OVERLAY_CA_FILE")]
+    overlay_ca_file: Option<PathBuf>,
+    /// The whole pod network (the controllers' `--cluster-cidr`): traffic
+    /// to it never leaves by the default route.
+    #[arg(long, env = "SHOAL_CLUSTER_CIDR", default_value = "10.244.0.0/16", value_parser = shoal_core::cidr::Ipv4Cidr::parse_masked)]
+    cluster_cidr: shoal_core::cidr::Ipv4Cidr,
+    /// Run no tunnels: this node's pods reach only each other.
+    #[arg(long, env = "SHOAL_NO_OVERLAY")]
+    no_overlay: bool,
     /// Register simulated nodes that report their pods Running without
     /// running them (as kwok does).
     #[arg(long)]
@@ -167,7 +188,23 @@ async fn run_real(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
         }
         _ => bail!("--tls-cert-file and --tls-private-key-file go together"),
     };
+    use shoal_agent::agent::overlay::{IdentitySource, OverlayConfig};
+    let identity = match (
+        args.overlay_cert_file,
+        args.overlay_key_file,
+        args.overlay_ca_file,
+    ) {
+        (Some(cert), Some(key), Some(ca)) => IdentitySource::Files { ca, cert, key },
+        (None, None, None) => IdentitySource::Request,
+        _ => bail!("--overlay-cert-file, --overlay-key-file and --overlay-ca-file go together"),
+    };
+    let overlay = (!args.no_overlay).then_some(OverlayConfig {
+        port: args.overlay_port,
+        identity,
+        cluster_cidr: args.cluster_cidr,
+    });
     let config = shoal_agent::agent::Config {
+        overlay,
         node_name,
         data_dir: args.data_dir.clone(),
         node_ip: args.node_ip,

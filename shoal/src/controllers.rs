@@ -33,7 +33,7 @@ pub struct ControllerFlags {
     loadbalancer_ip_pool: Option<String>,
     /// The pod network: each node gets a part of it for its pods.
     #[arg(long, env = "SHOAL_CLUSTER_CIDR", default_value = "10.244.0.0/16", value_parser = shoal_core::cidr::Ipv4Cidr::parse_masked)]
-    cluster_cidr: shoal_core::cidr::Ipv4Cidr,
+    pub cluster_cidr: shoal_core::cidr::Ipv4Cidr,
     /// The prefix length of each node's part of the pod network.
     #[arg(long, env = "SHOAL_NODE_CIDR_MASK_SIZE", default_value_t = 24)]
     node_cidr_mask_size: u8,
@@ -41,6 +41,14 @@ pub struct ControllerFlags {
     /// Kubernetes).
     #[arg(long, env = "SHOAL_HPA_SYNC_PERIOD", default_value = "15s", value_parser = shoal_core::duration::parse)]
     horizontal_pod_autoscaler_sync_period: std::time::Duration,
+    /// The cluster CA (certificate and key, PEM) that signs node overlay
+    /// certificates requested through the CSR API (signer
+    /// `shoal.dev/node-overlay`). `shoal up` uses the CA it made; without
+    /// one such requests stay pending.
+    #[arg(long, env = "SHOAL_CLUSTER_SIGNING_CERT_FILE")]
+    cluster_signing_cert_file: Option<std::path::PathBuf>,
+    #[arg(long, env = "SHOAL_CLUSTER_SIGNING_KEY_FILE")]
+    cluster_signing_key_file: Option<std::path::PathBuf>,
 }
 
 impl ControllerFlags {
@@ -58,8 +66,25 @@ impl ControllerFlags {
             horizontal_pod_autoscaler_sync_period: self
                 .horizontal_pod_autoscaler_sync_period
                 .max(std::time::Duration::from_secs(1)),
+            cluster_signing: self.cluster_signing()?,
             ..Default::default()
         })
+    }
+
+    fn cluster_signing(&self) -> anyhow::Result<Option<std::sync::Arc<shoal_core::tls::Ca>>> {
+        match (
+            &self.cluster_signing_cert_file,
+            &self.cluster_signing_key_file,
+        ) {
+            (Some(cert), Some(key)) => Ok(Some(std::sync::Arc::new(
+                shoal_core::tls::Ca::load(cert, key)
+                    .map_err(|e| anyhow::anyhow!("--cluster-signing-cert-file: {e}"))?,
+            ))),
+            (None, None) => Ok(None),
+            _ => anyhow::bail!(
+                "--cluster-signing-cert-file and --cluster-signing-key-file go together"
+            ),
+        }
     }
 }
 

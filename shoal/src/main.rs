@@ -12,6 +12,7 @@ mod image;
 mod shim;
 mod store;
 mod up;
+mod up_nodes;
 
 use clap::{Parser, Subcommand};
 

@@ -48,6 +48,17 @@ pub struct UpArgs {
     /// either.
     #[arg(long, env = "SHOAL_NO_AGENT")]
     no_agent: bool,
+    /// Node agents to run. One runs in this process on this machine's
+    /// network; more (root) each run in a network namespace of their own
+    /// acting as a separate host (address NODE_SUBNET.11, .12, ...), joined
+    /// by the overlay's QUIC tunnels, named node-1 .. node-N (or
+    /// NODE_NAME-1 ..).
+    #[arg(long, env = "SHOAL_NODES", default_value_t = 1)]
+    nodes: usize,
+    /// The network the nodes' namespaces share (with `--nodes` above 1);
+    /// this machine takes its first address.
+    #[arg(long, env = "SHOAL_NODE_SUBNET", default_value = "172.29.0.0/24")]
+    node_subnet: String,
     /// The name of this machine's node (default: its hostname).
     #[arg(long, env = "SHOAL_NODE_NAME")]
     node_name: Option<String>,
@@ -146,6 +157,30 @@ current-context: shoal
 }
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
+    let node_subnet = if args.nodes > 1 && !args.no_agent {
+        if !nix_is_root() {
+            bail!(
+                "--nodes {} runs each node in a network namespace of its own, which needs root; \
+                 without root, run `shoal up --no-agent` and add simulated nodes with \
+                 `shoal agent --simulate --count {}`",
+                args.nodes,
+                args.nodes
+            );
+        }
+        let subnet: shoal_core::cidr::Ipv4Cidr = args
+            .node_subnet
+            .parse()
+            .with_context(|| format!("--node-subnet {:?}", args.node_subnet))?;
+        if subnet.size() < args.nodes as u64 + 12 {
+            bail!(
+                "--node-subnet {subnet} is too small for {} nodes",
+                args.nodes
+            );
+        }
+        Some(subnet)
+    } else {
+        None
+    };
     std::fs::create_dir_all(&args.data_dir)
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let dir = std::fs::canonicalize(&args.data_dir)?;
@@ -221,7 +256,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         tls_cert_file: None,
         tls_private_key_file: None,
         token_auth_file: Some(tokens),
-        tls_san: vec![],
+        tls_san: node_subnet
+            .and_then(|s| s.nth(1))
+            .map(|gateway| vec![gateway.to_string()])
+            .unwrap_or_default(),
         etcd_compaction_interval: Duration::from_secs(300),
         kubelet_certificate_authority: None,
         kubelet_token_file: Some(agent_token_file.clone()),
@@ -271,21 +309,83 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .loopback_client()
             .await
             .context("a client for the controllers")?;
+        let mut settings = args.controllers.settings()?;
+        if settings.cluster_signing.is_none() {
+            // Node overlay certificates are signed by the cluster CA.
+            let ca = shoal_core::tls::Files::in_dir(&dir.join("apiserver"));
+            match shoal_core::tls::Ca::load(&ca.ca_cert, &ca.ca_key) {
+                Ok(ca) => settings.cluster_signing = Some(Arc::new(ca)),
+                Err(e) => println!("node overlay certificates cannot be signed: {e}"),
+            }
+        }
         Some(tokio::spawn(shoal_controllers::run_elected(
             client,
             crate::controllers::identity(),
-            args.controllers.settings()?,
+            settings,
         )))
     };
 
-    let agent = if args.no_agent {
-        None
-    } else {
-        start_agent(&args, &dir, &apiserver, &agent_token_file).await?
+    let mut hosts = None;
+    let agent = match node_subnet {
+        _ if args.no_agent => None,
+        Some(subnet) => {
+            let names: Vec<String> = (1..=args.nodes)
+                .map(|i| match &args.node_name {
+                    Some(name) => format!("{name}-{i}"),
+                    None => format!("node-{i}"),
+                })
+                .collect();
+            step(&format!(
+                "starting {} node agents, each in its own network namespace on {subnet}",
+                args.nodes
+            ));
+            let nodes = crate::up_nodes::prepare(&names, subnet, &dir).await?;
+            let settings = crate::up_nodes::AgentSettings {
+                cluster_dir: &dir,
+                apiserver: std::net::SocketAddr::new(host.parse()?, apiserver.addr.port()),
+                ca_pem: &ca,
+                token: &layout.token,
+                agent_token_file: &agent_token_file,
+                stop_pods_on_exit: args.stop_pods_on_exit,
+                backoff_initial: args.restart_backoff_initial,
+                backoff_max: args.restart_backoff_max.max(args.restart_backoff_initial),
+                cluster_cidr: args.controllers.cluster_cidr,
+            };
+            hosts = Some(crate::up_nodes::Hosts::start(nodes, subnet, settings).await?);
+            done();
+            for node in hosts.iter().flat_map(|h| &h.nodes) {
+                println!(
+                    "  {} at {} (ip netns exec {} ...; log {}/agent.log)",
+                    node.name,
+                    node.address,
+                    node.netns,
+                    node.dir.display()
+                );
+            }
+            None
+        }
+        None => start_agent(&args, &dir, &apiserver, &agent_token_file).await?,
     };
 
-    crate::apiserver::wait_for_signal().await?;
+    let signal = crate::apiserver::wait_for_signal();
+    tokio::pin!(signal);
+    loop {
+        tokio::select! {
+            result = &mut signal => {
+                result?;
+                break;
+            }
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {
+                if let Some(hosts) = hosts.as_mut() {
+                    hosts.restart_exited();
+                }
+            }
+        }
+    }
     println!("stopping");
+    if let Some(hosts) = hosts {
+        hosts.stop(args.stop_pods_on_exit).await;
+    }
     if let Some((stop, task)) = agent {
         let _ = stop.send(());
         match tokio::time::timeout(Duration::from_secs(30), task).await {
@@ -392,6 +492,7 @@ async fn start_agent(
             token: Some(token),
         },
         stop_pods_on_exit: args.stop_pods_on_exit,
+        overlay: None,
         container_log_max_bytes: 10 << 20,
         container_log_max_files: 5,
     };

@@ -150,7 +150,8 @@ impl ShoalUp {
             .arg("-TERM")
             .arg(child.id().to_string())
             .status();
-        let deadline = Instant::now() + Duration::from_secs(15);
+        // `--nodes N` stops N agents, each stopping its pods.
+        let deadline = Instant::now() + Duration::from_secs(40);
         loop {
             if let Ok(Some(status)) = child.try_wait() {
                 return Some(status);
@@ -322,9 +323,13 @@ pub fn remove_leftovers(dir: &Path) {
             }
         }
     }
-    // runc's containers: their cgroups hold their processes.
-    let runc_root = dir.join("agent").join("runc");
-    if runc_root.exists() {
+    // runc's containers: their cgroups hold their processes. One agent
+    // (`shoal up`) or one per node (`shoal up --nodes N`).
+    let mut runc_roots = vec![dir.join("agent").join("runc")];
+    if let Ok(nodes) = std::fs::read_dir(dir.join("nodes")) {
+        runc_roots.extend(nodes.flatten().map(|n| n.path().join("agent").join("runc")));
+    }
+    for runc_root in runc_roots.into_iter().filter(|r| r.exists()) {
         let out = Command::new("runc")
             .arg("--root")
             .arg(&runc_root)

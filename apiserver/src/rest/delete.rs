@@ -299,6 +299,7 @@ pub async fn delete_collection(
             method: ctx.method.clone(),
             warnings: Vec::new(),
             user_agent: ctx.user_agent.clone(),
+            user: ctx.user.clone(),
         };
         let mut current = Stored {
             object: item,

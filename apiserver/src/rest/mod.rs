@@ -66,6 +66,8 @@ pub struct Ctx {
     pub warnings: Vec<String>,
     /// The client's `User-Agent`.
     pub user_agent: String,
+    /// Who is asking (none when the server checks no tokens).
+    pub user: Option<crate::server::User>,
 }
 
 impl Ctx {
@@ -82,6 +84,7 @@ impl Ctx {
             method: Method::POST,
             warnings: Vec::new(),
             user_agent: String::new(),
+            user: None,
         }
     }
 
@@ -266,6 +269,7 @@ fn context(parts: &http::request::Parts) -> Result<Ctx> {
             .get(header::USER_AGENT)
             .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
             .unwrap_or_default(),
+        user: parts.extensions.get::<crate::server::User>().cloned(),
     })
 }
 

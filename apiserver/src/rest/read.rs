@@ -42,7 +42,7 @@ pub async fn get(api: &Api, ctx: &Ctx) -> Result<(StatusCode, Value)> {
     let stored = load(api, ctx, name).await?;
     let object = match ctx.sub {
         Some(Sub::Scale) => scale_of(ctx.storage(), &stored.object),
-        Some(Sub::Status) | None => stored.object,
+        Some(Sub::Status) | Some(Sub::Approval) | None => stored.object,
         Some(_) => return Err(ApiError::method_not_allowed("GET")),
     };
     Ok((StatusCode::OK, object))

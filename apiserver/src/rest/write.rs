@@ -12,7 +12,7 @@ use serde_json::{json, Value};
 use super::read::{load, scale_of, Stored};
 use super::{decode, Ctx};
 use crate::error::{ApiError, Cause, Result};
-use crate::object::{meta_mut, meta_str, now, uid};
+use crate::object::{meta_mut, meta_str, now, set_path, uid};
 use crate::resources::{Resource, Sub};
 use crate::server::Api;
 use crate::storage::{Guard, Op, Written};
@@ -295,7 +295,7 @@ pub async fn create_object(api: &Api, ctx: &mut Ctx, mut object: Value) -> Resul
         }
     }
     initial_status(resource, &mut object);
-    crate::hooks::before_create(resource, &mut object);
+    crate::hooks::before_create(resource, &mut object, ctx.user.as_ref());
     defaults::apply(resource, &mut object);
     validate(resource, &object)?;
     if !is_apply(ctx) {
@@ -335,7 +335,7 @@ pub fn encode(object: &Value) -> Result<Vec<u8>> {
 /// Only the main resource, `status` and `scale` take PUT and PATCH.
 fn updatable(ctx: &Ctx) -> Result<()> {
     match ctx.sub {
-        None | Some(Sub::Status) | Some(Sub::Scale) => Ok(()),
+        None | Some(Sub::Status) | Some(Sub::Scale) | Some(Sub::Approval) => Ok(()),
         Some(_) => Err(ApiError::method_not_allowed(ctx.method.as_str())),
     }
 }
@@ -463,6 +463,22 @@ pub async fn update_object(
                         Some(v) => meta_mut(&mut merged).insert(field.into(), v.clone()),
                         None => meta_mut(&mut merged).remove(field),
                     };
+                }
+            }
+            object = merged;
+            meta_mut(&mut object).remove("resourceVersion");
+        }
+        Some(Sub::Approval) => {
+            // Only the conditions change through /approval (a
+            // CertificateSigningRequest's Approved or Denied).
+            let conditions = object.pointer("/status/conditions").cloned();
+            let mut merged = old.clone();
+            match conditions {
+                Some(conditions) => set_path(&mut merged, &["status", "conditions"], conditions),
+                None => {
+                    if let Some(status) = merged.get_mut("status").and_then(Value::as_object_mut) {
+                        status.remove("conditions");
+                    }
                 }
             }
             object = merged;

@@ -3,7 +3,9 @@
 //! ```text
 //!  run(client, config)
 //!    node.rs      register the Node, renew its Lease, keep Ready, wait for podCIDR
-//!    overlay      the node's bridge; one network namespace + IP per pod
+//!    overlay      the node's bridge; one network namespace + IP per pod;
+//!                 QUIC tunnels to the other nodes (overlay.rs); the host
+//!                 firewall's accepts for the bridge and the tunnel device
 //!    pods.rs      watch pods with spec.nodeName = this node; one worker per pod,
 //!                 the newest object handed over (updates merged, never queued)
 //!    worker/      a pod's life by stage (Setup → Initializing → Running →
@@ -24,6 +26,7 @@
 pub mod env;
 pub mod events;
 pub mod node;
+pub mod overlay;
 pub mod pods;
 pub mod probe;
 pub mod registry;
@@ -71,7 +74,15 @@ pub struct Config {
     /// Kill every container of this node when the agent stops (`shoal
     /// up` in tests); by default they keep running and are re-adopted.
     pub stop_pods_on_exit: bool,
+    /// The tunnels to other nodes; without them this node's pods reach
+    /// only each other and the node.
+    pub overlay: Option<overlay::OverlayConfig>,
 }
+
+/// The node bridge.
+pub const BRIDGE: &str = "shoal0";
+/// The agent's chain in the host's iptables FORWARD.
+pub const FIREWALL_CHAIN: &str = "SHOAL-FORWARD";
 
 /// What every pod worker shares.
 pub struct Shared {
@@ -147,14 +158,67 @@ pub async fn run(
         host_ip,
     ));
     let pod_cidr = node::wait_for_pod_cidr(&client, &config.node_name, registered).await;
+    let underlay_mtu = shoal_overlay::tunnel::underlay_mtu(host_ip).await;
     let network = Arc::new(
         shoal_overlay::Network::new(shoal_overlay::NodeNetwork {
-            bridge: "shoal0".into(),
+            bridge: BRIDGE.into(),
             pod_cidr,
             state_dir: config.data_dir.join("network"),
+            mtu: match config.overlay {
+                Some(_) => shoal_overlay::tunnel::pod_mtu(underlay_mtu),
+                None => underlay_mtu,
+            },
         })
         .await?,
     );
+    let firewall = shoal_overlay::firewall::HostFirewall::new(
+        FIREWALL_CHAIN,
+        &[BRIDGE, shoal_overlay::tunnel::DEVICE],
+    );
+    if let Err(e) = firewall.install() {
+        tracing::warn!(error = %e, "could not accept the pods' traffic in the host firewall; a FORWARD policy of DROP (Docker's) will drop it");
+    }
+    if let Some(settings) = &config.overlay {
+        if let Err(e) = shoal_overlay::tunnel::guard_pod_network(settings.cluster_cidr).await {
+            tracing::warn!(error = %e, "packets for other nodes' pods may leave by the default route until the tunnels are up");
+        }
+    }
+    // The tunnels come up in the background (a certificate may have to be
+    // asked for first); pods start meanwhile.
+    let node_overlay = match config.overlay.clone() {
+        Some(settings) => {
+            let client = client.clone();
+            let node = config.node_name.clone();
+            let data_dir = config.data_dir.clone();
+            let gateway = network.gateway();
+            Some(tokio::spawn(async move {
+                match overlay::start(
+                    &client,
+                    &node,
+                    host_ip,
+                    gateway,
+                    underlay_mtu,
+                    &settings,
+                    &data_dir,
+                )
+                .await
+                {
+                    // Held until the agent stops (the task is aborted).
+                    Ok(running) => {
+                        futures::future::pending::<()>().await;
+                        drop(running);
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "no tunnels to other nodes: pods of this node reach only this node's pods")
+                    }
+                }
+            }))
+        }
+        None => {
+            tracing::info!("overlay disabled: pods of this node reach only this node's pods");
+            None
+        }
+    };
     let registry = Arc::new(registry::Registry::default());
     let (services, services_writer) = reflector::store::<Service>();
     let services_watch = tokio::spawn(
@@ -197,6 +261,13 @@ pub async fn run(
     let server = server.await;
     if config.stop_pods_on_exit {
         pods::remove_orphans(&shared, &Default::default()).await;
+    }
+    if let Some(task) = node_overlay {
+        task.abort();
+        let _ = task.await;
+    }
+    if let Err(e) = firewall.remove() {
+        tracing::warn!(error = %e, "removing the host firewall accepts");
     }
     match pods {
         Ok(result) => result?,

@@ -296,6 +296,43 @@ fn pods_on_different_nodes_reach_each_other_by_ip_without_nat() {
     let b = peer(&status, "node-2").expect("node-2 is a peer of node-1");
     assert_eq!(b["state"], "connected", "{status}");
     assert!(b["txPackets"].as_u64().unwrap_or(0) > 0, "{status}");
+
+    // The same counters for Prometheus on the agent's endpoint (with the
+    // token the apiserver uses), and in `shoal overlay status`.
+    let token = std::fs::read_to_string(up.data_dir().join("agent-token")).unwrap();
+    let metrics = Command::new("curl")
+        .args([
+            "-sk",
+            "-H",
+            &format!("Authorization: Bearer {}", token.trim()),
+        ])
+        .arg("https://172.29.0.11:10250/metrics")
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    assert!(
+        metrics.contains(r#"shoal_overlay_peer_up{peer="node-2"} 1"#)
+            && metrics.contains(r#"shoal_overlay_packets_total{peer="node-2",direction="tx"}"#),
+        "{metrics}"
+    );
+    let unauthenticated = Command::new("curl")
+        .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
+        .arg("https://172.29.0.11:10250/metrics")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&unauthenticated.stdout), "401");
+    let table = Command::new(support::SHOAL)
+        .args(["overlay", "status", "--data-dir"])
+        .arg(up.data_dir().join("nodes/node-1/agent"))
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.starts_with("node-2") && l.contains("connected")),
+        "{table}"
+    );
 }
 
 #[test]

@@ -9,6 +9,7 @@ mod bench_pod_startup;
 mod bench_scheduler;
 mod controllers;
 mod image;
+mod overlay;
 mod shim;
 mod store;
 mod up;
@@ -52,6 +53,10 @@ enum Command {
     /// A node's image store: load image archives, list images.
     #[command(subcommand)]
     Image(image::ImageCommand),
+    /// The node-to-node tunnels: `status` of this machine's agent, or one
+    /// `tunnel` end with static peers.
+    #[command(subcommand)]
+    Overlay(overlay::OverlayCommand),
     /// Watch one container under runc (started by the container runtime).
     #[command(hide = true)]
     ContainerShim(shim::ShimArgs),
@@ -88,6 +93,7 @@ fn main() -> anyhow::Result<()> {
             Command::Agent(args) => agent::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Image(cmd) => image::run(cmd),
+            Command::Overlay(cmd) => overlay::run(cmd).await,
             Command::ContainerShim(args) => shim::run(&args),
         }
     })

@@ -185,8 +185,10 @@ pub async fn run(
     }
     // The tunnels come up in the background (a certificate may have to be
     // asked for first); pods start meanwhile.
+    let tunnel_slot: Arc<std::sync::OnceLock<Arc<shoal_overlay::tunnel::Tunnel>>> = Arc::default();
     let node_overlay = match config.overlay.clone() {
         Some(settings) => {
+            let slot = tunnel_slot.clone();
             let client = client.clone();
             let node = config.node_name.clone();
             let data_dir = config.data_dir.clone();
@@ -205,6 +207,7 @@ pub async fn run(
                 {
                     // Held until the agent stops (the task is aborted).
                     Ok(running) => {
+                        let _ = slot.set(running.tunnel.clone());
                         futures::future::pending::<()>().await;
                         drop(running);
                     }
@@ -246,10 +249,17 @@ pub async fn run(
         config: config.clone(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let metrics: server::Metrics = Arc::new(move || {
+        tunnel_slot
+            .get()
+            .map(|tunnel| tunnel.metrics())
+            .unwrap_or_default()
+    });
     let server = tokio::spawn(server::serve(
         config.server.clone(),
         registry,
         runtime,
+        metrics,
         wait_true(stop_rx.clone()),
     ));
     let pods = tokio::spawn(pods::run(shared.clone(), wait_true(stop_rx)));

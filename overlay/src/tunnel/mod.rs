@@ -29,6 +29,7 @@
 //! watch) and changes only what differs: a route and a dialer per peer.
 
 pub mod identity;
+pub mod metrics;
 pub mod packet;
 
 use std::collections::BTreeMap;
@@ -502,6 +503,11 @@ impl Tunnel {
     /// Packets that matched no peer.
     pub fn drop_no_route(&self) -> u64 {
         self.inner.drop_no_route.load(Ordering::Relaxed)
+    }
+
+    /// The counters in Prometheus' text format.
+    pub fn metrics(&self) -> String {
+        metrics::render(&self.status(), self.drop_no_route())
     }
 }
 

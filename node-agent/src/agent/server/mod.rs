@@ -263,6 +263,25 @@ struct AppState {
     registry: Arc<Registry>,
     containers: Arc<dyn Containers>,
     token: Option<Arc<str>>,
+    metrics: Metrics,
+}
+
+/// What `/metrics` serves (OpenMetrics text), made at each scrape.
+pub type Metrics = Arc<dyn Fn() -> String + Send + Sync>;
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let mut text = (state.metrics)();
+    if text.is_empty() {
+        text = "# EOF\n".into();
+    }
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response()
 }
 
 /// Serves HTTPS on `config.bind:config.port` until `shutdown` resolves
@@ -271,6 +290,7 @@ pub async fn serve(
     config: ServerConfig,
     registry: Arc<Registry>,
     runtime: Arc<Runtime>,
+    metrics: Metrics,
     shutdown: impl Future,
 ) -> Result<()> {
     let tls = tls_config(&config.cert, &config.key)?;
@@ -279,7 +299,16 @@ pub async fn serve(
         .await
         .map_err(|source| ServerError::Bind { address, source })?;
     tracing::info!(%address, "agent server listening");
-    serve_listener(listener, tls, config.token, registry, runtime, shutdown).await;
+    serve_listener(
+        listener,
+        tls,
+        config.token,
+        registry,
+        runtime,
+        metrics,
+        shutdown,
+    )
+    .await;
     Ok(())
 }
 
@@ -290,12 +319,14 @@ pub async fn serve_listener(
     token: Option<String>,
     registry: Arc<Registry>,
     containers: Arc<dyn Containers>,
+    metrics: Metrics,
     shutdown: impl Future,
 ) {
     let state = AppState {
         registry,
         containers,
         token: token.map(Arc::from),
+        metrics,
     };
     let router = router(state);
     let acceptor = tokio_rustls::TlsAcceptor::from(tls);
@@ -339,6 +370,7 @@ pub async fn serve_listener(
 fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/metrics", get(metrics))
         .route("/containerLogs/{namespace}/{pod}/{container}", get(logs))
         .route("/exec/{namespace}/{pod}/{container}", get(exec))
         .route("/attach/{namespace}/{pod}/{container}", get(attach))
@@ -774,6 +806,7 @@ mod tests {
             Some("secret".into()),
             registry.clone(),
             containers.clone(),
+            Arc::new(|| "shoal_test_total 1\n# EOF\n".to_string()),
             stopped,
         ));
         TestServer {

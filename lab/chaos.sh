@@ -8,7 +8,7 @@
 #   lab/chaos.sh [SCENARIO...]     (default: every scenario, in order)
 #
 # Scenarios: node-killed, node-partitioned, store-leader-killed,
-# apiserver-killed, lab-restarted. The lab must be up (docker-compose up -d) with three
+# apiserver-killed, lab-restarted, overlay-peer-lost. The lab must be up (docker-compose up -d) with three
 # Ready nodes; the scenarios leave it so.
 #
 # Environment: KUBECTL (default: kubectl), COMPOSE (default:
@@ -277,11 +277,55 @@ scenario_lab_restarted() {
     cleanup chaos-keep
 }
 
+# --- overlay: a peer lost ----------------------------------------------------
+
+# A pod on n1 fetches from httpd pods on n2 and n3 by pod IP, across the
+# overlay's tunnels; n3 is cut off for 3 s (less than the node grace
+# period, so nothing is evicted): n1 still reaches n2 meanwhile, and n3
+# again once reconnected.
+scenario_overlay_peer_lost() {
+    local s=overlay-peer-lost
+    local n
+    for n in n2 n3; do
+        k run "chaos-srv-$n" --image=busybox --overrides="{\"spec\":{\"nodeName\":\"$n\"}}" \
+            -- sh -c 'mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www' >/dev/null
+    done
+    k run chaos-client --image=busybox --overrides='{"spec":{"nodeName":"n1"}}' -- sleep 36000 >/dev/null
+    wait_for 60 sh -c "[ \$($KUBECTL get pods chaos-client chaos-srv-n2 chaos-srv-n3 --no-headers 2>/dev/null | grep -c Running) -eq 3 ]"
+    local ip2 ip3
+    ip2=$(k get pod chaos-srv-n2 -o jsonpath='{.status.podIP}')
+    ip3=$(k get pod chaos-srv-n3 -o jsonpath='{.status.podIP}')
+    fetch() { "$KUBECTL" exec chaos-client -- timeout 3 wget -q -O - "http://$1:8080/" | grep -q chaos-srv; }
+    local t0
+    t0=$(now)
+    wait_for 30 fetch "$ip2" && wait_for 30 fetch "$ip3"
+    check $s "a pod on n1 reaches pods on n2 and n3 by IP" "$(since "$t0")s" fetch "$ip3"
+    local id network address
+    id=$($COMPOSE ps -q n3)
+    network=$(docker inspect -f '{{range $k, $v := .NetworkSettings.Networks}}{{$k}}{{end}}' "$id")
+    address=$(docker inspect -f '{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}' "$id")
+    docker network disconnect "$network" "$id"
+    t0=$(now)
+    local during=FAIL
+    fetch "$ip2" && during=PASS
+    local took
+    took=$(since "$t0")
+    sleep 1
+    docker network connect --ip "$address" "$network" "$id"
+    t0=$(now)
+    wait_for 30 fetch "$ip3"
+    local back
+    back=$(since "$t0")
+    check $s "n2 still reached while n3 is cut off" "fetched in ${took}s" [ $during = PASS ]
+    check $s "n3 reached again after it is reconnected (<= 10 s)" "${back}s" awk "BEGIN { exit !($back <= 10) }"
+    k delete pod chaos-client chaos-srv-n2 chaos-srv-n3 --grace-period=1 >/dev/null 2>&1
+}
+
 # --- run ----------------------------------------------------------------------
 
 wait_for 90 nodes_ready || { log "the lab is not up: three Ready nodes expected (docker-compose up -d)"; exit 2; }
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(node-killed node-partitioned store-leader-killed apiserver-killed lab-restarted)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(node-killed node-partitioned store-leader-killed apiserver-killed lab-restarted overlay-peer-lost)
 for scenario in "${scenarios[@]}"; do
     log "--- $scenario"
     "scenario_${scenario//-/_}"

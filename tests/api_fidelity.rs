@@ -229,3 +229,208 @@ fn openapi_v2_and_v3_declare_parameters() {
     );
     assert!(v3["paths"]["/api/v1/namespaces"].get("delete").is_none());
 }
+
+/// A certificate request as kubectl would send it, the CSR made by openssl.
+fn csr_manifest(
+    dir: &std::path::Path,
+    name: &str,
+    subject: &str,
+    san: &str,
+    signer: &str,
+) -> String {
+    let key = dir.join(format!("{name}.key"));
+    let csr = dir.join(format!("{name}.csr"));
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+        ])
+        .arg("-keyout")
+        .arg(&key)
+        .arg("-out")
+        .arg(&csr)
+        .args([
+            "-subj",
+            subject,
+            "-addext",
+            &format!("subjectAltName={san}"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let request = base64_of(&std::fs::read(&csr).unwrap());
+    format!(
+        "apiVersion: certificates.k8s.io/v1
+kind: CertificateSigningRequest
+metadata:
+  name: {name}
+spec:
+  request: {request}
+  signerName: {signer}
+  username: system:node:somebody-else
+  usages: [digital signature, key encipherment, server auth, client auth]
+"
+    )
+}
+
+fn base64_of(bytes: &[u8]) -> String {
+    let out = Command::new("base64")
+        .arg("-w0")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child.stdin.take().unwrap().write_all(bytes)?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn certificate_signing_requests_with_kubectl() {
+    let up = ShoalUp::start();
+    let dir = tempfile::tempdir().unwrap();
+    let apply = |yaml: &str| {
+        let out = up.kubectl_with(&["apply", "-f", "-"], Some(yaml), &[]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // A node overlay request made by an admin: approved and signed by the
+    // cluster CA; who asked is the token's user, not what the client wrote.
+    apply(&csr_manifest(
+        dir.path(),
+        "node-n9",
+        "/CN=system:node:n9/O=system:nodes",
+        "DNS:n9",
+        "shoal.dev/node-overlay",
+    ));
+    let mut certificate = String::new();
+    let issued = support::kube::eventually(std::time::Duration::from_secs(20), || {
+        certificate = up.ok(&[
+            "get",
+            "csr",
+            "node-n9",
+            "-o",
+            "jsonpath={.status.certificate}",
+        ]);
+        !certificate.is_empty()
+    });
+    assert!(
+        issued,
+        "{}",
+        up.ok(&["get", "csr", "node-n9", "-o", "yaml"])
+    );
+    let table = up.ok(&["get", "csr"]);
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.split_whitespace().eq([
+            "NAME",
+            "AGE",
+            "SIGNERNAME",
+            "REQUESTOR",
+            "REQUESTEDDURATION",
+            "CONDITION"
+        ]),
+        "{table}"
+    );
+    let row = table.lines().find(|l| l.starts_with("node-n9")).unwrap();
+    assert!(
+        row.contains("shoal.dev/node-overlay")
+            && row.contains(" admin ")
+            && row.ends_with("Approved,Issued"),
+        "{table}"
+    );
+    let pem = dir.path().join("n9.crt");
+    let decoded = Command::new("base64")
+        .args(["-d"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut child| {
+            use std::io::Write;
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(certificate.as_bytes())?;
+            child.wait_with_output()
+        })
+        .unwrap();
+    std::fs::write(&pem, &decoded.stdout).unwrap();
+    let verify = Command::new("openssl")
+        .args(["verify", "-CAfile"])
+        .arg(up.data_dir().join("apiserver/ca.crt"))
+        .arg(&pem)
+        .output()
+        .unwrap();
+    assert!(
+        verify.status.success(),
+        "{}",
+        String::from_utf8_lossy(&verify.stderr)
+    );
+
+    // Another signer's request waits for a person: kubectl certificate
+    // approve and deny go through the approval subresource.
+    apply(&csr_manifest(
+        dir.path(),
+        "other",
+        "/CN=someone",
+        "DNS:someone",
+        "example.com/other",
+    ));
+    apply(&csr_manifest(
+        dir.path(),
+        "refused",
+        "/CN=someone",
+        "DNS:someone",
+        "example.com/other",
+    ));
+    assert!(up
+        .ok(&["get", "csr", "other", "--no-headers"])
+        .trim_end()
+        .ends_with("Pending"));
+    up.ok(&["certificate", "approve", "other"]);
+    up.ok(&["certificate", "deny", "refused"]);
+    assert!(up
+        .ok(&["get", "csr", "other", "--no-headers"])
+        .trim_end()
+        .ends_with("Approved"));
+    assert!(up
+        .ok(&["get", "csr", "refused", "--no-headers"])
+        .trim_end()
+        .ends_with("Denied"));
+    assert_eq!(
+        up.ok(&["get", "csr", "other", "-o", "jsonpath={.spec.username}"]),
+        "admin"
+    );
+    // A request for a node overlay certificate that is not one is denied.
+    apply(&csr_manifest(
+        dir.path(),
+        "bogus",
+        "/CN=system:node:n9/O=system:nodes",
+        "DNS:elsewhere",
+        "shoal.dev/node-overlay",
+    ));
+    assert!(support::kube::eventually(
+        std::time::Duration::from_secs(20),
+        || {
+            up.ok(&["get", "csr", "bogus", "--no-headers"])
+                .trim_end()
+                .ends_with("Denied")
+        }
+    ));
+}

@@ -89,6 +89,7 @@ fn the_lab_comes_up_and_passes_the_chaos_suite() {
         "store-leader-killed",
         "apiserver-killed",
         "lab-restarted",
+        "overlay-peer-lost",
     ] {
         assert!(table.contains(&format!("| {scenario} |")), "{table}");
     }

@@ -623,6 +623,8 @@ impl Agent {
                 "--port",
                 &port,
                 "--stop-pods-on-exit",
+                // One node: no tunnels (nor their routes on this host).
+                "--no-overlay",
             ])
             .arg("--kubeconfig")
             .arg(&self.kubeconfig)

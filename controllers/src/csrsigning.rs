@@ -1,6 +1,8 @@
-//! Node overlay certificates through the CSR API: what
-//! kube-controller-manager's csrapproving and csrsigning controllers do
-//! for kubelet certificates, for the signer `shoal.dev/node-overlay`.
+//! Node certificates through the CSR API: what kube-controller-manager's
+//! csrapproving and csrsigning controllers do for kubelet certificates,
+//! for the signers `shoal.dev/node-overlay` (the overlay's tunnels) and
+//! `kubernetes.io/kubelet-serving` (the agent's HTTPS endpoint for logs,
+//! exec and attach).
 //!
 //! - **Approval**: a request for `CN=system:node:<node>` (DNS name
 //!   `<node>`, nothing else) made by that node (`spec.username` is
@@ -8,7 +10,11 @@
 //!   is approved (`Approved`, reason `AutoApproved`). Anything else waits
 //!   for a person (`kubectl certificate approve|deny`); a request that is
 //!   not a node overlay request at all is denied.
-//! - **Signing**: an approved request of this signer is signed with the
+//! - A **serving** request (`CN=system:node:<node>`, `O=system:nodes`, DNS
+//!   names and IP addresses) made by the node or an admin is approved when
+//!   every IP is one of the Node's addresses and every DNS name is the
+//!   node's name or its Hostname address; otherwise it waits for a person.
+//! - **Signing**: an approved request of these signers is signed with the
 //!   cluster CA (`--cluster-signing-cert-file`/`-key-file`) for
 //!   `spec.expirationSeconds` (default and at most a year), and
 //!   `status.certificate` gets the certificate followed by the CA's.
@@ -20,18 +26,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use k8s_openapi::api::core::v1::Node;
 use k8s_openapi::ByteString;
 use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 use serde_json::json;
-use shoal_core::tls::{self, NODE_OVERLAY_SIGNER};
+use shoal_core::tls::{self, KUBELET_SERVING_SIGNER, NODE_OVERLAY_SIGNER};
 
 const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
 struct Context {
     client: kube::Client,
     ca: Arc<tls::Ca>,
+    nodes: crate::informers::Informer<Node>,
 }
 
 pub async fn run(client: kube::Client, settings: super::Settings) {
@@ -40,12 +48,13 @@ pub async fn run(client: kube::Client, settings: super::Settings) {
         return futures::future::pending().await;
     };
     let requests = settings.informers.get::<CertificateSigningRequest>(&client);
+    let nodes = settings.informers.get::<Node>(&client);
     let controller = crate::run::over(&requests);
     crate::run::run_controller(
         "csrsigning",
         controller,
         reconcile,
-        Arc::new(Context { client, ca }),
+        Arc::new(Context { client, ca, nodes }),
     )
     .await;
 }
@@ -73,8 +82,37 @@ pub enum Decision {
     Wait,
 }
 
-pub fn decide(csr: &CertificateSigningRequest) -> Decision {
-    if csr.spec.signer_name != NODE_OVERLAY_SIGNER {
+/// The names a Node may have in its serving certificate: its name and
+/// Hostname addresses (DNS), its other addresses (IP).
+pub type NodeNames = (Vec<String>, Vec<String>);
+
+pub fn node_names(node: &Node) -> NodeNames {
+    let mut dns: Vec<String> = node.metadata.name.clone().into_iter().collect();
+    let mut ips = Vec::new();
+    for address in node
+        .status
+        .as_ref()
+        .and_then(|s| s.addresses.as_ref())
+        .into_iter()
+        .flatten()
+    {
+        if address.type_ == "Hostname" {
+            dns.push(address.address.clone());
+        } else {
+            ips.push(address.address.clone());
+        }
+    }
+    (dns, ips)
+}
+
+/// `names` gives, for a node, the names [`node_names`] allows (None: no
+/// such Node yet).
+pub fn decide(
+    csr: &CertificateSigningRequest,
+    names: &dyn Fn(&str) -> Option<NodeNames>,
+) -> Decision {
+    let signer = csr.spec.signer_name.as_str();
+    if signer != NODE_OVERLAY_SIGNER && signer != KUBELET_SERVING_SIGNER {
         return Decision::Nothing;
     }
     let issued = csr
@@ -86,9 +124,22 @@ pub fn decide(csr: &CertificateSigningRequest) -> Decision {
         return Decision::Nothing;
     }
     let pem = String::from_utf8_lossy(&csr.spec.request.0).into_owned();
-    let node = match tls::csr_node(&pem) {
-        Ok(node) => node,
-        Err(e) => return Decision::Deny(e.to_string()),
+    let (node, fits) = if signer == NODE_OVERLAY_SIGNER {
+        match tls::csr_node(&pem) {
+            Ok(node) => (node, true),
+            Err(e) => return Decision::Deny(e.to_string()),
+        }
+    } else {
+        match tls::serving_request(&pem) {
+            Ok(request) => {
+                let fits = names(&request.node).is_some_and(|(dns, ips)| {
+                    request.dns.iter().all(|d| dns.contains(d))
+                        && request.ips.iter().all(|ip| ips.contains(&ip.to_string()))
+                });
+                (request.node, fits)
+            }
+            Err(e) => return Decision::Deny(e.to_string()),
+        }
     };
     if has_condition(csr, "Approved") {
         return Decision::Sign;
@@ -99,7 +150,7 @@ pub fn decide(csr: &CertificateSigningRequest) -> Decision {
         .groups
         .as_ref()
         .is_some_and(|g| g.iter().any(|g| g == "system:masters"));
-    if by_the_node || by_an_admin {
+    if (by_the_node || by_an_admin) && fits {
         Decision::Approve(node)
     } else {
         Decision::Wait
@@ -142,8 +193,12 @@ async fn reconcile(
     let name = csr.name_any();
     let api: Api<CertificateSigningRequest> = Api::all(ctx.client.clone());
     let params = PatchParams::default();
-    match decide(&csr) {
-        Decision::Nothing | Decision::Wait => {}
+    let names = |node: &str| ctx.nodes.get(None, node).map(|n| node_names(&n));
+    match decide(&csr, &names) {
+        Decision::Nothing => {}
+        // A serving request may fit once its Node has registered its
+        // addresses.
+        Decision::Wait => return Ok(Action::requeue(Duration::from_secs(2))),
         Decision::Deny(message) => {
             let patch = with_condition(&csr, condition("Denied", "NotANodeRequest", &message));
             api.patch_subresource("approval", &name, &params, &Patch::Merge(&patch))
@@ -151,11 +206,11 @@ async fn reconcile(
             tracing::info!(csr = %name, %message, "denied a certificate request");
         }
         Decision::Approve(node) => {
-            let message = format!("Auto approving the overlay certificate of node {node}");
+            let message = format!("Auto approving a certificate of node {node} for its agent");
             let patch = with_condition(&csr, condition("Approved", "AutoApproved", &message));
             api.patch_subresource("approval", &name, &params, &Patch::Merge(&patch))
                 .await?;
-            tracing::info!(csr = %name, %node, "approved a node overlay certificate request");
+            tracing::info!(csr = %name, %node, "approved a node certificate request");
         }
         Decision::Sign => {
             let lifetime = csr
@@ -166,9 +221,14 @@ async fn reconcile(
                 .unwrap_or(MAX_LIFETIME)
                 .clamp(Duration::from_secs(600), MAX_LIFETIME);
             let pem = String::from_utf8_lossy(&csr.spec.request.0).into_owned();
-            let patch = match tls::sign_node_csr(&ctx.ca, &pem, lifetime) {
-                Ok((chain, node)) => {
-                    tracing::info!(csr = %name, %node, "signed a node overlay certificate");
+            let signed = if csr.spec.signer_name == NODE_OVERLAY_SIGNER {
+                tls::sign_node_csr(&ctx.ca, &pem, lifetime).map(|(chain, _)| chain)
+            } else {
+                tls::sign_serving_csr(&ctx.ca, &pem, lifetime)
+            };
+            let patch = match signed {
+                Ok(chain) => {
+                    tracing::info!(csr = %name, signer = %csr.spec.signer_name, "signed a node certificate");
                     json!({"status": {"certificate": ByteString(chain.into_bytes())}})
                 }
                 Err(e) => {
@@ -200,20 +260,48 @@ mod tests {
         .unwrap()
     }
 
+    fn no_nodes(_: &str) -> Option<NodeNames> {
+        None
+    }
+
     #[test]
     fn a_node_gets_its_own_certificate_and_no_other() {
         let own = request("n1", "system:node:n1", &["system:nodes"]);
-        assert_eq!(decide(&own), Decision::Approve("n1".into()));
+        assert_eq!(decide(&own, &no_nodes), Decision::Approve("n1".into()));
         let other = request("n2", "system:node:n1", &["system:nodes"]);
-        assert_eq!(decide(&other), Decision::Wait);
+        assert_eq!(decide(&other, &no_nodes), Decision::Wait);
         let admin = request("n2", "admin", &["system:masters"]);
-        assert_eq!(decide(&admin), Decision::Approve("n2".into()));
+        assert_eq!(decide(&admin, &no_nodes), Decision::Approve("n2".into()));
         let mut foreign = request("n1", "system:node:n1", &[]);
         foreign.spec.signer_name = "kubernetes.io/kube-apiserver-client".into();
-        assert_eq!(decide(&foreign), Decision::Nothing);
+        assert_eq!(decide(&foreign, &no_nodes), Decision::Nothing);
         let mut junk = request("n1", "system:node:n1", &[]);
         junk.spec.request = ByteString(b"not a request".to_vec());
-        assert!(matches!(decide(&junk), Decision::Deny(_)));
+        assert!(matches!(decide(&junk, &no_nodes), Decision::Deny(_)));
+    }
+
+    #[test]
+    fn serving_certificates_only_for_the_nodes_own_addresses() {
+        let serving = |ips: &[&str]| {
+            let ips: Vec<std::net::IpAddr> = ips.iter().map(|i| i.parse().unwrap()).collect();
+            let (pem, _) = tls::node_serving_csr("n1", &ips).unwrap();
+            let mut csr = request("n1", "system:node:n1", &["system:nodes"]);
+            csr.spec.request = ByteString(pem.into_bytes());
+            csr.spec.signer_name = KUBELET_SERVING_SIGNER.into();
+            csr
+        };
+        let n1 = |node: &str| {
+            (node == "n1").then(|| (vec!["n1".to_string()], vec!["172.30.0.31".to_string()]))
+        };
+        assert_eq!(
+            decide(&serving(&["172.30.0.31"]), &n1),
+            Decision::Approve("n1".into())
+        );
+        assert_eq!(decide(&serving(&["172.30.0.99"]), &n1), Decision::Wait);
+        assert_eq!(
+            decide(&serving(&["172.30.0.31"]), &no_nodes),
+            Decision::Wait
+        );
     }
 
     #[test]

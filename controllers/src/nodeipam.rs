@@ -114,6 +114,12 @@ impl Ipam {
         node: &Node,
     ) {
         let name = node.name_any();
+        // The cache is at least as new as the event that brought `node`
+        // (it is updated before subscribers hear of a change): an event
+        // from before this loop's own write must not look like a node
+        // still without a range.
+        let current = store.get(&reflector::ObjectRef::new(&name));
+        let node = current.as_deref().unwrap_or(node);
         if pod_cidr(node).is_some() {
             self.pending.remove(&name);
             return;

@@ -447,7 +447,7 @@ pub enum CsrError {
     Parse(String),
     #[error("the subject must be CN=system:node:<node>, O=system:nodes")]
     Subject,
-    #[error("the only subject alternative name must be the DNS name {0}")]
+    #[error("the subject alternative names do not fit a certificate of node {0}")]
     Names(String),
     #[error("signing: {0}")]
     Sign(String),
@@ -462,6 +462,23 @@ pub fn csr_node(pem: &str) -> std::result::Result<String, CsrError> {
 }
 
 fn csr_node_of(params: &CertificateParams) -> std::result::Result<String, CsrError> {
+    let request = node_request_of(params)?;
+    if request.dns != [request.node.clone()] || !request.ips.is_empty() {
+        return Err(CsrError::Names(request.node));
+    }
+    Ok(request.node)
+}
+
+/// What a node's certificate request asks for: subject
+/// `CN=system:node:<node>, O=system:nodes`, and these names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeRequest {
+    pub node: String,
+    pub dns: Vec<String>,
+    pub ips: Vec<IpAddr>,
+}
+
+fn node_request_of(params: &CertificateParams) -> std::result::Result<NodeRequest, CsrError> {
     let mut common_name = None;
     let mut organization = None;
     for (kind, value) in params.distinguished_name.iter() {
@@ -481,14 +498,74 @@ fn csr_node_of(params: &CertificateParams) -> std::result::Result<String, CsrErr
     if organization.as_deref() != Some("system:nodes") {
         return Err(CsrError::Subject);
     }
-    let names_ok = matches!(
-        params.subject_alt_names.as_slice(),
-        [SanType::DnsName(name)] if name.as_str() == node
-    );
-    if !names_ok {
-        return Err(CsrError::Names(node));
+    let mut dns = Vec::new();
+    let mut ips = Vec::new();
+    for name in &params.subject_alt_names {
+        match name {
+            SanType::DnsName(d) => dns.push(d.as_str().to_string()),
+            SanType::IpAddress(ip) => ips.push(*ip),
+            _ => return Err(CsrError::Names(node)),
+        }
     }
-    Ok(node)
+    Ok(NodeRequest { node, dns, ips })
+}
+
+/// The signer of the agents' serving certificates (logs, exec, attach),
+/// as Kubernetes names the kubelet's.
+pub const KUBELET_SERVING_SIGNER: &str = "kubernetes.io/kubelet-serving";
+
+/// A serving certificate request for `node` at `ips` (DNS name `<node>`),
+/// with a new key: the PEM of the request and of the key.
+pub fn node_serving_csr(node: &str, ips: &[IpAddr]) -> Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let mut params = node_params(node)?;
+    params
+        .subject_alt_names
+        .extend(ips.iter().map(|ip| SanType::IpAddress(*ip)));
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let csr = params.serialize_request(&key)?;
+    Ok((csr.pem()?, key.serialize_pem()))
+}
+
+/// What a serving certificate request (PEM) asks for: a node's subject
+/// and at least one name.
+pub fn serving_request(pem: &str) -> std::result::Result<NodeRequest, CsrError> {
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(pem)
+        .map_err(|e| CsrError::Parse(e.to_string()))?;
+    let request = node_request_of(&csr.params)?;
+    if request.dns.is_empty() && request.ips.is_empty() {
+        return Err(CsrError::Names(request.node));
+    }
+    Ok(request)
+}
+
+/// Signs a serving certificate request with `ca` for `lifetime`, for the
+/// names it asks (the caller checked them): the certificate followed by
+/// the CA's.
+pub fn sign_serving_csr(
+    ca: &Ca,
+    pem: &str,
+    lifetime: std::time::Duration,
+) -> std::result::Result<String, CsrError> {
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(pem)
+        .map_err(|e| CsrError::Parse(e.to_string()))?;
+    let request = node_request_of(&csr.params)?;
+    let mut params = node_params(&request.node).map_err(|e| CsrError::Sign(e.to_string()))?;
+    params.subject_alt_names = csr.params.subject_alt_names.clone();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let now = time_now();
+    params.not_before = now - std::time::Duration::from_secs(300);
+    params.not_after = now + lifetime;
+    let name = match (request.dns.first(), request.ips.first()) {
+        (Some(d), _) => rustls::pki_types::ServerName::try_from(d.clone())
+            .map_err(|e| CsrError::Sign(e.to_string()))?,
+        (None, Some(ip)) => rustls::pki_types::ServerName::from(*ip),
+        (None, None) => return Err(CsrError::Names(request.node)),
+    };
+    let cert = ca
+        .sign(params, &csr.public_key, name)
+        .map_err(|e| CsrError::Sign(e.to_string()))?;
+    Ok(format!("{cert}{}", ca.pem()))
 }
 
 fn dn_text(value: &rcgen::DnValue) -> String {
@@ -575,5 +652,31 @@ mod tests {
         let err = issue_serving_cert(&files.ca_cert, &other_files.ca_key, &[], &[ip], &cert, &key)
             .unwrap_err();
         assert!(matches!(err, Error::Pem { .. }), "{err}");
+    }
+}
+
+#[cfg(test)]
+mod node_certificate_tests {
+    use super::*;
+
+    #[test]
+    fn serving_requests_are_signed_for_their_names() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files::in_dir(dir.path());
+        ensure_generated(&files, &[]).unwrap();
+        let ca = Ca::load(&files.ca_cert, &files.ca_key).unwrap();
+        let ip: IpAddr = "172.30.0.31".parse().unwrap();
+        let (pem, _) = node_serving_csr("n1", &[ip]).unwrap();
+        let request = serving_request(&pem).unwrap();
+        assert_eq!(request.node, "n1");
+        assert_eq!(request.dns, ["n1"]);
+        assert_eq!(request.ips, [ip]);
+        let chain = sign_serving_csr(&ca, &pem, std::time::Duration::from_secs(3600)).unwrap();
+        assert!(chain.ends_with(ca.pem()));
+        // An overlay request asks for the name alone.
+        let (pem, _) = node_csr("n1").unwrap();
+        assert_eq!(csr_node(&pem).unwrap(), "n1");
+        let (pem, _) = node_serving_csr("n1", &[ip]).unwrap();
+        assert!(csr_node(&pem).is_err());
     }
 }

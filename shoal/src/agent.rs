@@ -49,8 +49,9 @@ pub struct AgentArgs {
     #[arg(long, env = "SHOAL_AGENT_BIND_ADDRESS", default_value = "0.0.0.0")]
     bind_address: IpAddr,
     /// Serving certificate and key of that endpoint; the apiserver checks
-    /// it against its --kubelet-certificate-authority. Default: a
-    /// self-signed pair generated in the data dir.
+    /// it against its --kubelet-certificate-authority. Default: asked for
+    /// through the CSR API (signer kubernetes.io/kubelet-serving, for the
+    /// node's name and address) and kept in <data-dir>/pki/serving.{crt,key}.
     #[arg(long, env = "SHOAL_AGENT_TLS_CERT_FILE")]
     tls_cert_file: Option<PathBuf>,
     #[arg(long, env = "SHOAL_AGENT_TLS_KEY_FILE")]
@@ -174,17 +175,14 @@ async fn run_real(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
         ),
         None => None,
     };
-    let (cert, key) = match (args.tls_cert_file, args.tls_private_key_file) {
-        (Some(cert), Some(key)) => (cert, key),
+    // Without given files, the serving certificate is asked for through
+    // the CSR API (signed by the cluster CA the apiserver checks agents
+    // against), as kubelets with serverTLSBootstrap do.
+    let (cert, key, request_certificate) = match (args.tls_cert_file, args.tls_private_key_file) {
+        (Some(cert), Some(key)) => (cert, key, false),
         (None, None) => {
-            let mut ips = vec![args.bind_address];
-            ips.extend(args.node_ip);
-            shoal_core::tls::ensure_self_signed(
-                &args.data_dir.join("pki"),
-                std::slice::from_ref(&node_name),
-                &ips,
-            )
-            .context("generating the agent's serving certificate")?
+            let pki = args.data_dir.join("pki");
+            (pki.join("serving.crt"), pki.join("serving.key"), true)
         }
         _ => bail!("--tls-cert-file and --tls-private-key-file go together"),
     };
@@ -220,6 +218,7 @@ async fn run_real(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
             bind: args.bind_address,
             cert,
             key,
+            request_certificate,
             token,
         },
         stop_pods_on_exit: args.stop_pods_on_exit,

@@ -489,6 +489,7 @@ async fn start_agent(
             bind: "127.0.0.1".parse()?,
             cert,
             key,
+            request_certificate: false,
             token: Some(token),
         },
         stop_pods_on_exit: args.stop_pods_on_exit,

@@ -23,6 +23,7 @@
 //! overlay (`<data-dir>/network`), so a restarted agent re-adopts its pods
 //! and removes what belongs to pods deleted while it was away.
 
+pub mod certificates;
 pub mod env;
 pub mod events;
 pub mod node;
@@ -249,19 +250,36 @@ pub async fn run(
         config: config.clone(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop_rx_server = stop_rx.clone();
     let metrics: server::Metrics = Arc::new(move || {
         tunnel_slot
             .get()
             .map(|tunnel| tunnel.metrics())
             .unwrap_or_default()
     });
-    let server = tokio::spawn(server::serve(
-        config.server.clone(),
-        registry,
-        runtime,
-        metrics,
-        wait_true(stop_rx.clone()),
-    ));
+    let server = {
+        let client = client.clone();
+        let settings = config.server.clone();
+        let node = config.node_name.clone();
+        let stopped = wait_true(stop_rx.clone());
+        tokio::spawn(async move {
+            if settings.request_certificate {
+                let mut ips = vec![host_ip];
+                if !settings.bind.is_unspecified() && settings.bind != host_ip {
+                    ips.push(settings.bind);
+                }
+                tokio::select! {
+                    result = certificates::serving(&client, &node, &ips, &settings.cert, &settings.key) => {
+                        result.map_err(server::ServerError::Certificate)?
+                    }
+                    () = stopped => return Ok(()),
+                }
+                let stopped = wait_true(stop_rx_server);
+                return server::serve(settings, registry, runtime, metrics, stopped).await;
+            }
+            server::serve(settings, registry, runtime, metrics, stopped).await
+        })
+    };
     let pods = tokio::spawn(pods::run(shared.clone(), wait_true(stop_rx)));
     shutdown.await;
     let _ = stop_tx.send(true);

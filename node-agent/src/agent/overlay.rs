@@ -57,9 +57,6 @@ pub enum IdentitySource {
     Request,
 }
 
-/// How long before it expires a requested certificate is renewed.
-const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
-
 /// The node's identity: from files, or from the CSR API (kept and reused
 /// while it has more than 30 days left).
 pub async fn identity(
@@ -78,81 +75,30 @@ pub async fn identity(
         std::fs::read_to_string(&cert),
         std::fs::read_to_string(&key),
     ) {
-        if tunnel::identity::valid_for(&chain, node, RENEW_BEFORE) {
+        if tunnel::identity::valid_for(&chain, node, super::certificates::RENEW_BEFORE) {
             if let Ok(identity) = tunnel::identity::from_issued(&chain, &key_pem) {
                 return Ok(identity);
             }
         }
     }
-    let (chain, key_pem) = request(client, node).await?;
+    let (csr_pem, key_pem) = shoal_core::tls::node_csr(node)
+        .map_err(|e| format!("making a certificate request: {e}"))?;
+    let chain = super::certificates::request(
+        client,
+        &format!("node-overlay-{node}"),
+        shoal_core::tls::NODE_OVERLAY_SIGNER,
+        csr_pem,
+        &[
+            "digital signature",
+            "key encipherment",
+            "server auth",
+            "client auth",
+        ],
+    )
+    .await?;
     std::fs::create_dir_all(&dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
     shoal_core::tls::write_pair(&cert, &chain, &key, &key_pem).map_err(|e| e.to_string())?;
     tunnel::identity::from_issued(&chain, &key_pem).map_err(|e| e.to_string())
-}
-
-/// Creates a CertificateSigningRequest for this node and waits until it is
-/// signed; returns the issued chain and the key.
-async fn request(client: &kube::Client, node: &str) -> Result<(String, String), String> {
-    use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
-    use rand::Rng;
-    let (csr_pem, key_pem) = shoal_core::tls::node_csr(node)
-        .map_err(|e| format!("making a certificate request: {e}"))?;
-    let suffix: String = rand::thread_rng()
-        .sample_iter(&rand::distributions::Alphanumeric)
-        .take(5)
-        .map(|c| char::from(c).to_ascii_lowercase())
-        .collect();
-    let name = format!("node-overlay-{node}-{suffix}");
-    let object: CertificateSigningRequest = serde_json::from_value(json!({
-        "apiVersion": "certificates.k8s.io/v1",
-        "kind": "CertificateSigningRequest",
-        "metadata": {"name": name},
-        "spec": {
-            "request": k8s_openapi::ByteString(csr_pem.into_bytes()),
-            "signerName": shoal_core::tls::NODE_OVERLAY_SIGNER,
-            "usages": ["digital signature", "key encipherment", "server auth", "client auth"],
-        },
-    }))
-    .map_err(|e| e.to_string())?;
-    let api: Api<CertificateSigningRequest> = Api::all(client.clone());
-    let mut backoff = Duration::from_millis(500);
-    loop {
-        match api.create(&kube::api::PostParams::default(), &object).await {
-            Ok(_) => break,
-            Err(kube::Error::Api(e)) if e.code == 409 => break,
-            Err(e) => {
-                tracing::warn!(error = %e, "creating the overlay certificate request; retrying");
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(10));
-            }
-        }
-    }
-    tracing::info!(csr = %name, "asked for the node's overlay certificate");
-    let started = tokio::time::Instant::now();
-    let mut said = false;
-    loop {
-        if let Ok(csr) = api.get(&name).await {
-            let status = csr.status.unwrap_or_default();
-            if let Some(cert) = status.certificate.filter(|c| !c.0.is_empty()) {
-                tracing::info!(csr = %name, "the node's overlay certificate was issued");
-                return Ok((String::from_utf8_lossy(&cert.0).into_owned(), key_pem));
-            }
-            for c in status.conditions.unwrap_or_default() {
-                if (c.type_ == "Denied" || c.type_ == "Failed") && c.status == "True" {
-                    return Err(format!(
-                        "certificate request {name} {}: {}",
-                        c.type_.to_lowercase(),
-                        c.message.unwrap_or_default()
-                    ));
-                }
-            }
-        }
-        if !said && started.elapsed() > Duration::from_secs(30) {
-            said = true;
-            tracing::warn!(csr = %name, "the overlay certificate request is not signed yet: are the controllers running with a cluster signing CA? (kubectl certificate approve approves it by hand)");
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
 }
 
 /// The running overlay of this node.

@@ -170,6 +170,39 @@ pub fn valid_for(chain_pem: &str, node: &str, at_least: std::time::Duration) -> 
     cert.validity().not_after.timestamp() > now + at_least.as_secs() as i64
 }
 
+/// Whether the first certificate of `chain_pem` is a serving certificate
+/// naming `node` and every one of `ips`, valid for `at_least` more.
+pub fn serves(
+    chain_pem: &str,
+    node: &str,
+    ips: &[std::net::IpAddr],
+    at_least: std::time::Duration,
+) -> bool {
+    use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+    if !valid_for(chain_pem, node, at_least) {
+        return false;
+    }
+    let Some(first) = rustls_pemfile_certs(chain_pem).into_iter().next() else {
+        return false;
+    };
+    let Ok((_, cert)) = X509Certificate::from_der(first.as_ref()) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    ips.iter().all(|ip| {
+        let octets = match ip {
+            std::net::IpAddr::V4(v4) => v4.octets().to_vec(),
+            std::net::IpAddr::V6(v6) => v6.octets().to_vec(),
+        };
+        san.value
+            .general_names
+            .iter()
+            .any(|n| matches!(n, GeneralName::IPAddress(a) if *a == octets.as_slice()))
+    })
+}
+
 /// From a chain whose last certificate is the CA (as the node overlay
 /// signer returns it) and the key.
 pub fn from_issued(chain_pem: &str, key_pem: &str) -> Result<Identity, Error> {

@@ -100,6 +100,9 @@ pub struct ServerConfig {
     /// Serving certificate (PEM, chain allowed) and key.
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// Ask the cluster for them (CSR API, `kubernetes.io/kubelet-serving`)
+    /// before serving, writing them at `cert` and `key`.
+    pub request_certificate: bool,
     /// The bearer token the apiserver presents (its `--kubelet-token-file`);
     /// `None` lets every request in.
     pub token: Option<String>,
@@ -110,6 +113,8 @@ pub struct ServerConfig {
 pub enum ServerError {
     #[error(transparent)]
     Tls(#[from] shoal_core::tls::Error),
+    #[error("the serving certificate: {0}")]
+    Certificate(String),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,

@@ -1,0 +1,118 @@
+//! Certificates an agent asks the cluster for through the CSR API
+//! (`certificates.k8s.io/v1`), as the kubelet does: its overlay identity
+//! (signer `shoal.dev/node-overlay`, see `overlay.rs`) and the serving
+//! certificate of its HTTPS endpoint (signer
+//! `kubernetes.io/kubelet-serving`, for its name and addresses), both
+//! approved and signed by the controllers (`csrsigning`).
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use k8s_openapi::api::certificates::v1::CertificateSigningRequest;
+use kube::Api;
+use serde_json::json;
+
+/// How long before it expires a requested certificate is asked for again.
+pub const RENEW_BEFORE: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// Creates a CertificateSigningRequest `<prefix>-<random>` for `csr_pem`
+/// and waits until it is signed; returns the issued chain (the
+/// certificate, then the CA's). A denied or failed request is an error.
+pub async fn request(
+    client: &kube::Client,
+    prefix: &str,
+    signer: &str,
+    csr_pem: String,
+    usages: &[&str],
+) -> Result<String, String> {
+    use rand::Rng;
+    let suffix: String = rand::thread_rng()
+        .sample_iter(&rand::distributions::Alphanumeric)
+        .take(5)
+        .map(|c| char::from(c).to_ascii_lowercase())
+        .collect();
+    let name = format!("{prefix}-{suffix}");
+    let object: CertificateSigningRequest = serde_json::from_value(json!({
+        "apiVersion": "certificates.k8s.io/v1",
+        "kind": "CertificateSigningRequest",
+        "metadata": {"name": name},
+        "spec": {
+            "request": k8s_openapi::ByteString(csr_pem.into_bytes()),
+            "signerName": signer,
+            "usages": usages,
+        },
+    }))
+    .map_err(|e| e.to_string())?;
+    let api: Api<CertificateSigningRequest> = Api::all(client.clone());
+    let mut backoff = Duration::from_millis(500);
+    loop {
+        match api.create(&kube::api::PostParams::default(), &object).await {
+            Ok(_) => break,
+            Err(kube::Error::Api(e)) if e.code == 409 => break,
+            Err(e) => {
+                tracing::warn!(csr = %name, error = %e, "creating a certificate request; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
+    tracing::info!(csr = %name, %signer, "asked for a certificate");
+    let started = tokio::time::Instant::now();
+    let mut said = false;
+    loop {
+        if let Ok(csr) = api.get(&name).await {
+            let status = csr.status.unwrap_or_default();
+            if let Some(cert) = status.certificate.filter(|c| !c.0.is_empty()) {
+                tracing::info!(csr = %name, "certificate issued");
+                return Ok(String::from_utf8_lossy(&cert.0).into_owned());
+            }
+            for c in status.conditions.unwrap_or_default() {
+                if (c.type_ == "Denied" || c.type_ == "Failed") && c.status == "True" {
+                    return Err(format!(
+                        "certificate request {name} {}: {}",
+                        c.type_.to_lowercase(),
+                        c.message.unwrap_or_default()
+                    ));
+                }
+            }
+        }
+        if !said && started.elapsed() > Duration::from_secs(30) {
+            said = true;
+            tracing::warn!(csr = %name, "the certificate request is not signed yet: are the controllers running with a cluster signing CA? (kubectl certificate approve approves it by hand)");
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+/// The agent's serving certificate for `node` at `ips`, at `cert`/`key`:
+/// kept while it names them and has more than 30 days left, else asked
+/// for (signer `kubernetes.io/kubelet-serving`).
+pub async fn serving(
+    client: &kube::Client,
+    node: &str,
+    ips: &[IpAddr],
+    cert: &Path,
+    key: &Path,
+) -> Result<(), String> {
+    if let Ok(chain) = std::fs::read_to_string(cert) {
+        if key.exists() && shoal_overlay::tunnel::identity::serves(&chain, node, ips, RENEW_BEFORE)
+        {
+            return Ok(());
+        }
+    }
+    let (csr_pem, key_pem) = shoal_core::tls::node_serving_csr(node, ips)
+        .map_err(|e| format!("making a certificate request: {e}"))?;
+    let chain = request(
+        client,
+        &format!("node-serving-{node}"),
+        shoal_core::tls::KUBELET_SERVING_SIGNER,
+        csr_pem,
+        &["digital signature", "key encipherment", "server auth"],
+    )
+    .await?;
+    if let Some(dir) = cert.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    shoal_core::tls::write_pair(cert, &chain, key, &key_pem).map_err(|e| e.to_string())
+}

@@ -362,8 +362,16 @@ fn a_restarted_agent_reconnects_and_a_deleted_node_loses_its_routes() {
         |node: &str, to: &str| peer(&status(&up, node), to).and_then(|p| p["connects"].as_u64());
     // (The first dials may be refused while the nodes learn of each
     // other: count from now.)
-    let before = connects("node-1", "node-3");
-    assert!(before.is_some(), "{}", status(&up, "node-1"));
+    // (status.json is rewritten every 2 s.)
+    let mut before = None;
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            before = connects("node-1", "node-3");
+            before.is_some()
+        }),
+        "{}",
+        status(&up, "node-1")
+    );
 
     // Kill node-2's agent: `shoal up` starts it again; its tunnels come
     // back and the fetch works again.

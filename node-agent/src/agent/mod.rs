@@ -250,7 +250,6 @@ pub async fn run(
         config: config.clone(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    let stop_rx_server = stop_rx.clone();
     let metrics: server::Metrics = Arc::new(move || {
         tunnel_slot
             .get()
@@ -261,23 +260,24 @@ pub async fn run(
         let client = client.clone();
         let settings = config.server.clone();
         let node = config.node_name.clone();
-        let stopped = wait_true(stop_rx.clone());
+        let stop = stop_rx.clone();
         tokio::spawn(async move {
             if settings.request_certificate {
                 let mut ips = vec![host_ip];
                 if !settings.bind.is_unspecified() && settings.bind != host_ip {
                     ips.push(settings.bind);
                 }
+                let request =
+                    certificates::serving(&client, &node, &ips, &settings.cert, &settings.key);
                 tokio::select! {
-                    result = certificates::serving(&client, &node, &ips, &settings.cert, &settings.key) => {
-                        result.map_err(server::ServerError::Certificate)?
-                    }
-                    () = stopped => return Ok(()),
+                    result = request => if let Err(e) = result {
+                        tracing::error!(error = %e, "no serving certificate: kubectl logs and exec will not reach this node");
+                        return Err(server::ServerError::Certificate(e));
+                    },
+                    () = wait_true(stop.clone()) => return Ok(()),
                 }
-                let stopped = wait_true(stop_rx_server);
-                return server::serve(settings, registry, runtime, metrics, stopped).await;
             }
-            server::serve(settings, registry, runtime, metrics, stopped).await
+            server::serve(settings, registry, runtime, metrics, wait_true(stop)).await
         })
     };
     let pods = tokio::spawn(pods::run(shared.clone(), wait_true(stop_rx)));

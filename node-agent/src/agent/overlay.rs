@@ -180,9 +180,11 @@ pub async fn start(
         let tunnel = tunnel.clone();
         let store = store.clone();
         tokio::spawn(async move {
-            let events = reflector(writer, watcher(nodes, watcher::Config::default()))
-                .default_backoff()
-                .touched_objects();
+            // Every watcher event, the initial list's included (which
+            // `touched_objects` would not pass on: peers would wait for the
+            // next change of some Node).
+            let events =
+                reflector(writer, watcher(nodes, watcher::Config::default())).default_backoff();
             futures::pin_mut!(events);
             let mut last: Vec<Peer> = Vec::new();
             loop {

@@ -158,7 +158,7 @@ current-context: shoal
 
 pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     let node_subnet = if args.nodes > 1 && !args.no_agent {
-        if !nix_is_root() {
+        if !nix::unistd::geteuid().is_root() {
             bail!(
                 "--nodes {} runs each node in a network namespace of its own, which needs root; \
                  without root, run `shoal up --no-agent` and add simulated nodes with \
@@ -420,7 +420,7 @@ async fn start_agent(
     apiserver: &shoal_apiserver::Running,
     token_file: &Path,
 ) -> anyhow::Result<Option<AgentTask>> {
-    if !nix_is_root() {
+    if !nix::unistd::geteuid().is_root() {
         println!(
             "no node agent: it needs root (runc, mounts, network namespaces); pods stay Pending"
         );
@@ -508,15 +508,4 @@ async fn start_agent(
     });
     done();
     Ok(Some((stop, task)))
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(1).map(|u| u == "0"))
-        })
-        .unwrap_or(false)
 }

@@ -11,117 +11,15 @@
 mod node;
 mod support;
 
+use support::nodes::{self, exec_eventually, in_node, pod, pod_ip};
+
 use std::process::Command;
 use std::time::Duration;
 
 use support::kube::{eventually, ShoalUp};
 
 fn cluster() -> ShoalUp {
-    let up = ShoalUp::with_agent(&[
-        "--nodes",
-        "3",
-        "--restart-backoff-initial",
-        "1s",
-        "--restart-backoff-max",
-        "4s",
-    ]);
-    assert!(
-        eventually(Duration::from_secs(60), || {
-            let nodes = up.ok(&["get", "nodes", "--no-headers"]);
-            nodes.matches(" Ready ").count() == 3
-        }),
-        "three nodes never became Ready:\n{}\n{}",
-        up.ok(&["get", "nodes", "-o", "wide"]),
-        up.log()
-    );
-    up
-}
-
-fn agent_log(up: &ShoalUp, node: &str) -> String {
-    std::fs::read_to_string(up.data_dir().join("nodes").join(node).join("agent.log"))
-        .unwrap_or_default()
-}
-
-/// A busybox pod pinned to `node` running `command`.
-fn pod(up: &ShoalUp, name: &str, node: &str, command: &str) {
-    let yaml = format!(
-        "apiVersion: v1
-kind: Pod
-metadata:
-  name: {name}
-spec:
-  nodeName: {node}
-  terminationGracePeriodSeconds: 1
-  containers:
-  - name: main
-    image: busybox
-    command: [\"sh\", \"-c\", {command:?}]
-"
-    );
-    let out = up.kubectl_with(&["apply", "-f", "-"], Some(&yaml), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn pod_ip(up: &ShoalUp, name: &str) -> String {
-    let mut ip = String::new();
-    let running = eventually(Duration::from_secs(90), || {
-        let phase = up.ok(&["get", "pod", name, "-o", "jsonpath={.status.phase}"]);
-        ip = up.ok(&["get", "pod", name, "-o", "jsonpath={.status.podIP}"]);
-        phase == "Running" && !ip.is_empty()
-    });
-    assert!(
-        running,
-        "pod {name} not running:\n{}\n{}",
-        up.ok(&["describe", "pod", name]),
-        up.log()
-    );
-    ip
-}
-
-fn exec(up: &ShoalUp, pod: &str, script: &str) -> (bool, String) {
-    let out = up.kubectl(&["exec", pod, "--", "sh", "-c", script]);
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
-/// Runs `script` in `pod` until it succeeds (tunnels may still be coming
-/// up); returns its output.
-fn exec_eventually(up: &ShoalUp, pod: &str, script: &str, timeout: Duration) -> String {
-    let mut last = String::new();
-    let ok = eventually(timeout, || {
-        let (ok, out) = exec(up, pod, script);
-        last = out;
-        ok
-    });
-    assert!(
-        ok,
-        "{pod}: {script} never succeeded; last output:\n{last}\nnode-1 agent:\n{}",
-        agent_log(up, "node-1")
-    );
-    last
-}
-
-fn in_node(node: &str, args: &[&str]) -> String {
-    let out = Command::new("ip")
-        .args(["netns", "exec", &format!("shoal-{node}")])
-        .args(args)
-        .output()
-        .expect("ip netns exec");
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
+    nodes::cluster(3)
 }
 
 fn status(up: &ShoalUp, node: &str) -> serde_json::Value {

@@ -13,16 +13,18 @@
 //!   tunnel   the QUIC tunnels between nodes: a TUN device, a route per
 //!            other node's podCIDR, mutual TLS with node certificates
 //!   firewall accepts for the node's interfaces in the host's iptables
+//!   proxy    the service proxy: Services and EndpointSlices as one
+//!            nftables table (kube-proxy's nftables mode)
 //! ```
 //!
-//! Coming next, on top of the same bridge and routing: the service proxy
-//! and network policies.
+//! Coming next, in the same table: network policies.
 
 pub mod firewall;
 pub mod ipam;
 pub mod names;
 pub mod netns;
 pub mod network;
+pub mod proxy;
 pub mod tunnel;
 
 pub use network::{Error, Network, NodeNetwork, Result, Sandbox};

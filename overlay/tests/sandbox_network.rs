@@ -11,14 +11,11 @@
 // Test code: a failed step is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{Read, Write};
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use futures::TryStreamExt;
-use nix::mount::{mount, MsFlags};
-use nix::sched::{unshare, CloneFlags};
 use rtnetlink::packet_route::address::AddressAttribute;
 use rtnetlink::packet_route::link::{
     InfoBridgePort, InfoPortData, LinkAttribute, LinkFlags, LinkInfo, LinkMessage,
@@ -30,42 +27,9 @@ use shoal_overlay::{Network, NodeNetwork};
 
 mod root;
 
-const BRIDGE: &str = "shoal0";
+use root::{listen, on_private_node, talk_from};
 
-/// Runs `body` on a thread in fresh network and mount namespaces, with a
-/// single-threaded tokio runtime living on that thread (so every netlink
-/// socket, and every thread the overlay starts, is in the test's node
-/// namespace).
-fn on_private_node<F, Fut>(body: F)
-where
-    F: FnOnce(tempfile::TempDir) -> Fut + Send + 'static,
-    Fut: std::future::Future<Output = ()>,
-{
-    if !root::may_run("the pod network needs root (network namespaces, bridges, mounts)") {
-        return;
-    }
-    let thread = std::thread::spawn(move || {
-        unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).expect("unshare");
-        // Our namespace files must not show up in the machine's mount table.
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .expect("making / private");
-        let state = tempfile::tempdir().expect("tempdir");
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        runtime.block_on(body(state));
-    });
-    if let Err(panic) = thread.join() {
-        std::panic::resume_unwind(panic);
-    }
-}
+const BRIDGE: &str = "shoal0";
 
 fn node(state: &Path, cidr: &str) -> NodeNetwork {
     NodeNetwork {
@@ -161,47 +125,6 @@ fn pod_view(netns_path: &Path) -> (Vec<(Ipv4Addr, u8)>, bool, bool) {
 
 /// A listener bound inside the namespace at `path` (or the node's own when
 /// `None`), answering "pong <n>" to each connection.
-fn listen(path: Option<&Path>, ip: Ipv4Addr) -> SocketAddr {
-    let bind = move || TcpListener::bind((ip, 0)).expect("bind");
-    let listener = match path {
-        Some(path) => netns::run_in_blocking(path, bind).expect("entering the namespace"),
-        None => bind(),
-    };
-    let addr = listener.local_addr().expect("local_addr");
-    std::thread::spawn(move || {
-        for (n, conn) in listener.incoming().enumerate() {
-            if let Ok(mut conn) = conn {
-                let _ = conn.write_all(format!("pong {n}").as_bytes());
-            }
-        }
-    });
-    addr
-}
-
-/// Connects from inside the namespace at `path` to `to`; the greeting, or
-/// the error. Retries until a deadline: a fresh bridge port may still be
-/// settling on a loaded machine.
-fn talk_from(path: &Path, to: SocketAddr) -> Result<String, String> {
-    netns::run_in_blocking(path, move || {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let attempt =
-                TcpStream::connect_timeout(&to, Duration::from_secs(2)).and_then(|mut s| {
-                    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-                    let mut got = String::new();
-                    s.read_to_string(&mut got)?;
-                    Ok(got)
-                });
-            match attempt {
-                Ok(got) => return Ok(got),
-                Err(e) if Instant::now() > deadline => return Err(format!("{to}: {e}")),
-                Err(_) => std::thread::sleep(Duration::from_millis(100)),
-            }
-        }
-    })
-    .expect("entering the namespace")
-}
-
 fn assert_reaches(from: &Path, to: SocketAddr) {
     match talk_from(from, to) {
         Ok(greeting) => assert!(greeting.starts_with("pong"), "{greeting:?}"),

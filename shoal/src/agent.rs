@@ -94,6 +94,14 @@ pub struct AgentArgs {
     /// Run no tunnels: this node's pods reach only each other.
     #[arg(long, env = "SHOAL_NO_OVERLAY")]
     no_overlay: bool,
+    /// Run no service proxy: Services are not reachable from this node.
+    #[arg(long, env = "SHOAL_NO_PROXY")]
+    no_proxy: bool,
+    /// The smallest time between two syncs of the service rules (as
+    /// kube-proxy's `--min-sync-period`): changes within it are applied
+    /// together.
+    #[arg(long, env = "SHOAL_PROXY_MIN_SYNC_PERIOD", default_value = "100ms", value_parser = parse_duration)]
+    proxy_min_sync_period: Duration,
     /// Register simulated nodes that report their pods Running without
     /// running them (as kwok does).
     #[arg(long)]
@@ -201,8 +209,12 @@ async fn run_real(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
         identity,
         cluster_cidr: args.cluster_cidr,
     });
+    let proxy = (!args.no_proxy).then_some(shoal_agent::agent::proxy::ProxyConfig {
+        min_sync_period: args.proxy_min_sync_period,
+    });
     let config = shoal_agent::agent::Config {
         overlay,
+        proxy,
         node_name,
         data_dir: args.data_dir.clone(),
         node_ip: args.node_ip,

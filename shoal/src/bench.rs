@@ -45,6 +45,10 @@ pub enum BenchCommand {
     /// Kill a store cluster's leader under concurrent writers; print one
     /// JSON line with the time to a new leader and the longest outage.
     Failover(crate::bench_failover::FailoverBench),
+    /// The service proxy against the kernel in a namespace of its own
+    /// (root): change-to-kernel latency with N Services, connections per
+    /// second through a ClusterIP; one JSON line per Service count.
+    Proxy(crate::bench_proxy::ProxyBench),
 }
 
 /// The request every operation sends.
@@ -133,6 +137,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Scheduler(args) => crate::bench_scheduler::run(args).await,
         BenchCommand::PodStartup(args) => crate::bench_pod_startup::run(args).await,
         BenchCommand::Failover(args) => crate::bench_failover::run(args).await,
+        BenchCommand::Proxy(args) => crate::bench_proxy::run(args),
     }
 }
 

@@ -6,6 +6,7 @@ mod bench;
 mod bench_api;
 mod bench_failover;
 mod bench_pod_startup;
+mod bench_proxy;
 mod bench_scheduler;
 mod controllers;
 mod image;

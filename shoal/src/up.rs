@@ -494,6 +494,7 @@ async fn start_agent(
         },
         stop_pods_on_exit: args.stop_pods_on_exit,
         overlay: None,
+        proxy: Some(Default::default()),
         container_log_max_bytes: 10 << 20,
         container_log_max_files: 5,
     };

@@ -6,6 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 pub mod kube;
+pub mod nodes;
 
 use std::net::TcpListener;
 use std::path::PathBuf;

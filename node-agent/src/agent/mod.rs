@@ -13,6 +13,8 @@
 //!                 → containers → (probes, restarts, back-off) → termination;
 //!                 status patched whenever what it computes (status.rs, pure)
 //!                 changes
+//!    proxy.rs     the service proxy: Services + EndpointSlices → the node's
+//!                 nftables table (shoal_overlay::proxy)
 //!    server/      HTTPS for the apiserver's logs/exec/attach proxy: query
 //!                 parsing, logs (CRI files read with runtime/log.rs), and
 //!                 exec/attach (remotecommand)
@@ -30,6 +32,7 @@ pub mod node;
 pub mod overlay;
 pub mod pods;
 pub mod probe;
+pub mod proxy;
 pub mod registry;
 pub mod sandbox_files;
 pub mod server;
@@ -44,6 +47,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::Api;
 
@@ -78,6 +82,9 @@ pub struct Config {
     /// The tunnels to other nodes; without them this node's pods reach
     /// only each other and the node.
     pub overlay: Option<overlay::OverlayConfig>,
+    /// The service proxy; without it Services are not reachable from this
+    /// node.
+    pub proxy: Option<proxy::ProxyConfig>,
 }
 
 /// The node bridge.
@@ -163,7 +170,7 @@ pub async fn run(
     let network = Arc::new(
         shoal_overlay::Network::new(shoal_overlay::NodeNetwork {
             bridge: BRIDGE.into(),
-            pod_cidr,
+            pod_cidr: pod_cidr.clone(),
             state_dir: config.data_dir.join("network"),
             mtu: match config.overlay {
                 Some(_) => shoal_overlay::tunnel::pod_mtu(underlay_mtu),
@@ -224,8 +231,12 @@ pub async fn run(
         }
     };
     let registry = Arc::new(registry::Registry::default());
+    // Services feed the containers' variables and the proxy; slices the
+    // proxy. Any event wakes the proxy.
+    let changed = Arc::new(tokio::sync::Notify::new());
     let (services, services_writer) = reflector::store::<Service>();
-    let services_watch = tokio::spawn(
+    let services_watch = tokio::spawn({
+        let changed = changed.clone();
         reflector(
             services_writer,
             watcher(
@@ -234,8 +245,63 @@ pub async fn run(
             ),
         )
         .default_backoff()
-        .for_each(|_| futures::future::ready(())),
-    );
+        .for_each(move |_| {
+            changed.notify_one();
+            futures::future::ready(())
+        })
+    });
+    let proxy_metrics: Arc<std::sync::Mutex<String>> = Arc::default();
+    // One node without the overlay: its own range is the whole pod network.
+    let cluster_cidr = config
+        .overlay
+        .as_ref()
+        .map(|o| o.cluster_cidr)
+        .or_else(|| pod_cidr.parse().ok());
+    let proxy_task = match (config.proxy.clone(), cluster_cidr) {
+        (Some(settings), Some(cluster_cidr)) => {
+            let (slices, slices_writer) = reflector::store::<EndpointSlice>();
+            let slices_watch = {
+                let changed = changed.clone();
+                reflector(
+                    slices_writer,
+                    watcher(
+                        Api::<EndpointSlice>::all(client.clone()),
+                        watcher::Config::default(),
+                    ),
+                )
+                .default_backoff()
+                .for_each(move |_| {
+                    changed.notify_one();
+                    futures::future::ready(())
+                })
+            };
+            let node = shoal_overlay::proxy::NodeContext {
+                node_name: config.node_name.clone(),
+                cluster_cidr,
+                tunnel: config
+                    .overlay
+                    .as_ref()
+                    .map(|_| (shoal_overlay::tunnel::DEVICE.to_string(), network.gateway())),
+            };
+            let inputs = proxy::Inputs {
+                services: services.clone(),
+                slices,
+                changed: changed.clone(),
+            };
+            let sync = proxy::run(inputs, node, settings, proxy_metrics.clone());
+            Some(tokio::spawn(async move {
+                tokio::join!(slices_watch, sync);
+            }))
+        }
+        (Some(_), None) => {
+            tracing::error!(pod_cidr = %pod_cidr, "no service proxy: the node's podCIDR is not an IPv4 range");
+            None
+        }
+        (None, _) => {
+            tracing::info!("service proxy disabled: Services are not reachable from this node");
+            None
+        }
+    };
     let shared = Arc::new(Shared {
         services,
         events: events::Recorder::new(client.clone(), &config.node_name),
@@ -251,10 +317,12 @@ pub async fn run(
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let metrics: server::Metrics = Arc::new(move || {
-        tunnel_slot
+        let proxy = proxy_metrics.lock().map(|m| m.clone()).unwrap_or_default();
+        let tunnel = tunnel_slot
             .get()
             .map(|tunnel| tunnel.metrics())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        server::join_expositions(&[&proxy, &tunnel])
     });
     let server = {
         let client = client.clone();
@@ -285,10 +353,18 @@ pub async fn run(
     let _ = stop_tx.send(true);
     heartbeat.abort();
     services_watch.abort();
+    if let Some(task) = proxy_task {
+        task.abort();
+    }
     let pods = pods.await;
     let server = server.await;
     if config.stop_pods_on_exit {
         pods::remove_orphans(&shared, &Default::default()).await;
+        if config.proxy.is_some() {
+            if let Err(e) = shoal_overlay::proxy::remove_table().await {
+                tracing::warn!(error = %e, "removing the service rules");
+            }
+        }
     }
     if let Some(task) = node_overlay {
         task.abort();

@@ -274,6 +274,20 @@ struct AppState {
 /// What `/metrics` serves (OpenMetrics text), made at each scrape.
 pub type Metrics = Arc<dyn Fn() -> String + Send + Sync>;
 
+/// Several OpenMetrics expositions as one: each one's `# EOF` dropped, one
+/// at the end.
+pub fn join_expositions(parts: &[&str]) -> String {
+    let mut text = String::new();
+    for part in parts {
+        for line in part.lines().filter(|l| *l != "# EOF") {
+            text.push_str(line);
+            text.push('\n');
+        }
+    }
+    text.push_str("# EOF\n");
+    text
+}
+
 async fn metrics(State(state): State<AppState>) -> Response {
     let mut text = (state.metrics)();
     if text.is_empty() {

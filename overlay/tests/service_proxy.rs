@@ -11,11 +11,12 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
 use shoal_overlay::netns;
-use shoal_overlay::proxy::{plan, NodeContext, Proxy};
+use shoal_overlay::proxy::{add_policies, plan, NodeContext, Proxy};
 use shoal_overlay::{Network, NodeNetwork};
 
 mod root;
@@ -296,5 +297,46 @@ fn services_reach_their_endpoints_through_the_nftables_table() {
             [a.ip.to_string()].into_iter().collect()
         );
         assert!(proxy.metrics().contains("shoal_proxy_syncs_total"));
+
+        // NetworkPolicy on UDP: pod-b takes UDP from pod-c only; pod-a's
+        // datagrams get no answer, TCP to pod-b is refused for both.
+        let pods: Vec<Pod> = [("a", a.ip), ("b", b.ip), ("c", c.ip)]
+            .iter()
+            .map(|(name, ip)| {
+                serde_json::from_value(json!({
+                    "metadata": {"namespace": "default", "name": name, "labels": {"pod": name}},
+                    "spec": {"nodeName": "node-1", "containers": [{"name": "c", "image": "busybox"}]},
+                    "status": {"phase": "Running", "podIP": ip.to_string()},
+                }))
+                .unwrap()
+            })
+            .collect();
+        let namespaces: Vec<Namespace> = vec![serde_json::from_value(
+            json!({"metadata": {"name": "default", "labels": {"kubernetes.io/metadata.name": "default"}}}),
+        )
+        .unwrap()];
+        let policies: Vec<NetworkPolicy> = vec![serde_json::from_value(json!({
+            "metadata": {"namespace": "default", "name": "udp-from-c"},
+            "spec": {"podSelector": {"matchLabels": {"pod": "b"}},
+                     "ingress": [{"from": [{"podSelector": {"matchLabels": {"pod": "c"}}}],
+                                  "ports": [{"protocol": "UDP", "port": udp_b.port()}]}]},
+        }))
+        .unwrap()];
+        let mut rules = plan(services.iter(), slices.iter(), &node);
+        add_policies(&mut rules, &policies, &pods, &namespaces, &node);
+        proxy.sync(rules).await.unwrap();
+        assert_eq!(
+            udp_ask(&c.netns_path, udp_b).unwrap(),
+            format!("udp from {}", b.ip)
+        );
+        assert!(udp_ask(&a.netns_path, udp_b).is_err(), "pod-a's UDP passed");
+        for from in [&a, &c] {
+            let refused = connect_once(&from.netns_path, at_b);
+            assert_eq!(
+                refused.as_ref().map_err(std::io::Error::kind).err(),
+                Some(std::io::ErrorKind::ConnectionRefused),
+                "TCP to the isolated pod-b: {refused:?}"
+            );
+        }
     });
 }

@@ -46,8 +46,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::{reflector, watcher, WatchStreamExt};
 use kube::Api;
 
@@ -234,22 +235,8 @@ pub async fn run(
     // Services feed the containers' variables and the proxy; slices the
     // proxy. Any event wakes the proxy.
     let changed = Arc::new(tokio::sync::Notify::new());
-    let (services, services_writer) = reflector::store::<Service>();
-    let services_watch = tokio::spawn({
-        let changed = changed.clone();
-        reflector(
-            services_writer,
-            watcher(
-                Api::<Service>::all(client.clone()),
-                watcher::Config::default(),
-            ),
-        )
-        .default_backoff()
-        .for_each(move |_| {
-            changed.notify_one();
-            futures::future::ready(())
-        })
-    });
+    let (services, services_watch) = watched::<Service>(&client, &changed);
+    let services_watch = tokio::spawn(services_watch);
     let proxy_metrics: Arc<std::sync::Mutex<String>> = Arc::default();
     // One node without the overlay: its own range is the whole pod network.
     let cluster_cidr = config
@@ -259,22 +246,10 @@ pub async fn run(
         .or_else(|| pod_cidr.parse().ok());
     let proxy_task = match (config.proxy.clone(), cluster_cidr) {
         (Some(settings), Some(cluster_cidr)) => {
-            let (slices, slices_writer) = reflector::store::<EndpointSlice>();
-            let slices_watch = {
-                let changed = changed.clone();
-                reflector(
-                    slices_writer,
-                    watcher(
-                        Api::<EndpointSlice>::all(client.clone()),
-                        watcher::Config::default(),
-                    ),
-                )
-                .default_backoff()
-                .for_each(move |_| {
-                    changed.notify_one();
-                    futures::future::ready(())
-                })
-            };
+            let (slices, slices_watch) = watched::<EndpointSlice>(&client, &changed);
+            let (policies, policies_watch) = watched::<NetworkPolicy>(&client, &changed);
+            let (pods, pods_watch) = watched::<Pod>(&client, &changed);
+            let (namespaces, namespaces_watch) = watched::<Namespace>(&client, &changed);
             let node = shoal_overlay::proxy::NodeContext {
                 node_name: config.node_name.clone(),
                 cluster_cidr,
@@ -286,11 +261,20 @@ pub async fn run(
             let inputs = proxy::Inputs {
                 services: services.clone(),
                 slices,
+                policies,
+                pods,
+                namespaces,
                 changed: changed.clone(),
             };
             let sync = proxy::run(inputs, node, settings, proxy_metrics.clone());
             Some(tokio::spawn(async move {
-                tokio::join!(slices_watch, sync);
+                tokio::join!(
+                    slices_watch,
+                    policies_watch,
+                    pods_watch,
+                    namespaces_watch,
+                    sync
+                );
             }))
         }
         (Some(_), None) => {
@@ -391,4 +375,34 @@ fn concurrent_starts() -> usize {
 
 async fn wait_true(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
+}
+
+/// A cache of every `K` of the cluster, kept by a watch that wakes
+/// `changed` on each event; the future runs the watch.
+fn watched<K>(
+    client: &kube::Client,
+    changed: &Arc<tokio::sync::Notify>,
+) -> (reflector::Store<K>, impl std::future::Future<Output = ()>)
+where
+    K: kube::Resource
+        + Clone
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, writer) = reflector::store::<K>();
+    let changed = changed.clone();
+    let watch = reflector(
+        writer,
+        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
+    )
+    .default_backoff()
+    .for_each(move |_| {
+        changed.notify_one();
+        futures::future::ready(())
+    });
+    (store, watch)
 }

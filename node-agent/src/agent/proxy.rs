@@ -1,5 +1,6 @@
-//! The node's service proxy (see `shoal_overlay::proxy`), fed by the
-//! agent's watches of Services and EndpointSlices: any change wakes the
+//! The node's service proxy and NetworkPolicy (see
+//! `shoal_overlay::proxy`), fed by the agent's watches of Services,
+//! EndpointSlices, NetworkPolicies, Pods and Namespaces: any change wakes the
 //! sync loop, which waits out `--proxy-min-sync-period` since the last sync
 //! (a burst of changes is applied together), plans the whole ruleset from
 //! the caches and applies what changed. A failed sync is retried after a
@@ -8,8 +9,9 @@
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::runtime::reflector::Store;
 use shoal_overlay::proxy::{self, NodeContext, Proxy};
 use tokio::sync::Notify;
@@ -33,6 +35,9 @@ impl Default for ProxyConfig {
 pub struct Inputs {
     pub services: Store<Service>,
     pub slices: Store<EndpointSlice>,
+    pub policies: Store<NetworkPolicy>,
+    pub pods: Store<Pod>,
+    pub namespaces: Store<Namespace>,
     pub changed: Arc<Notify>,
 }
 
@@ -50,6 +55,9 @@ pub async fn run(
     // a moment.
     let _ = inputs.services.wait_until_ready().await;
     let _ = inputs.slices.wait_until_ready().await;
+    let _ = inputs.policies.wait_until_ready().await;
+    let _ = inputs.pods.wait_until_ready().await;
+    let _ = inputs.namespaces.wait_until_ready().await;
     let mut proxy = Proxy::new();
     let mut last: Option<Instant> = None;
     loop {
@@ -59,9 +67,21 @@ pub async fn run(
         let started = Instant::now();
         let services = inputs.services.state();
         let slices = inputs.slices.state();
-        let rules = proxy::plan(
+        let mut rules = proxy::plan(
             services.iter().map(|s| s.as_ref()),
             slices.iter().map(|s| s.as_ref()),
+            &node,
+        );
+        let (policies, pods, namespaces) = (
+            inputs.policies.state(),
+            inputs.pods.state(),
+            inputs.namespaces.state(),
+        );
+        proxy::add_policies(
+            &mut rules,
+            policies.iter().map(|p| p.as_ref()),
+            pods.iter().map(|p| p.as_ref()),
+            namespaces.iter().map(|n| n.as_ref()),
             &node,
         );
         let result = proxy.sync(rules).await;

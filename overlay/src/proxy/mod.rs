@@ -1,9 +1,12 @@
-//! The service proxy: kube-proxy's part, in the agent. The Services and
-//! EndpointSlices the agent watches become one nftables table of the
-//! node's own (`ip shoal`), laid out as kube-proxy's nftables mode does:
+//! The service proxy and NetworkPolicy: kube-proxy's part and a network
+//! plugin's policy part, in the agent. The Services, EndpointSlices,
+//! NetworkPolicies, Pods and Namespaces the agent watches become one
+//! nftables table of the node's own (`ip shoal`), laid out as kube-proxy's
+//! nftables mode does:
 //!
 //! ```text
 //!   plan   Services + EndpointSlices → Ruleset (pure, per-Service chains and map elements)
+//!   policy NetworkPolicies + Pods + Namespaces → per-pod chains in the same Ruleset (pure)
 //!   nft    Ruleset → the nftables JSON transaction from the applied ruleset to it
 //!   Proxy  applies transactions with `nft -j -f -`, keeps what the kernel holds, counts
 //! ```
@@ -14,6 +17,7 @@
 
 pub mod nft;
 pub mod plan;
+pub mod policy;
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +29,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
 pub use plan::{plan, NodeContext, Ruleset};
+pub use policy::add_policies;
 
 /// A sync that could not be applied.
 #[derive(Debug, thiserror::Error)]

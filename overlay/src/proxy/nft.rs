@@ -13,6 +13,8 @@
 //!                     fib daddr type local, not 127/8: meta l4proto . th dport vmap @service-nodeports
 //!  endpoints-check    the same against @no-endpoint-services / @no-endpoint-nodeports;
 //!                     ip daddr @cluster-ips reject (a ClusterIP's unknown ports)
+//!  policy-forward (filter, -5)  ct state established,related accept
+//!                     ip saddr vmap @pod-egress; ip daddr vmap @pod-ingress
 //!  reject-chain / drop-chain  where the no-endpoint maps send packets
 //!  mark-for-masquerade  meta mark |= 0x4000
 //!  masquerading         marked: clear the mark, masquerade fully-random
@@ -24,7 +26,7 @@ use std::net::Ipv4Addr;
 
 use nftables::expr::{
     BinaryOperation, Expression, Fib, FibFlag, FibResult, Meta, MetaKey, NamedExpression, NgMode,
-    Numgen, Payload, PayloadField, Prefix, SetItem, Verdict, CT,
+    Numgen, Payload, PayloadField, Prefix, Range, SetItem, Verdict, CT,
 };
 use nftables::schema::{
     Chain, Element, FlushObject, NfCmd, NfListObject, NfObject, Rule as NfRule, Set, SetFlag,
@@ -37,6 +39,8 @@ use nftables::types::{NfChainType, NfFamily, NfHook};
 use serde_json::{json, Value};
 
 use super::plan::{AddressKey, PortKey, Protocol, Rule, Ruleset, Target};
+use super::policy::Peer;
+use crate::Ipv4Cidr;
 
 /// The table's name (family `ip`).
 pub const TABLE: &str = "shoal";
@@ -54,7 +58,11 @@ const SERVICE_NODEPORTS: &str = "service-nodeports";
 const NO_ENDPOINT_SERVICES: &str = "no-endpoint-services";
 const NO_ENDPOINT_NODEPORTS: &str = "no-endpoint-nodeports";
 const CLUSTER_IPS: &str = "cluster-ips";
+const POD_INGRESS: &str = "pod-ingress";
+const POD_EGRESS: &str = "pod-egress";
 
+/// Priority of the policy chain: after the Services' checks.
+const POLICY_PRIORITY: i32 = -5;
 /// Priority of the filter chains: before the filter tables of others
 /// (iptables' at 0), so that a Service without endpoints is refused here.
 const FILTER_PRIORITY: i32 = -10;
@@ -146,6 +154,21 @@ pub fn transaction(applied: Option<&Ruleset>, next: &Ruleset) -> Vec<Value> {
         target,
     );
     out.set_changes(CLUSTER_IPS, &previous.cluster_ips, &next.cluster_ips);
+    let address = |ip: &Ipv4Addr| Expression::String(ip.to_string().into());
+    out.map_changes(
+        POD_INGRESS,
+        &previous.pod_ingress,
+        &next.pod_ingress,
+        address,
+        |c| jump(c),
+    );
+    out.map_changes(
+        POD_EGRESS,
+        &previous.pod_egress,
+        &next.pod_egress,
+        address,
+        |c| jump(c),
+    );
 
     for name in removed {
         out.delete(NfListObject::Chain(chain(name)));
@@ -229,6 +252,12 @@ impl Commands {
                 NfHook::Output,
                 FILTER_PRIORITY,
             ),
+            (
+                "policy-forward",
+                NfChainType::Filter,
+                NfHook::Forward,
+                POLICY_PRIORITY,
+            ),
         ] {
             self.add(NfListObject::Chain(Chain {
                 _type: Some(kind),
@@ -260,6 +289,8 @@ impl Commands {
                 json!(["ipv4_addr", "inet_proto", "inet_service"]),
             ),
             (NO_ENDPOINT_NODEPORTS, json!(["inet_proto", "inet_service"])),
+            (POD_INGRESS, json!("ipv4_addr")),
+            (POD_EGRESS, json!("ipv4_addr")),
         ] {
             self.0.push(json!({"add": {"map": {
                 "family": "ip", "table": TABLE, "name": name, "type": key, "map": "verdict",
@@ -295,6 +326,32 @@ impl Commands {
         for name in ["filter-input", "filter-forward", "filter-output"] {
             rules.push((name, vec![new_connection.clone(), jump(ENDPOINTS_CHECK)]));
         }
+        rules.push((
+            "policy-forward",
+            vec![
+                Statement::Match(Match {
+                    left: Expression::Named(NamedExpression::CT(CT {
+                        key: "state".into(),
+                        family: None,
+                        dir: None,
+                    })),
+                    right: Expression::List(vec![
+                        Expression::String("established".into()),
+                        Expression::String("related".into()),
+                    ]),
+                    op: Operator::IN,
+                }),
+                Statement::Accept(None),
+            ],
+        ));
+        rules.push((
+            "policy-forward",
+            vec![vmap(payload("ip", "saddr"), POD_EGRESS)],
+        ));
+        rules.push((
+            "policy-forward",
+            vec![vmap(payload("ip", "daddr"), POD_INGRESS)],
+        ));
         for (chain_name, by_address, by_port) in [
             (SERVICES, SERVICE_IPS, SERVICE_NODEPORTS),
             (ENDPOINTS_CHECK, NO_ENDPOINT_SERVICES, NO_ENDPOINT_NODEPORTS),
@@ -556,6 +613,12 @@ fn goto(chain: &str) -> Expression<'static> {
     }))
 }
 
+fn jump(chain: &str) -> Expression<'static> {
+    Expression::Verdict(Verdict::Jump(JumpTarget {
+        target: chain.to_string().into(),
+    }))
+}
+
 fn target(target: &Target) -> Expression<'static> {
     match target {
         Target::Reject => goto(REJECT),
@@ -644,6 +707,76 @@ fn statements(rule: &Rule) -> Vec<Statement<'static>> {
             )),
         })],
         Rule::Goto(chain) => vec![goto_chain(chain)],
+        Rule::Allow(allow) => {
+            let field = match allow.peer {
+                Peer::Source => "saddr",
+                Peer::Destination => "daddr",
+            };
+            let mut out = Vec::new();
+            if let Some(addresses) = &allow.addresses {
+                out.push(matches(
+                    payload("ip", field),
+                    cidrs(addresses),
+                    Operator::EQ,
+                ));
+            }
+            if !allow.except.is_empty() {
+                out.push(matches(
+                    payload("ip", field),
+                    cidrs(&allow.except),
+                    Operator::NEQ,
+                ));
+            }
+            if let Some(p) = &allow.protocol {
+                out.push(matches(l4proto(), protocol(p), Operator::EQ));
+                if !allow.ports.is_empty() {
+                    let ports = allow
+                        .ports
+                        .iter()
+                        .map(|(start, end)| {
+                            if start == end {
+                                SetItem::Element(Expression::Number(u32::from(*start)))
+                            } else {
+                                SetItem::Element(Expression::Range(Box::new(Range {
+                                    range: [
+                                        Expression::Number(u32::from(*start)),
+                                        Expression::Number(u32::from(*end)),
+                                    ],
+                                })))
+                            }
+                        })
+                        .collect();
+                    out.push(matches(
+                        payload("th", "dport"),
+                        Expression::Named(NamedExpression::Set(ports)),
+                        Operator::EQ,
+                    ));
+                }
+            }
+            out.push(Statement::Return(None));
+            out
+        }
+        Rule::AllowPairs { protocol: p, pairs } => vec![
+            matches(l4proto(), protocol(p), Operator::EQ),
+            matches(
+                concat(vec![payload("ip", "daddr"), payload("th", "dport")]),
+                Expression::Named(NamedExpression::Set(
+                    pairs
+                        .iter()
+                        .map(|(ip, port)| {
+                            SetItem::Element(concat(vec![
+                                address(ip),
+                                Expression::Number(u32::from(*port)),
+                            ]))
+                        })
+                        .collect(),
+                )),
+                Operator::EQ,
+            ),
+            Statement::Return(None),
+        ],
+        // Refused at once, as the guide shows ("Connection refused").
+        Rule::Deny => vec![Statement::Reject(Some(Reject::new(None, None)))],
         Rule::Dnat {
             protocol: p,
             address: ip,
@@ -658,6 +791,26 @@ fn statements(rule: &Rule) -> Vec<Statement<'static>> {
             })),
         ],
     }
+}
+
+/// An anonymous set of addresses and networks.
+fn cidrs(cidrs: &BTreeSet<Ipv4Cidr>) -> Expression<'static> {
+    Expression::Named(NamedExpression::Set(
+        cidrs
+            .iter()
+            .map(|c| {
+                let address = Expression::String(c.network().to_string().into());
+                SetItem::Element(if c.prefix_len() == 32 {
+                    address
+                } else {
+                    Expression::Named(NamedExpression::Prefix(Prefix {
+                        addr: Box::new(address),
+                        len: u32::from(c.prefix_len()),
+                    }))
+                })
+            })
+            .collect(),
+    ))
 }
 
 /// Deletes the table, whether it exists or not.

@@ -82,7 +82,7 @@ pub enum Target {
     Drop,
 }
 
-/// One rule of a per-Service chain.
+/// One rule of a per-Service or per-pod chain.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Rule {
     /// Traffic to this ClusterIP and port from outside the pod network (the
@@ -119,6 +119,16 @@ pub enum Rule {
         address: Ipv4Addr,
         port: u16,
     },
+    /// NetworkPolicy: these packets may pass (see `policy`).
+    Allow(super::policy::Allow),
+    /// NetworkPolicy egress to named ports: these destination address and
+    /// port pairs may be reached.
+    AllowPairs {
+        protocol: Protocol,
+        pairs: BTreeSet<(Ipv4Addr, u16)>,
+    },
+    /// NetworkPolicy: nothing else passes.
+    Deny,
 }
 
 /// Map keys.
@@ -142,6 +152,10 @@ pub struct Ruleset {
     pub cluster_ips: BTreeSet<Ipv4Addr>,
     /// Masqueraded traffic into this device gets this source.
     pub tunnel: Option<(String, Ipv4Addr)>,
+    /// This node's pods isolated by NetworkPolicy: address → the chain
+    /// that checks what may reach (leave) them.
+    pub pod_ingress: BTreeMap<Ipv4Addr, String>,
+    pub pod_egress: BTreeMap<Ipv4Addr, String>,
 }
 
 impl Ruleset {

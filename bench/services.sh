@@ -8,7 +8,9 @@
 #     p50/p99 over CHANGES changes;
 #   - data path: TCP connections per second and p99 connect time from one
 #     pod to one ClusterIP with N Services present, and straight to the
-#     pod's IP (no Service, the limit).
+#     pod's IP (no Service, the limit);
+#   - policy latency: a default-deny NetworkPolicy entering the ruleset to
+#     the first refused connection, p50/p99 over 50 changes.
 # REPEAT runs; one JSON line per Service count and run, then the medians.
 #
 # Builds nothing: run `cargo build --release -p shoal` first.
@@ -43,7 +45,9 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 by = {}
 for r in rows:
-    by.setdefault(r["services"], []).append(r)
+    if "services" in r:
+        by.setdefault(r["services"], []).append(r)
+policy = [r for r in rows if "policy_changes" in r]
 keys = ["full_sync_ms", "change_to_kernel_p50_ms", "change_to_kernel_p99_ms",
         "cluster_ip_conn_per_s", "cluster_ip_connect_p99_ms",
         "pod_ip_conn_per_s", "pod_ip_connect_p99_ms"]
@@ -52,5 +56,9 @@ print("|" + "---|" * (len(keys) + 1))
 for n in sorted(by):
     med = [statistics.median(r[k] for r in by[n]) for k in keys]
     print(f"| {n} | " + " | ".join(f"{m:g}" for m in med) + " |")
+if policy:
+    p50 = statistics.median(r["policy_to_first_refusal_p50_ms"] for r in policy)
+    p99 = statistics.median(r["policy_to_first_refusal_p99_ms"] for r in policy)
+    print(f"\npolicy created -> first refusal (median of runs): p50 {p50:g} ms, p99 {p99:g} ms")
 PY
 rm -f "$OUT"

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the lab's image, shoal-lab:latest, without a registry: a root
 # filesystem assembled from files on this machine (shoal and its shim,
-# runc, busybox for a shell and the pods' image, the libraries they link)
+# runc, nft for the service proxy's table, busybox for a shell and the
+# pods' image, the libraries they link)
 # and imported with `docker import`. Rebuilt only when an input changed
 # (their SHA-256 is the image's `shoal.inputs` label).
 #
@@ -28,8 +29,9 @@ RUNC=$(command -v runc) || { log "error: runc not found (apt-get install runc)";
 BUSYBOX=/bin/busybox
 [[ -x $BUSYBOX ]] || { log "error: $BUSYBOX not found (apt-get install busybox-static)"; exit 1; }
 command -v docker >/dev/null || { log "error: docker not found"; exit 1; }
+NFT=$(command -v nft) || { log "error: nft not found (apt-get install nftables)"; exit 1; }
 
-inputs=("$SHOAL_BIN" "$RUNC" "$BUSYBOX" "$ROOT/lab/entrypoint.sh" "${BASH_SOURCE[0]}")
+inputs=("$SHOAL_BIN" "$RUNC" "$NFT" "$BUSYBOX" "$ROOT/lab/entrypoint.sh" "${BASH_SOURCE[0]}")
 [[ -f /etc/ssl/certs/ca-certificates.crt ]] && inputs+=(/etc/ssl/certs/ca-certificates.crt)
 [[ -x $SHIM_BIN ]] && inputs+=("$SHIM_BIN")
 hash=$(sha256sum "${inputs[@]}" | sha256sum | cut -c1-32)
@@ -63,6 +65,11 @@ if [[ -x $SHIM_BIN ]]; then
     rm "$ROOTFS/tmp/shim"
 fi
 install_binary "$RUNC" /usr/sbin/runc
+install_binary "$NFT" /usr/sbin/nft
+# nft names protocols and services through these.
+for table in /etc/protocols /etc/services; do
+    [[ -f $table ]] && cp "$table" "$ROOTFS$table"
+done
 cp "$BUSYBOX" "$ROOTFS/bin/busybox"
 for applet in $("$BUSYBOX" --list); do
     [[ -e $ROOTFS/bin/$applet ]] || ln -s busybox "$ROOTFS/bin/$applet"

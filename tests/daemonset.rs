@@ -38,15 +38,6 @@ fn set(names: &[&str]) -> BTreeSet<String> {
     names.iter().map(|n| n.to_string()).collect()
 }
 
-fn apply(up: &ShoalUp, yaml: &str) {
-    let out = up.kubectl_with(&["apply", "-f", "-"], Some(yaml), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn daemonset(name: &str, extra_spec: &str) -> String {
     format!(
         "apiVersion: apps/v1\nkind: DaemonSet\nmetadata:\n  name: {name}\nspec:\n  selector:\n    matchLabels:\n      app: {name}\n  template:\n    metadata:\n      labels:\n        app: {name}\n    spec:\n{extra_spec}      containers:\n      - name: agent\n        image: busybox:1.36\n"
@@ -138,7 +129,7 @@ fn daemonset_runs_one_pod_per_node_and_rolls() {
     );
 
     // Without the toleration: the control-plane node is left out.
-    apply(&up, &daemonset("plain", ""));
+    up.apply(&daemonset("plain", ""));
     assert!(
         eventually(Duration::from_secs(30), || nodes_of(&running(
             &up,
@@ -150,10 +141,10 @@ fn daemonset_runs_one_pod_per_node_and_rolls() {
     );
 
     // A nodeSelector: pods only on labelled nodes, following the labels.
-    apply(
-        &up,
-        &daemonset("ssd", "      nodeSelector:\n        disktype: ssd\n"),
-    );
+    up.apply(&daemonset(
+        "ssd",
+        "      nodeSelector:\n        disktype: ssd\n",
+    ));
     up.ok(&["label", "node", "node-1", "disktype=ssd"]);
     assert!(
         eventually(Duration::from_secs(30), || nodes_of(&running(

@@ -13,15 +13,6 @@ use std::time::Duration;
 
 use support::kube::{eventually, manifest, ShoalUp, SimulatedNodes};
 
-fn apply(up: &ShoalUp, yaml: &str) {
-    let out = up.kubectl_with(&["apply", "-f", "-"], Some(yaml), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// The IPs of the running, live pods labelled app=nginx.
 fn pod_ips(up: &ShoalUp) -> BTreeSet<String> {
     up.ok(&[
@@ -82,7 +73,7 @@ fn endpoints_and_slices_follow_the_pods() {
         "deployment/nginx-deployment",
         "--timeout=60s",
     ]);
-    apply(&up, SERVICE);
+    up.apply(SERVICE);
 
     // Three pods, three ip:port pairs, matching the pods' IPs.
     assert!(
@@ -187,16 +178,12 @@ fn endpoints_and_slices_follow_the_pods() {
 
     // A headless Service over pods with hostname and subdomain.
     for i in 0..2 {
-        apply(
-            &up,
-            &format!(
+        up.apply(&format!(
                 "apiVersion: v1\nkind: Pod\nmetadata:\n  name: db-{i}\n  labels:\n    app: db\nspec:\n  hostname: db-{i}\n  subdomain: db\n  containers:\n  - name: postgres\n    image: postgres:16\n    ports:\n    - containerPort: 5432\n"
             ),
         );
     }
-    apply(
-        &up,
-        "apiVersion: v1\nkind: Service\nmetadata:\n  name: db\nspec:\n  clusterIP: None\n  selector:\n    app: db\n  ports:\n  - port: 5432\n",
+    up.apply("apiVersion: v1\nkind: Service\nmetadata:\n  name: db\nspec:\n  clusterIP: None\n  selector:\n    app: db\n  ports:\n  - port: 5432\n",
     );
     assert!(
         eventually(Duration::from_secs(30), || quietly(
@@ -274,7 +261,7 @@ fn external_ip(up: &ShoalUp, name: &str) -> String {
 #[test]
 fn load_balancers_take_addresses_from_the_pool() {
     let up = ShoalUp::start_with(&["--loadbalancer-ip-pool=172.30.255.0/30"]);
-    apply(&up, &load_balancer("lb-a"));
+    up.apply(&load_balancer("lb-a"));
     assert!(
         eventually(Duration::from_secs(20), || external_ip(&up, "lb-a")
             == "172.30.255.1"),
@@ -291,7 +278,7 @@ fn load_balancers_take_addresses_from_the_pool() {
         ]),
         "VIP"
     );
-    apply(&up, &load_balancer("lb-b"));
+    up.apply(&load_balancer("lb-b"));
     assert!(
         eventually(Duration::from_secs(20), || external_ip(&up, "lb-b")
             == "172.30.255.2"),
@@ -300,7 +287,7 @@ fn load_balancers_take_addresses_from_the_pool() {
     );
 
     // The pool (two usable addresses) is exhausted.
-    apply(&up, &load_balancer("lb-c"));
+    up.apply(&load_balancer("lb-c"));
     assert!(
         eventually(Duration::from_secs(20), || {
             let events = up.ok(&[

@@ -29,15 +29,6 @@ fn all_pods() -> Vec<String> {
         .collect()
 }
 
-fn apply(up: &ShoalUp, yaml: &str) {
-    let out = up.kubectl_with(&["apply", "-f", "-"], Some(yaml), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 struct Matrix {
     ips: BTreeMap<String, String>,
 }
@@ -51,9 +42,7 @@ impl Matrix {
         for ns in NAMESPACES {
             for p in PODS {
                 let node = if p == "b" { "node-2" } else { "node-1" };
-                apply(
-                    up,
-                    &format!(
+                up.apply(&format!(
                         "apiVersion: v1
 kind: Pod
 metadata:
@@ -219,18 +208,15 @@ fn name(pod: &str) -> &str {
 }
 
 fn policy(up: &ShoalUp, namespace: &str, name: &str, spec: &str) {
-    apply(
-        up,
-        &format!(
-            "apiVersion: networking.k8s.io/v1
+    up.apply(&format!(
+        "apiVersion: networking.k8s.io/v1
 kind: NetworkPolicy
 metadata:
   name: {name}
   namespace: \"{namespace}\"
 spec:
 {spec}"
-        ),
-    );
+    ));
 }
 
 fn clear(up: &ShoalUp) {

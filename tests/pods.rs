@@ -33,15 +33,6 @@ fn cluster() -> ShoalUp {
     up
 }
 
-fn apply(up: &ShoalUp, yaml: &str) {
-    let out = up.kubectl_with(&["apply", "-f", "-"], Some(yaml), &[]);
-    assert!(
-        out.status.success(),
-        "apply failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn jsonpath(up: &ShoalUp, pod: &str, path: &str) -> String {
     let out = up.kubectl(&["get", "pod", pod, "-o", &format!("jsonpath={{{path}}}")]);
     String::from_utf8_lossy(&out.stdout).into_owned()
@@ -78,9 +69,7 @@ fn status_column(up: &ShoalUp, pod: &str) -> String {
 fn a_pod_runs_with_its_own_ip_logs_and_exec() {
     require_root!(node::PODS_NEED_ROOT);
     let up = cluster();
-    apply(
-        &up,
-        r#"
+    up.apply(r#"
 apiVersion: v1
 kind: Pod
 metadata:
@@ -183,8 +172,7 @@ spec:
     }
 
     // Pods that run to the end: Succeeded (Completed) and Failed (Error).
-    apply(
-        &up,
+    up.apply(
         r#"
 apiVersion: v1
 kind: Pod
@@ -232,9 +220,7 @@ fn init_containers_and_sidecars() {
     // The guide's "wait for a Service" init container: it fails (and is
     // restarted with back-off) until the Service exists, which it sees in
     // its environment.
-    apply(
-        &up,
-        r#"
+    up.apply(r#"
 apiVersion: v1
 kind: Pod
 metadata: {name: myapp-pod, labels: {app: myapp}}
@@ -261,9 +247,7 @@ spec:
     assert!(up
         .ok(&["logs", "myapp-pod", "-c", "init-myservice"])
         .contains("waiting for myservice"));
-    apply(
-        &up,
-        "apiVersion: v1\nkind: Service\nmetadata: {name: myservice}\nspec:\n  ports: [{port: 80, targetPort: 9376}]\n",
+    up.apply("apiVersion: v1\nkind: Service\nmetadata: {name: myservice}\nspec:\n  ports: [{port: 80, targetPort: 9376}]\n",
     );
     wait_for(
         &up,
@@ -280,9 +264,7 @@ spec:
         .contains("The app is running!"));
     // A config-preparing init container writing into an emptyDir, and a
     // native sidecar tailing the app's log file.
-    apply(
-        &up,
-        r#"
+    up.apply(r#"
 apiVersion: v1
 kind: Pod
 metadata: {name: prepared}
@@ -336,8 +318,7 @@ spec:
 fn crashes_oom_and_missing_images() {
     require_root!(node::PODS_NEED_ROOT);
     let up = cluster();
-    apply(
-        &up,
+    up.apply(
         r#"
 apiVersion: v1
 kind: Pod
@@ -472,9 +453,7 @@ spec:
 fn probes_restart_and_gate_readiness() {
     require_root!(node::PODS_NEED_ROOT);
     let up = cluster();
-    apply(
-        &up,
-        r#"
+    up.apply(r#"
 apiVersion: v1
 kind: Pod
 metadata: {name: liveness-exec}
@@ -540,8 +519,7 @@ spec:
 fn deletion_honours_the_grace_period() {
     require_root!(node::PODS_NEED_ROOT);
     let up = cluster();
-    apply(
-        &up,
+    up.apply(
         r#"
 apiVersion: v1
 kind: Pod
@@ -693,9 +671,7 @@ fn a_restarted_agent_readopts_its_pods() {
         "{}",
         agent.log()
     );
-    apply(
-        &up,
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: survivor}\nspec:\n  containers: [{name: main, image: busybox, command: [\"sleep\", \"3600\"]}]\n",
+    up.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: survivor}\nspec:\n  containers: [{name: main, image: busybox, command: [\"sleep\", \"3600\"]}]\n",
     );
     // The agent loaded no image: `shoal image load` does.
     let archive = agent.dir.path().join("busybox.tar");
@@ -769,8 +745,7 @@ fn volumes_environment_hooks_and_logs() {
     let up = cluster();
     let host_dir = tempfile::tempdir().expect("temp dir");
     let host_path = host_dir.path().to_string_lossy().to_string();
-    apply(
-        &up,
+    up.apply(
         r#"
 apiVersion: v1
 kind: ConfigMap
@@ -834,7 +809,7 @@ spec:
   - {{name: host, hostPath: {{path: {host_path}, type: Directory}}}}
 "#
     );
-    apply(&up, &pod);
+    up.apply(&pod);
     up.ok(&[
         "wait",
         "--for=condition=Ready",
@@ -888,9 +863,7 @@ spec:
             .all(|l| l.len() > 20 && l.as_bytes()[4] == b'-'),
         "{stamped}"
     );
-    apply(
-        &up,
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: counter}\nspec:\n  restartPolicy: Never\n  containers: [{name: c, image: busybox, command: [\"sh\", \"-c\", \"for i in 1 2 3; do echo tick $i; sleep 1; done\"]}]\n",
+    up.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: counter}\nspec:\n  restartPolicy: Never\n  containers: [{name: c, image: busybox, command: [\"sh\", \"-c\", \"for i in 1 2 3; do echo tick $i; sleep 1; done\"]}]\n",
     );
     up.ok(&[
         "wait",
@@ -907,9 +880,7 @@ spec:
         "stopping\n"
     );
     // A missing ConfigMap key: CreateContainerConfigError, in kubelet's words.
-    apply(
-        &up,
-        "apiVersion: v1\nkind: Pod\nmetadata: {name: misconfigured}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command: [sleep, \"3600\"]\n    env: [{name: X, valueFrom: {configMapKeyRef: {name: absent, key: k}}}]\n",
+    up.apply("apiVersion: v1\nkind: Pod\nmetadata: {name: misconfigured}\nspec:\n  containers:\n  - name: c\n    image: busybox\n    command: [sleep, \"3600\"]\n    env: [{name: X, valueFrom: {configMapKeyRef: {name: absent, key: k}}}]\n",
     );
     wait_for(
         &up,
@@ -932,8 +903,7 @@ spec:
 fn host_network_and_persistent_volumes() {
     require_root!(node::PODS_NEED_ROOT);
     let up = cluster();
-    apply(
-        &up,
+    up.apply(
         r#"
 apiVersion: v1
 kind: Pod
@@ -979,8 +949,7 @@ spec:
     let pv = up.ok(&["get", "pvc", "data", "-o", "jsonpath={.spec.volumeName}"]);
     assert!(!pv.is_empty());
     up.ok(&["delete", "pod", "writer"]);
-    apply(
-        &up,
+    up.apply(
         r#"
 apiVersion: v1
 kind: Pod

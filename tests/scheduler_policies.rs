@@ -32,15 +32,6 @@ fn cluster() -> (ShoalUp, SimulatedNodes) {
     (up, nodes)
 }
 
-fn apply(up: &ShoalUp, yaml: &str) {
-    let out = up.kubectl_with(&["apply", "-f", "-"], Some(yaml), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// (name, node, phase) of the pods with `selector`.
 fn pods(up: &ShoalUp, selector: &str) -> Vec<(String, String, String)> {
     up.ok(&[
@@ -128,7 +119,7 @@ spec:
 #[test]
 fn pod_anti_affinity_and_affinity() {
     let (up, _nodes) = cluster();
-    apply(&up, WEB);
+    up.apply(WEB);
     assert!(
         eventually(Duration::from_secs(20), || per_node(&up, "app=web").len()
             == 3),
@@ -171,7 +162,7 @@ fn pod_anti_affinity_and_affinity() {
     );
 
     // Required affinity: the cache goes where the db is.
-    apply(&up, DB_AND_CACHE);
+    up.apply(DB_AND_CACHE);
     assert!(
         eventually(Duration::from_secs(20), || node_of(&up, "cache")
             == "node-2"),
@@ -241,7 +232,7 @@ fn node_affinity_spread_and_cordon() {
     let (up, _nodes) = cluster();
     // Preferred node affinity: the labelled node, though all are empty.
     up.ok(&["label", "node", "node-1", "disk=ssd"]);
-    apply(&up, PREFERS_SSD);
+    up.apply(PREFERS_SSD);
     assert!(
         eventually(Duration::from_secs(15), || node_of(&up, "prefers-ssd")
             == "node-1"),
@@ -250,7 +241,7 @@ fn node_affinity_spread_and_cordon() {
     );
 
     // maxSkew 1 over three nodes: two each.
-    apply(&up, SPREAD);
+    up.apply(SPREAD);
     assert!(
         eventually(Duration::from_secs(20), || per_node(&up, "app=spread")
             .values()
@@ -276,7 +267,7 @@ fn node_affinity_spread_and_cordon() {
         "-o",
         "jsonpath={.spec.unschedulable}"
     ]) == "true"));
-    apply(&up, CORDONED);
+    up.apply(CORDONED);
     assert!(
         eventually(Duration::from_secs(20), || {
             per_node(&up, "app=plain").values().sum::<usize>() == 4
@@ -304,7 +295,7 @@ spec:
 #[test]
 fn pending_pod_is_scheduled_once_a_node_matches() {
     let (up, _nodes) = cluster();
-    apply(&up, NEEDS_GPU);
+    up.apply(NEEDS_GPU);
     let expected = "0/3 nodes are available: 3 node(s) didn't match Pod's node affinity/selector.";
     assert!(
         eventually(Duration::from_secs(15), || scheduled_message(

@@ -23,22 +23,11 @@ use support::nodes::{self, exec, exec_eventually, in_node, pod, pod_with};
 const HTTPD: &str =
     "mkdir -p /www && hostname > /www/index.html && exec httpd -f -v -p 8080 -h /www";
 
-fn apply(up: &ShoalUp, yaml: &str) {
-    let out = up.kubectl_with(&["apply", "-f", "-"], Some(yaml), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A Service selecting `selector` (`key: value` lines) on port 80 →
 /// targetPort `web` (by name), with `extra` spec lines.
 fn service(up: &ShoalUp, name: &str, selector: &str, extra: &str) -> String {
-    apply(
-        up,
-        &format!(
-            "apiVersion: v1
+    up.apply(&format!(
+        "apiVersion: v1
 kind: Service
 metadata:
   name: {name}
@@ -50,8 +39,7 @@ spec:
     port: 80
     targetPort: web{extra}
 "
-        ),
-    );
+    ));
     up.ok(&["get", "service", name, "-o", "jsonpath={.spec.clusterIP}"])
 }
 
@@ -126,8 +114,7 @@ fn cluster_ips_and_node_ports_reach_pods_on_every_node() {
 
     // Hairpin: web-1 through a Service whose only endpoint on node-1 is
     // web-1 (internalTrafficPolicy: Local).
-    apply(
-        &up,
+    up.apply(
         "apiVersion: v1
 kind: Service
 metadata:
@@ -213,6 +200,34 @@ spec:
         logs.contains("172.29.0.1"),
         "web-2 saw another client address than the machine's 172.29.0.1:\n{logs}"
     );
+
+    // LoadBalancer: an address from the pool (`shoal up --nodes` takes the
+    // last 16 of the nodes' network), answered by a node on the bridge.
+    service(&up, "web-lb", "app: web", "\n  type: LoadBalancer");
+    let mut lb = String::new();
+    let assigned = eventually(Duration::from_secs(20), || {
+        lb = up.ok(&[
+            "get",
+            "service",
+            "web-lb",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ]);
+        !lb.is_empty()
+    });
+    assert!(assigned, "{}", up.ok(&["get", "service", "web-lb"]));
+    assert!(
+        lb.starts_with("172.29.0.24") || lb.starts_with("172.29.0.25"),
+        "{lb}"
+    );
+    let mut seen = std::collections::BTreeSet::new();
+    let reached = eventually(Duration::from_secs(20), || {
+        if let Ok(body) = get(&format!("{lb}:80")) {
+            seen.insert(body);
+        }
+        seen.len() == 2
+    });
+    assert!(reached, "LoadBalancer {lb}:80 reached only {seen:?}");
 
     // A new endpoint gets traffic, a removed one none.
     pod_with(&up, "web-3", "node-2", &[("app", "web")], Some(8080), HTTPD);

@@ -66,6 +66,24 @@ pub enum Error {
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// Moves the calling thread into new network and mount namespaces, its
+/// mounts private (nothing mounted there shows in the machine's mount
+/// table): a node of its own, for tests and `shoal bench proxy`.
+pub fn isolate_thread() -> Result<()> {
+    unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).map_err(Error::Unshare)?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .map_err(|source| Error::Mount {
+        path: PathBuf::from("/"),
+        source,
+    })
+}
+
 /// Whether `path` is a mounted network namespace (not just the empty file
 /// it is mounted on, as left after a reboot).
 pub fn is_mounted(path: &Path) -> bool {

@@ -9,8 +9,11 @@
 //! - Data path: TCP connections per second (and p99 connect latency) from
 //!   one pod to one ClusterIP with N Services present, and straight to the
 //!   pod's IP (no Service): the limit.
+//! - Policy latency: a default-deny NetworkPolicy on the server pod enters
+//!   the ruleset; the time to the first refused connection, p50/p99 over
+//!   `--policy-changes` changes (each removed again before the next).
 //!
-//! One JSON line per Service count.
+//! One JSON line per Service count, then one for the policy latency.
 
 use std::io::Read;
 use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
@@ -19,10 +22,11 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use clap::Args;
-use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use serde_json::json;
-use shoal_overlay::proxy::{plan, NodeContext, Proxy};
+use shoal_overlay::proxy::{add_policies, plan, NodeContext, Proxy};
 use shoal_overlay::{netns, Network, NodeNetwork};
 
 #[derive(Args)]
@@ -33,6 +37,9 @@ pub struct ProxyBench {
     /// Endpoint changes timed per Service count.
     #[arg(long, default_value_t = 100)]
     changes: usize,
+    /// NetworkPolicy changes timed (created → first connection refused).
+    #[arg(long, default_value_t = 50)]
+    policy_changes: usize,
     /// How long each data-path measurement runs.
     #[arg(long, default_value = "3s", value_parser = shoal_core::duration::parse)]
     duration: Duration,
@@ -45,17 +52,7 @@ pub fn run(args: ProxyBench) -> anyhow::Result<()> {
     // A thread in namespaces of its own: the bridge, the pods and the table
     // vanish with it.
     let thread = std::thread::spawn(move || -> anyhow::Result<()> {
-        use nix::mount::{mount, MsFlags};
-        use nix::sched::{unshare, CloneFlags};
-        unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS)
-            .context("a network namespace for the benchmark")?;
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )?;
+        netns::isolate_thread().context("a network namespace for the benchmark")?;
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()?;
@@ -84,23 +81,30 @@ async fn measure(args: ProxyBench) -> anyhow::Result<()> {
     shoal_overlay::proxy::bridge_netfilter()?;
     let client = network.create_sandbox("client").await?;
     let server = network.create_sandbox("server").await?;
-    let listener = netns::run_in_blocking(&server.netns_path, move || {
-        TcpListener::bind((server.ip, 8080))
-    })??;
-    std::thread::spawn(move || {
-        // Accept and close: one connection per request.
-        for conn in listener.incoming() {
-            drop(conn);
-        }
-    });
+    // One port behind the Services, another for the direct measurement:
+    // the two never share a connection tuple (the conntrack and TIME_WAIT
+    // entries of one run would otherwise meet the other's translated
+    // connections).
+    for port in [8080, 8081] {
+        let listener = netns::run_in_blocking(&server.netns_path, move || {
+            TcpListener::bind((server.ip, port))
+        })??;
+        std::thread::spawn(move || {
+            // Accept and close: one connection per request.
+            for conn in listener.incoming() {
+                drop(conn);
+            }
+        });
+    }
     let target = SocketAddr::new(server.ip.into(), 8080);
+    let direct_target = SocketAddr::new(server.ip.into(), 8081);
     let node = NodeContext {
         node_name: "node-1".into(),
         cluster_cidr: "10.244.0.0/16".parse()?,
         tunnel: None,
     };
 
-    let direct = connections(&client.netns_path, target, args.duration)?;
+    let direct = connections(&client.netns_path, direct_target, args.duration)?;
     for count in args.services {
         let (services, mut slices) = services(count, target);
         let mut proxy = Proxy::new();
@@ -111,6 +115,7 @@ async fn measure(args: ProxyBench) -> anyhow::Result<()> {
         let full = started.elapsed();
 
         let mut latencies = Vec::with_capacity(args.changes);
+        let mut planning = Vec::with_capacity(args.changes);
         for change in 0..args.changes {
             // One endpoint of one Service moves (never Service 0, the one
             // the data path uses).
@@ -121,15 +126,16 @@ async fn measure(args: ProxyBench) -> anyhow::Result<()> {
                 }
             }
             let started = Instant::now();
-            let synced = proxy
-                .sync(plan(services.iter(), slices.iter(), &node))
-                .await?;
+            let rules = plan(services.iter(), slices.iter(), &node);
+            planning.push(started.elapsed());
+            let synced = proxy.sync(rules).await?;
             latencies.push(started.elapsed());
             if synced.commands == 0 {
                 bail!("change {change} made no transaction");
             }
         }
         latencies.sort();
+        planning.sort();
         let through_service = connections(&client.netns_path, vip(0), args.duration)?;
         println!(
             "{}",
@@ -139,6 +145,7 @@ async fn measure(args: ProxyBench) -> anyhow::Result<()> {
                 "change_to_kernel_p50_ms": ms(percentile(&latencies, 50.0)),
                 "change_to_kernel_p99_ms": ms(percentile(&latencies, 99.0)),
                 "changes": latencies.len(),
+                "of_which_planning_p50_ms": ms(percentile(&planning, 50.0)),
                 "cluster_ip_conn_per_s": through_service.0,
                 "cluster_ip_connect_p99_ms": ms(through_service.1),
                 "pod_ip_conn_per_s": direct.0,
@@ -146,6 +153,15 @@ async fn measure(args: ProxyBench) -> anyhow::Result<()> {
             })
         );
     }
+    let policy = policy_latency(&client.netns_path, target, &node, args.policy_changes).await?;
+    println!(
+        "{}",
+        json!({
+            "policy_changes": policy.len(),
+            "policy_to_first_refusal_p50_ms": ms(percentile(&policy, 50.0)),
+            "policy_to_first_refusal_p99_ms": ms(percentile(&policy, 99.0)),
+        })
+    );
     Ok(())
 }
 
@@ -231,4 +247,71 @@ fn connections(from: &Path, to: SocketAddr, duration: Duration) -> anyhow::Resul
         Ok::<_, std::io::Error>((rate, percentile(&times, 99.0)))
     })?;
     result.with_context(|| format!("connecting to {to}"))
+}
+
+/// Time from a NetworkPolicy (default deny ingress on the server pod)
+/// entering the ruleset to the first refused connection, `changes` times;
+/// each round removes it again and waits for a connection to pass.
+async fn policy_latency(
+    client: &Path,
+    target: SocketAddr,
+    node: &NodeContext,
+    changes: usize,
+) -> anyhow::Result<Vec<Duration>> {
+    let (services, slices) = services(10, target);
+    let pods: Vec<Pod> = [
+        ("client", "10.244.1.250"),
+        ("server", &target.ip().to_string()[..]),
+    ]
+    .iter()
+    .filter_map(|(name, ip)| {
+        serde_json::from_value(json!({
+            "metadata": {"namespace": "bench", "name": name, "labels": {"app": name}},
+            "spec": {"nodeName": node.node_name, "containers": [{"name": "c", "image": "busybox"}]},
+            "status": {"phase": "Running", "podIP": ip},
+        }))
+        .ok()
+    })
+    .collect();
+    let namespace: Namespace = serde_json::from_value(json!({"metadata": {"name": "bench"}}))?;
+    let policy: NetworkPolicy = serde_json::from_value(json!({
+        "metadata": {"namespace": "bench", "name": "deny"},
+        "spec": {"podSelector": {"matchLabels": {"app": "server"}}, "policyTypes": ["Ingress"]},
+    }))?;
+    let mut proxy = Proxy::new();
+    proxy
+        .sync(plan(services.iter(), slices.iter(), node))
+        .await?;
+    let mut latencies = Vec::with_capacity(changes);
+    for _ in 0..changes {
+        let started = Instant::now();
+        let mut rules = plan(services.iter(), slices.iter(), node);
+        add_policies(&mut rules, [&policy], &pods, [&namespace], node);
+        proxy.sync(rules).await?;
+        wait_for(client, target, false, started)?;
+        latencies.push(started.elapsed());
+        let removed = Instant::now();
+        proxy
+            .sync(plan(services.iter(), slices.iter(), node))
+            .await?;
+        wait_for(client, target, true, removed)?;
+    }
+    latencies.sort();
+    Ok(latencies)
+}
+
+/// Probes from `client` until a connection to `target` passes (`true`) or
+/// is refused (`false`); at most 5 s.
+fn wait_for(client: &Path, target: SocketAddr, passes: bool, since: Instant) -> anyhow::Result<()> {
+    loop {
+        let attempt = netns::run_in_blocking(client, move || {
+            TcpStream::connect_timeout(&target, Duration::from_millis(500)).is_ok()
+        })?;
+        if attempt == passes {
+            return Ok(());
+        }
+        if since.elapsed() > Duration::from_secs(5) {
+            bail!("the policy change did not take effect within 5 s");
+        }
+    }
 }

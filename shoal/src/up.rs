@@ -310,6 +310,15 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .await
             .context("a client for the controllers")?;
         let mut settings = args.controllers.settings()?;
+        if let (None, Some(subnet)) = (&settings.loadbalancer_ip_pool, node_subnet) {
+            // LoadBalancer addresses from the last 16 of the nodes'
+            // network, answered by the nodes on its bridge.
+            if subnet.size() >= args.nodes as u64 + 12 + 16 {
+                if let Some(pool) = shoal_core::cidr::Ipv4Cidr::containing(subnet.broadcast(), 28) {
+                    settings.loadbalancer_ip_pool = Some(pool.to_string());
+                }
+            }
+        }
         if settings.cluster_signing.is_none() {
             // Node overlay certificates are signed by the cluster CA.
             let ca = shoal_core::tls::Files::in_dir(&dir.join("apiserver"));

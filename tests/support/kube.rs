@@ -168,6 +168,16 @@ impl ShoalUp {
         self.kubectl_with(args, None, &[])
     }
 
+    /// `kubectl apply -f -` of `yaml`, which must succeed.
+    pub fn apply(&self, yaml: &str) {
+        let out = self.kubectl_with(&["apply", "-f", "-"], Some(yaml), &[]);
+        assert!(
+            out.status.success(),
+            "apply failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     pub fn kubectl_with(&self, args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> Output {
         let mut command = Command::new(KUBECTL);
         command

@@ -86,12 +86,7 @@ spec:
     command: [\"sh\", \"-c\", {command:?}]{ports}
 "
     );
-    let out = up.kubectl_with(&["apply", "-f", "-"], Some(&yaml), &[]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    up.apply(&yaml);
 }
 
 pub fn pod_ip(up: &ShoalUp, name: &str) -> String {

@@ -7,6 +7,7 @@
 //! ```text
 //!   plan   Services + EndpointSlices → Ruleset (pure, per-Service chains and map elements)
 //!   policy NetworkPolicies + Pods + Namespaces → per-pod chains in the same Ruleset (pure)
+//!   announce the LoadBalancer addresses this node answers ARP for (on `lo`)
 //!   nft    Ruleset → the nftables JSON transaction from the applied ruleset to it
 //!   Proxy  applies transactions with `nft -j -f -`, keeps what the kernel holds, counts
 //! ```
@@ -15,6 +16,7 @@
 //! after a failure (someone deleted the table, `nft` missing) the next sync
 //! rebuilds the table from nothing.
 
+pub mod announce;
 pub mod nft;
 pub mod plan;
 pub mod policy;
@@ -38,6 +40,8 @@ pub enum Error {
     Spawn(#[source] std::io::Error),
     #[error("nft refused the transaction: {message}")]
     Refused { message: String },
+    #[error("announcing LoadBalancer addresses: {0}")]
+    Announce(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -98,7 +102,15 @@ impl Proxy {
         let commands = nft::transaction(self.applied.as_ref(), &next);
         let count = commands.len();
         if count > 0 {
-            if let Err(e) = apply(commands).await {
+            let mut applied = apply(commands).await;
+            if applied.is_ok()
+                && (full || self.applied.as_ref().map(|a| &a.announce) != Some(&next.announce))
+            {
+                applied = announce::announce(&next.announce)
+                    .await
+                    .map_err(Error::Announce);
+            }
+            if let Err(e) = applied {
                 self.applied = None;
                 self.metrics
                     .syncs

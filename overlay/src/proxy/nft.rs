@@ -33,7 +33,8 @@ use nftables::schema::{
     SetType, SetTypeValue, Table,
 };
 use nftables::stmt::{
-    JumpTarget, Mangle, Match, NATFlag, Operator, Reject, SetOp, Statement, VerdictMap, NAT,
+    JumpTarget, Mangle, Match, NATFlag, Operator, Reject, RejectType, SetOp, Statement, VerdictMap,
+    NAT,
 };
 use nftables::types::{NfChainType, NfFamily, NfHook};
 use serde_json::{json, Value};
@@ -395,6 +396,16 @@ impl Commands {
                 Statement::Goto(JumpTarget {
                     target: REJECT.into(),
                 }),
+            ],
+        ));
+        // TCP gets a reset: ICMP errors are rate-limited by the kernel (one
+        // a second per destination), so a client refused twice in a second
+        // would hang on its second try.
+        rules.push((
+            REJECT,
+            vec![
+                matches(l4proto(), Expression::String("tcp".into()), Operator::EQ),
+                Statement::Reject(Some(Reject::new(Some(RejectType::TCPReset), None))),
             ],
         ));
         rules.push((
@@ -776,7 +787,7 @@ fn statements(rule: &Rule) -> Vec<Statement<'static>> {
             Statement::Return(None),
         ],
         // Refused at once, as the guide shows ("Connection refused").
-        Rule::Deny => vec![Statement::Reject(Some(Reject::new(None, None)))],
+        Rule::Deny => vec![goto_chain(REJECT)],
         Rule::Dnat {
             protocol: p,
             address: ip,

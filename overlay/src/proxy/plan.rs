@@ -156,6 +156,8 @@ pub struct Ruleset {
     /// that checks what may reach (leave) them.
     pub pod_ingress: BTreeMap<Ipv4Addr, String>,
     pub pod_egress: BTreeMap<Ipv4Addr, String>,
+    /// LoadBalancer addresses this node answers for (see `announce`).
+    pub announce: BTreeSet<Ipv4Addr>,
 }
 
 impl Ruleset {
@@ -268,8 +270,9 @@ fn add_service(
         .flatten()
         .filter_map(|ip| ip.parse().ok())
         .collect();
+    let mut balancer: Vec<Ipv4Addr> = Vec::new();
     if kind == "LoadBalancer" {
-        external.extend(
+        balancer.extend(
             service
                 .status
                 .iter()
@@ -278,6 +281,17 @@ fn add_service(
                 .filter_map(|i| i.ip.as_deref())
                 .filter_map(|ip| ip.parse::<Ipv4Addr>().ok()),
         );
+        // Announced by the first node (by name) holding a ready endpoint.
+        let announcer = slices
+            .iter()
+            .flat_map(|s| s.endpoints.iter())
+            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready).unwrap_or(true))
+            .filter_map(|e| e.node_name.as_deref())
+            .min();
+        if announcer == Some(node.node_name.as_str()) {
+            rules.announce.extend(balancer.iter().copied());
+        }
+        external.extend(balancer.iter().copied());
     }
     external.sort();
     external.dedup();
@@ -500,13 +514,14 @@ fn usable(endpoints: &[Endpoint]) -> Vec<&Endpoint> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
     use serde_json::json;
 
-    fn node() -> NodeContext {
+    /// node-1 in 10.244.0.0/16 (the policy tests' too).
+    pub(crate) fn node() -> NodeContext {
         NodeContext {
             node_name: "node-1".into(),
             cluster_cidr: "10.244.0.0/16".parse().unwrap(),
@@ -710,12 +725,19 @@ mod tests {
             Some(&ext)
         );
 
+        // node-1, the first node with an endpoint, answers for the address.
+        assert_eq!(
+            rules.announce,
+            BTreeSet::from(["172.29.0.200".parse().unwrap()])
+        );
+
         // On a node without an endpoint of its own, outside traffic is dropped.
         let other = NodeContext {
             node_name: "node-3".into(),
             ..node()
         };
         let rules = plan([&svc], [&eps], &other);
+        assert!(rules.announce.is_empty());
         assert_eq!(
             rules.no_endpoint_node_ports.get(&(Protocol::Tcp, 30080)),
             Some(&Target::Drop)

@@ -343,15 +343,8 @@ mod tests {
     #![allow(clippy::unwrap_used)]
 
     use super::*;
+    use crate::proxy::plan::tests::node;
     use serde_json::json;
-
-    fn node() -> NodeContext {
-        NodeContext {
-            node_name: "node-1".into(),
-            cluster_cidr: "10.244.0.0/16".parse().unwrap(),
-            tunnel: None,
-        }
-    }
 
     fn pod(namespace: &str, name: &str, ip: &str, node: &str, labels: serde_json::Value) -> Pod {
         serde_json::from_value(json!({

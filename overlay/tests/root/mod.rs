@@ -9,8 +9,6 @@ use std::net::{Ipv4Addr, SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use nix::mount::{mount, MsFlags};
-use nix::sched::{unshare, CloneFlags};
 use shoal_overlay::netns;
 
 /// True as root. Otherwise says why the test does not run and returns
@@ -41,16 +39,7 @@ where
         return;
     }
     let thread = std::thread::spawn(move || {
-        unshare(CloneFlags::CLONE_NEWNET | CloneFlags::CLONE_NEWNS).expect("unshare");
-        // Our namespace files must not show up in the machine's mount table.
-        mount(
-            None::<&str>,
-            "/",
-            None::<&str>,
-            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
-            None::<&str>,
-        )
-        .expect("making / private");
+        netns::isolate_thread().expect("a network namespace of the test's own");
         let state = tempfile::tempdir().expect("tempdir");
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()

@@ -13,8 +13,9 @@
 //!                 → containers → (probes, restarts, back-off) → termination;
 //!                 status patched whenever what it computes (status.rs, pure)
 //!                 changes
-//!    proxy.rs     the service proxy: Services + EndpointSlices → the node's
-//!                 nftables table (shoal_overlay::proxy)
+//!    proxy.rs     the service proxy and NetworkPolicy: Services,
+//!                 EndpointSlices, NetworkPolicies, Pods, Namespaces → the
+//!                 node's nftables table (shoal_overlay::proxy)
 //!    server/      HTTPS for the apiserver's logs/exec/attach proxy: query
 //!                 parsing, logs (CRI files read with runtime/log.rs), and
 //!                 exec/attach (remotecommand)
@@ -232,8 +233,8 @@ pub async fn run(
         }
     };
     let registry = Arc::new(registry::Registry::default());
-    // Services feed the containers' variables and the proxy; slices the
-    // proxy. Any event wakes the proxy.
+    // Services feed the containers' variables and the proxy; the other
+    // watches only the proxy. Any event wakes the proxy.
     let changed = Arc::new(tokio::sync::Notify::new());
     let (services, services_watch) = watched::<Service>(&client, &changed);
     let services_watch = tokio::spawn(services_watch);

@@ -162,12 +162,12 @@ impl Proxy {
         );
         registry.register(
             "rules",
-            "Rules in the per-Service chains",
+            "Rules in the per-Service and per-pod (NetworkPolicy) chains",
             self.metrics.rules.clone(),
         );
         registry.register(
             "chains",
-            "Per-Service and per-endpoint chains",
+            "Per-Service, per-endpoint and per-pod chains",
             self.metrics.chains.clone(),
         );
         registry.register(
@@ -187,10 +187,14 @@ impl Proxy {
     }
 }
 
-/// Deletes the node's table (its pods are gone: `shoal up
-/// --stop-pods-on-exit`); a proxy started later rebuilds it.
+/// Deletes the node's table and gives up its LoadBalancer addresses (its
+/// pods are gone: `shoal up --stop-pods-on-exit`); a proxy started later
+/// rebuilds them.
 pub async fn remove_table() -> Result<()> {
-    apply(nft::delete_table()).await
+    apply(nft::delete_table()).await?;
+    announce::announce(&std::collections::BTreeSet::new())
+        .await
+        .map_err(Error::Announce)
 }
 
 /// Runs one transaction with `nft -j -f -` (the crate's helper drops

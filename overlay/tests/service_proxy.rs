@@ -275,13 +275,26 @@ fn services_reach_their_endpoints_through_the_nftables_table() {
             .unwrap();
         assert_eq!(synced.commands, 0);
 
-        // The table deleted behind the proxy's back: the next change fails
-        // once, and the sync after rebuilds it.
-        let deleted = std::process::Command::new("nft")
-            .args(["delete", "table", "ip", "shoal"])
-            .status()
+        // The table deleted behind the proxy's back: a check notices it and
+        // the next sync rebuilds it.
+        assert!(proxy.check().await, "the table is there");
+        let delete_table = || {
+            let deleted = std::process::Command::new("nft")
+                .args(["delete", "table", "ip", "shoal"])
+                .status()
+                .unwrap();
+            assert!(deleted.success());
+        };
+        delete_table();
+        assert!(!proxy.check().await, "a deleted table is noticed");
+        let rebuilt = proxy
+            .sync(plan(services.iter(), slices.iter(), &node))
+            .await
             .unwrap();
-        assert!(deleted.success());
+        assert!(rebuilt.full);
+        // Deleted again and not checked: the next change fails once, and
+        // the sync after rebuilds it.
+        delete_table();
         slices.retain(|s| s.metadata.name.as_deref() != Some(&format!("self-{}", at_a.port())));
         let broken = proxy
             .sync(plan(services.iter(), slices.iter(), &node))

@@ -4,7 +4,8 @@
 //! sync loop, which waits out `--proxy-min-sync-period` since the last sync
 //! (a burst of changes is applied together), plans the whole ruleset from
 //! the caches and applies what changed. A failed sync is retried after a
-//! second, rebuilding the table.
+//! second, rebuilding the table; a table deleted behind the agent's back
+//! is noticed within 30 s and rebuilt.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -103,8 +104,12 @@ pub async fn run(
                 continue;
             }
         }
-        // A change, or every 30 s a check that costs nothing when nothing
-        // changed (the transaction is empty).
-        let _ = tokio::time::timeout(Duration::from_secs(30), inputs.changed.notified()).await;
+        // A change; or every 30 s, a check that the table is still there
+        // (rebuilt at once if someone deleted it) and a sync that costs
+        // nothing when nothing changed (the transaction is empty).
+        let waited = tokio::time::timeout(Duration::from_secs(30), inputs.changed.notified()).await;
+        if waited.is_err() && !proxy.check().await {
+            tracing::warn!("the service rules' table is gone from the kernel; rebuilding it");
+        }
     }
 }

@@ -147,6 +147,27 @@ impl Proxy {
         })
     }
 
+    /// Whether the kernel still holds the table this proxy applied (someone
+    /// may have deleted it: `nft flush ruleset`); when it does not, the
+    /// next sync rebuilds it. Cheap: one chain of the fixed part is listed.
+    pub async fn check(&mut self) -> bool {
+        if self.applied.is_none() {
+            return false;
+        }
+        let listed = tokio::process::Command::new("nft")
+            .args(["list", "chain", "ip", nft::TABLE, nft::SERVICES])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .status()
+            .await;
+        if listed.is_ok_and(|status| status.success()) {
+            return true;
+        }
+        self.applied = None;
+        false
+    }
+
     /// The proxy's counters in Prometheus' text format.
     pub fn metrics(&self) -> String {
         let mut registry = Registry::with_prefix("shoal_proxy");

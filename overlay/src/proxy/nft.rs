@@ -48,7 +48,8 @@ pub const TABLE: &str = "shoal";
 /// The packet mark that asks for masquerading (kube-proxy's).
 pub const MASQUERADE_MARK: u32 = 0x4000;
 
-const SERVICES: &str = "services";
+/// The chain every Service lookup starts from.
+pub const SERVICES: &str = "services";
 const ENDPOINTS_CHECK: &str = "endpoints-check";
 const MARK_FOR_MASQUERADE: &str = "mark-for-masquerade";
 const MASQUERADING: &str = "masquerading";

@@ -4,7 +4,7 @@
 # gRPC code, libclang for RocksDB's bindings), the container runtime and
 # the busybox image's source (runc, busybox-static), the tools the tests
 # drive (etcd, etcdctl, curl, openssl, dig, ip, nft, iptables, setpriv,
-# tcpdump, ping), and with
+# tcpdump, ping, nsd as the DNS tests' upstream), and with
 # --tests the Python clients in a venv and docker-compose for the lab.
 #
 #   scripts/install-deps.sh           # to build and run (scripts/up.sh)
@@ -19,6 +19,8 @@ if [ "${1:-}" = "--tests" ]; then
   PACKAGES+=(etcd-client etcd-server dnsutils python3-venv binutils)
   # The overlay's tests: a capture on the nodes' bridge, ping -M do.
   PACKAGES+=(tcpdump iputils-ping)
+  # The cluster DNS's tests: an NSD on loopback as the upstream.
+  PACKAGES+=(nsd)
   # The lab (tests/lab.rs) drives a Docker engine the machine provides;
   # only its compose tool is installed here when missing.
   if ! command -v docker-compose >/dev/null 2>&1; then

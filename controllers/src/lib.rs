@@ -13,6 +13,7 @@
 //!   endpoints/     Endpoints, EndpointSlices, LoadBalancer addresses
 //!   nodelifecycle nodeipam garbagecollector serviceaccount volumes
 //!   csrsigning (node overlay certificates)
+//!   clusterdns (the kube-system/kube-dns Service)
 //! ```
 //!
 //! A controller with a folder keeps its wiring (informers, the kube-runtime
@@ -23,6 +24,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::pin::Pin;
 
+pub mod clusterdns;
 pub mod cronjob;
 pub mod csrsigning;
 pub mod daemonset;
@@ -64,6 +66,9 @@ pub struct Settings {
     /// (`--cluster-signing-cert-file`/`-key-file`); none leaves their
     /// requests pending.
     pub cluster_signing: Option<std::sync::Arc<shoal_core::tls::Ca>>,
+    /// The cluster DNS Service's address (`--cluster-dns`); none: no
+    /// `kube-system/kube-dns` Service is made.
+    pub cluster_dns: Option<std::net::IpAddr>,
 }
 
 impl Default for Settings {
@@ -76,6 +81,7 @@ impl Default for Settings {
             informers: informers::Informers::default(),
             horizontal_pod_autoscaler_sync_period: std::time::Duration::from_secs(15),
             cluster_signing: None,
+            cluster_dns: Some(std::net::IpAddr::from([10, 96, 0, 10])),
         }
     }
 }
@@ -122,6 +128,11 @@ pub const REGISTRY: &[(&str, Loop, bool)] = &[
     (
         "serviceaccount",
         |client, settings| Box::pin(serviceaccount::run(client, settings)),
+        true,
+    ),
+    (
+        "clusterdns",
+        |client, settings| Box::pin(clusterdns::run(client, settings)),
         true,
     ),
     (

@@ -13,8 +13,10 @@
 //!   json       untyped object edits (set a path, drop nulls)
 //!   tls        the cluster CA, serving certificates, rustls configurations
 //!   client     kube clients from kubeconfigs
+//!   cache      caches of a kind kept by a watch, with a change signal
 //! ```
 
+pub mod cache;
 pub mod cidr;
 pub mod client;
 pub mod cron;

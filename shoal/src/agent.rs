@@ -102,6 +102,19 @@ pub struct AgentArgs {
     /// together.
     #[arg(long, env = "SHOAL_PROXY_MIN_SYNC_PERIOD", default_value = "100ms", value_parser = parse_duration)]
     proxy_min_sync_period: Duration,
+    /// Run no cluster DNS: this node's pods cannot resolve cluster names.
+    #[arg(long, env = "SHOAL_NO_DNS")]
+    no_dns: bool,
+    /// The port the node's DNS answers on, at the node's bridge address.
+    #[arg(long, env = "SHOAL_DNS_PORT", default_value_t = 53)]
+    dns_port: u16,
+    /// The TTL of the cluster's records, in seconds.
+    #[arg(long, env = "SHOAL_DNS_TTL", default_value_t = shoal_dns::server::DEFAULT_TTL)]
+    dns_ttl: u32,
+    /// Name servers for names outside the cluster (`ip` or `ip:port`,
+    /// comma-separated). Default: those of the host's /etc/resolv.conf.
+    #[arg(long, env = "SHOAL_DNS_UPSTREAM", value_delimiter = ',', value_parser = crate::dns::parse_upstream)]
+    dns_upstream: Vec<std::net::SocketAddr>,
     /// Register simulated nodes that report their pods Running without
     /// running them (as kwok does).
     #[arg(long)]
@@ -212,9 +225,16 @@ async fn run_real(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
     let proxy = (!args.no_proxy).then_some(shoal_agent::agent::proxy::ProxyConfig {
         min_sync_period: args.proxy_min_sync_period,
     });
+    let dns = (!args.no_dns).then(|| shoal_agent::agent::dns::DnsConfig {
+        port: args.dns_port,
+        ttl: args.dns_ttl,
+        upstreams: (!args.dns_upstream.is_empty()).then_some(args.dns_upstream.clone()),
+        ..Default::default()
+    });
     let config = shoal_agent::agent::Config {
         overlay,
         proxy,
+        dns,
         node_name,
         data_dir: args.data_dir.clone(),
         node_ip: args.node_ip,

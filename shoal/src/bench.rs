@@ -49,6 +49,10 @@ pub enum BenchCommand {
     /// (root): change-to-kernel latency with N Services, connections per
     /// second through a ClusterIP; one JSON line per Service count.
     Proxy(crate::bench_proxy::ProxyBench),
+    /// Fill a cluster with Services and pods (simulated nodes) and write
+    /// the zone files and dnsperf queries `bench/dns.sh` compares DNS
+    /// servers with; print one JSON line.
+    Dns(crate::bench_dns::DnsBench),
 }
 
 /// The request every operation sends.
@@ -138,6 +142,7 @@ pub async fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::PodStartup(args) => crate::bench_pod_startup::run(args).await,
         BenchCommand::Failover(args) => crate::bench_failover::run(args).await,
         BenchCommand::Proxy(args) => crate::bench_proxy::run(args),
+        BenchCommand::Dns(args) => crate::bench_dns::run(args).await,
     }
 }
 

@@ -49,6 +49,13 @@ pub struct ControllerFlags {
     cluster_signing_cert_file: Option<std::path::PathBuf>,
     #[arg(long, env = "SHOAL_CLUSTER_SIGNING_KEY_FILE")]
     cluster_signing_key_file: Option<std::path::PathBuf>,
+    /// The cluster DNS Service's address: `kube-system/kube-dns` is made
+    /// there (every agent answers it on its own node).
+    #[arg(long, env = "SHOAL_CLUSTER_DNS", default_value = "10.96.0.10")]
+    cluster_dns: std::net::IpAddr,
+    /// Make no `kube-system/kube-dns` Service.
+    #[arg(long)]
+    no_cluster_dns_service: bool,
 }
 
 impl ControllerFlags {
@@ -67,6 +74,7 @@ impl ControllerFlags {
                 .horizontal_pod_autoscaler_sync_period
                 .max(std::time::Duration::from_secs(1)),
             cluster_signing: self.cluster_signing()?,
+            cluster_dns: (!self.no_cluster_dns_service).then_some(self.cluster_dns),
             ..Default::default()
         })
     }

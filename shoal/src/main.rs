@@ -4,11 +4,13 @@ mod agent;
 mod apiserver;
 mod bench;
 mod bench_api;
+mod bench_dns;
 mod bench_failover;
 mod bench_pod_startup;
 mod bench_proxy;
 mod bench_scheduler;
 mod controllers;
+mod dns;
 mod image;
 mod overlay;
 mod shim;
@@ -46,6 +48,8 @@ enum Command {
     Controllers(controllers::ControllersArgs),
     /// Run a node agent: real pods with runc, or simulated nodes (--simulate).
     Agent(agent::AgentArgs),
+    /// Run the cluster DNS on its own (every agent also runs one).
+    Dns(dns::DnsArgs),
     /// Run a whole cluster on this machine and write a kubeconfig.
     Up(up::UpArgs),
     /// Load generators.
@@ -92,6 +96,7 @@ fn main() -> anyhow::Result<()> {
             Command::Up(args) => up::run(args).await,
             Command::Controllers(args) => controllers::run(args).await,
             Command::Agent(args) => agent::run(args).await,
+            Command::Dns(args) => dns::run(args).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Image(cmd) => image::run(cmd),
             Command::Overlay(cmd) => overlay::run(cmd).await,

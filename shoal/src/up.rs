@@ -76,6 +76,11 @@ pub struct UpArgs {
     /// them).
     #[arg(long, env = "SHOAL_STOP_PODS_ON_EXIT")]
     stop_pods_on_exit: bool,
+    /// Name servers the nodes' cluster DNS forwards outside names to (`ip`
+    /// or `ip:port`, comma-separated). Default: this machine's
+    /// /etc/resolv.conf.
+    #[arg(long, env = "SHOAL_DNS_UPSTREAM", value_delimiter = ',', value_parser = crate::dns::parse_upstream)]
+    dns_upstream: Vec<std::net::SocketAddr>,
 }
 
 /// What must stay the same from one run to the next.
@@ -359,6 +364,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 backoff_initial: args.restart_backoff_initial,
                 backoff_max: args.restart_backoff_max.max(args.restart_backoff_initial),
                 cluster_cidr: args.controllers.cluster_cidr,
+                dns_upstream: &args.dns_upstream,
             };
             hosts = Some(crate::up_nodes::Hosts::start(nodes, subnet, settings).await?);
             done();
@@ -504,6 +510,12 @@ async fn start_agent(
         stop_pods_on_exit: args.stop_pods_on_exit,
         overlay: None,
         proxy: Some(Default::default()),
+        // Answered on the pods' bridge address, port 53; the proxy sends
+        // 10.96.0.10 there.
+        dns: Some(shoal_agent::agent::dns::DnsConfig {
+            upstreams: (!args.dns_upstream.is_empty()).then(|| args.dns_upstream.clone()),
+            ..Default::default()
+        }),
         container_log_max_bytes: 10 << 20,
         container_log_max_files: 5,
     };

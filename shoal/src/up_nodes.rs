@@ -204,6 +204,8 @@ pub struct AgentSettings<'a> {
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
     pub cluster_cidr: shoal_core::cidr::Ipv4Cidr,
+    /// Where the nodes' DNS forwards outside names (none: resolv.conf).
+    pub dns_upstream: &'a [std::net::SocketAddr],
 }
 
 impl Hosts {
@@ -283,6 +285,15 @@ impl Hosts {
             ] {
                 argv.push(flag.into());
                 argv.push(value.into());
+            }
+            if !settings.dns_upstream.is_empty() {
+                let upstreams: Vec<String> = settings
+                    .dns_upstream
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect();
+                argv.push("--dns-upstream".into());
+                argv.push(upstreams.join(",").into());
             }
             for (flag, path) in [
                 ("--tls-cert-file", cert.as_path()),

@@ -5,6 +5,7 @@
 // Test helpers: a failed step is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+pub mod dns;
 pub mod kube;
 pub mod nodes;
 

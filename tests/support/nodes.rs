@@ -9,15 +9,22 @@ use std::time::Duration;
 use super::kube::{eventually, ShoalUp};
 
 pub fn cluster(count: usize) -> ShoalUp {
+    cluster_with(count, &[])
+}
+
+/// `cluster(count)` with extra flags of `shoal up`.
+pub fn cluster_with(count: usize, extra: &[&str]) -> ShoalUp {
     let nodes_arg = count.to_string();
-    let up = ShoalUp::with_agent(&[
+    let mut args = vec![
         "--nodes",
         &nodes_arg,
         "--restart-backoff-initial",
         "1s",
         "--restart-backoff-max",
         "4s",
-    ]);
+    ];
+    args.extend_from_slice(extra);
+    let up = ShoalUp::with_agent(&args);
     assert!(
         eventually(Duration::from_secs(60), || {
             let nodes = up.ok(&["get", "nodes", "--no-headers"]);

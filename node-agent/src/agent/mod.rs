@@ -13,6 +13,8 @@
 //!                 → containers → (probes, restarts, back-off) → termination;
 //!                 status patched whenever what it computes (status.rs, pure)
 //!                 changes
+//!    dns.rs       the node's cluster DNS (shoal_dns) on the bridge address,
+//!                 published as this node's endpoint of kube-system/kube-dns
 //!    proxy.rs     the service proxy and NetworkPolicy: Services,
 //!                 EndpointSlices, NetworkPolicies, Pods, Namespaces → the
 //!                 node's nftables table (shoal_overlay::proxy)
@@ -27,6 +29,7 @@
 //! and removes what belongs to pods deleted while it was away.
 
 pub mod certificates;
+pub mod dns;
 pub mod env;
 pub mod events;
 pub mod node;
@@ -46,12 +49,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::api::networking::v1::NetworkPolicy;
-use kube::runtime::{reflector, watcher, WatchStreamExt};
-use kube::Api;
+use kube::runtime::reflector;
+use shoal_core::cache;
 
 use crate::runtime::Runtime;
 
@@ -87,6 +89,9 @@ pub struct Config {
     /// The service proxy; without it Services are not reachable from this
     /// node.
     pub proxy: Option<proxy::ProxyConfig>,
+    /// The node's cluster DNS; without it this node's pods cannot resolve
+    /// cluster names (the Service's traffic stays on each node).
+    pub dns: Option<dns::DnsConfig>,
 }
 
 /// The node bridge.
@@ -233,51 +238,14 @@ pub async fn run(
         }
     };
     let registry = Arc::new(registry::Registry::default());
-    // Services feed the containers' variables and the proxy; the other
-    // watches only the proxy. Any event wakes the proxy.
-    let changed = Arc::new(tokio::sync::Notify::new());
-    let (services, services_watch) = watched::<Service>(&client, &changed);
-    let services_watch = tokio::spawn(services_watch);
-    let proxy_metrics: Arc<std::sync::Mutex<String>> = Arc::default();
     // One node without the overlay: its own range is the whole pod network.
     let cluster_cidr = config
         .overlay
         .as_ref()
         .map(|o| o.cluster_cidr)
         .or_else(|| pod_cidr.parse().ok());
-    let proxy_task = match (config.proxy.clone(), cluster_cidr) {
-        (Some(settings), Some(cluster_cidr)) => {
-            let (slices, slices_watch) = watched::<EndpointSlice>(&client, &changed);
-            let (policies, policies_watch) = watched::<NetworkPolicy>(&client, &changed);
-            let (pods, pods_watch) = watched::<Pod>(&client, &changed);
-            let (namespaces, namespaces_watch) = watched::<Namespace>(&client, &changed);
-            let node = shoal_overlay::proxy::NodeContext {
-                node_name: config.node_name.clone(),
-                cluster_cidr,
-                tunnel: config
-                    .overlay
-                    .as_ref()
-                    .map(|_| (shoal_overlay::tunnel::DEVICE.to_string(), network.gateway())),
-            };
-            let inputs = proxy::Inputs {
-                services: services.clone(),
-                slices,
-                policies,
-                pods,
-                namespaces,
-                changed: changed.clone(),
-            };
-            let sync = proxy::run(inputs, node, settings, proxy_metrics.clone());
-            Some(tokio::spawn(async move {
-                tokio::join!(
-                    slices_watch,
-                    policies_watch,
-                    pods_watch,
-                    namespaces_watch,
-                    sync
-                );
-            }))
-        }
+    let proxy_settings = match (config.proxy.clone(), cluster_cidr) {
+        (Some(settings), Some(cluster_cidr)) => Some((settings, cluster_cidr)),
         (Some(_), None) => {
             tracing::error!(pod_cidr = %pod_cidr, "no service proxy: the node's podCIDR is not an IPv4 range");
             None
@@ -287,6 +255,74 @@ pub async fn run(
             None
         }
     };
+    if config.dns.is_none() {
+        tracing::info!("cluster DNS disabled: this node's pods cannot resolve cluster names");
+    }
+    // The agent's caches: Services feed the containers' variables, the
+    // proxy and the DNS; EndpointSlices and Pods the proxy and the DNS;
+    // NetworkPolicies and Namespaces the proxy. Each change wakes those
+    // that read the kind.
+    let proxy_changed = Arc::new(tokio::sync::Notify::new());
+    let dns_changed = Arc::new(tokio::sync::Notify::new());
+    let mut readers = Vec::new();
+    if proxy_settings.is_some() {
+        readers.push(proxy_changed.clone());
+    }
+    if config.dns.is_some() {
+        readers.push(dns_changed.clone());
+    }
+    let (services, services_watch) = cache::watched::<Service>(&client, &readers);
+    let (slices, slices_watch) = cache::watched::<EndpointSlice>(&client, &readers);
+    let (pods_cache, pods_watch) = cache::watched::<Pod>(&client, &readers);
+    let mut watches = vec![tokio::spawn(services_watch)];
+    if !readers.is_empty() {
+        watches.push(tokio::spawn(slices_watch));
+        watches.push(tokio::spawn(pods_watch));
+    }
+    let proxy_metrics: Arc<std::sync::Mutex<String>> = Arc::default();
+    let proxy_task = proxy_settings.map(|(settings, cluster_cidr)| {
+        let readers = std::slice::from_ref(&proxy_changed);
+        let (policies, policies_watch) = cache::watched::<NetworkPolicy>(&client, readers);
+        let (namespaces, namespaces_watch) = cache::watched::<Namespace>(&client, readers);
+        let node = shoal_overlay::proxy::NodeContext {
+            node_name: config.node_name.clone(),
+            cluster_cidr,
+            tunnel: config
+                .overlay
+                .as_ref()
+                .map(|_| (shoal_overlay::tunnel::DEVICE.to_string(), network.gateway())),
+        };
+        let inputs = proxy::Inputs {
+            services: services.clone(),
+            slices: slices.clone(),
+            policies,
+            pods: pods_cache.clone(),
+            namespaces,
+            changed: proxy_changed.clone(),
+        };
+        let sync = proxy::run(inputs, node, settings, proxy_metrics.clone());
+        tokio::spawn(async move {
+            tokio::join!(policies_watch, namespaces_watch, sync);
+        })
+    });
+    let dns_metrics = Arc::new(shoal_dns::Metrics::new());
+    let dns_task = config.dns.clone().map(|settings| {
+        let sources = shoal_dns::Sources {
+            services: services.clone(),
+            slices: slices.clone(),
+            pods: pods_cache.clone(),
+            changed: dns_changed.clone(),
+        };
+        tokio::spawn(dns::run(
+            client.clone(),
+            config.node_name.clone(),
+            IpAddr::V4(network.gateway()),
+            config.cluster_domain.clone(),
+            settings,
+            sources,
+            dns_metrics.clone(),
+        ))
+    });
     let shared = Arc::new(Shared {
         services,
         events: events::Recorder::new(client.clone(), &config.node_name),
@@ -301,13 +337,19 @@ pub async fn run(
         config: config.clone(),
     });
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let config_dns = config.dns.is_some();
     let metrics: server::Metrics = Arc::new(move || {
         let proxy = proxy_metrics.lock().map(|m| m.clone()).unwrap_or_default();
         let tunnel = tunnel_slot
             .get()
             .map(|tunnel| tunnel.metrics())
             .unwrap_or_default();
-        server::join_expositions(&[&proxy, &tunnel])
+        let dns = if config_dns {
+            dns_metrics.render()
+        } else {
+            String::new()
+        };
+        server::join_expositions(&[&proxy, &tunnel, &dns])
     });
     let server = {
         let client = client.clone();
@@ -337,8 +379,13 @@ pub async fn run(
     shutdown.await;
     let _ = stop_tx.send(true);
     heartbeat.abort();
-    services_watch.abort();
+    for watch in watches {
+        watch.abort();
+    }
     if let Some(task) = proxy_task {
+        task.abort();
+    }
+    if let Some(task) = dns_task {
         task.abort();
     }
     let pods = pods.await;
@@ -376,34 +423,4 @@ fn concurrent_starts() -> usize {
 
 async fn wait_true(mut rx: tokio::sync::watch::Receiver<bool>) {
     let _ = rx.wait_for(|stop| *stop).await;
-}
-
-/// A cache of every `K` of the cluster, kept by a watch that wakes
-/// `changed` on each event; the future runs the watch.
-fn watched<K>(
-    client: &kube::Client,
-    changed: &Arc<tokio::sync::Notify>,
-) -> (reflector::Store<K>, impl std::future::Future<Output = ()>)
-where
-    K: kube::Resource
-        + Clone
-        + std::fmt::Debug
-        + serde::de::DeserializeOwned
-        + Send
-        + Sync
-        + 'static,
-    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
-{
-    let (store, writer) = reflector::store::<K>();
-    let changed = changed.clone();
-    let watch = reflector(
-        writer,
-        watcher(Api::<K>::all(client.clone()), watcher::Config::default()),
-    )
-    .default_backoff()
-    .for_each(move |_| {
-        changed.notify_one();
-        futures::future::ready(())
-    });
-    (store, watch)
 }

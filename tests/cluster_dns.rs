@@ -31,20 +31,27 @@ fn nslookup(up: &ShoalUp, pod: &str, name: &str) -> String {
     exec_eventually(
         up,
         pod,
-        &format!("nslookup {name} | tee /dev/stderr | grep -A9 '^Name:'"),
+        &format!("out=$(nslookup {name} 2>&1); echo \"$out\"; echo \"$out\" | grep -q '^Name:'"),
         Duration::from_secs(30),
     )
 }
 
-/// The addresses of `Address:` lines after the first `Name:` (the
-/// server's own address comes before it).
+/// The addresses busybox `nslookup` found: the `Address:` lines of its
+/// answers (after a `Name:` line; the server's own address comes after
+/// `Server:`). Busybox walks the whole search path and prints each
+/// answer, so the same address may come twice.
 fn addresses(output: &str) -> Vec<String> {
-    let mut all: Vec<String> = output
-        .lines()
-        .skip_while(|l| !l.starts_with("Name:"))
-        .filter_map(|l| l.strip_prefix("Address:"))
-        .map(|a| a.trim().to_string())
-        .collect();
+    let mut all = Vec::new();
+    let mut in_answer = false;
+    for line in output.lines() {
+        if line.starts_with("Name:") {
+            in_answer = true;
+        } else if line.trim().is_empty() || line.starts_with("Server:") {
+            in_answer = false;
+        } else if let Some(address) = line.strip_prefix("Address:").filter(|_| in_answer) {
+            all.push(address.trim().to_string());
+        }
+    }
     all.sort();
     all.dedup();
     all
@@ -56,28 +63,29 @@ fn pods_resolve_services_statefulset_pods_and_outside_names() {
     let nsd_port = free_port();
     let upstream = format!("{HOST}:{nsd_port}");
     let up = nodes::cluster_with(2, &["--dns-upstream", &upstream]);
-    let nsd = Nsd::start(up.data_dir(), HOST.parse().unwrap());
-    if let Some(nsd) = &nsd {
-        assert_eq!(nsd.port, nsd_port);
-    }
+    let nsd = Nsd::start(up.data_dir(), HOST.parse().unwrap(), nsd_port);
     // `kubectl get svc -n kube-system` shows the cluster DNS Service.
     let svc = up.ok(&["get", "svc", "-n", "kube-system", "kube-dns"]);
     assert!(
         svc.contains("10.96.0.10") && svc.contains("53/UDP,53/TCP"),
         "{svc}"
     );
-    let slices = up.ok(&[
-        "get",
-        "endpointslices",
-        "-n",
-        "kube-system",
-        "-l",
-        "kubernetes.io/service-name=kube-dns",
-    ]);
-    assert!(
-        slices.contains("kube-dns-node-1") && slices.contains("kube-dns-node-2"),
-        "{slices}"
-    );
+    // Each node publishes its own endpoint of it.
+    let mut slices = String::new();
+    let published = eventually(Duration::from_secs(30), || {
+        slices = up.ok(&[
+            "get",
+            "endpointslices",
+            "-n",
+            "kube-system",
+            "-l",
+            "kubernetes.io/service-name=kube-dns",
+            "-o",
+            "wide",
+        ]);
+        slices.contains("kube-dns-node-1") && slices.contains("kube-dns-node-2")
+    });
+    assert!(published, "{slices}\n{}", nodes::agent_log(&up, "node-1"));
 
     // The guide's backend behind a Service, and clients on both nodes.
     pod_with(
@@ -142,11 +150,13 @@ spec:
     nodes::pod_ip(&up, "client");
     nodes::pod_ip(&up, "client-2");
 
-    // Short name, name.namespace, FQDN: the search path of resolv.conf.
+    // Short name and FQDN with busybox's nslookup (which walks the search
+    // path only for names without a dot); `name.namespace` through the
+    // C library's resolver, as applications resolve (resolv.conf's search
+    // path with ndots:5): the guide's `curl http://backend-service`.
     for client in ["client", "client-2"] {
         for name in [
             "backend-service",
-            "backend-service.default",
             "backend-service.default.svc.cluster.local",
         ] {
             let out = nslookup(&up, client, name);
@@ -156,15 +166,16 @@ spec:
                 "{client}: {name}: {out}"
             );
         }
+        for url in ["http://backend-service", "http://backend-service.default"] {
+            let page = exec_eventually(
+                &up,
+                client,
+                &format!("timeout 3 wget -q -O - {url}"),
+                Duration::from_secs(30),
+            );
+            assert!(page.starts_with("backend-"), "{client}: {url}: {page}");
+        }
     }
-    // The guide's `curl http://backend-service`.
-    let page = exec_eventually(
-        &up,
-        "client",
-        "wget -qO- -T 3 http://backend-service",
-        Duration::from_secs(30),
-    );
-    assert!(page.starts_with("backend-"), "{page}");
     // A headless Service: every ready pod.
     let ready = eventually(Duration::from_secs(30), || {
         addresses(&nslookup(&up, "client", "backend-headless")) == backend_ips
@@ -173,7 +184,7 @@ spec:
 
     // Across namespaces: `postgres.production`.
     up.apply(
-        "apiVersion: v1
+        &"apiVersion: v1
 kind: Namespace
 metadata:
   name: production
@@ -195,7 +206,36 @@ metadata:
 spec:
   type: ExternalName
   externalName: database.example.test
-",
+---
+# A Service without a selector whose endpoint is backend-1, by hand.
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: production
+spec:
+  ports:
+  - name: http
+    port: 80
+    targetPort: 8080
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: production
+  labels:
+    kubernetes.io/service-name: web
+addressType: IPv4
+ports:
+- name: http
+  port: 8080
+  protocol: TCP
+endpoints:
+- addresses: [BACKEND_1]
+  conditions: {ready: true}
+"
+        .replace("BACKEND_1", &nodes::pod_ip(&up, "backend-1")),
     );
     let prod_ip = up.ok(&[
         "get",
@@ -206,8 +246,15 @@ spec:
         "-o",
         "jsonpath={.spec.clusterIP}",
     ]);
-    let out = nslookup(&up, "client-2", "postgres.production");
+    let out = nslookup(&up, "client-2", "postgres.production.svc.cluster.local");
     assert_eq!(addresses(&out), [prod_ip], "{out}");
+    let page = exec_eventually(
+        &up,
+        "client-2",
+        "timeout 3 wget -q -O - http://web.production",
+        Duration::from_secs(30),
+    );
+    assert_eq!(page.trim(), "backend-1", "{page}");
 
     // The guide's init container waits for the Service's name; the
     // StatefulSet's pods get theirs.

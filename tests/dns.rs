@@ -161,7 +161,7 @@ spec:
 fn dig_gets_every_record_kind_of_the_specification() {
     let up = ShoalUp::start();
     let dir = up.data_dir().to_path_buf();
-    let nsd = Nsd::start(&dir, [127, 0, 0, 1].into());
+    let nsd = Nsd::start(&dir, [127, 0, 0, 1].into(), free_port());
     let upstream = nsd
         .as_ref()
         .map(Nsd::addr)

@@ -77,7 +77,8 @@ fn main() -> anyhow::Result<()> {
     // drown that out, so it shows only warnings unless RUST_LOG says more.
     let default_filter = match cli.command {
         Command::Up(_) => "warn,openraft=off",
-        _ => "info,openraft=warn",
+        // hickory-server logs every query at info.
+        _ => "info,openraft=warn,hickory_server=warn",
     };
     tracing_subscriber::fmt()
         .with_env_filter(

@@ -7,7 +7,7 @@ use std::process::{Child, Command};
 use std::time::Duration;
 
 use super::kube::eventually;
-use super::{daemon, free_port, in_ci, kill_group};
+use super::{daemon, in_ci, kill_group};
 
 /// The upstream for names outside the cluster: NSD serving `example.test`.
 pub struct Nsd {
@@ -27,8 +27,8 @@ database IN A 192.0.2.20
 ";
 
 impl Nsd {
-    /// NSD on `ip`; `None` (outside CI) when it is not installed.
-    pub fn start(dir: &Path, ip: IpAddr) -> Option<Nsd> {
+    /// NSD on `ip:port`; `None` (outside CI) when it is not installed.
+    pub fn start(dir: &Path, ip: IpAddr, port: u16) -> Option<Nsd> {
         let nsd = ["/usr/sbin/nsd", "/usr/bin/nsd"]
             .into_iter()
             .find(|p| Path::new(p).exists());
@@ -43,7 +43,6 @@ impl Nsd {
         let dir = dir.join("nsd");
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("example.test.zone"), EXAMPLE_ZONE).unwrap();
-        let port = free_port();
         let conf = format!(
             "server:
   ip-address: {ip}

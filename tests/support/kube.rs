@@ -82,7 +82,7 @@ impl ShoalUp {
             .args(["up", "--port", "0", "--data-dir"])
             .arg(self.dir.path())
             .args(&self.args)
-            .env("RUST_LOG", "info,openraft=warn")
+            .env("RUST_LOG", "info,openraft=warn,hickory_server=warn")
             .stdout(log.try_clone().expect("log file"))
             .stderr(log)
             .spawn()

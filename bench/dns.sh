@@ -10,8 +10,8 @@
 #     the master files) answer on loopback, one at a time;
 #   - dnsperf for DURATION against each at full speed: QPS, and the CPU
 #     seconds the server used (QPS per core = queries / CPU seconds);
-#   - dnsperf at RATE queries per second (below saturation) for 10 s with
-#     per-query latencies: p50 and p99;
+#   - dnsperf at RATE queries per second (below saturation), one client,
+#     for 10 s with per-query latencies: p50 and p99;
 #   - shoal dns's resident memory after the runs.
 # REPEAT runs; one JSON line per server and run, then the medians.
 #
@@ -22,7 +22,7 @@
 #   SERVICES  Services (default 1000)     PODS      pods (default 10000)
 #   SIMNODES  simulated nodes (default 50)
 #   DURATION  seconds of each full-speed run (default 30)
-#   RATE      queries per second of the latency runs (default 10000)
+#   RATE      queries per second of the latency runs, one client (default 5000)
 #   CLIENTS   dnsperf clients (default 20)
 #   REPEAT    runs (default 3)
 set -euo pipefail
@@ -33,7 +33,7 @@ SERVICES=${SERVICES:-1000}
 PODS=${PODS:-10000}
 SIMNODES=${SIMNODES:-50}
 DURATION=${DURATION:-30}
-RATE=${RATE:-10000}
+RATE=${RATE:-5000}
 CLIENTS=${CLIENTS:-20}
 REPEAT=${REPEAT:-3}
 
@@ -89,6 +89,10 @@ server:
   zonelistfile: "$WORK/nsd/zone.list"
   logfile: "$WORK/nsd/nsd.log"
   server-count: $(nproc)
+  # Response rate limiting (on by default, 200 answers/s per client
+  # network) would measure the limit, not the server.
+  rrl-ratelimit: 0
+  rrl-whitelist-ratelimit: 0
 remote-control:
   control-enable: no
 zone:
@@ -147,11 +151,14 @@ for run in $(seq "$REPEAT"); do
   for server in shoal nsd knot; do
     case $server in shoal) P=$P_SHOAL ;; nsd) P=$P_NSD ;; knot) P=$P_KNOT ;; esac
     start "$server" "$P"
-    # nsd forks its servers: count the whole group.
-    before=0; for pid in $(pgrep -f -- "$([ "$server" = shoal ] && echo "dns --kubeconfig" || echo "$server")" ); do before=$(python3 -c "print($before+$(cpu_seconds "$pid" 2>/dev/null || echo 0))"); done
+    # nsd forks its servers: count the server and its children.
+    pids="$SERVER_PID $(pgrep -P "$SERVER_PID" | tr '\n' ' ' || true)"
+    before=0; for pid in $pids; do before=$(python3 -c "print($before+$(cpu_seconds "$pid" 2>/dev/null || echo 0))"); done
     dnsperf -s 127.0.0.1 -p "$P" -d "$WORK/files/queries.txt" -l "$DURATION" -c "$CLIENTS" -T 2 -q 500 >"$WORK/perf-$server.txt" 2>&1
-    after=0; for pid in $(pgrep -f -- "$([ "$server" = shoal ] && echo "dns --kubeconfig" || echo "$server")" ); do after=$(python3 -c "print($after+$(cpu_seconds "$pid" 2>/dev/null || echo 0))"); done
-    dnsperf -s 127.0.0.1 -p "$P" -d "$WORK/files/queries.txt" -l 10 -c "$CLIENTS" -Q "$RATE" -v >"$WORK/lat-$server.txt" 2>&1 || true
+    after=0; for pid in $pids; do after=$(python3 -c "print($after+$(cpu_seconds "$pid" 2>/dev/null || echo 0))"); done
+    # One client at a steady rate: the latency of a loaded server, not of
+    # dnsperf's own bursts.
+    dnsperf -s 127.0.0.1 -p "$P" -d "$WORK/files/queries.txt" -l 10 -c 1 -Q "$RATE" -v >"$WORK/lat-$server.txt" 2>&1 || true
     rss_kb=$(awk '/VmRSS/ {print $2}' "/proc/$SERVER_PID/status" 2>/dev/null || echo 0)
     python3 - "$server" "$run" "$WORK/perf-$server.txt" "$WORK/lat-$server.txt" "$before" "$after" "$rss_kb" >>"$OUT" <<'PY'
 import json, re, sys
@@ -196,7 +203,9 @@ import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 setup = json.loads(open(sys.argv[2]).read().strip().splitlines()[-1])
 objects = int(sys.argv[3]) + int(sys.argv[4])
-med = lambda server, key: statistics.median(r[key] for r in rows if r["server"] == server and r[key] is not None)
+def med(server, key):
+    values = [r[key] for r in rows if r["server"] == server and r[key] is not None]
+    return statistics.median(values) if values else float("nan")
 print(f"\nsetup: {setup}")
 print("| server | QPS | QPS per CPU second | avg ms (full speed) | p50 ms | p99 ms (at rate) | RSS MB |")
 print("|---|---|---|---|---|---|---|")

@@ -8,7 +8,7 @@
 #   lab/chaos.sh [SCENARIO...]     (default: every scenario, in order)
 #
 # Scenarios: node-killed, node-partitioned, store-leader-killed,
-# apiserver-killed, lab-restarted, overlay-peer-lost. The lab must be up (docker-compose up -d) with three
+# apiserver-killed, lab-restarted, overlay-peer-lost, service-by-name. The lab must be up (docker-compose up -d) with three
 # Ready nodes; the scenarios leave it so.
 #
 # Environment: KUBECTL (default: kubectl), COMPOSE (default:
@@ -321,11 +321,60 @@ scenario_overlay_peer_lost() {
     k delete pod chaos-client chaos-srv-n2 chaos-srv-n3 --grace-period=1 >/dev/null 2>&1
 }
 
+# --- a Service by name while a node with one of its pods is killed -----------
+
+# A client on n1 fetches a Service by its name (cluster DNS on n1, the
+# proxy) while the node of one of its two pods (not n1) is killed: the
+# name keeps resolving (each node answers its own pods), and once the lost
+# pod's endpoint is out, every fetch reaches the survivor.
+scenario_service_by_name() {
+    local s=service-by-name
+    k create deployment chaos-svc --image=busybox --replicas=2 \
+        -- sh -c 'mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www' >/dev/null
+    k expose deployment chaos-svc --port=80 --target-port=8080 >/dev/null
+    k run chaos-dns-client --image=busybox --overrides='{"spec":{"nodeName":"n1"}}' -- sleep 36000 >/dev/null
+    wait_for 60 running_at_least 2 app=chaos-svc && wait_for 60 sh -c "$KUBECTL get pod chaos-dns-client --no-headers | grep -q Running" || {
+        record $s "workload Running" "-" FAIL
+        return
+    }
+    fetch() { "$KUBECTL" exec chaos-dns-client -- timeout 3 wget -q -O - http://chaos-svc/ | grep -q chaos-svc; }
+    resolve() { "$KUBECTL" exec chaos-dns-client -- nslookup chaos-svc.default.svc.cluster.local | grep -q "$1"; }
+    local ip t0
+    ip=$(k get service chaos-svc -o jsonpath='{.spec.clusterIP}')
+    t0=$(now)
+    wait_for 30 fetch
+    check $s "a pod on n1 reaches the Service by name" "$(since "$t0")s" resolve "$ip"
+    local node
+    node=$(k get pods -l app=chaos-svc -o wide --no-headers | awk '$7 != "n1" {print $7; exit}')
+    if [ -z "$node" ]; then
+        record $s "a pod of the Service on a node other than n1" "both on n1" FAIL
+        cleanup chaos-svc
+        return
+    fi
+    log "$s: killing $node"
+    docker kill "$($COMPOSE ps -q "$node")" >/dev/null
+    t0=$(now)
+    local during=FAIL
+    resolve "$ip" && during=PASS
+    check $s "the name resolves while $node is down" "$(since "$t0")s" [ $during = PASS ]
+    # Five fetches in a row succeed: the lost endpoint is out everywhere.
+    five() { for _ in 1 2 3 4 5; do fetch || return 1; done; }
+    wait_for 60 five
+    local healed
+    healed=$(since "$t0")
+    check $s "every fetch by name succeeds again (<= 20 s)" "${healed}s" awk "BEGIN { exit !($healed <= 20) }"
+    $COMPOSE start "$node" >/dev/null 2>&1
+    wait_for 60 nodes_ready
+    k delete pod chaos-dns-client --grace-period=1 >/dev/null 2>&1
+    k delete service chaos-svc >/dev/null 2>&1
+    cleanup chaos-svc
+}
+
 # --- run ----------------------------------------------------------------------
 
 wait_for 90 nodes_ready || { log "the lab is not up: three Ready nodes expected (docker-compose up -d)"; exit 2; }
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(node-killed node-partitioned store-leader-killed apiserver-killed lab-restarted overlay-peer-lost)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(node-killed node-partitioned store-leader-killed apiserver-killed lab-restarted overlay-peer-lost service-by-name)
 for scenario in "${scenarios[@]}"; do
     log "--- $scenario"
     "scenario_${scenario//-/_}"

@@ -90,6 +90,7 @@ fn the_lab_comes_up_and_passes_the_chaos_suite() {
         "apiserver-killed",
         "lab-restarted",
         "overlay-peer-lost",
+        "service-by-name",
     ] {
         assert!(table.contains(&format!("| {scenario} |")), "{table}");
     }

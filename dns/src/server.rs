@@ -114,13 +114,40 @@ pub struct Sources {
 }
 
 /// Watches of Services, EndpointSlices and Pods for a server of its own
-/// (`shoal dns`); the future runs them.
+/// (`shoal dns`), keeping only what the records need: of a pod its name,
+/// namespace and addresses; of every object no managed fields or
+/// annotations. The future runs them.
 pub fn watch(client: &kube::Client) -> (Sources, impl std::future::Future<Output = ()> + Send) {
+    use shoal_core::cache::watched_trimmed;
     let changed = Arc::new(Notify::new());
     let notify = std::slice::from_ref(&changed);
-    let (services, w1) = shoal_core::cache::watched::<Service>(client, notify);
-    let (slices, w2) = shoal_core::cache::watched::<EndpointSlice>(client, notify);
-    let (pods, w3) = shoal_core::cache::watched::<Pod>(client, notify);
+    let (services, w1) = watched_trimmed(client, notify, |svc: &mut Service| {
+        svc.metadata.managed_fields = None;
+        svc.metadata.annotations = None;
+        svc.status = None;
+    });
+    let (slices, w2) = watched_trimmed(client, notify, |slice: &mut EndpointSlice| {
+        slice.metadata.managed_fields = None;
+        slice.metadata.annotations = None;
+    });
+    let (pods, w3) = watched_trimmed(client, notify, |pod: &mut Pod| {
+        let status = pod.status.take();
+        *pod = Pod {
+            metadata: kube::api::ObjectMeta {
+                name: pod.metadata.name.take(),
+                namespace: pod.metadata.namespace.take(),
+                uid: pod.metadata.uid.take(),
+                resource_version: pod.metadata.resource_version.take(),
+                ..Default::default()
+            },
+            spec: None,
+            status: status.map(|s| k8s_openapi::api::core::v1::PodStatus {
+                pod_ip: s.pod_ip,
+                pod_ips: s.pod_ips,
+                ..Default::default()
+            }),
+        };
+    });
     let sources = Sources {
         services,
         slices,
@@ -199,10 +226,35 @@ impl<R: ResponseHandler> ResponseHandler for RecursionAvailable<R> {
     }
 }
 
-/// Serves until `shutdown` resolves. Fails at once when an address cannot
-/// be bound.
+/// The sockets of a server that does not answer yet.
+pub struct Bound(Vec<Sockets>);
+
+/// Binds every listen address, UDP and TCP: fails at once when one is
+/// taken, before anything is announced.
+pub fn bind(config: &Config) -> Result<Bound, Error> {
+    config
+        .listen
+        .iter()
+        .map(|addr| bind_addr(*addr))
+        .collect::<Result<_, _>>()
+        .map(Bound)
+}
+
+/// Binds, then serves until `shutdown` resolves.
 pub async fn serve(
     config: &Config,
+    sources: Sources,
+    metrics: Arc<Metrics>,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> Result<(), Error> {
+    let bound = bind(config)?;
+    serve_bound(config, bound, sources, metrics, shutdown).await
+}
+
+/// Serves on sockets [`bind`] made until `shutdown` resolves.
+pub async fn serve_bound(
+    config: &Config,
+    Bound(sockets): Bound,
     sources: Sources,
     metrics: Arc<Metrics>,
     shutdown: impl std::future::Future<Output = ()>,
@@ -211,10 +263,6 @@ pub async fn serve(
     let upstreams = config.upstream_servers()?;
     if upstreams.is_empty() {
         tracing::warn!("no upstream name servers: names outside the cluster get SERVFAIL");
-    }
-    let mut sockets = Vec::new();
-    for addr in &config.listen {
-        sockets.push(bind(*addr)?);
     }
     let view = Arc::new(View::new(Index::empty(&settings)));
     let upstream = Arc::new(
@@ -308,7 +356,7 @@ type Sockets = (Vec<tokio::net::UdpSocket>, tokio::net::TcpListener);
 
 /// One UDP socket per core on `addr` (the kernel spreads queries across
 /// them by SO_REUSEPORT) and a TCP listener.
-fn bind(addr: SocketAddr) -> Result<Sockets, Error> {
+fn bind_addr(addr: SocketAddr) -> Result<Sockets, Error> {
     use socket2::{Domain, Protocol, Socket, Type};
     let err = |source| Error::Listen { addr, source };
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());

@@ -9,10 +9,13 @@
 //!   headless A, SRV, PTR, and NXDOMAIN from the `ndots:5` search path
 //!   (an outside name tried under `<ns>.svc.cluster.local`).
 //!
-//! Services: every tenth is headless; each selects `--pods / --services`
-//! pods, spread over the simulated nodes. Objects already there are kept,
-//! so a second run only writes the files.
+//! Pods are spread over the simulated nodes; then Services (every tenth
+//! headless) without selectors, each with an EndpointSlice of `--pods /
+//! --services` of those pods, written here as the endpoints controller
+//! would (its per-Service pod lists through the API would be what is
+//! measured, at 10,000 pods). Objects already there are kept.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -37,7 +40,7 @@ pub struct DnsBench {
     #[arg(long)]
     out: PathBuf,
     /// Objects created at once.
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = 16)]
     concurrency: usize,
 }
 
@@ -70,13 +73,60 @@ pub async fn run(args: DnsBench) -> anyhow::Result<()> {
     let started = Instant::now();
     let services: Api<Service> = Api::namespaced(client.clone(), NAMESPACE);
     let pods: Api<Pod> = Api::namespaced(client.clone(), NAMESPACE);
+    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NAMESPACE);
     let per_service = (args.pods / args.services.max(1)).max(1);
+    // Pods first, on the simulated nodes, each with an address.
+    stream::iter(0..args.pods)
+        .map(|j| {
+            let pods = pods.clone();
+            let node = nodes[j % nodes.len()].clone();
+            async move {
+                let pod: Pod = serde_json::from_value(json!({
+                    "metadata": {"name": format!("pod-{j}")},
+                    "spec": {"nodeName": node,
+                             "containers": [{"name": "c", "image": "busybox"}]},
+                }))?;
+                let pp = PostParams::default();
+                retrying(|| pods.create(&pp, &pod)).await
+            }
+        })
+        .buffer_unordered(args.concurrency)
+        .try_collect::<Vec<()>>()
+        .await?;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    let mut ips: HashMap<String, String> = HashMap::new();
+    while ips.len() < args.pods {
+        anyhow::ensure!(
+            Instant::now() < deadline,
+            "only {} pods with an address after 10 minutes",
+            ips.len()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        ips = list_all(&pods)
+            .await?
+            .into_iter()
+            .filter_map(|p| Some((p.metadata.name?, p.status?.pod_ip?)))
+            .collect();
+    }
+    eprintln!(
+        "[dns-bench] {} pods with addresses after {:.0?}",
+        args.pods,
+        started.elapsed()
+    );
+    // Services without selectors and their EndpointSlices, written here
+    // as the endpoints controller would (it is left out: its per-Service
+    // pod lists are not what is measured).
     stream::iter(0..args.services)
         .map(|i| {
-            let services = services.clone();
+            let (services, slices) = (services.clone(), slices.clone());
+            let members: Vec<(String, String)> = (i * per_service..(i + 1) * per_service)
+                .filter_map(|j| {
+                    let name = format!("pod-{j}");
+                    ips.get(&name).map(|ip| (name, ip.clone()))
+                })
+                .collect();
             async move {
                 let mut spec = json!({
-                    "selector": {"svc": service_name(i)},
                     "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
                 });
                 if headless(i) {
@@ -85,62 +135,34 @@ pub async fn run(args: DnsBench) -> anyhow::Result<()> {
                 let svc: Service = serde_json::from_value(json!({
                     "metadata": {"name": service_name(i)}, "spec": spec,
                 }))?;
-                create(services.create(&PostParams::default(), &svc).await)
-            }
-        })
-        .buffer_unordered(args.concurrency)
-        .try_collect::<Vec<()>>()
-        .await?;
-    stream::iter(0..args.pods)
-        .map(|j| {
-            let pods = pods.clone();
-            let node = nodes[j % nodes.len()].clone();
-            async move {
-                let pod: Pod = serde_json::from_value(json!({
-                    "metadata": {"name": format!("pod-{j}"),
-                                 "labels": {"svc": service_name(j / per_service)}},
-                    "spec": {"nodeName": node,
-                             "containers": [{"name": "c", "image": "busybox"}]},
+                let pp = PostParams::default();
+                retrying(|| services.create(&pp, &svc)).await?;
+                let endpoints: Vec<serde_json::Value> = members
+                    .iter()
+                    .map(|(pod, ip)| {
+                        let mut e = json!({"addresses": [ip], "conditions": {"ready": true}});
+                        if headless(i) {
+                            e["hostname"] = json!(pod);
+                        }
+                        e
+                    })
+                    .collect();
+                let slice: EndpointSlice = serde_json::from_value(json!({
+                    "metadata": {"name": format!("{}-1", service_name(i)),
+                                 "labels": {"kubernetes.io/service-name": service_name(i)}},
+                    "addressType": "IPv4",
+                    "ports": [{"name": "http", "port": 80, "protocol": "TCP"}],
+                    "endpoints": endpoints,
                 }))?;
-                create(pods.create(&PostParams::default(), &pod).await)
+                retrying(|| slices.create(&pp, &slice)).await
             }
         })
         .buffer_unordered(args.concurrency)
         .try_collect::<Vec<()>>()
         .await?;
-    eprintln!(
-        "[dns-bench] {} services and {} pods there after {:.0?}; waiting for their endpoints",
-        args.services,
-        args.pods,
-        started.elapsed()
-    );
-    // Every pod running with an address, in some Service's endpoints.
-    let slices: Api<EndpointSlice> = Api::namespaced(client.clone(), NAMESPACE);
-    let deadline = Instant::now() + Duration::from_secs(600);
-    let (all_services, all_slices, all_pods) = loop {
-        let all_slices = slices.list(&ListParams::default()).await?.items;
-        let ready: usize = all_slices
-            .iter()
-            .flat_map(|s| s.endpoints.iter())
-            .filter(|e| e.conditions.as_ref().and_then(|c| c.ready) != Some(false))
-            .count();
-        if ready >= args.pods.min(per_service * args.services) {
-            let all_services = Api::<Service>::all(client.clone())
-                .list(&ListParams::default())
-                .await?
-                .items;
-            let all_pods = Api::<Pod>::all(client.clone())
-                .list(&ListParams::default())
-                .await?
-                .items;
-            break (all_services, all_slices, all_pods);
-        }
-        anyhow::ensure!(
-            Instant::now() < deadline,
-            "only {ready} ready endpoints after 10 minutes"
-        );
-        tokio::time::sleep(Duration::from_secs(2)).await;
-    };
+    let all_services = list_all(&Api::<Service>::all(client.clone())).await?;
+    let all_slices = list_all(&Api::<EndpointSlice>::all(client.clone())).await?;
+    let all_pods = list_all(&Api::<Pod>::all(client.clone())).await?;
     let settings = shoal_dns::index::Settings::new(
         shoal_dns::server::DEFAULT_ZONE,
         shoal_dns::server::DEFAULT_TTL,
@@ -158,14 +180,18 @@ pub async fn run(args: DnsBench) -> anyhow::Result<()> {
     std::fs::write(args.out.join("in-addr.arpa.zone"), reverse)?;
     // The query mix, in equal parts, spread over the objects.
     let mut queries = String::new();
-    let pod_ips: Vec<&str> = all_pods
-        .iter()
-        .filter_map(|p| p.status.as_ref()?.pod_ip.as_deref())
-        .collect();
+    // PTR questions for addresses the cluster has names for: ClusterIPs
+    // and headless Services' endpoints.
     let cluster_ips: Vec<&str> = all_services
         .iter()
         .filter_map(|s| s.spec.as_ref()?.cluster_ip.as_deref())
         .filter(|ip| *ip != "None")
+        .collect();
+    let headless_ips: Vec<&str> = all_slices
+        .iter()
+        .filter(|s| s.endpoints.iter().any(|e| e.hostname.is_some()))
+        .flat_map(|s| s.endpoints.iter())
+        .filter_map(|e| e.addresses.first().map(String::as_str))
         .collect();
     let n = args.services.max(1);
     for k in 0..10_000usize {
@@ -187,7 +213,7 @@ pub async fn run(args: DnsBench) -> anyhow::Result<()> {
                 let ip = if k % 2 == 0 {
                     cluster_ips.get(i % cluster_ips.len().max(1))
                 } else {
-                    pod_ips.get(k % pod_ips.len().max(1))
+                    headless_ips.get(k % headless_ips.len().max(1))
                 };
                 format!("{} PTR", reverse_name(ip.copied().unwrap_or("10.96.0.1")))
             }
@@ -217,11 +243,42 @@ fn reverse_name(ip: &str) -> String {
     format!("{}.in-addr.arpa", parts.join("."))
 }
 
-/// A create that found the object there already is fine.
-fn create<K>(result: Result<K, kube::Error>) -> anyhow::Result<()> {
-    match result {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
-        Err(e) => Err(e.into()),
+/// A create, tried again while the apiserver is overloaded (429, 5xx);
+/// one that finds the object there already is fine.
+async fn retrying<K, F, Fut>(create: F) -> anyhow::Result<()>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Result<K, kube::Error>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match create().await {
+            Ok(_) => return Ok(()),
+            Err(kube::Error::Api(e)) if e.code == 409 => return Ok(()),
+            Err(kube::Error::Api(e))
+                if (e.code == 429 || e.code >= 500) && delay < Duration::from_secs(10) =>
+            {
+                tokio::time::sleep(delay).await;
+                delay *= 2;
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Every object, 500 per page.
+async fn list_all<K>(api: &Api<K>) -> anyhow::Result<Vec<K>>
+where
+    K: Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut all = Vec::new();
+    let mut params = ListParams::default().limit(500);
+    loop {
+        let page = api.list(&params).await?;
+        all.extend(page.items);
+        match page.metadata.continue_.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => return Ok(all),
+        }
     }
 }

@@ -149,9 +149,22 @@ pub async fn run(
     settings.ttl = config.ttl;
     settings.upstreams = config.upstreams.clone();
     settings.min_rebuild_period = config.min_rebuild_period;
-    let publish = publish(&client, &node, address, config.port);
-    let serve = shoal_dns::serve(&settings, sources, metrics, futures::future::pending());
-    let (_, served) = tokio::join!(publish, serve);
+    // Announced only once it can answer: a taken port is an error here,
+    // not an endpoint that refuses the node's pods.
+    let served = match shoal_dns::server::bind(&settings) {
+        Ok(bound) => {
+            let publish = publish(&client, &node, address, config.port);
+            let serve = shoal_dns::server::serve_bound(
+                &settings,
+                bound,
+                sources,
+                metrics,
+                futures::future::pending(),
+            );
+            tokio::join!(publish, serve).1
+        }
+        Err(e) => Err(e),
+    };
     if let Err(e) = served {
         tracing::error!(error = %e, "no cluster DNS on this node: its pods cannot resolve names");
     }

@@ -6,9 +6,9 @@
 //!   UDP ×cores (SO_REUSEPORT), TCP ─▶ Observed ─▶ Catalog ─▶ ClusterZone / ReverseZone / Upstream
 //! ```
 //!
-//! A change is answered within `min_rebuild_period` plus one rebuild (a
-//! few milliseconds for thousands of objects): well within a second, where
-//! CoreDNS can hand out an NXDOMAIN cached for 30 s (kubernetes#71308).
+//! A change is answered within `min_rebuild_period` plus one rebuild
+//! (`tests/dns.rs` checks it is within a second), where CoreDNS can hand
+//! out an NXDOMAIN cached for 30 s (kubernetes#71308).
 //! Queries that arrive before the first rebuild wait in the sockets.
 
 use std::net::SocketAddr;

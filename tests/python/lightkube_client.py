@@ -79,10 +79,18 @@ client.create(Deployment(
         ),
     ),
 ))
-scale = client.get(Deployment.Scale, "lk-web")
-assert scale.spec.replicas == 1, scale
-scale.spec = ScaleSpec(replicas=2)
-client.replace(scale)
+# A read-modify-write: the deployment controller writing the status in
+# between makes the resourceVersion stale (409, as Kubernetes answers);
+# read again and retry, as clients do.
+for attempt in range(10):
+    scale = client.get(Deployment.Scale, "lk-web")
+    assert scale.spec.replicas == 1, scale
+    scale.spec = ScaleSpec(replicas=2)
+    try:
+        client.replace(scale)
+        break
+    except ApiError as e:
+        assert e.status.code == 409 and attempt < 9, e.status
 assert client.get(Deployment, "lk-web").spec.replicas == 2
 client.patch(Deployment.Scale, "lk-web", {"spec": {"replicas": 0}})
 print("scaled", client.get(Deployment.Scale, "lk-web").spec.replicas)

@@ -8,8 +8,9 @@
 #   lab/chaos.sh [SCENARIO...]     (default: every scenario, in order)
 #
 # Scenarios: node-killed, node-partitioned, store-leader-killed,
-# apiserver-killed, lab-restarted, overlay-peer-lost, service-by-name. The lab must be up (docker-compose up -d) with three
-# Ready nodes; the scenarios leave it so.
+# store-member-wiped, apiserver-killed, lab-restarted, workloads,
+# network-dns, overlay-peer-lost, service-by-name. The lab must be up
+# (docker-compose up -d) with three Ready nodes; the scenarios leave it so.
 #
 # Environment: KUBECTL (default: kubectl), COMPOSE (default:
 # docker-compose), ETCDCTL (default: etcdctl).
@@ -163,49 +164,157 @@ sys.exit(0 if s["leader"] == s["header"]["member_id"] else 1)'; then
     done
 }
 
+# The writer: creates ConfigMaps $1-1, $1-2, ... with kubectl until
+# stop_writer; each success goes to $OUT/chaos-writer.ok and each failure
+# to $OUT/chaos-writer.err, with its time.
+start_writer() {
+    local prefix=$1
+    : >"$OUT/chaos-writer.err"
+    : >"$OUT/chaos-writer.ok"
+    rm -f "$OUT/chaos-writer.stop"
+    (
+        for i in $(seq 1 2000); do
+            [[ -f $OUT/chaos-writer.stop ]] && break
+            if k create configmap "$prefix-$i" --from-literal=i="$i" >/dev/null 2>>"$OUT/chaos-writer.err"; then
+                echo "$prefix-$i $(now)" >>"$OUT/chaos-writer.ok"
+            else
+                echo "$prefix-$i $(now)" >>"$OUT/chaos-writer.err"
+            fi
+        done
+    ) &
+    WRITER=$!
+}
+
+stop_writer() {
+    touch "$OUT/chaos-writer.stop"
+    wait "$WRITER"
+    rm -f "$OUT/chaos-writer.stop"
+}
+
+# The longest pause between two successful creates from 5 s before $1 on.
+longest_pause() {
+    awk -v t0="$1" '{ if ($2 >= t0 - 5) { if (last) { d = $2 - last; if (d > max) max = d } last = $2 } } END { printf "%.1f", max }' "$OUT/chaos-writer.ok"
+}
+
+failed_writes() { grep -c -- '-[0-9]* [0-9]' "$OUT/chaos-writer.err" || true; }
+
+# Acknowledged ConfigMaps the API does not return.
+missing_configmaps() {
+    local missing=0 name
+    while read -r name _; do
+        k get configmap "$name" >/dev/null 2>&1 || missing=$((missing + 1))
+    done <"$OUT/chaos-writer.ok"
+    echo "$missing"
+}
+
+delete_written() {
+    # shellcheck disable=SC2046
+    k delete configmap $(cut -d' ' -f1 "$OUT/chaos-writer.ok") --wait=false >/dev/null 2>&1
+}
+
 scenario_store_leader_killed() {
     local s=store-leader-killed
     local leader
     leader=$(store_leader)
     [[ -n $leader ]] || { record $s "a store leader" "-" FAIL; return; }
-    local errors=$OUT/chaos-writer.err created=$OUT/chaos-writer.ok
-    : >"$errors"
-    : >"$created"
-    (
-        for i in $(seq 1 1000); do
-            [[ -f $OUT/chaos-writer.stop ]] && break
-            if k create configmap "chaos-$i" --from-literal=i="$i" >/dev/null 2>>"$errors"; then
-                echo "chaos-$i $(now)" >>"$created"
-            else
-                echo "chaos-$i $(now)" >>"$errors"
-            fi
-        done
-    ) &
-    local writer=$!
+    start_writer chaos-leader
     sleep 3
     log "$s: killing $leader"
     local t0
     t0=$(now)
     docker kill "$($COMPOSE ps -q "$leader")" >/dev/null
     sleep 8
-    touch "$OUT/chaos-writer.stop"
-    wait "$writer"
-    rm -f "$OUT/chaos-writer.stop"
-    # The longest pause between two successful creates after the kill.
-    local gap
-    gap=$(awk -v t0="$t0" '{ if ($2 >= t0 - 5) { if (last) { d = $2 - last; if (d > max) max = d } last = $2 } } END { printf "%.1f", max }' "$created")
-    local failed
-    failed=$(grep -c '^chaos-' "$errors" || true)
+    stop_writer
+    local gap failed
+    gap=$(longest_pause "$t0")
+    failed=$(failed_writes)
     $COMPOSE start "$leader" >/dev/null 2>&1
     sleep 3
-    local missing=0 name
-    while read -r name _; do
-        k get configmap "$name" >/dev/null 2>&1 || missing=$((missing + 1))
-    done <"$created"
+    local missing
+    missing=$(missing_configmaps)
     # A few seconds at most (goal, measured in benchmarks: 3 s).
     check $s "writes resume (<= 5 s pause)" "${gap}s longest pause, $failed failed creates" awk "BEGIN { exit !($gap <= 5) }"
-    check $s "every acknowledged ConfigMap present" "$(wc -l <"$created") created, $missing missing" test "$missing" -eq 0
-    k delete configmaps --all --wait=false >/dev/null 2>&1
+    check $s "every acknowledged ConfigMap present" "$(wc -l <"$OUT/chaos-writer.ok") created, $missing missing" test "$missing" -eq 0
+    delete_written
+}
+
+# --- a store member's disk wiped and the member re-added ---------------------
+
+# etcdctl against member $1 (s1, s2, s3).
+member_ctl() {
+    local m=$1
+    shift
+    ETCDCTL_API=3 "$ETCDCTL" --endpoints="http://172.30.0.1${m#s}:2379" --command-timeout=10s "$@"
+}
+
+# Member $2's ID in hex, as `etcdctl member remove` takes it, asking $1.
+member_id() {
+    member_ctl "$1" member list -w json | python3 -c '
+import json, sys
+for m in json.load(sys.stdin)["members"]:
+    if m.get("name") == sys.argv[1]:
+        print("%x" % m["ID"])' "$2"
+}
+
+# Acknowledged ConfigMaps that member $1 does not hold (a serializable
+# read of its own copy).
+missing_on_member() {
+    local have
+    have=$(ETCDCTL_API=3 "$ETCDCTL" --endpoints="http://$1:2379" --command-timeout=5s \
+        get /registry/configmaps/default/ --prefix --keys-only --consistency=s 2>/dev/null)
+    local missing=0 name
+    while read -r name _; do
+        grep -qx "/registry/configmaps/default/$name" <<<"$have" || missing=$((missing + 1))
+    done <"$OUT/chaos-writer.ok"
+    echo "$missing"
+}
+
+caught_up() { [[ $(missing_on_member "$1") -eq 0 ]]; }
+
+# As etcd's runbook for a failed disk, under a kubectl writer: a follower
+# is killed and its volume removed, the member removed and added again
+# (etcdctl), and started empty with --initial-cluster-state existing
+# (LAB_Sn_STATE in docker-compose.yml). Writes go on; the new member
+# catches up with every acknowledged write.
+scenario_store_member_wiped() {
+    local s=store-member-wiped
+    local leader victim="" m
+    leader=$(store_leader)
+    for m in s1 s2 s3; do [[ $m != "$leader" ]] && { victim=$m; break; }; done
+    [[ -n $leader && -n $victim ]] || { record $s "a store leader" "-" FAIL; return; }
+    local address=172.30.0.1${victim#s}
+    local id volume mid
+    id=$($COMPOSE ps -q "$victim")
+    volume=$(docker inspect -f '{{range .Mounts}}{{if eq .Destination "/var/lib/shoal"}}{{.Name}}{{end}}{{end}}' "$id")
+    mid=$(member_id "$leader" "$victim")
+    start_writer chaos-wiped
+    sleep 3
+    log "$s: wiping $victim (member $mid, volume $volume); $leader leads"
+    local t0
+    t0=$(now)
+    docker kill "$id" >/dev/null
+    member_ctl "$leader" member remove "$mid" >/dev/null
+    $COMPOSE rm -f -s "$victim" >/dev/null 2>&1
+    docker volume rm "$volume" >/dev/null
+    member_ctl "$leader" member add "$victim" --peer-urls="http://$address:2380" >/dev/null
+    env "LAB_${victim^^}_STATE=existing" $COMPOSE up -d --no-deps "$victim" >/dev/null 2>&1
+    local t1
+    t1=$(now)
+    sleep 5
+    stop_writer
+    local gap failed
+    gap=$(longest_pause "$t0")
+    failed=$(failed_writes)
+    wait_for 60 caught_up "$address"
+    local caught
+    caught=$(since "$t1")
+    local missing behind
+    missing=$(missing_configmaps)
+    behind=$(missing_on_member "$address")
+    check $s "writes go on (<= 5 s pause)" "${gap}s longest pause, $failed failed creates" awk "BEGIN { exit !($gap <= 5) }"
+    check $s "every acknowledged ConfigMap present" "$(wc -l <"$OUT/chaos-writer.ok") created, $missing missing" test "$missing" -eq 0
+    check $s "the re-added member holds every one (<= 60 s)" "${caught}s after it started, $behind missing there" test "$behind" -eq 0
+    delete_written
 }
 
 # --- leading apiserver killed -------------------------------------------------
@@ -275,6 +384,187 @@ scenario_lab_restarted() {
     check $s "the same pods back on the same nodes, none twice" "ready after $(since "$t0")s; $containers containers" \
         sh -c "[ '$before' = '$after' ] && [ $containers -eq 3 ]"
     cleanup chaos-keep
+}
+
+# --- the guide's workloads across the nodes -----------------------------------
+
+WORKLOADS=$ROOT/lab/manifests/workloads.yaml
+
+workloads_ready() {
+    [[ $(k get deployment lab-web -o jsonpath='{.status.readyReplicas}' 2>/dev/null) == 3 ]] &&
+        [[ $(k get statefulset lab-db -o jsonpath='{.status.readyReplicas}' 2>/dev/null) == 3 ]] &&
+        [[ $(k get daemonset lab-agent -o jsonpath='{.status.numberReady}' 2>/dev/null) == 3 ]]
+}
+
+# How many nodes the pods labelled $1 are on.
+nodes_of() {
+    k get pods -l "$1" -o jsonpath='{range .items[*]}{.spec.nodeName}{"\n"}{end}' | sort -u | grep -c .
+}
+
+# The page the pod named $1 serves, fetched from the DaemonSet's pod on n1.
+page_of() {
+    k exec "$(agent_pod n1)" -- timeout 3 wget -q -O - "http://$(k get pod "$1" -o jsonpath='{.status.podIP}'):${2:-8080}/"
+}
+
+# Pod $1 exists with another UID than $2 and is Ready.
+recreated_ready() {
+    local got
+    got=$(k get pod "$1" -o jsonpath='{.metadata.uid} {.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null)
+    [[ $got != "$2 "* && $got == *" True" ]]
+}
+
+# The guide's Deployment, StatefulSet with its headless Service and
+# volume claims, and DaemonSet (lab/manifests/workloads.yaml) run across
+# the three nodes; a StatefulSet pod deleted comes back on its claim.
+scenario_workloads() {
+    local s=workloads
+    local t0
+    t0=$(now)
+    k apply -f "$WORKLOADS" >/dev/null
+    if ! wait_for 120 workloads_ready; then
+        record $s "the Deployment, StatefulSet and DaemonSet Ready (<= 120 s)" \
+            "$(k get deployment,statefulset,daemonset --no-headers 2>&1 | tr -s ' ' | tr '\n' ';')" FAIL
+        return
+    fi
+    check $s "the Deployment, StatefulSet and DaemonSet Ready (<= 120 s)" "$(since "$t0")s" true
+    local web db agent bound
+    web=$(nodes_of app=lab-web)
+    db=$(nodes_of app=lab-db)
+    agent=$(nodes_of app=lab-agent)
+    bound=$(k get pvc --no-headers 2>/dev/null | awk '$1 ~ /^data-lab-db-/ && $2 == "Bound"' | wc -l)
+    check $s "spread: Deployment over 2+ nodes, StatefulSet and DaemonSet one pod per node, claims Bound" \
+        "lab-web on $web, lab-db on $db, lab-agent on $agent nodes; $bound claims Bound" \
+        sh -c "[ $web -ge 2 ] && [ $db -eq 3 ] && [ $agent -eq 3 ] && [ $bound -eq 3 ]"
+    local before after node uid
+    before=$(page_of lab-db-1)
+    node=$(k get pod lab-db-1 -o jsonpath='{.spec.nodeName}')
+    uid=$(k get pod lab-db-1 -o jsonpath='{.metadata.uid}')
+    t0=$(now)
+    k delete pod lab-db-1 >/dev/null
+    wait_for 60 recreated_ready lab-db-1 "$uid"
+    after=$(page_of lab-db-1)
+    check $s "lab-db-1 deleted: back on $node with its claim's data" "back in $(since "$t0")s on $(k get pod lab-db-1 -o jsonpath='{.spec.nodeName}'), serving '$after'" \
+        sh -c "[ -n '$before' ] && [ '$before' = '$after' ]"
+}
+
+# --- network and DNS across every pair of nodes --------------------------------
+
+# The DaemonSet's pod on node $1.
+agent_pod() {
+    k get pods -l app=lab-agent --field-selector "spec.nodeName=$1" -o jsonpath='{.items[0].metadata.name}'
+}
+
+# From the DaemonSet's pod on node $1, every URL after it: one line per
+# URL, the page or "FAIL <url>".
+fetch_from() {
+    local node=$1
+    shift
+    k exec "$(agent_pod "$node")" -- sh -c 'for u in "$@"; do timeout 3 wget -q -O - "$u" || echo "FAIL $u"; done' sh "$@" 2>&1
+}
+
+# From the DaemonSet's pod on node $1, "<name> <address>" for every name
+# after it (nothing for a name that does not resolve).
+resolve_from() {
+    local node=$1
+    shift
+    k exec "$(agent_pod "$node")" -- sh -c 'for n in "$@"; do nslookup "$n.default.svc.cluster.local" 2>/dev/null | awk -v n="$n" "/^Address: / && \$2 !~ /:53\$/ { print n, \$2 }"; done' sh "$@" 2>&1
+}
+
+# pairs NODES...: from each node's DaemonSet pod, the DaemonSet pods of
+# NODES by pod IP and the lab-db-i Services (one endpoint each, on
+# NODES) by ClusterIP. Prints "<fetched> of <asked>" and the failures.
+pairs() {
+    local urls=() n i from ok=0 total=0 out
+    for n in "$@"; do
+        urls+=("http://$(k get pod "$(agent_pod "$n")" -o jsonpath='{.status.podIP}'):8080/")
+        i=$(k get pods -l app=lab-db --field-selector "spec.nodeName=$n" -o jsonpath='{.items[0].metadata.name}')
+        urls+=("http://$(k get service "$i" -o jsonpath='{.spec.clusterIP}')/")
+    done
+    for from in "$@"; do
+        out=$(fetch_from "$from" "${urls[@]}")
+        ok=$((ok + $(grep -c ' on n[0-9]' <<<"$out")))
+        total=$((total + ${#urls[@]}))
+        grep FAIL <<<"$out" | sed "s/^/$from: /" >&2
+    done
+    echo "$ok of $total"
+}
+
+# What cluster DNS must answer for the Deployment's Service and each
+# StatefulSet pod's name, given the pods now on nodes $@ ("<name> <ip>"
+# sorted).
+expected_names() {
+    local n i
+    {
+        echo "lab-web $(k get service lab-web -o jsonpath='{.spec.clusterIP}')"
+        for n in "$@"; do
+            i=$(k get pods -l app=lab-db --field-selector "spec.nodeName=$n" -o jsonpath='{.items[0].metadata.name}')
+            echo "$i.lab-db $(k get pod "$i" -o jsonpath='{.status.podIP}')"
+            echo "lab-db $(k get pod "$i" -o jsonpath='{.status.podIP}')"
+        done
+    } | sort
+}
+
+# Every node in $@ answers exactly the expected names.
+dns_agrees() {
+    local expected n
+    expected=$(expected_names "$@")
+    for n in "$@"; do
+        [[ $(resolve_from "$n" lab-web lab-db lab-db-0.lab-db lab-db-1.lab-db lab-db-2.lab-db | sort) == "$expected" ]] || return 1
+    done
+}
+
+# Pod -> pod and pod -> ClusterIP across every pair of nodes, and names
+# (a Service, the headless Service, each StatefulSet pod) from a pod on
+# each node, before and after a node with a StatefulSet pod is killed:
+# once its pods are out of the endpoints, no answer points at them, and
+# the StatefulSet pod is not started twice.
+scenario_network_dns() {
+    local s=network-dns
+    k apply -f "$WORKLOADS" >/dev/null
+    wait_for 120 workloads_ready || { record $s "the workloads Ready" "-" FAIL; return; }
+    local got
+    got=$(pairs n1 n2 n3)
+    check $s "pod -> pod and pod -> ClusterIP across every pair of nodes" "$got" [ "$got" = "18 of 18" ]
+    local t0
+    t0=$(now)
+    wait_for 20 dns_agrees n1 n2 n3
+    check $s "every node resolves the Service, the headless Service and each StatefulSet pod" "$(since "$t0")s" dns_agrees n1 n2 n3
+    local victim dead survivors=()
+    victim=$(k get pod lab-db-2 -o jsonpath='{.spec.nodeName}')
+    [[ $victim == n1 ]] && victim=$(k get pod lab-db-1 -o jsonpath='{.spec.nodeName}')
+    dead=$(k get pods -A --field-selector "spec.nodeName=$victim" -o jsonpath='{range .items[*]}{.status.podIP} {end}')
+    for n in n1 n2 n3; do [[ $n != "$victim" ]] && survivors+=("$n"); done
+    log "$s: killing $victim (pod IPs: $dead)"
+    docker kill "$($COMPOSE ps -q "$victim")" >/dev/null
+    t0=$(now)
+    wait_for 30 dns_agrees "${survivors[@]}"
+    local gone
+    gone=$(since "$t0")
+    # Nothing anyone resolves points at a pod of the dead node.
+    local stale=0 ip answers=""
+    for n in "${survivors[@]}"; do
+        answers+=$(resolve_from "$n" lab-web lab-db lab-db-0.lab-db lab-db-1.lab-db lab-db-2.lab-db)$'\n'
+    done
+    for ip in $dead; do grep -q " $ip\$" <<<"$answers" && stale=$((stale + 1)); done
+    check $s "no answer points at $victim's pods once they are out (<= 20 s)" "${gone}s; $stale stale addresses" \
+        sh -c "[ $stale -eq 0 ] && awk 'BEGIN { exit !($gone <= 20) }'"
+    got=$(pairs "${survivors[@]}")
+    local db
+    db=$(k get pods -l app=lab-db --no-headers | wc -l)
+    check $s "the other nodes still reach each other; the StatefulSet pod is not started twice" "$got; $db lab-db pods" \
+        sh -c "[ '$got' = '8 of 8' ] && [ $db -eq 3 ]"
+    $COMPOSE start "$victim" >/dev/null 2>&1
+    t0=$(now)
+    local agree=no
+    wait_for 60 nodes_ready && wait_for 120 workloads_ready && wait_for 30 dns_agrees n1 n2 n3 && agree=yes
+    local back
+    back=$(since "$t0")
+    got=$(pairs n1 n2 n3)
+    check $s "$victim back: every pair and every name again" "${back}s; $got; names agree: $agree" \
+        sh -c "[ '$got' = '18 of 18' ] && [ $agree = yes ]"
+    k delete -f "$WORKLOADS" --wait=false >/dev/null 2>&1
+    k delete pvc data-lab-db-0 data-lab-db-1 data-lab-db-2 --wait=false >/dev/null 2>&1
+    wait_for 60 sh -c "[ -z \"\$($KUBECTL get pods -l 'app in (lab-web,lab-db,lab-agent)' --no-headers 2>/dev/null)\" ]"
 }
 
 # --- overlay: a peer lost ----------------------------------------------------
@@ -374,7 +664,8 @@ scenario_service_by_name() {
 
 wait_for 90 nodes_ready || { log "the lab is not up: three Ready nodes expected (docker-compose up -d)"; exit 2; }
 scenarios=("$@")
-[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(node-killed node-partitioned store-leader-killed apiserver-killed lab-restarted overlay-peer-lost service-by-name)
+[[ ${#scenarios[@]} -gt 0 ]] || scenarios=(node-killed node-partitioned store-leader-killed store-member-wiped apiserver-killed lab-restarted
+    workloads network-dns overlay-peer-lost service-by-name)
 for scenario in "${scenarios[@]}"; do
     log "--- $scenario"
     "scenario_${scenario//-/_}"

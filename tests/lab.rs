@@ -87,8 +87,11 @@ fn the_lab_comes_up_and_passes_the_chaos_suite() {
         "node-killed",
         "node-partitioned",
         "store-leader-killed",
+        "store-member-wiped",
         "apiserver-killed",
         "lab-restarted",
+        "workloads",
+        "network-dns",
         "overlay-peer-lost",
         "service-by-name",
     ] {

@@ -2,7 +2,8 @@
 # Builds the lab's image, shoal-lab:latest, without a registry: a root
 # filesystem assembled from files on this machine (shoal and its shim,
 # runc, nft for the service proxy's table, busybox for a shell and the
-# pods' image, the libraries they link)
+# pods' image, the libraries they link, and the nginx and postgres images
+# made from Debian packages by `shoal image build`)
 # and imported with `docker import`. Rebuilt only when an input changed
 # (their SHA-256 is the image's `shoal.inputs` label).
 #
@@ -81,6 +82,15 @@ if [[ -f /etc/ssl/certs/ca-certificates.crt ]]; then
     mkdir -p "$ROOTFS/etc/ssl/certs"
     cp /etc/ssl/certs/ca-certificates.crt "$ROOTFS/etc/ssl/certs/"
 fi
+# The guide's images, made from this machine's Debian packages (the node
+# containers have no apt): the agents load them when a pod first names one
+# (--image-archives). Packages are fetched once per machine (cached).
+mkdir -p "$ROOTFS/usr/share/shoal/images"
+for image in nginx:1.25 postgres:15; do
+    if ! "$SHOAL_BIN" image build "$image" --no-load -o "$ROOTFS/usr/share/shoal/images/${image%%:*}.tar" >&2; then
+        log "warning: $image not built (no apt sources?); lab pods naming it will wait in ImagePullBackOff"
+    fi
+done
 printf 'root:x:0:0:root:/root:/bin/sh\n' >"$ROOTFS/etc/passwd"
 printf 'root:x:0:\n' >"$ROOTFS/etc/group"
 

@@ -105,6 +105,16 @@ pub struct AgentArgs {
     /// Run no cluster DNS: this node's pods cannot resolve cluster names.
     #[arg(long, env = "SHOAL_NO_DNS")]
     no_dns: bool,
+    /// Do not make images from Debian packages when a pod names one this
+    /// node lacks (nginx, postgres): such pods wait in ImagePullBackOff.
+    /// Builds need apt-get and dpkg-deb; nodes without them never build.
+    #[arg(long, env = "SHOAL_NO_IMAGE_BUILDS")]
+    no_image_builds: bool,
+    /// Image archives made by `shoal image build -o` (each `*.tar` with
+    /// its `.id` file) in this folder, loaded when a pod first names one:
+    /// the node's "registry".
+    #[arg(long, env = "SHOAL_IMAGE_ARCHIVES")]
+    image_archives: Option<std::path::PathBuf>,
     /// The port the node's DNS answers on, at the node's bridge address.
     #[arg(long, env = "SHOAL_DNS_PORT", default_value_t = 53)]
     dns_port: u16,
@@ -266,16 +276,21 @@ async fn run_real(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
             )
         })?,
         container_log_max_files: args.container_log_max_files.max(1),
+        image_builds: shoal_agent::image::debian::node_catalog(
+            !args.no_image_builds,
+            args.image_archives.as_deref(),
+        ),
     };
     // As `shoal up` does: the busybox image, from this machine's busybox.
     let busybox = std::path::Path::new("/bin/busybox");
+    let runtime =
+        shoal_agent::runtime::Runtime::new(&args.data_dir).context("the container runtime")?;
     if busybox.exists() {
-        let runtime =
-            shoal_agent::runtime::Runtime::new(&args.data_dir).context("the container runtime")?;
         if let Err(e) = shoal_agent::image::busybox::ensure_loaded(runtime.images(), busybox) {
             tracing::warn!(error = %e, "the busybox image was not loaded");
         }
     }
+    drop(runtime);
     let shutdown = async {
         if let Err(e) = crate::apiserver::wait_for_signal().await {
             tracing::warn!(error = %e, "waiting for signals");

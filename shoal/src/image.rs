@@ -15,6 +15,30 @@ pub enum ImageCommand {
     Load(LoadArgs),
     /// List the node's images (columns as `crictl images`).
     Ls(LsArgs),
+    /// Build an image from Debian packages (a recipe, or a built-in name:
+    /// nginx, nginx:1.25, postgres, postgres:15) and load it into the
+    /// node's image store.
+    Build(BuildArgs),
+}
+
+#[derive(Args)]
+pub struct BuildArgs {
+    /// A recipe file (`images/nginx.toml`) or a name a built-in recipe
+    /// makes.
+    recipe: String,
+    /// Also write the image as a `docker save` archive here (for `shoal
+    /// image load` on other nodes, or `docker load`).
+    #[arg(long, short)]
+    output: Option<PathBuf>,
+    /// Do not load it into the node's image store.
+    #[arg(long)]
+    no_load: bool,
+    /// Where fetched packages and built archives are kept.
+    #[arg(long, env = "SHOAL_IMAGE_CACHE")]
+    cache: Option<PathBuf>,
+    /// The node agent's data dir (images are kept in its `images/`).
+    #[arg(long, env = "SHOAL_AGENT_DATA_DIR", default_value = DEFAULT_AGENT_DATA_DIR)]
+    data_dir: PathBuf,
 }
 
 #[derive(Args)]
@@ -49,11 +73,63 @@ pub fn run(command: ImageCommand) -> anyhow::Result<()> {
                 }
             }
         }
+        ImageCommand::Build(args) => build(args)?,
         ImageCommand::Ls(args) => {
             let store = ImageStore::open(&args.data_dir).with_context(|| {
                 format!("opening the image store in {}", args.data_dir.display())
             })?;
             print!("{}", table(&list_rows(&store.list()?)));
+        }
+    }
+    Ok(())
+}
+
+fn build(args: BuildArgs) -> anyhow::Result<()> {
+    use shoal_agent::image::debian::{default_cache, Builder, Catalog};
+    let builder = Builder {
+        cache: args.cache.clone().unwrap_or_else(default_cache),
+        ..Builder::default()
+    };
+    let catalog = Catalog::builtin(builder.clone())?;
+    let recipe = if std::path::Path::new(&args.recipe).exists() {
+        PathBuf::from(&args.recipe)
+    } else {
+        catalog
+            .recipe_for(&args.recipe)
+            .map(PathBuf::from)
+            .with_context(|| {
+                let names: Vec<String> = catalog
+                    .recipes()
+                    .filter_map(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+                    .collect();
+                format!(
+                    "{:?} is neither a recipe file nor an image a built-in recipe makes ({})",
+                    args.recipe,
+                    names.join(", ")
+                )
+            })?
+    };
+    let began = std::time::Instant::now();
+    let built = builder.build(&recipe)?;
+    println!(
+        "{} {} ({} packages) in {:.1}s: {}",
+        if built.fresh { "Built" } else { "Found built" },
+        built.tags.join(", "),
+        built.packages,
+        began.elapsed().as_secs_f64(),
+        built.archive.display()
+    );
+    if let Some(out) = &args.output {
+        std::fs::copy(&built.archive, out).with_context(|| format!("writing {}", out.display()))?;
+        shoal_agent::image::debian::write_id_file(&built, out)?;
+        println!("Wrote {}", out.display());
+    }
+    if !args.no_load {
+        let store = ImageStore::open(&args.data_dir)
+            .with_context(|| format!("opening the image store in {}", args.data_dir.display()))?;
+        let image = shoal_agent::image::debian::load(&built, &store)?;
+        for name in &image.names {
+            println!("Loaded image: {name}");
         }
     }
     Ok(())

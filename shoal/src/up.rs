@@ -518,6 +518,8 @@ async fn start_agent(
         }),
         container_log_max_bytes: 10 << 20,
         container_log_max_files: 5,
+        // nginx and postgres made from Debian packages on first use.
+        image_builds: shoal_agent::image::debian::node_catalog(true, None),
     };
     step(&format!("starting the node agent ({node_name})"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -92,6 +92,10 @@ pub struct Config {
     /// The node's cluster DNS; without it this node's pods cannot resolve
     /// cluster names (the Service's traffic stays on each node).
     pub dns: Option<dns::DnsConfig>,
+    /// Images the node makes from Debian packages when a pod names one it
+    /// does not have (`nginx:1.25`, `postgres:15`), as a pull would fetch
+    /// it; without it such a pod waits in ImagePullBackOff.
+    pub image_builds: Option<Arc<crate::image::debian::Catalog>>,
 }
 
 /// The node bridge.

@@ -27,6 +27,7 @@
 
 mod archive;
 pub mod busybox;
+pub mod debian;
 pub mod reference;
 pub mod unpack;
 
@@ -109,6 +110,14 @@ pub struct ImageConfig {
     pub working_dir: Option<String>,
     #[serde(rename = "User", default, skip_serializing_if = "Option::is_none")]
     pub user: Option<String>,
+    /// The signal that stops its containers (`SIGQUIT` for nginx), as the
+    /// container runtime honours it; SIGTERM when absent.
+    #[serde(
+        rename = "StopSignal",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub stop_signal: Option<String>,
 }
 
 /// An image of the store.
@@ -417,7 +426,9 @@ impl ImageStore {
             });
         }
         let mut size = config_bytes.len() as u64;
-        let mut blobs = Vec::new();
+        // The staged layers, checked before anything enters the store: a
+        // corrupt archive leaves the store as it was.
+        let mut layers = Vec::new();
         for layer in &found.layers {
             let (digest, bytes) = digest_file(&layer.path)?;
             if let Some(claimed) = &layer.digest {
@@ -431,19 +442,18 @@ impl ImageStore {
                 }
             }
             size += bytes;
-            blobs.push((self.store_blob(&layer.path, &digest)?, digest));
+            layers.push((layer.path.clone(), digest));
         }
-        self.store_blob(&found.config, &id)?;
         let hex = id.strip_prefix("sha256:").unwrap_or(&id).to_string();
         let rootfs = self.dir.join("rootfs").join(&hex);
-        if rootfs.exists() {
+        let unpacked = if rootfs.exists() {
             // Unpacked before: the layers must still be what the config says.
-            for ((blob, digest), diff_id) in blobs.iter().zip(&config.rootfs.diff_ids) {
+            for ((staged, digest), diff_id) in layers.iter().zip(&config.rootfs.diff_ids) {
                 let mut reader =
-                    maybe_gzip(blob).map_err(io_err(format!("reading {}", blob.display())))?;
+                    maybe_gzip(staged).map_err(io_err(format!("reading {}", staged.display())))?;
                 let mut hasher = Sha256::new();
                 io::copy(&mut reader, &mut hasher)
-                    .map_err(io_err(format!("reading {}", blob.display())))?;
+                    .map_err(io_err(format!("reading {}", staged.display())))?;
                 let actual = digest_of(hasher);
                 if &actual != diff_id {
                     return Err(Error::DigestMismatch {
@@ -454,6 +464,7 @@ impl ImageStore {
                     });
                 }
             }
+            None
         } else {
             let tmp = self
                 .dir
@@ -461,15 +472,15 @@ impl ImageStore {
                 .join(format!("rootfs-{hex}-{}", std::process::id()));
             let _ = fs::remove_dir_all(&tmp);
             fs::create_dir_all(&tmp).map_err(io_err(format!("creating {}", tmp.display())))?;
-            let unpacked = (|| {
-                for ((blob, digest), diff_id) in blobs.iter().zip(&config.rootfs.diff_ids) {
+            let done = (|| {
+                for ((staged, digest), diff_id) in layers.iter().zip(&config.rootfs.diff_ids) {
                     let layer_err = |source| Error::Layer {
                         path: path.to_path_buf(),
                         layer: digest.clone(),
                         source,
                     };
-                    let reader =
-                        maybe_gzip(blob).map_err(io_err(format!("reading {}", blob.display())))?;
+                    let reader = maybe_gzip(staged)
+                        .map_err(io_err(format!("reading {}", staged.display())))?;
                     let mut hashing = Hashing {
                         inner: reader,
                         hasher: Sha256::new(),
@@ -488,12 +499,24 @@ impl ImageStore {
                         });
                     }
                 }
-                fs::rename(&tmp, &rootfs).map_err(io_err(format!("writing {}", rootfs.display())))
+                Ok(())
             })();
-            if unpacked.is_err() {
+            if let Err(e) = done {
                 let _ = fs::remove_dir_all(&tmp);
+                return Err(e);
             }
-            unpacked?;
+            Some(tmp)
+        };
+        let mut blobs = Vec::new();
+        for (staged, digest) in layers {
+            blobs.push((self.store_blob(&staged, &digest)?, digest));
+        }
+        self.store_blob(&found.config, &id)?;
+        if let Some(tmp) = unpacked {
+            if let Err(e) = fs::rename(&tmp, &rootfs) {
+                let _ = fs::remove_dir_all(&tmp);
+                return Err(io_err(format!("writing {}", rootfs.display()))(e));
+            }
         }
         let mut names: Vec<String> = Vec::new();
         for n in &found.names {

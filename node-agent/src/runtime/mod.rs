@@ -679,6 +679,22 @@ impl Runtime {
         let _ = fs::remove_dir_all(dir);
     }
 
+    /// The signal that stops container `id` gracefully: its image's
+    /// `StopSignal` (`SIGQUIT` for nginx, `SIGINT` for postgres), as
+    /// containerd honours it; SIGTERM when the image names none (or one
+    /// that is not a signal).
+    pub fn stop_signal(&self, id: &str) -> nix::sys::signal::Signal {
+        let term = nix::sys::signal::Signal::SIGTERM;
+        let Ok(dir) = self.container_dir(id) else {
+            return term;
+        };
+        read_json::<Record>(&dir.join(files::RECORD))
+            .and_then(|r| self.images.resolve(&r.image_id).ok())
+            .and_then(|image| image.config.stop_signal)
+            .and_then(|name| parse_signal(&name))
+            .unwrap_or(term)
+    }
+
     /// Removes the cgroup parent itself (`/<parent>`) if no container
     /// uses it any more: for tests and uninstalls; agents keep it.
     pub fn remove_cgroup_parent(&self) {
@@ -753,8 +769,33 @@ fn status_of(dir: &Path) -> Status {
     }
 }
 
+/// A signal as an image's `StopSignal` names it: `SIGQUIT`, `QUIT` or `3`.
+pub fn parse_signal(name: &str) -> Option<nix::sys::signal::Signal> {
+    use std::str::FromStr;
+    let name = name.trim();
+    if let Ok(n) = name.parse::<i32>() {
+        return nix::sys::signal::Signal::try_from(n).ok();
+    }
+    let upper = name.to_ascii_uppercase();
+    let full = if upper.starts_with("SIG") {
+        upper
+    } else {
+        format!("SIG{upper}")
+    };
+    nix::sys::signal::Signal::from_str(&full).ok()
+}
+
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn stop_signals_parse_as_images_name_them() {
+        use nix::sys::signal::Signal;
+        assert_eq!(parse_signal("SIGQUIT"), Some(Signal::SIGQUIT));
+        assert_eq!(parse_signal("int"), Some(Signal::SIGINT));
+        assert_eq!(parse_signal("15"), Some(Signal::SIGTERM));
+        assert_eq!(parse_signal("SIGNOPE"), None);
+    }
     use super::*;
 
     #[test]

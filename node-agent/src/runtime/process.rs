@@ -293,7 +293,7 @@ mod tests {
             cmd: cmd.map(v),
             env: Some(v(&["PATH=/image/bin", "A=image"])),
             working_dir: Some("/srv".into()),
-            user: None,
+            ..Default::default()
         }
     }
 

@@ -94,10 +94,52 @@ impl Worker {
         let images = self.shared.runtime.images().clone();
         let image_for_lookup = image.clone();
         let resolved = tokio::task::spawn_blocking(move || images.resolve(&image_for_lookup)).await;
-        let resolved = match resolved {
+        let mut resolved = match resolved {
             Ok(Ok(image)) => Some(image),
             _ => None,
         };
+        // Not here, but the node can make it: that is this node's pull.
+        let mut build_failed = None;
+        let mut pulled_now = false;
+        if resolved.is_none() && policy != "Never" {
+            if let Some(catalog) = self
+                .shared
+                .config
+                .image_builds
+                .clone()
+                .filter(|c| c.provides(&image))
+            {
+                self.event(
+                    Some(&field),
+                    EventKind::Normal,
+                    "Pulling",
+                    format!("Pulling image \"{image}\""),
+                );
+                let images = self.shared.runtime.images().clone();
+                let began = std::time::Instant::now();
+                let wanted = image.clone();
+                let built =
+                    tokio::task::spawn_blocking(move || catalog.fetch(&wanted, &images)).await;
+                match built {
+                    Ok(Ok(built)) => {
+                        let took = began.elapsed().as_secs_f64();
+                        self.event(
+                            Some(&field),
+                            EventKind::Normal,
+                            "Pulled",
+                            format!(
+                                "Successfully pulled image \"{image}\" in {took:.3}s ({took:.3}s including waiting). Image size: {} bytes.",
+                                built.size
+                            ),
+                        );
+                        resolved = Some(built);
+                        pulled_now = true;
+                    }
+                    Ok(Err(e)) => build_failed = Some(e.to_string()),
+                    Err(e) => build_failed = Some(e.to_string()),
+                }
+            }
+        }
         let ctr = self.ctr_mut(init, index);
         let Some(resolved) = resolved else {
             if policy == "Never" {
@@ -118,20 +160,26 @@ impl Worker {
                 }
                 return;
             }
-            let reason = format!(
-                "failed to pull and unpack image \"{image}\": image not in the node's local store and no registry is reachable (load it with `shoal image load`)"
-            );
+            let attempted = build_failed.is_some();
+            let reason = match build_failed {
+                Some(e) => format!("failed to pull and unpack image \"{image}\": {e}"),
+                None => format!(
+                    "failed to pull and unpack image \"{image}\": image not in the node's local store and no registry is reachable (load it with `shoal image load`)"
+                ),
+            };
             ctr.pull_backoff.restarted(now, initial, max);
             ctr.state = State::Waiting {
                 reason: "ErrImagePull".into(),
                 message: Some(reason.clone()),
             };
-            self.event(
-                Some(&field),
-                EventKind::Normal,
-                "Pulling",
-                format!("Pulling image \"{image}\""),
-            );
+            if !attempted {
+                self.event(
+                    Some(&field),
+                    EventKind::Normal,
+                    "Pulling",
+                    format!("Pulling image \"{image}\""),
+                );
+            }
             self.event(
                 Some(&field),
                 EventKind::Warning,
@@ -147,7 +195,9 @@ impl Worker {
             return;
         };
         ctr.pull_backoff = Backoff::new();
-        if policy == "Always" {
+        if pulled_now {
+            // Its Pulling and Pulled events are out already.
+        } else if policy == "Always" {
             self.event(
                 Some(&field),
                 EventKind::Normal,

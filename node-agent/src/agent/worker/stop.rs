@@ -141,7 +141,7 @@ pub(super) async fn run_handler(
     probe::check(probe, target).await
 }
 
-/// preStop, SIGTERM, up to `grace`, SIGKILL, for every running container
+/// preStop, the stop signal, up to `grace`, SIGKILL, for every running container
 /// of `list`, all at once.
 pub(super) async fn stop_all(
     shared: &Arc<Shared>,
@@ -214,7 +214,8 @@ pub(super) async fn stop_all(
     }
 }
 
-/// SIGTERM, wait up to `grace`, SIGKILL; waits for the exit.
+/// The image's stop signal (SIGTERM unless it names another), wait up to
+/// `grace`, SIGKILL; waits for the exit.
 pub(super) async fn stop_container(
     runtime: Arc<runtime::Runtime>,
     id: String,
@@ -222,7 +223,7 @@ pub(super) async fn stop_container(
 ) -> runtime::Result<()> {
     tokio::task::spawn_blocking(move || {
         if !grace.is_zero() {
-            runtime.kill(&id, Signal::SIGTERM)?;
+            runtime.kill(&id, runtime.stop_signal(&id))?;
             if matches!(
                 runtime.wait(&id, grace)?,
                 runtime::Status::Exited { .. } | runtime::Status::Unknown { .. }

@@ -415,7 +415,8 @@ recreated_ready() {
 
 # The guide's Deployment, StatefulSet with its headless Service and
 # volume claims, and DaemonSet (lab/manifests/workloads.yaml) run across
-# the three nodes; a StatefulSet pod deleted comes back on its claim.
+# the three nodes; a StatefulSet pod deleted comes back on its claim; the
+# guide's own nginx Deployment and postgres StatefulSet run.
 scenario_workloads() {
     local s=workloads
     local t0
@@ -445,6 +446,27 @@ scenario_workloads() {
     after=$(page_of lab-db-1)
     check $s "lab-db-1 deleted: back on $node with its claim's data" "back in $(since "$t0")s on $(k get pod lab-db-1 -o jsonpath='{.spec.nodeName}'), serving '$after'" \
         sh -c "[ -n '$before' ] && [ '$before' = '$after' ]"
+
+    # The guide's own manifests: nginx:1.25 and postgres:15, made from
+    # Debian packages (lab/build-image.sh) and loaded by each node when a
+    # pod first names them.
+    t0=$(now)
+    k apply -f "$ROOT/tests/manifests/deployment.yaml" -f "$ROOT/tests/manifests/statefulset.yaml" >/dev/null
+    local answer=""
+    if wait_for 300 guide_ready; then
+        wait_for 60 sh -c "$KUBECTL exec postgres-0 -- psql -U postgres -tA -c 'select 42' | grep -qx 42"
+        answer=$(k exec postgres-0 -- psql -U postgres -tA -c 'select 42' 2>/dev/null)
+    fi
+    check $s "the guide's nginx Deployment and postgres StatefulSet Ready (<= 300 s), psql answers" \
+        "$(since "$t0")s; nginx on $(nodes_of app=nginx), postgres on $(nodes_of app=postgres) nodes; psql: ${answer:-none}" \
+        [ "$answer" = 42 ]
+    k delete -f "$ROOT/tests/manifests/deployment.yaml" -f "$ROOT/tests/manifests/statefulset.yaml" --wait=false >/dev/null 2>&1
+    k delete pvc postgres-storage-postgres-0 postgres-storage-postgres-1 postgres-storage-postgres-2 --wait=false >/dev/null 2>&1
+}
+
+guide_ready() {
+    [[ $(k get deployment nginx-deployment -o jsonpath='{.status.readyReplicas}' 2>/dev/null) == 3 ]] &&
+        [[ $(k get statefulset postgres -o jsonpath='{.status.readyReplicas}' 2>/dev/null) == 3 ]]
 }
 
 # --- network and DNS across every pair of nodes --------------------------------

@@ -77,24 +77,58 @@ async fn endpoints(client: kube::Client, informers: super::informers::Informers)
                     .collect::<Vec<_>>()
             },
         );
-    crate::run::run_controller("endpoints", controller, reconcile, Arc::new(client)).await;
+    // The pods come from the shared cache, as the kubelet-era endpoints
+    // controller reads its lister: a list per Service sync would cost the
+    // apiserver O(pods) per Service. A cache not filled yet would make
+    // every Service look empty, so wait for its first list.
+    pods.ready().await;
+    let ctx = Arc::new(Context { client, pods });
+    crate::run::run_controller("endpoints", controller, reconcile, ctx).await;
 }
 
-async fn reconcile(svc: Arc<Service>, client: Arc<kube::Client>) -> Result<Action, kube::Error> {
-    let client = (*client).clone();
+struct Context {
+    client: kube::Client,
+    pods: super::informers::Informer<Pod>,
+}
+
+/// The cached pods of `namespace` whose labels hold every pair of
+/// `selector` (a Service's selector is a plain map).
+fn selected_pods(
+    pods: &super::informers::Informer<Pod>,
+    namespace: &str,
+    selector: &std::collections::BTreeMap<String, String>,
+) -> Vec<Pod> {
+    pods.store()
+        .state()
+        .into_iter()
+        .filter(|pod| pod.metadata.namespace.as_deref() == Some(namespace))
+        .filter(|pod| {
+            let labels = pod.metadata.labels.as_ref();
+            selector
+                .iter()
+                .all(|(k, v)| labels.and_then(|l| l.get(k)) == Some(v))
+        })
+        .map(|pod| (*pod).clone())
+        .collect()
+}
+
+async fn reconcile(svc: Arc<Service>, ctx: Arc<Context>) -> Result<Action, kube::Error> {
+    let client = ctx.client.clone();
     if svc.metadata.deletion_timestamp.is_some() {
         return Ok(Action::await_change());
     }
-    let Some(selector) = sync::selector(&svc) else {
+    if sync::selector(&svc).is_none() {
         // The user's Endpoints, or an ExternalName: nothing of ours.
         return Ok(Action::await_change());
-    };
+    }
     let namespace = svc.namespace().unwrap_or_else(|| "default".into());
     let name = svc.name_any();
-    let pods = Api::<Pod>::namespaced(client.clone(), &namespace)
-        .list(&ListParams::default().labels(&selector))
-        .await?
-        .items;
+    let selector = svc
+        .spec
+        .as_ref()
+        .and_then(|s| s.selector.clone())
+        .unwrap_or_default();
+    let pods = selected_pods(&ctx.pods, &namespace, &selector);
 
     let endpoints_api: Api<Endpoints> = Api::namespaced(client.clone(), &namespace);
     if let Some(wanted) = sync::endpoints(&svc, &pods) {

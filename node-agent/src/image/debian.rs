@@ -111,7 +111,7 @@ pub struct Recipe {
     pub symlinks: Vec<Symlink>,
     /// Files copied inside the tree (what a postinst would copy).
     #[serde(default)]
-    pub copies: Vec<Copy>,
+    pub copies: Vec<CopiedFile>,
     /// Files from the recipe's folder put into the tree.
     #[serde(default)]
     pub files: Vec<File>,
@@ -176,7 +176,7 @@ pub struct Symlink {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct Copy {
+pub struct CopiedFile {
     pub from: String,
     pub to: String,
 }

@@ -406,17 +406,19 @@ struct RunJson<'a> {
     cmd: [&'a str; 1],
 }
 
+/// `rootfs` of an image config with one layer (also the Debian images').
 #[derive(Serialize)]
-struct RootFsJson {
+pub(super) struct RootFsJson {
     #[serde(rename = "type")]
-    kind: &'static str,
-    diff_ids: [String; 1],
+    pub(super) kind: &'static str,
+    pub(super) diff_ids: [String; 1],
 }
 
+/// A `history` entry of an image config.
 #[derive(Serialize)]
-struct HistoryJson {
-    created: &'static str,
-    created_by: String,
+pub(super) struct HistoryJson {
+    pub(super) created: &'static str,
+    pub(super) created_by: String,
 }
 
 #[derive(Serialize)]

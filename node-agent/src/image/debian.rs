@@ -32,6 +32,7 @@ use std::process::{Command, Stdio};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::busybox::{HistoryJson, RootFsJson};
 use super::Reference;
 
 /// Bumped when the build changes what it makes from the same inputs, so
@@ -979,19 +980,6 @@ struct RunJson {
     stop_signal: Option<String>,
     #[serde(rename = "Labels")]
     labels: BTreeMap<String, String>,
-}
-
-#[derive(Serialize)]
-struct RootFsJson {
-    #[serde(rename = "type")]
-    kind: &'static str,
-    diff_ids: [String; 1],
-}
-
-#[derive(Serialize)]
-struct HistoryJson {
-    created: &'static str,
-    created_by: String,
 }
 
 #[derive(Serialize)]

@@ -975,3 +975,85 @@ spec:
     let path = up.ok(&["get", "pv", &pv, "-o", "jsonpath={.spec.local.path}"]);
     let _ = std::fs::remove_dir_all(path);
 }
+
+/// `kubectl top` on real pods: usage from the containers' cgroups, sent
+/// by the agent every `--metrics-interval`.
+#[test]
+fn kubectl_top_shows_cgroup_usage() {
+    require_root!(node::PODS_NEED_ROOT);
+    let up = ShoalUp::with_agent(&["--metrics-interval", "2s"]);
+    assert!(eventually(Duration::from_secs(30), || {
+        up.ok(&["get", "nodes", "--no-headers"]).contains(" Ready ")
+    }));
+    up.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: burner
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: spin
+    image: busybox
+    command: [sh, -c, 'while :; do :; done']
+    resources:
+      limits: {cpu: 500m}
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: holder
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: hold
+    image: busybox
+    command: [sh, -c, 'dd if=/dev/zero of=/cache/fill bs=1M count=50 && exec sleep 3600']
+    volumeMounts:
+    - {name: cache, mountPath: /cache}
+  volumes:
+  - name: cache
+    emptyDir: {medium: Memory}
+"#,
+    );
+    // "burner   498m   1Mi" → (498, 1), in millicores and MiB.
+    let top = |pod: &str| -> Option<(u64, u64)> {
+        let out = up.kubectl(&["top", "pod", pod, "--no-headers"]);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let mut fields = text.split_whitespace().skip(1);
+        let cpu = fields.next()?.strip_suffix('m')?.parse().ok()?;
+        let memory = fields.next()?.strip_suffix("Mi")?.parse().ok()?;
+        Some((cpu, memory))
+    };
+    let mut burner = None;
+    assert!(
+        eventually(Duration::from_secs(90), || {
+            burner = top("burner");
+            burner.is_some_and(|(cpu, _)| cpu >= 400)
+        }),
+        "burner: {burner:?}\n{}",
+        up.log()
+    );
+    let (cpu, _) = burner.unwrap();
+    assert!((400..=600).contains(&cpu), "a 500m limit, {cpu}m used");
+    let mut holder = None;
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            holder = top("holder");
+            holder.is_some_and(|(_, mi)| mi >= 50)
+        }),
+        "holder: {holder:?}"
+    );
+    let (_, memory) = holder.unwrap();
+    assert!((50..=60).contains(&memory), "50 MiB held, {memory}Mi used");
+    let nodes = up.ok(&["top", "node", "--no-headers"]);
+    let cores: u64 = nodes
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.strip_suffix('m'))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    assert!(cores >= 400, "the node runs the burner: {nodes}");
+    up.ok(&["delete", "pod", "burner", "holder"]);
+}

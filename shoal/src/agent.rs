@@ -146,9 +146,10 @@ pub struct AgentArgs {
     /// Pods a node takes.
     #[arg(long, default_value = "110")]
     max_pods: String,
-    /// How often simulated nodes report their pods' usage (from the
-    /// `simulate.shoal.dev/cpu-usage` and `memory-usage` annotations) for
-    /// `kubectl top` and the HPA; a report is written only when it changed.
+    /// How often the node reports its and its pods' usage for `kubectl
+    /// top` and the HPA: from cgroups on a real node; on simulated nodes
+    /// from the `simulate.shoal.dev/cpu-usage` and `memory-usage`
+    /// annotations, a report written only when it changed.
     #[arg(long, env = "SHOAL_METRICS_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     metrics_interval: Duration,
 }
@@ -276,6 +277,7 @@ async fn run_real(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
             )
         })?,
         container_log_max_files: args.container_log_max_files.max(1),
+        metrics_interval: Some(args.metrics_interval.max(Duration::from_secs(1))),
         image_builds: shoal_agent::image::debian::node_catalog(
             !args.no_image_builds,
             args.image_archives.as_deref(),

@@ -71,6 +71,10 @@ pub struct UpArgs {
     restart_backoff_initial: Duration,
     #[arg(long, env = "SHOAL_BACKOFF_MAX", default_value = "300s", value_parser = shoal_core::duration::parse)]
     restart_backoff_max: Duration,
+    /// How often the node agent reports its node's and pods' usage (from
+    /// cgroups) for `kubectl top` and the HPA (metrics-server's 15 s).
+    #[arg(long, env = "SHOAL_METRICS_INTERVAL", default_value = "15s", value_parser = shoal_core::duration::parse)]
+    metrics_interval: Duration,
     /// Kill the pods' containers when `shoal up` stops (by default they
     /// keep running and the next `shoal up` on this data dir re-adopts
     /// them).
@@ -520,6 +524,7 @@ async fn start_agent(
         container_log_max_files: 5,
         // nginx and postgres made from Debian packages on first use.
         image_builds: shoal_agent::image::debian::node_catalog(true, None),
+        metrics_interval: Some(args.metrics_interval.max(Duration::from_secs(1))),
     };
     step(&format!("starting the node agent ({node_name})"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

@@ -41,6 +41,7 @@ pub mod registry;
 pub mod sandbox_files;
 pub mod server;
 pub mod status;
+pub mod usage;
 pub mod volumes;
 pub mod worker;
 
@@ -96,6 +97,9 @@ pub struct Config {
     /// does not have (`nginx:1.25`, `postgres:15`), as a pull would fetch
     /// it; without it such a pod waits in ImagePullBackOff.
     pub image_builds: Option<Arc<crate::image::debian::Catalog>>,
+    /// How often the node's and its pods' usage is reported for `kubectl
+    /// top` and the HPA (metrics-server's 15 s); None reports nothing.
+    pub metrics_interval: Option<Duration>,
 }
 
 /// The node bridge.
@@ -340,6 +344,9 @@ pub async fn run(
         starts: Arc::new(tokio::sync::Semaphore::new(concurrent_starts())),
         config: config.clone(),
     });
+    let usage_reports = config
+        .metrics_interval
+        .map(|interval| tokio::spawn(usage::report(shared.clone(), interval)));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let config_dns = config.dns.is_some();
     let metrics: server::Metrics = Arc::new(move || {
@@ -383,6 +390,9 @@ pub async fn run(
     shutdown.await;
     let _ = stop_tx.send(true);
     heartbeat.abort();
+    if let Some(task) = usage_reports {
+        task.abort();
+    }
     for watch in watches {
         watch.abort();
     }

@@ -21,6 +21,16 @@ pub struct ContainerRuns {
     pub previous: Option<Run>,
 }
 
+/// A pod and the current run id of each of its containers.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PodRuns {
+    pub namespace: String,
+    pub name: String,
+    pub uid: String,
+    /// (container name, run id), by name.
+    pub runs: Vec<(String, String)>,
+}
+
 #[derive(Debug, Clone, Default)]
 struct PodEntry {
     uid: String,
@@ -76,6 +86,33 @@ impl Registry {
                 .containers
                 .get(container)
                 .cloned()
+        })
+    }
+
+    /// Every pod the agent runs, with each container's current run.
+    pub fn snapshot(&self) -> Vec<PodRuns> {
+        self.with(|pods| {
+            let mut all: Vec<_> = pods
+                .iter()
+                .map(|((namespace, name), entry)| {
+                    let mut runs: Vec<(String, String)> = entry
+                        .containers
+                        .iter()
+                        .filter_map(|(c, runs)| {
+                            Some((c.clone(), runs.current.as_ref()?.id.clone()))
+                        })
+                        .collect();
+                    runs.sort();
+                    PodRuns {
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                        uid: entry.uid.clone(),
+                        runs,
+                    }
+                })
+                .collect();
+            all.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
+            all
         })
     }
 

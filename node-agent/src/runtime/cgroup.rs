@@ -141,6 +141,37 @@ impl Layout {
             .unwrap_or(0)
     }
 
+    /// What the processes of `rel` (and below) have used: CPU time so far
+    /// and the memory working set as the kubelet computes it (usage minus
+    /// inactive file pages). None when the cgroup is gone.
+    pub fn usage(&self, rel: &str) -> Option<Usage> {
+        match self {
+            Layout::V1 { root } => {
+                let cpu_ns = read_u64(&root.join("cpuacct").join(rel).join("cpuacct.usage"))?;
+                let memory = root.join("memory").join(rel);
+                let used = read_u64(&memory.join("memory.usage_in_bytes"))?;
+                let stat = fs::read_to_string(memory.join("memory.stat")).unwrap_or_default();
+                let inactive = stat_value(&stat, "total_inactive_file").unwrap_or(0);
+                Some(Usage {
+                    cpu_ns,
+                    working_set: used.saturating_sub(inactive),
+                })
+            }
+            Layout::V2 { root } => {
+                let dir = root.join(rel);
+                let cpu = fs::read_to_string(dir.join("cpu.stat")).ok()?;
+                let cpu_ns = stat_value(&cpu, "usage_usec")?.saturating_mul(1000);
+                let used = read_u64(&dir.join("memory.current"))?;
+                let stat = fs::read_to_string(dir.join("memory.stat")).unwrap_or_default();
+                let inactive = stat_value(&stat, "inactive_file").unwrap_or(0);
+                Some(Usage {
+                    cpu_ns,
+                    working_set: used.saturating_sub(inactive),
+                })
+            }
+        }
+    }
+
     /// Removes `rel` (and what runc left below it) from every hierarchy.
     pub fn remove(&self, rel: &str) {
         let roots: Vec<PathBuf> = match self {
@@ -155,6 +186,27 @@ impl Layout {
             let _ = fs::remove_dir(&dir);
         }
     }
+}
+
+/// A cgroup's use of the machine, as [`Layout::usage`] reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time, cumulative (rates come from two readings).
+    pub cpu_ns: u64,
+    /// Bytes of memory the kernel could not reclaim at once.
+    pub working_set: u64,
+}
+
+fn read_u64(path: &Path) -> Option<u64> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// The value of `key` in a `memory.stat`/`cpu.stat` text (`key value` lines).
+pub fn stat_value(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (k, v) = line.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
 }
 
 /// An eventfd the kernel signals when a v1 memory cgroup goes OOM.
@@ -196,6 +248,18 @@ mod tests {
         assert_eq!(milli_cpu_to_quota(5), Some(1000));
         assert_eq!(milli_cpu_to_quota(250), Some(25_000));
         assert_eq!(milli_cpu_to_quota(1500), Some(150_000));
+    }
+
+    #[test]
+    fn stat_files_parse() {
+        let stat = "cache 4096\ntotal_inactive_file 8192\ninactive_file 100\n";
+        assert_eq!(stat_value(stat, "total_inactive_file"), Some(8192));
+        assert_eq!(stat_value(stat, "inactive_file"), Some(100));
+        assert_eq!(stat_value(stat, "missing"), None);
+        assert_eq!(
+            stat_value("usage_usec 12\nuser_usec 3\n", "usage_usec"),
+            Some(12)
+        );
     }
 
     #[test]

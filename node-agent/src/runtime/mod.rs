@@ -679,6 +679,14 @@ impl Runtime {
         let _ = fs::remove_dir_all(dir);
     }
 
+    /// What container `id` uses now (cumulative CPU, memory working set),
+    /// from its cgroup; None when it is gone.
+    pub fn usage(&self, id: &str) -> Option<cgroup::Usage> {
+        let dir = self.container_dir(id).ok()?;
+        let record = read_json::<Record>(&dir.join(files::RECORD))?;
+        self.layout.usage(&record.cgroup)
+    }
+
     /// The signal that stops container `id` gracefully: its image's
     /// `StopSignal` (`SIGQUIT` for nginx, `SIGINT` for postgres), as
     /// containerd honours it; SIGTERM when the image names none (or one

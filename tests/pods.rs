@@ -1057,3 +1057,93 @@ spec:
     assert!(cores >= 400, "the node runs the burner: {nodes}");
     up.ok(&["delete", "pod", "burner", "holder"]);
 }
+
+/// The guide's HPA on a real Deployment: pods spinning at their 200m
+/// limit against a 100m request are 200% of it, so `kubectl autoscale
+/// --cpu-percent=50 --min=1 --max=5` scales to the maximum; once the pods
+/// only sleep, back to the minimum (the test sets no scale-down
+/// stabilization window).
+#[test]
+fn the_hpa_scales_real_pods_on_their_cgroup_usage() {
+    require_root!(node::PODS_NEED_ROOT);
+    let up = ShoalUp::with_agent(&[
+        "--metrics-interval",
+        "2s",
+        "--horizontal-pod-autoscaler-sync-period=1s",
+    ]);
+    assert!(eventually(Duration::from_secs(30), || {
+        up.ok(&["get", "nodes", "--no-headers"]).contains(" Ready ")
+    }));
+    up.apply(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: burn
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: burn}
+  template:
+    metadata:
+      labels: {app: burn}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: spin
+        image: busybox
+        command: [sh, -c, 'while :; do :; done']
+        resources:
+          requests: {cpu: 100m}
+          limits: {cpu: 200m}
+"#,
+    );
+    let replicas = || {
+        up.ok(&[
+            "get",
+            "deployment",
+            "burn",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ])
+    };
+    up.ok(&[
+        "autoscale",
+        "deployment",
+        "burn",
+        "--cpu-percent=50",
+        "--min=1",
+        "--max=5",
+    ]);
+    up.ok(&[
+        "patch",
+        "hpa",
+        "burn",
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"behavior":{"scaleDown":{"stabilizationWindowSeconds":0}}}}"#,
+    ]);
+    assert!(
+        eventually(Duration::from_secs(120), || replicas() == "5"),
+        "not scaled up: {}\n{}",
+        replicas(),
+        up.ok(&["describe", "hpa", "burn"])
+    );
+    // The load stops: the pods only sleep.
+    up.ok(&[
+        "patch",
+        "deployment",
+        "burn",
+        "--type=json",
+        "-p",
+        r#"[{"op":"replace","path":"/spec/template/spec/containers/0/command","value":["sleep","3600"]}]"#,
+    ]);
+    assert!(
+        eventually(Duration::from_secs(120), || replicas() == "1"),
+        "not scaled down: {}\n{}",
+        replicas(),
+        up.ok(&["describe", "hpa", "burn"])
+    );
+    up.ok(&["delete", "hpa", "burn"]);
+    up.ok(&["delete", "deployment", "burn"]);
+}

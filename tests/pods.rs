@@ -17,12 +17,17 @@ use support::kube::{eventually, ShoalUp};
 
 /// `shoal up` with its agent, fast back-off, and the node Ready.
 fn cluster() -> ShoalUp {
-    let up = ShoalUp::with_agent(&[
+    cluster_with(&[
         "--restart-backoff-initial",
         "1s",
         "--restart-backoff-max",
         "4s",
-    ]);
+    ])
+}
+
+/// `shoal up` with its agent and these flags, and the node Ready.
+fn cluster_with(args: &[&str]) -> ShoalUp {
+    let up = ShoalUp::with_agent(args);
     assert!(
         eventually(Duration::from_secs(30), || {
             up.ok(&["get", "nodes", "--no-headers"]).contains(" Ready ")
@@ -981,10 +986,7 @@ spec:
 #[test]
 fn kubectl_top_shows_cgroup_usage() {
     require_root!(node::PODS_NEED_ROOT);
-    let up = ShoalUp::with_agent(&["--metrics-interval", "2s"]);
-    assert!(eventually(Duration::from_secs(30), || {
-        up.ok(&["get", "nodes", "--no-headers"]).contains(" Ready ")
-    }));
+    let up = cluster_with(&["--metrics-interval", "2s"]);
     up.apply(
         r#"
 apiVersion: v1
@@ -1066,14 +1068,11 @@ spec:
 #[test]
 fn the_hpa_scales_real_pods_on_their_cgroup_usage() {
     require_root!(node::PODS_NEED_ROOT);
-    let up = ShoalUp::with_agent(&[
+    let up = cluster_with(&[
         "--metrics-interval",
         "2s",
         "--horizontal-pod-autoscaler-sync-period=1s",
     ]);
-    assert!(eventually(Duration::from_secs(30), || {
-        up.ok(&["get", "nodes", "--no-headers"]).contains(" Ready ")
-    }));
     up.apply(
         r#"
 apiVersion: apps/v1

@@ -25,15 +25,7 @@ use support::kube::{eventually, ShoalUp, KUBECTL};
 
 /// `shoal up` with its agent and the node Ready.
 fn cluster() -> ShoalUp {
-    let up = ShoalUp::with_agent(&[]);
-    assert!(
-        eventually(Duration::from_secs(30), || {
-            up.ok(&["get", "nodes", "--no-headers"]).contains(" Ready ")
-        }),
-        "the node never became Ready:\n{}",
-        up.log()
-    );
-    up
+    ShoalUp::with_ready_agent(&[])
 }
 
 /// A process whose output is collected as it comes, killed if it outlives

@@ -11,9 +11,8 @@ mod node;
 mod support;
 
 use std::process::Command;
-use std::time::Duration;
 
-use support::kube::{eventually, ShoalUp};
+use support::kube::ShoalUp;
 
 /// Runs `tests/python/<script>` against a cluster with a Ready node and
 /// returns what it printed; it fails the test if the script does.
@@ -28,14 +27,7 @@ fn run(script: &str) -> String {
         return String::new();
     }
     let python = support::venv_program("python");
-    let up = ShoalUp::with_agent(&[]);
-    assert!(
-        eventually(Duration::from_secs(30), || {
-            up.ok(&["get", "nodes", "--no-headers"]).contains(" Ready ")
-        }),
-        "the node never became Ready:\n{}",
-        up.log()
-    );
+    let up = ShoalUp::with_ready_agent(&[]);
     let path = format!("{}/../tests/python/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = Command::new(&python)
         .arg(path)

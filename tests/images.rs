@@ -18,18 +18,6 @@ use std::time::Duration;
 use node::shoal;
 use support::kube::{eventually, manifest, ShoalUp};
 
-fn cluster() -> ShoalUp {
-    let up = ShoalUp::with_agent(&[]);
-    assert!(
-        eventually(Duration::from_secs(30), || {
-            up.ok(&["get", "nodes", "--no-headers"]).contains(" Ready ")
-        }),
-        "the node never became Ready:\n{}",
-        up.log()
-    );
-    up
-}
-
 fn describe(up: &ShoalUp, what: &[&str]) -> String {
     let mut args = vec!["describe"];
     args.extend_from_slice(what);
@@ -57,7 +45,7 @@ fn rolled_out(up: &ShoalUp, deployment: &str) {
 #[test]
 fn the_guides_nginx_deployment_serves_its_page() {
     require_root!(node::PODS_NEED_ROOT);
-    let up = cluster();
+    let up = ShoalUp::with_ready_agent(&[]);
     up.ok(&["apply", "-f", &manifest("deployment.yaml")]);
     rolled_out(&up, "nginx-deployment");
     let ready = up.ok(&[
@@ -212,7 +200,7 @@ spec:
 #[test]
 fn the_guides_postgres_statefulset_keeps_its_data() {
     require_root!(node::PODS_NEED_ROOT);
-    let up = cluster();
+    let up = ShoalUp::with_ready_agent(&[]);
     up.ok(&["apply", "-f", &manifest("statefulset.yaml")]);
     let ready = |n: &str| {
         up.ok(&[

@@ -27,15 +27,7 @@ fn cluster() -> ShoalUp {
 
 /// `shoal up` with its agent and these flags, and the node Ready.
 fn cluster_with(args: &[&str]) -> ShoalUp {
-    let up = ShoalUp::with_agent(args);
-    assert!(
-        eventually(Duration::from_secs(30), || {
-            up.ok(&["get", "nodes", "--no-headers"]).contains(" Ready ")
-        }),
-        "the node never became Ready:\n{}",
-        up.log()
-    );
-    up
+    ShoalUp::with_ready_agent(args)
 }
 
 fn jsonpath(up: &ShoalUp, pod: &str, path: &str) -> String {

@@ -50,6 +50,19 @@ impl ShoalUp {
         ShoalUp::start_as(&all, true)
     }
 
+    /// [`ShoalUp::with_agent`], once its node is Ready (30 s at most).
+    pub fn with_ready_agent(args: &[&str]) -> ShoalUp {
+        let up = ShoalUp::with_agent(args);
+        assert!(
+            eventually(Duration::from_secs(30), || {
+                up.ok(&["get", "nodes", "--no-headers"]).contains(" Ready ")
+            }),
+            "the node never became Ready:\n{}",
+            up.log()
+        );
+        up
+    }
+
     fn start_as(args: &[&str], agent: bool) -> ShoalUp {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();

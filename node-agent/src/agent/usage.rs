@@ -66,18 +66,8 @@ fn node_memory() -> Option<u64> {
 }
 
 fn parse_meminfo(text: &str) -> Option<u64> {
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|rest| {
-                rest.trim()
-                    .trim_end_matches("kB")
-                    .trim()
-                    .parse::<u64>()
-                    .ok()
-            })
-    };
-    Some(field("MemTotal:")?.saturating_sub(field("MemAvailable:")?) * 1024)
+    let total = super::node::meminfo_bytes(text, "MemTotal")?;
+    Some(total.saturating_sub(super::node::meminfo_bytes(text, "MemAvailable")?))
 }
 
 /// Writes this node's usage report every `interval`.

@@ -47,11 +47,12 @@ fi
 if [ "${1:-}" = "--tests" ]; then
   # Python clients: the official one (tests/python_client.rs), lightkube
   # and kubernetes_asyncio (tests/client_libraries.rs), schemathesis
-  # (tests/openapi_fuzz.rs).
+  # (tests/openapi_fuzz.rs), prometheus_client's parser (tests/pods.rs,
+  # every component's /metrics).
   VENV="${SHOAL_VENV:-$HOME/.cache/shoal-venv}"
-  if ! "$VENV/bin/python" -c 'import kubernetes, lightkube, kubernetes_asyncio, schemathesis' 2>/dev/null; then
+  if ! "$VENV/bin/python" -c 'import kubernetes, lightkube, kubernetes_asyncio, schemathesis, prometheus_client' 2>/dev/null; then
     python3 -m venv "$VENV"
-    "$VENV/bin/pip" install -q kubernetes lightkube==1.0.1 kubernetes_asyncio==36.1.0 schemathesis==4.32.5
+    "$VENV/bin/pip" install -q kubernetes lightkube==1.0.1 kubernetes_asyncio==36.1.0 schemathesis==4.32.5 prometheus_client==0.26.0
   fi
   if ! command -v cargo-nextest >/dev/null 2>&1; then
     cargo install cargo-nextest --locked

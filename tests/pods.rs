@@ -1052,6 +1052,425 @@ spec:
     up.ok(&["delete", "pod", "burner", "holder"]);
 }
 
+/// An exposition parsed by prometheus_client's own parser
+/// (`tests/python/parse_metrics.py`): family name → type and samples.
+fn parse_metrics(text: &str) -> serde_json::Value {
+    use std::io::Write;
+    let mut child = std::process::Command::new(support::venv_program("python"))
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/python/parse_metrics.py"
+        ))
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The value of the first sample named `sample` in `family` whose labels
+/// include `labels`.
+fn sample(
+    metrics: &serde_json::Value,
+    family: &str,
+    sample: &str,
+    labels: &[(&str, &str)],
+) -> Option<f64> {
+    metrics[family]["samples"]
+        .as_array()?
+        .iter()
+        .find(|s| s[0] == sample && labels.iter().all(|(k, v)| s[1][k].as_str() == Some(v)))
+        .and_then(|s| s[2].as_f64())
+}
+
+/// `url` over plain HTTP (the store's and the controllers' endpoints).
+fn http_get(url: &str) -> String {
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "--fail", url])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{url}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every component's `/metrics` parses with prometheus_client's parser and
+/// carries Kubernetes' and etcd's names: the apiserver (through `kubectl
+/// get --raw`), each store member and the controllers (the URLs `shoal up`
+/// prints), and the agent's `/metrics` and `/metrics/resource` (with the
+/// token the apiserver presents, 401 without), the latter showing a pod
+/// spinning at its 500m limit.
+#[test]
+fn every_component_serves_prometheus_metrics() {
+    require_root!(node::PODS_NEED_ROOT);
+    let up = cluster_with(&[]);
+    up.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata:
+  name: spinner
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - name: spin
+    image: busybox
+    command: [sh, -c, 'while :; do :; done']
+    resources:
+      limits: {cpu: 500m}
+"#,
+    );
+    wait_for(
+        &up,
+        "spinner",
+        ".status.phase",
+        Duration::from_secs(60),
+        |p| p == "Running",
+    );
+    up.ok(&["get", "pods", "-A"]);
+
+    // The apiserver.
+    let api = parse_metrics(&up.ok(&["get", "--raw", "/metrics"]));
+    assert_eq!(api["apiserver_request"]["type"], "counter", "{api}");
+    let lists = sample(
+        &api,
+        "apiserver_request",
+        "apiserver_request_total",
+        &[
+            ("verb", "LIST"),
+            ("resource", "pods"),
+            ("code", "200"),
+            ("scope", "cluster"),
+        ],
+    );
+    assert!(
+        lists.is_some_and(|n| n >= 1.0),
+        "kubectl get pods -A: {}",
+        api["apiserver_request"]
+    );
+    let creates = sample(
+        &api,
+        "apiserver_request",
+        "apiserver_request_total",
+        &[
+            ("verb", "POST"),
+            ("resource", "pods"),
+            ("scope", "namespace"),
+            ("code", "201"),
+        ],
+    );
+    assert!(
+        creates.is_some_and(|n| n >= 1.0),
+        "{}",
+        api["apiserver_request"]
+    );
+    assert_eq!(
+        api["apiserver_request_duration_seconds"]["type"],
+        "histogram"
+    );
+    assert!(sample(
+        &api,
+        "apiserver_request_duration_seconds",
+        "apiserver_request_duration_seconds_count",
+        &[("verb", "GET"), ("resource", "pods"), ("scope", "resource")]
+    )
+    .is_some_and(|n| n >= 1.0));
+    let watches = sample(
+        &api,
+        "apiserver_longrunning_requests",
+        "apiserver_longrunning_requests",
+        &[("verb", "WATCH"), ("resource", "pods")],
+    );
+    assert!(
+        watches.is_some_and(|n| n >= 1.0),
+        "the controllers and the agent watch pods: {}",
+        api["apiserver_longrunning_requests"]
+    );
+
+    // Each store member.
+    let log = up.log();
+    let store_urls: Vec<&str> = log
+        .lines()
+        .find_map(|l| l.strip_prefix("store metrics: "))
+        .expect("shoal up names the store's metrics URLs")
+        .split(", ")
+        .filter_map(|m| m.split_whitespace().nth(1))
+        .collect();
+    assert_eq!(store_urls.len(), 3, "{log}");
+    let mut leaders = 0.0;
+    for url in &store_urls {
+        let store = parse_metrics(&http_get(url));
+        assert_eq!(
+            sample(
+                &store,
+                "etcd_server_has_leader",
+                "etcd_server_has_leader",
+                &[]
+            ),
+            Some(1.0),
+            "{url}"
+        );
+        leaders += sample(
+            &store,
+            "etcd_server_is_leader",
+            "etcd_server_is_leader",
+            &[],
+        )
+        .unwrap();
+        assert!(sample(
+            &store,
+            "etcd_server_leader_changes_seen",
+            "etcd_server_leader_changes_seen_total",
+            &[]
+        )
+        .is_some_and(|n| n >= 1.0));
+        let committed = sample(
+            &store,
+            "etcd_server_proposals_committed_total",
+            "etcd_server_proposals_committed_total",
+            &[],
+        )
+        .unwrap();
+        let applied = sample(
+            &store,
+            "etcd_server_proposals_applied_total",
+            "etcd_server_proposals_applied_total",
+            &[],
+        )
+        .unwrap();
+        assert!(
+            committed > 10.0 && applied > 10.0,
+            "{url}: committed {committed}, applied {applied}"
+        );
+        assert!(sample(
+            &store,
+            "etcd_disk_wal_fsync_duration_seconds",
+            "etcd_disk_wal_fsync_duration_seconds_count",
+            &[]
+        )
+        .is_some_and(|n| n >= 1.0));
+        assert!(sample(
+            &store,
+            "etcd_disk_backend_commit_duration_seconds",
+            "etcd_disk_backend_commit_duration_seconds_count",
+            &[]
+        )
+        .is_some_and(|n| n >= 1.0));
+        assert!(store["etcd_server_proposals_failed"]["samples"].is_array());
+        assert!(store["etcd_server_proposals_pending"]["samples"].is_array());
+    }
+    assert_eq!(leaders, 1.0, "one leader among {store_urls:?}");
+
+    // The controllers.
+    let url = log
+        .lines()
+        .find_map(|l| l.strip_prefix("controllers metrics: "))
+        .expect("shoal up names the controllers' metrics URL");
+    let controllers = parse_metrics(&http_get(url));
+    assert!(
+        sample(
+            &controllers,
+            "scheduler_schedule_attempts",
+            "scheduler_schedule_attempts_total",
+            &[("result", "scheduled"), ("profile", "default-scheduler")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{controllers}"
+    );
+    assert!(sample(
+        &controllers,
+        "scheduler_scheduling_attempt_duration_seconds",
+        "scheduler_scheduling_attempt_duration_seconds_count",
+        &[("result", "scheduled")]
+    )
+    .is_some_and(|n| n >= 1.0));
+    // Namespaces wake the ServiceAccount controller (a default account each).
+    assert!(
+        sample(
+            &controllers,
+            "workqueue_adds",
+            "workqueue_adds_total",
+            &[("name", "serviceaccount")]
+        )
+        .is_some_and(|n| n >= 4.0),
+        "{controllers}"
+    );
+    assert!(sample(
+        &controllers,
+        "workqueue_work_duration_seconds",
+        "workqueue_work_duration_seconds_count",
+        &[("name", "serviceaccount")]
+    )
+    .is_some_and(|n| n >= 4.0));
+    assert!(sample(
+        &controllers,
+        "workqueue_queue_duration_seconds",
+        "workqueue_queue_duration_seconds_count",
+        &[("name", "serviceaccount")]
+    )
+    .is_some_and(|n| n >= 1.0));
+    assert_eq!(
+        sample(
+            &controllers,
+            "workqueue_depth",
+            "workqueue_depth",
+            &[("name", "serviceaccount")]
+        ),
+        Some(0.0)
+    );
+    assert!(controllers["scheduler_pending_pods"]["samples"].is_array());
+
+    // The agent, as the apiserver reaches it.
+    let token = std::fs::read_to_string(up.data_dir().join("agent-token")).unwrap();
+    let port = up.ok(&[
+        "get",
+        "nodes",
+        "-o",
+        "jsonpath={.items[0].status.daemonEndpoints.kubeletEndpoint.Port}",
+    ]);
+    let agent_get = |path: &str, token: &str| -> (String, String) {
+        let out = std::process::Command::new("curl")
+            .args(["-sSk", "-w", "\n%{http_code}"])
+            .args(["-H", &format!("Authorization: Bearer {}", token.trim())])
+            .arg(format!("https://127.0.0.1:{}{path}", port.trim()))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (code.to_string(), body.to_string())
+    };
+    assert_eq!(agent_get("/metrics/resource", "wrong").0, "401");
+    let (code, own) = agent_get("/metrics", &token);
+    assert_eq!(code, "200", "{own}");
+    let own = parse_metrics(&own);
+    assert_eq!(
+        sample(&own, "kubelet_running_pods", "kubelet_running_pods", &[]),
+        Some(1.0),
+        "{own}"
+    );
+    assert!(
+        sample(
+            &own,
+            "kubelet_runtime_operations",
+            "kubelet_runtime_operations_total",
+            &[("operation_type", "start_container")]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{own}"
+    );
+    assert!(
+        sample(
+            &own,
+            "kubelet_pod_start_duration_seconds",
+            "kubelet_pod_start_duration_seconds_count",
+            &[]
+        )
+        .is_some_and(|n| n >= 1.0),
+        "{own}"
+    );
+    assert!(sample(
+        &own,
+        "kubelet_pod_status_sync_duration_seconds",
+        "kubelet_pod_status_sync_duration_seconds_count",
+        &[]
+    )
+    .is_some_and(|n| n >= 1.0));
+    assert!(sample(
+        &own,
+        "shoal_image_store_images",
+        "shoal_image_store_images",
+        &[]
+    )
+    .is_some_and(|n| n >= 1.0));
+    // CPU seconds grow by about half a second per second.
+    let cpu = || -> f64 {
+        let (code, text) = agent_get("/metrics/resource", &token);
+        assert_eq!(code, "200", "{text}");
+        let resource = parse_metrics(&text);
+        assert_eq!(
+            sample(
+                &resource,
+                "resource_scrape_error",
+                "resource_scrape_error",
+                &[]
+            ),
+            Some(0.0)
+        );
+        assert!(sample(
+            &resource,
+            "node_memory_working_set_bytes",
+            "node_memory_working_set_bytes",
+            &[]
+        )
+        .is_some_and(|b| b > 0.0));
+        assert!(
+            sample(
+                &resource,
+                "container_memory_working_set_bytes",
+                "container_memory_working_set_bytes",
+                &[
+                    ("namespace", "default"),
+                    ("pod", "spinner"),
+                    ("container", "spin")
+                ]
+            )
+            .is_some_and(|b| b > 0.0),
+            "{text}"
+        );
+        assert!(sample(
+            &resource,
+            "container_start_time_seconds",
+            "container_start_time_seconds",
+            &[("pod", "spinner")]
+        )
+        .is_some());
+        let pod = sample(
+            &resource,
+            "pod_cpu_usage_seconds",
+            "pod_cpu_usage_seconds_total",
+            &[("namespace", "default"), ("pod", "spinner")],
+        )
+        .unwrap();
+        let container = sample(
+            &resource,
+            "container_cpu_usage_seconds",
+            "container_cpu_usage_seconds_total",
+            &[
+                ("namespace", "default"),
+                ("pod", "spinner"),
+                ("container", "spin"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(pod, container, "one container: the pod's CPU is its");
+        container
+    };
+    let (before, at) = (cpu(), Instant::now());
+    std::thread::sleep(Duration::from_secs(4));
+    let rate = (cpu() - before) / at.elapsed().as_secs_f64();
+    assert!(
+        (0.35..=0.65).contains(&rate),
+        "a 500m limit, {rate} cores used"
+    );
+    up.ok(&["delete", "pod", "spinner"]);
+}
+
 /// The guide's HPA on a real Deployment: pods spinning at their 200m
 /// limit against a 100m request are 200% of it, so `kubectl autoscale
 /// --cpu-percent=50 --min=1 --max=5` scales to the maximum; once the pods

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //!   server      HTTPS, routes, authentication, accept loop
+//!   metrics     /metrics: requests by verb, resource and code; latency; watches
 //!   discovery   /version, /api, /apis, aggregated discovery
 //!   rest/       generic handlers: get, list, watch, create, update, patch, delete
 //!   query       query parameters, read as kube-apiserver reads them
@@ -30,6 +31,7 @@ mod discovery;
 mod endpoint_reconciler;
 mod error;
 mod hooks;
+mod metrics;
 mod namespaces;
 mod object;
 mod openapi;

@@ -127,6 +127,8 @@ pub struct Api {
     pub agents: crate::rest::AgentClient,
     /// Store watches shared by the API watches of each kind.
     pub watches: crate::watch_cache::WatchCache,
+    /// What `/metrics` serves.
+    pub metrics: crate::metrics::Metrics,
 }
 
 /// A running apiserver.
@@ -300,9 +302,14 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/openapi/v3", get(openapi::root))
         .route("/openapi/v3/api/{version}", get(openapi::core))
         .route("/openapi/v3/apis/{group}/{version}", get(openapi::group))
+        .route("/metrics", get(crate::metrics::serve))
         .fallback(rest::dispatch)
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .layer(middleware::from_fn(catch_panic))
+        .layer(middleware::from_fn_with_state(
+            api.clone(),
+            crate::metrics::record,
+        ))
         .with_state(api)
 }
 
@@ -425,6 +432,7 @@ pub async fn start_advertising(
         namespaces_changed: Notify::new(),
         agents,
         watches: Default::default(),
+        metrics: Default::default(),
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let tasks = vec![

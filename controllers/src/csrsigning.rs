@@ -49,7 +49,7 @@ pub async fn run(client: kube::Client, settings: super::Settings) {
     };
     let requests = settings.informers.get::<CertificateSigningRequest>(&client);
     let nodes = settings.informers.get::<Node>(&client);
-    let controller = crate::run::over(&requests);
+    let controller = crate::run::over("csrsigning", &requests);
     crate::run::run_controller(
         "csrsigning",
         controller,

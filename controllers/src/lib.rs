@@ -8,6 +8,7 @@
 //!   informers      the shared watches and caches every loop reads
 //!   leader         Lease-based leader election (run_elected)
 //!   events         the event recorder (client-go's spam filter)
+//!   metrics        /metrics: each loop's work queue, the scheduler's attempts
 //!   scheduler/     queue, fit (filters and scores), affinity and spread
 //!   replicaset/ deployment/ statefulset/ daemonset/ job/ cronjob/ hpa/
 //!   endpoints/     Endpoints, EndpointSlices, LoadBalancer addresses
@@ -36,6 +37,7 @@ pub mod hpa;
 pub mod informers;
 pub mod job;
 pub mod leader;
+pub mod metrics;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;

@@ -25,6 +25,7 @@ use kube::runtime::reflector::ObjectRef;
 use kube::Resource;
 
 use crate::informers::{Informer, Kind};
+use crate::metrics;
 
 /// The first retry after a failed sync.
 const RETRY_FIRST: Duration = Duration::from_millis(500);
@@ -39,9 +40,20 @@ pub fn retry_delay(failures: u32) -> Duration {
 }
 
 /// A controller of kind `K` that reads the shared informer's cache and is
-/// woken by every change it sees (and every cached object after a relist).
-pub fn over<K: Kind>(informer: &Informer<K>) -> Controller<K> {
-    Controller::for_stream(informer.touched(), informer.store())
+/// woken by every change it sees (and every cached object after a relist);
+/// each wake is an add to the loop `name`'s queue (its `/metrics`).
+pub fn over<K: Kind>(name: &'static str, informer: &Informer<K>) -> Controller<K> {
+    let queue = metrics::Queue(name);
+    let woken = informer.touched().inspect(move |seen| {
+        if let Ok(object) = seen {
+            let meta = object.meta();
+            queue.added(metrics::key(
+                meta.namespace.as_deref(),
+                meta.name.as_deref().unwrap_or_default(),
+            ));
+        }
+    });
+    Controller::for_stream(woken, informer.store())
 }
 
 /// Consecutive failures per object.
@@ -97,9 +109,13 @@ pub async fn run_controller<K, C, E, F, Fut>(
         .run(
             move |object: Arc<K>, shell: Arc<Shell<K, C>>| {
                 let key = ObjectRef::from_obj(object.as_ref());
+                let queue = metrics::Queue(name);
+                queue.started(&metrics::key(key.namespace.as_deref(), &key.name));
+                let started = std::time::Instant::now();
                 let sync = reconcile(object, shell.ctx.clone());
                 async move {
                     let result = sync.await;
+                    queue.finished(started);
                     if result.is_ok() {
                         shell.failures.succeeded(&key);
                     }
@@ -109,6 +125,7 @@ pub async fn run_controller<K, C, E, F, Fut>(
             move |object: Arc<K>, error: &E, shell: Arc<Shell<K, C>>| {
                 let key = ObjectRef::from_obj(object.as_ref());
                 let delay = retry_delay(shell.failures.failed(key.clone()));
+                metrics::Queue(name).retried();
                 tracing::warn!(controller = name, object = %key, error = %error, retry_in = ?delay, "sync failed");
                 Action::requeue(delay)
             },
@@ -117,6 +134,9 @@ pub async fn run_controller<K, C, E, F, Fut>(
         .for_each(|result| {
             // Failed syncs were logged by the retry policy; what is left
             // (an object gone from the cache before its turn) is routine.
+            if let Err(kube::runtime::controller::Error::ObjectNotFound(gone)) = &result {
+                metrics::Queue(name).started(&metrics::key(gone.namespace.as_deref(), &gone.name));
+            }
             if let Err(e) = result {
                 tracing::debug!(controller = name, error = %e, "not synced");
             }

@@ -17,7 +17,7 @@ pub async fn run(client: kube::Client, settings: super::Settings) {
     let namespaces = settings.informers.get::<Namespace>(&client);
     let accounts = settings.informers.get::<ServiceAccount>(&client);
     // A deleted `default` account wakes its namespace.
-    let controller = crate::run::over(&namespaces).watches_stream(
+    let controller = crate::run::over("serviceaccount", &namespaces).watches_stream(
         accounts.touched_if(|sa: &ServiceAccount| sa.name_any() == DEFAULT),
         |sa: ServiceAccount| sa.namespace().map(|ns| ObjectRef::<Namespace>::new(&ns)),
     );

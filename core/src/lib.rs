@@ -14,6 +14,7 @@
 //!   tls        the cluster CA, serving certificates, rustls configurations
 //!   client     kube clients from kubeconfigs
 //!   cache      caches of a kind kept by a watch, with a change signal
+//!   metrics    Prometheus expositions and a plain-HTTP /metrics server
 //! ```
 
 pub mod cache;
@@ -22,6 +23,7 @@ pub mod client;
 pub mod cron;
 pub mod duration;
 pub mod json;
+pub mod metrics;
 pub mod names;
 pub mod pod;
 pub mod quantity;

@@ -3,7 +3,6 @@
 //! type, responses by rcode, a latency histogram, the upstream cache's hits
 //! and misses, and the index's size and rebuilds.
 
-use prometheus_client::encoding::text::encode;
 use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -191,9 +190,6 @@ impl Metrics {
 
     /// The exposition, in Prometheus' text format.
     pub fn render(&self) -> String {
-        let mut out = String::new();
-        // Writing to a String does not fail.
-        let _ = encode(&mut out, &self.registry);
-        out
+        shoal_core::metrics::render(&self.registry)
     }
 }

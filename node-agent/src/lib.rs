@@ -5,6 +5,7 @@
 //!              (sandbox from `shoal-overlay`, volumes, containers, probes),
 //!              status, events, the HTTPS server for logs/exec/attach
 //!   image/     the local image store (`shoal image load`; no registry)
+//!   metrics    the agent's own /metrics (kubelet names)
 //!   runtime/   runc containers, each under a small shim; CRI log files
 //!   simulate   simulated nodes (as kwok's): register, heartbeat and report
 //!              pods Running without running them, to test the control
@@ -13,5 +14,6 @@
 
 pub mod agent;
 pub mod image;
+pub mod metrics;
 pub mod runtime;
 pub mod simulate;

@@ -37,6 +37,9 @@ pub async fn run(args: ApiserverArgs) -> anyhow::Result<()> {
             .loopback_client()
             .await
             .context("a loopback client for the controllers")?;
+        if let Some(address) = args.controllers.metrics_bind_address {
+            crate::controllers::serve_metrics(address).await?;
+        }
         Some(tokio::spawn(shoal_controllers::run_elected(
             client,
             crate::controllers::identity(),

@@ -56,6 +56,10 @@ pub struct ControllerFlags {
     /// Make no `kube-system/kube-dns` Service.
     #[arg(long)]
     no_cluster_dns_service: bool,
+    /// Where to serve the controllers' `/metrics` over plain HTTP (such as
+    /// `127.0.0.1:10257`); `shoal up` picks a free port without it.
+    #[arg(long, env = "SHOAL_METRICS_BIND_ADDRESS")]
+    pub metrics_bind_address: Option<std::net::SocketAddr>,
 }
 
 impl ControllerFlags {
@@ -96,6 +100,23 @@ impl ControllerFlags {
     }
 }
 
+/// Serves the controllers' `/metrics` (work queues, scheduler attempts)
+/// on `address` for as long as the process runs; returns where.
+pub async fn serve_metrics(address: std::net::SocketAddr) -> anyhow::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("--metrics-bind-address {address}"))?;
+    let bound = listener.local_addr()?;
+    let render: shoal_core::metrics::Render =
+        std::sync::Arc::new(shoal_controllers::metrics::render);
+    tokio::spawn(shoal_core::metrics::serve(
+        listener,
+        render,
+        std::future::pending::<()>(),
+    ));
+    Ok(bound)
+}
+
 /// A name that tells replicas apart in the Lease.
 pub fn identity() -> String {
     let host = std::fs::read_to_string("/etc/hostname").unwrap_or_default();
@@ -105,6 +126,9 @@ pub fn identity() -> String {
 pub async fn run(args: ControllersArgs) -> anyhow::Result<()> {
     shoal_controllers::check()?;
     let settings = args.flags.settings()?;
+    if let Some(address) = args.flags.metrics_bind_address {
+        serve_metrics(address).await?;
+    }
     let client = shoal_core::client::from_file(&args.kubeconfig)
         .await
         .with_context(|| format!("reading {}", args.kubeconfig.display()))?;

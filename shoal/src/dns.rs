@@ -69,7 +69,13 @@ pub async fn run(args: DnsArgs) -> anyhow::Result<()> {
         let listener = tokio::net::TcpListener::bind(addr)
             .await
             .with_context(|| format!("listening on {addr} for /metrics"))?;
-        tokio::spawn(serve_metrics(listener, metrics.clone()));
+        let metrics = metrics.clone();
+        let render: shoal_core::metrics::Render = Arc::new(move || metrics.render());
+        tokio::spawn(shoal_core::metrics::serve(
+            listener,
+            render,
+            std::future::pending::<()>(),
+        ));
     }
     let (sources, watches) = shoal_dns::watch(&client);
     let watches = tokio::spawn(watches);
@@ -81,38 +87,4 @@ pub async fn run(args: DnsArgs) -> anyhow::Result<()> {
     let served = shoal_dns::serve(&config, sources, metrics, shutdown).await;
     watches.abort();
     Ok(served?)
-}
-
-/// `GET /metrics` in Prometheus' text format; anything else is 404.
-async fn serve_metrics(listener: tokio::net::TcpListener, metrics: Arc<shoal_dns::Metrics>) {
-    use http_body_util::Full;
-    use hyper::body::Bytes;
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
-        let metrics = metrics.clone();
-        tokio::spawn(async move {
-            let service =
-                hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-                    let metrics = metrics.clone();
-                    async move {
-                        let response = if req.uri().path() == "/metrics" {
-                            hyper::Response::builder()
-                                .header("content-type", "text/plain; version=0.0.4; charset=utf-8")
-                                .body(Full::new(Bytes::from(metrics.render())))
-                        } else {
-                            hyper::Response::builder()
-                                .status(404)
-                                .body(Full::new(Bytes::from_static(b"404 page not found\n")))
-                        };
-                        response
-                    }
-                });
-            let io = hyper_util::rt::TokioIo::new(stream);
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(io, service)
-                .await;
-        });
-    }
 }

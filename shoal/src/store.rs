@@ -79,6 +79,10 @@ pub struct StoreArgs {
     /// Most operations in one branch of a transaction.
     #[arg(long, env = "ETCD_MAX_TXN_OPS", default_value_t = 128)]
     max_txn_ops: usize,
+    /// URLs to serve `/metrics` on over plain HTTP
+    /// (comma-separated; kubeadm's etcd uses `http://127.0.0.1:2381`).
+    #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
+    listen_metrics_urls: Vec<String>,
 }
 
 #[derive(Subcommand)]
@@ -165,9 +169,12 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
     let node = Node::start(config)
         .await
         .context("starting the store member")?;
-    let tasks = shoal_store::server::serve(node.clone())
+    let mut tasks = shoal_store::server::serve(node.clone())
         .await
         .context("serving")?;
+    for url in &args.listen_metrics_urls {
+        tasks.push(serve_metrics(node.clone(), url).await?.0);
+    }
     tracing::info!(
         member = %format!("{:x}", node.id),
         name = %node.config.name,
@@ -192,6 +199,28 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
         tracing::warn!("connections still open after 5 s; exiting anyway");
     }
     Ok(())
+}
+
+/// Serves the member's `/metrics` (etcd's names) on `url` (`http://host:port`)
+/// until it stops; returns the task and where it listens.
+pub async fn serve_metrics(
+    node: std::sync::Arc<Node>,
+    url: &str,
+) -> anyhow::Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
+    let address = shoal_store::node::socket_addr(url)?;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .with_context(|| format!("--listen-metrics-urls {url}"))?;
+    let bound = listener.local_addr()?;
+    let render: shoal_core::metrics::Render = {
+        let node = node.clone();
+        std::sync::Arc::new(move || node.render_metrics())
+    };
+    let task = tokio::spawn(async move {
+        let stopped = node.clone();
+        shoal_core::metrics::serve(listener, render, async move { stopped.stopped().await }).await;
+    });
+    Ok((task, bound))
 }
 
 #[cfg(test)]

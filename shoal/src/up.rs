@@ -203,6 +203,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
 
     let mut nodes: Vec<Arc<Node>> = Vec::new();
     let mut servers = Vec::new();
+    let mut store_metrics = Vec::new();
     for (i, (client, peer)) in layout.members.iter().enumerate() {
         let name = format!("s{}", i + 1);
         step(&format!(
@@ -232,6 +233,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("serving store member {name}"))?,
         );
+        let (task, metrics) =
+            crate::store::serve_metrics(node.clone(), "http://127.0.0.1:0").await?;
+        servers.push(task);
+        store_metrics.push(format!("{name} http://{metrics}/metrics"));
         nodes.push(node);
         done();
     }
@@ -306,6 +311,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("shoal is up: apiserver at {server}");
     println!("  export KUBECONFIG={}", kubeconfig_path.display());
     println!("  kubectl get namespaces");
+    println!("  kubectl get --raw /metrics    (the apiserver's metrics)");
+    println!("store metrics: {}", store_metrics.join(", "));
     println!("Stop with Ctrl-C.");
     let _ = std::io::stdout().flush();
 
@@ -336,6 +343,12 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 Err(e) => println!("node overlay certificates cannot be signed: {e}"),
             }
         }
+        let address = args
+            .controllers
+            .metrics_bind_address
+            .unwrap_or_else(|| ([127, 0, 0, 1], 0).into());
+        let metrics = crate::controllers::serve_metrics(address).await?;
+        println!("controllers metrics: http://{metrics}/metrics");
         Some(tokio::spawn(shoal_controllers::run_elected(
             client,
             crate::controllers::identity(),

@@ -11,6 +11,7 @@
 //!   snapshot   backups: the file `etcdctl snapshot save` writes, restore
 //! ```
 
+pub mod metrics;
 pub mod mvcc;
 pub mod node;
 pub mod proto;

@@ -18,6 +18,7 @@ pub struct Shared {
     members: RwLock<BTreeMap<NodeId, MemberAttrs>>,
     pub hub: WatchHub,
     pub leases: LeaseClock,
+    pub metrics: crate::metrics::Metrics,
 }
 
 // A poisoned lock means a thread panicked while holding it; the data itself

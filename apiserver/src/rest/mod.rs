@@ -207,6 +207,41 @@ fn route(path: &str) -> Option<Route> {
     }
 }
 
+/// What a request path addresses, as metrics label it.
+pub struct Addressed {
+    pub group: &'static str,
+    pub version: &'static str,
+    pub resource: &'static str,
+    pub subresource: &'static str,
+    /// `resource` (one object), `namespace` (a namespace's collection) or
+    /// `cluster` (every namespace's, or a cluster-scoped collection).
+    pub scope: &'static str,
+    pub named: bool,
+}
+
+/// The resource a path addresses; `None` for other paths (discovery,
+/// OpenAPI, health) and for unknown resources.
+pub fn addressed(path: &str) -> Option<Addressed> {
+    let route = route(path)?;
+    let subresource = match &route.sub {
+        Some(sub) => Sub::parse(sub)?.name(),
+        None => "",
+    };
+    let scope = match (&route.name, &route.namespace) {
+        (Some(_), _) => "resource",
+        (None, Some(_)) => "namespace",
+        (None, None) => "cluster",
+    };
+    Some(Addressed {
+        group: route.resource.group,
+        version: route.resource.version,
+        resource: route.resource.plural,
+        subresource,
+        scope,
+        named: route.name.is_some(),
+    })
+}
+
 pub async fn dispatch(State(api): State<Arc<Api>>, request: Request) -> Response {
     let method = request.method().clone();
     let path = request.uri().path().to_string();

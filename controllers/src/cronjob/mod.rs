@@ -73,7 +73,7 @@ struct Ctx {
 pub async fn run(client: kube::Client, settings: super::Settings) {
     let cronjobs = settings.informers.get::<CronJob>(&client);
     let jobs = settings.informers.get::<Job>(&client);
-    let controller = crate::run::over(&cronjobs)
+    let controller = crate::run::over("cronjob", &cronjobs)
         .owns_stream(jobs.touched_if(super::informers::controlled_by("CronJob")));
     crate::run::run_controller("cronjob", controller, reconcile, Arc::new(Ctx { client })).await;
 }

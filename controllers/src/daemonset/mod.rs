@@ -57,7 +57,7 @@ pub async fn run(client: kube::Client, settings: super::Settings) {
     nodes.ready().await;
     // A node that comes, goes or changes labels or taints may change where
     // every DaemonSet runs.
-    let controller = crate::run::over(&sets)
+    let controller = crate::run::over("daemonset", &sets)
         .owns_stream(pods.touched_if(controlled_by("DaemonSet")))
         .owns_stream(revisions.touched_if(controlled_by("DaemonSet")))
         .watches_stream(nodes.touched(), move |_: Node| {

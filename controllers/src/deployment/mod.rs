@@ -31,8 +31,8 @@ pub async fn run(client: kube::Client, settings: super::Settings) {
     let deployments = settings.informers.get::<Deployment>(&client);
     let sets = settings.informers.get::<ReplicaSet>(&client);
     sets.ready().await;
-    let controller =
-        crate::run::over(&deployments).owns_stream(sets.touched_if(controlled_by("Deployment")));
+    let controller = crate::run::over("deployment", &deployments)
+        .owns_stream(sets.touched_if(controlled_by("Deployment")));
     let ctx = Arc::new(Ctx { client, sets });
     crate::run::run_controller("deployment", controller, reconcile, ctx).await;
 }

@@ -55,7 +55,7 @@ async fn endpoints(client: kube::Client, informers: super::informers::Informers)
     let with_selector = store.clone();
     // A pod change may matter to any Service of its namespace: one whose
     // selector matches it now, or matched it before a label change.
-    let controller = crate::run::over(&services)
+    let controller = crate::run::over("endpoints", &services)
         .owns_stream(endpoints.touched_if(super::informers::controlled_by("Service")))
         .owns_stream(slices.touched_if(super::informers::controlled_by("Service")))
         .watches_stream(

@@ -91,7 +91,7 @@ pub async fn run(client: kube::Client, settings: super::Settings) {
         memory: Mutex::new(HashMap::new()),
         scales: Mutex::new(HashMap::new()),
     });
-    let controller = crate::run::over(&hpas);
+    let controller = crate::run::over("horizontalpodautoscaler", &hpas);
     crate::run::run_controller("horizontalpodautoscaler", controller, reconcile, ctx).await;
 }
 

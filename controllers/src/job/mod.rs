@@ -94,7 +94,7 @@ pub async fn run(client: kube::Client, settings: super::Settings) {
     let ctx = Arc::new(Ctx {
         client: client.clone(),
     });
-    let controller = crate::run::over(&jobs)
+    let controller = crate::run::over("job", &jobs)
         .owns_stream(pods.touched_if(super::informers::controlled_by("Job")));
     tokio::join!(
         crate::run::run_controller("job", controller, reconcile, ctx),

@@ -115,7 +115,7 @@ pub async fn run(client: kube::Client, settings: Settings) {
         };
         futures::stream::iter(refs)
     });
-    let controller = crate::run::over(&sets).reconcile_on(triggers);
+    let controller = crate::run::over("replicaset", &sets).reconcile_on(triggers);
     crate::run::run_controller("replicaset", controller, reconcile, context).await;
 }
 

@@ -44,6 +44,7 @@ use serde_json::json;
 
 use crate::events;
 use crate::informers::Seen;
+use crate::metrics::Attempt;
 
 pub const NAME: &str = "default-scheduler";
 
@@ -239,6 +240,8 @@ pub async fn run(client: kube::Client, settings: crate::Settings) {
                 Some((k, pod))
             })
             .collect();
+        let (active, backoff, waiting) = state.queue.sizes();
+        crate::metrics::pending(active, backoff, waiting);
         if batch.is_empty() {
             continue;
         }
@@ -281,6 +284,7 @@ pub async fn run(client: kube::Client, settings: crate::Settings) {
             if !pending(pod) || state.assumed.contains_key(pod_key) {
                 continue;
             }
+            let attempt_started = Instant::now();
             let chosen = fit::claimed_volumes(pod, &claim_list, &volume_list)
                 .map_err(|why| format!("0/{} nodes are available: {why}.", node_list.len()))
                 .and_then(|volumes| snapshot.choose(pod, &volumes));
@@ -307,11 +311,17 @@ pub async fn run(client: kube::Client, settings: crate::Settings) {
                             }
                             Err(e) => Outcome::Failed(e),
                         };
+                        let result = match &outcome {
+                            Outcome::Bound => Attempt::Scheduled,
+                            _ => Attempt::Error,
+                        };
+                        crate::metrics::attempt(result, attempt_started);
                         drop(slot);
                         let _ = done.send((pod_key, node_name, outcome));
                     });
                 }
                 Err(message) => {
+                    crate::metrics::attempt(Attempt::Unschedulable, attempt_started);
                     state.queue.unschedulable(pod_key, Instant::now());
                     // Told once per distinct reason, not on every retry.
                     if state.told.get(pod_key) != Some(&message) {

@@ -139,6 +139,15 @@ impl Queue {
         self.active.len() + self.backoff.len() + self.unschedulable.len()
     }
 
+    /// The pods in each part: (active, backoff, unschedulable).
+    pub fn sizes(&self) -> (usize, usize, usize) {
+        (
+            self.active.len(),
+            self.backoff.len(),
+            self.unschedulable.len(),
+        )
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

@@ -53,7 +53,7 @@ pub async fn run(client: kube::Client, settings: super::Settings) {
     let sets = settings.informers.get::<StatefulSet>(&client);
     let pods = settings.informers.get::<Pod>(&client);
     let revisions = settings.informers.get::<ControllerRevision>(&client);
-    let controller = crate::run::over(&sets)
+    let controller = crate::run::over("statefulset", &sets)
         .owns_stream(pods.touched_if(controlled_by("StatefulSet")))
         .owns_stream(revisions.touched_if(controlled_by("StatefulSet")));
     crate::run::run_controller("statefulset", controller, reconcile, Arc::new(client)).await;

@@ -349,19 +349,33 @@ pub async fn run(
         .map(|interval| tokio::spawn(usage::report(shared.clone(), interval)));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let config_dns = config.dns.is_some();
-    let metrics: server::Metrics = Arc::new(move || {
-        let proxy = proxy_metrics.lock().map(|m| m.clone()).unwrap_or_default();
-        let tunnel = tunnel_slot
-            .get()
-            .map(|tunnel| tunnel.metrics())
-            .unwrap_or_default();
-        let dns = if config_dns {
-            dns_metrics.render()
-        } else {
-            String::new()
-        };
-        server::join_expositions(&[&proxy, &tunnel, &dns])
-    });
+    let own = {
+        let runtime = runtime.clone();
+        let registry = registry.clone();
+        move || {
+            let proxy = proxy_metrics.lock().map(|m| m.clone()).unwrap_or_default();
+            let tunnel = tunnel_slot
+                .get()
+                .map(|tunnel| tunnel.metrics())
+                .unwrap_or_default();
+            let dns = if config_dns {
+                dns_metrics.render()
+            } else {
+                String::new()
+            };
+            let agent = crate::metrics::render(&agent_now(&registry, &runtime));
+            shoal_core::metrics::join(&[&agent, &proxy, &tunnel, &dns])
+        }
+    };
+    let resource = {
+        let runtime = runtime.clone();
+        let registry = registry.clone();
+        move || usage::resource_exposition(&registry.snapshot(), &runtime)
+    };
+    let metrics = server::Metrics {
+        own: Arc::new(own),
+        resource: Arc::new(resource),
+    };
     let server = {
         let client = client.clone();
         let settings = config.server.clone();
@@ -431,6 +445,35 @@ pub async fn run(
 }
 
 /// Container starts at once: a few per core (runc is CPU-bound).
+/// What the agent's own `/metrics` reads at each scrape: the pods and
+/// containers running, the image store's size.
+fn agent_now(registry: &registry::Registry, runtime: &Runtime) -> crate::metrics::Now {
+    let pods = registry.snapshot();
+    let mut running_pods = 0;
+    let mut running_containers = 0;
+    for pod in &pods {
+        let running = pod
+            .runs
+            .iter()
+            .filter(|(_, id)| {
+                matches!(
+                    runtime.status(id),
+                    Ok(crate::runtime::Status::Running { .. })
+                )
+            })
+            .count() as u64;
+        running_containers += running;
+        running_pods += u64::from(running > 0);
+    }
+    let images = runtime.images().list().unwrap_or_default();
+    crate::metrics::Now {
+        running_pods,
+        running_containers,
+        images: images.len() as u64,
+        image_bytes: images.iter().map(|i| i.size).sum(),
+    }
+}
+
 fn concurrent_starts() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()) * 4
 }

@@ -11,13 +11,20 @@
 //! rate). Memory is the reading itself.
 
 use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kube::api::PostParams;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry as MetricRegistry;
 use serde_json::{json, Value};
 
 use super::Shared;
+use crate::runtime::Runtime;
 
 /// One reading of a run (container id) or of the node.
 #[derive(Debug, Clone, Copy)]
@@ -152,6 +159,141 @@ pub async fn report(shared: Arc<Shared>, interval: Duration) {
     }
 }
 
+// ---------------------------------------------------------------------------
+// `/metrics/resource`
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ContainerLabels {
+    container: String,
+    namespace: String,
+    pod: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PodLabels {
+    namespace: String,
+    pod: String,
+}
+
+type FloatCounter = Counter<f64, AtomicU64>;
+type FloatGauge = Gauge<f64, AtomicU64>;
+
+/// What one container uses now.
+struct ContainerUsage {
+    labels: ContainerLabels,
+    cpu_seconds: f64,
+    working_set: f64,
+    started: Option<f64>,
+}
+
+/// The kubelet's `/metrics/resource`: cumulative CPU seconds and memory
+/// working set of each running container, each pod (its containers'
+/// sums) and the node, and each container's start time; read from the
+/// cgroups and `/proc` at each scrape.
+pub fn resource_exposition(pods: &[super::registry::PodRuns], runtime: &Runtime) -> String {
+    let containers: Vec<ContainerUsage> = pods
+        .iter()
+        .flat_map(|pod| {
+            pod.runs.iter().filter_map(move |(container, id)| {
+                let usage = runtime.usage(id)?;
+                let started = match runtime.status(id) {
+                    Ok(crate::runtime::Status::Running { started_at, .. }) => {
+                        Some(started_at.as_millisecond() as f64 / 1000.0)
+                    }
+                    _ => None,
+                };
+                Some(ContainerUsage {
+                    labels: ContainerLabels {
+                        container: container.clone(),
+                        namespace: pod.namespace.clone(),
+                        pod: pod.name.clone(),
+                    },
+                    cpu_seconds: usage.cpu_ns as f64 / 1e9,
+                    working_set: usage.working_set as f64,
+                    started,
+                })
+            })
+        })
+        .collect();
+    let node = (node_cpu_ns(), node_memory());
+    exposition(&containers, node)
+}
+
+fn exposition(containers: &[ContainerUsage], node: (Option<u64>, Option<u64>)) -> String {
+    let container_cpu = Family::<ContainerLabels, FloatCounter>::default();
+    let container_memory = Family::<ContainerLabels, FloatGauge>::default();
+    let container_start = Family::<ContainerLabels, FloatGauge>::default();
+    let pod_cpu = Family::<PodLabels, FloatCounter>::default();
+    let pod_memory = Family::<PodLabels, FloatGauge>::default();
+    let node_cpu = FloatCounter::default();
+    let node_memory = FloatGauge::default();
+    let scrape_error = Gauge::<i64>::default();
+    for c in containers {
+        container_cpu.get_or_create(&c.labels).inc_by(c.cpu_seconds);
+        container_memory.get_or_create(&c.labels).set(c.working_set);
+        if let Some(started) = c.started {
+            container_start.get_or_create(&c.labels).set(started);
+        }
+        let pod = PodLabels {
+            namespace: c.labels.namespace.clone(),
+            pod: c.labels.pod.clone(),
+        };
+        pod_cpu.get_or_create(&pod).inc_by(c.cpu_seconds);
+        pod_memory.get_or_create(&pod).inc_by(c.working_set);
+    }
+    match node {
+        (Some(cpu_ns), Some(memory)) => {
+            node_cpu.inc_by(cpu_ns as f64 / 1e9);
+            node_memory.set(memory as f64);
+        }
+        _ => {
+            scrape_error.set(1);
+        }
+    }
+    let mut registry = MetricRegistry::default();
+    registry.register(
+        "container_cpu_usage_seconds",
+        "[STABLE] Cumulative cpu time consumed by the container in core-seconds",
+        container_cpu,
+    );
+    registry.register(
+        "container_memory_working_set_bytes",
+        "[STABLE] Current working set of the container in bytes",
+        container_memory,
+    );
+    registry.register(
+        "container_start_time_seconds",
+        "[STABLE] Start time of the container since unix epoch in seconds",
+        container_start,
+    );
+    registry.register(
+        "node_cpu_usage_seconds",
+        "[STABLE] Cumulative cpu time consumed by the node in core-seconds",
+        node_cpu,
+    );
+    registry.register(
+        "node_memory_working_set_bytes",
+        "[STABLE] Current working set of the node in bytes",
+        node_memory,
+    );
+    registry.register(
+        "pod_cpu_usage_seconds",
+        "[STABLE] Cumulative cpu time consumed by the pod in core-seconds",
+        pod_cpu,
+    );
+    registry.register(
+        "pod_memory_working_set_bytes",
+        "[STABLE] Current working set of the pod in bytes",
+        pod_memory,
+    );
+    registry.register(
+        "resource_scrape_error",
+        "[STABLE] 1 if there was an error while getting container metrics, 0 otherwise",
+        scrape_error,
+    );
+    shoal_core::metrics::render(&registry)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -179,5 +321,40 @@ mod tests {
         assert_eq!(parse_proc_stat(stat), Some(161 * 10_000_000));
         let meminfo = "MemTotal:       16000 kB\nMemFree: 1 kB\nMemAvailable:   6000 kB\n";
         assert_eq!(parse_meminfo(meminfo), Some(10_000 * 1024));
+    }
+
+    #[test]
+    fn resource_metrics_sum_pods_and_carry_the_kubelet_names() {
+        let c = |pod: &str, container: &str, cpu: f64, memory: f64| ContainerUsage {
+            labels: ContainerLabels {
+                container: container.into(),
+                namespace: "default".into(),
+                pod: pod.into(),
+            },
+            cpu_seconds: cpu,
+            working_set: memory,
+            started: Some(1_700_000_000.5),
+        };
+        let text = exposition(
+            &[c("web", "a", 1.5, 100.0), c("web", "b", 0.5, 50.0)],
+            (Some(3_000_000_000), Some(4096)),
+        );
+        for line in [
+            "container_cpu_usage_seconds_total{container=\"a\",namespace=\"default\",pod=\"web\"} 1.5",
+            "container_memory_working_set_bytes{container=\"b\",namespace=\"default\",pod=\"web\"} 50.0",
+            "pod_cpu_usage_seconds_total{namespace=\"default\",pod=\"web\"} 2.0",
+            "pod_memory_working_set_bytes{namespace=\"default\",pod=\"web\"} 150.0",
+            "node_cpu_usage_seconds_total 3.0",
+            "node_memory_working_set_bytes 4096.0",
+            "resource_scrape_error 0",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line} not in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"));
+        let failed = exposition(&[], (None, None));
+        assert!(
+            failed.lines().any(|l| l == "resource_scrape_error 1"),
+            "{failed}"
+        );
     }
 }

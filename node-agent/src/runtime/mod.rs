@@ -312,6 +312,15 @@ fn find_runc() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// Runs a runtime operation, counted and timed in the agent's `/metrics`
+/// (`kubelet_runtime_operations_*` by `operation_type`).
+fn timed<T>(operation_type: &'static str, run: impl FnOnce() -> Result<T>) -> Result<T> {
+    let started = Instant::now();
+    let result = run();
+    crate::metrics::operation(operation_type, started, result.is_ok());
+    result
+}
+
 /// The runtime of one node, over `<data-dir>`.
 #[derive(Debug, Clone)]
 pub struct Runtime {
@@ -391,6 +400,10 @@ impl Runtime {
     /// Creates the container and starts its process; returns once runc
     /// has started it (or failed to).
     pub fn create_and_start(&self, config: &ContainerConfig) -> Result<Handle> {
+        timed("start_container", || self.start_container(config))
+    }
+
+    fn start_container(&self, config: &ContainerConfig) -> Result<Handle> {
         let dir = self.container_dir(&config.id)?;
         if dir.exists() {
             return Err(Error::AlreadyExists(config.id.clone()));
@@ -601,6 +614,10 @@ impl Runtime {
 
     /// The container's status, from its files.
     pub fn status(&self, id: &str) -> Result<Status> {
+        timed("container_status", || self.container_status(id))
+    }
+
+    fn container_status(&self, id: &str) -> Result<Status> {
         let dir = self.container_dir(id)?;
         if !dir.join(files::RECORD).exists() {
             return Err(Error::NotFound(id.to_string()));
@@ -627,7 +644,11 @@ impl Runtime {
     /// exited already). PID 1 of a container ignores signals it has no
     /// handler for, SIGKILL aside, as in Kubernetes.
     pub fn kill(&self, id: &str, signal: nix::sys::signal::Signal) -> Result<()> {
-        match self.status(id)? {
+        timed("stop_container", || self.signal_container(id, signal))
+    }
+
+    fn signal_container(&self, id: &str, signal: nix::sys::signal::Signal) -> Result<()> {
+        match self.container_status(id)? {
             Status::Running { .. } | Status::Created => {}
             _ => return Ok(()),
         }
@@ -637,7 +658,7 @@ impl Runtime {
             .args(["kill", id, &(signal as i32).to_string()])
             .output()
             .map_err(io_err(format!("running {}", self.runc.display())))?;
-        if output.status.success() || matches!(self.status(id)?, Status::Exited { .. }) {
+        if output.status.success() || matches!(self.container_status(id)?, Status::Exited { .. }) {
             return Ok(());
         }
         Err(Error::Runc {
@@ -649,6 +670,10 @@ impl Runtime {
     /// Removes an exited container: its runc state, overlay, cgroup and
     /// folder (its log too when the log is in the folder).
     pub fn remove(&self, id: &str) -> Result<()> {
+        timed("remove_container", || self.remove_container(id))
+    }
+
+    fn remove_container(&self, id: &str) -> Result<()> {
         let dir = self.container_dir(id)?;
         if !dir.exists() {
             return Err(Error::NotFound(id.to_string()));

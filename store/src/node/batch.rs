@@ -96,7 +96,14 @@ impl Node {
 
     /// Replicates a command and returns what applying it answered.
     pub async fn write(self: &Arc<Self>, req: Request) -> Result<Response, Status> {
-        self.batched(Stage::Forward, req).await
+        let metrics = &self.shared.metrics;
+        metrics.pending.inc();
+        let result = self.batched(Stage::Forward, req).await;
+        metrics.pending.dec();
+        if result.is_err() {
+            metrics.failed.inc();
+        }
+        result
     }
 
     /// Sends `req` on at `stage` together with whatever else waits there.

@@ -270,6 +270,7 @@ impl Node {
         tokio::spawn(node.clone().election_loop());
         tokio::spawn(node.clone().lease_loop());
         tokio::spawn(node.clone().publish_loop());
+        tokio::spawn(node.clone().leader_watch());
         Ok(node)
     }
 
@@ -379,6 +380,41 @@ impl Node {
                 });
             }
         }
+    }
+
+    /// Counts the leaders this member sees come to power (etcd's
+    /// `leader_changes_seen`: the first one included).
+    async fn leader_watch(self: Arc<Self>) {
+        let mut metrics = self.raft.metrics();
+        let mut stop = self.shutdown.subscribe();
+        let mut leader = None;
+        loop {
+            let now = metrics.borrow_and_update().current_leader;
+            if now.is_some() && now != leader {
+                self.shared.metrics.leader_changes.inc();
+            }
+            leader = now;
+            tokio::select! {
+                changed = metrics.changed() => if changed.is_err() { return },
+                _ = stop.changed() => return,
+            }
+        }
+    }
+
+    /// This member's `/metrics` (etcd's names, see [`crate::metrics`]).
+    pub fn render_metrics(&self) -> String {
+        let metrics = &self.shared.metrics;
+        {
+            let raft = self.raft.metrics();
+            let raft = raft.borrow();
+            metrics
+                .has_leader
+                .set(i64::from(raft.current_leader.is_some()));
+            metrics
+                .is_leader
+                .set(i64::from(raft.state == ServerState::Leader));
+        }
+        metrics.render()
     }
 
     /// Publishes this member's name and client URLs (etcd's member

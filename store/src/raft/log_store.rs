@@ -31,6 +31,7 @@ pub struct LogStore {
     // process is exiting.
     syncer: Arc<Syncer>,
     db: Arc<DB>,
+    metrics: crate::metrics::Metrics,
 }
 
 /// The group-commit thread and the queue of appends waiting for it.
@@ -53,11 +54,17 @@ impl Drop for Syncer {
 /// while a sync runs share the next one. openraft counts an entry as
 /// persisted only when its callback fires, so acknowledging after the sync
 /// keeps the log durable while the Raft loop never waits for the disk.
-fn group_commit(db: Arc<DB>, rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>) {
+fn group_commit(
+    db: Arc<DB>,
+    rx: std::sync::mpsc::Receiver<LogFlushed<TypeConfig>>,
+    fsync: prometheus_client::metrics::histogram::Histogram,
+) {
     while let Ok(first) = rx.recv() {
         let mut waiting = vec![first];
         waiting.extend(rx.try_iter());
+        let started = std::time::Instant::now();
         let result = sync_wal(&db);
+        fsync.observe(started.elapsed().as_secs_f64());
         for cb in waiting {
             let r = match &result {
                 Ok(()) => Ok(()),
@@ -91,17 +98,22 @@ pub(crate) fn decode<T: DeserializeOwned>(b: &[u8]) -> Result<T, bincode::Error>
 impl LogStore {
     /// Opens the log on `db` and starts its sync thread (which the OS may
     /// refuse when out of resources).
-    pub(crate) fn new(db: Arc<DB>) -> std::io::Result<Self> {
+    pub(crate) fn new(db: Arc<DB>, metrics: crate::metrics::Metrics) -> std::io::Result<Self> {
         let (tx, rx) = std::sync::mpsc::channel();
         let sync_db = db.clone();
+        let fsync = metrics.wal_fsync.clone();
         let thread = std::thread::Builder::new()
             .name("log-sync".into())
-            .spawn(move || group_commit(sync_db, rx))?;
+            .spawn(move || group_commit(sync_db, rx, fsync))?;
         let syncer = Arc::new(Syncer {
             tx: Some(tx),
             thread: Some(thread),
         });
-        Ok(Self { syncer, db })
+        Ok(Self {
+            syncer,
+            db,
+            metrics,
+        })
     }
 
     // Column families are created when the database is opened, with
@@ -204,6 +216,11 @@ impl RaftLogStorage<TypeConfig> for LogStore {
     }
 
     async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), StorageError> {
+        if let Some(committed) = committed {
+            self.metrics
+                .committed
+                .set(crate::metrics::index_value(committed.index));
+        }
         // Not synced: losing it only means re-learning it from the leader.
         self.put_meta(KEY_COMMITTED, &committed, false)
     }

@@ -51,7 +51,8 @@ pub fn open_storage(
         source,
     })?;
     let db = Arc::new(db);
+    let metrics = shared.metrics.clone();
     let sm = StateMachine::open(db.clone(), shared)?;
-    let log = LogStore::new(db).map_err(OpenError::SyncThread)?;
+    let log = LogStore::new(db, metrics).map_err(OpenError::SyncThread)?;
     Ok((log, sm))
 }

@@ -219,7 +219,13 @@ impl StateMachine {
                 members: &self.shared.members(),
             },
         )?;
-        self.db.write(batch).map_err(sm_write_err)
+        let started = std::time::Instant::now();
+        let written = self.db.write(batch).map_err(sm_write_err);
+        self.shared
+            .metrics
+            .backend_commit
+            .observe(started.elapsed().as_secs_f64());
+        written
     }
 
     /// Adds the state machine's metadata to a write batch: it always
@@ -403,6 +409,12 @@ impl RaftStateMachine<TypeConfig> for StateMachine {
             responses.push(resp);
         }
         self.persist(&changes)?;
+        if let Some(applied) = self.last_applied {
+            self.shared
+                .metrics
+                .applied
+                .set(crate::metrics::index_value(applied.index));
+        }
         // A lease granted and revoked (or revoked and granted again) in one
         // batch: its clock follows whether it exists now.
         for id in &changes.revoked {

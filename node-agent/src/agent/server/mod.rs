@@ -63,6 +63,7 @@ use crate::runtime::exec::{ExecReader, ExecWriter};
 use crate::runtime::{AttachSession, ExecRequest, ExecSession, Runtime, Status};
 use logs::logs;
 use remotecommand::{attach, exec};
+use shoal_core::metrics::Render;
 
 /// How often a followed log file is looked at for more lines.
 const FOLLOW_POLL: Duration = Duration::from_millis(200);
@@ -271,36 +272,39 @@ struct AppState {
     metrics: Metrics,
 }
 
-/// What `/metrics` serves (OpenMetrics text), made at each scrape.
-pub type Metrics = Arc<dyn Fn() -> String + Send + Sync>;
-
-/// Several OpenMetrics expositions as one: each one's `# EOF` dropped, one
-/// at the end.
-pub fn join_expositions(parts: &[&str]) -> String {
-    let mut text = String::new();
-    for part in parts {
-        for line in part.lines().filter(|l| *l != "# EOF") {
-            text.push_str(line);
-            text.push('\n');
-        }
-    }
-    text.push_str("# EOF\n");
-    text
+/// What the metrics paths serve (OpenMetrics text), made at each scrape.
+#[derive(Clone)]
+pub struct Metrics {
+    /// `/metrics`: the agent's own (pods, runtime, proxy, overlay, DNS).
+    pub own: Render,
+    /// `/metrics/resource`: CPU and memory of the node, its pods and their
+    /// containers, with the kubelet's names.
+    pub resource: Render,
 }
 
-async fn metrics(State(state): State<AppState>) -> Response {
-    let mut text = (state.metrics)();
-    if text.is_empty() {
-        text = "# EOF\n".into();
-    }
+async fn exposition(render: Render) -> Response {
+    // Reading cgroups and stores touches files: off the async threads.
+    let text = tokio::task::spawn_blocking(move || render())
+        .await
+        .unwrap_or_default();
+    let text = if text.is_empty() {
+        "# EOF\n".to_string()
+    } else {
+        text
+    };
     (
-        [(
-            header::CONTENT_TYPE,
-            "application/openmetrics-text; version=1.0.0; charset=utf-8",
-        )],
+        [(header::CONTENT_TYPE, shoal_core::metrics::CONTENT_TYPE)],
         text,
     )
         .into_response()
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    exposition(state.metrics.own.clone()).await
+}
+
+async fn resource_metrics(State(state): State<AppState>) -> Response {
+    exposition(state.metrics.resource.clone()).await
 }
 
 /// Serves HTTPS on `config.bind:config.port` until `shutdown` resolves
@@ -390,6 +394,7 @@ fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/metrics", get(metrics))
+        .route("/metrics/resource", get(resource_metrics))
         .route("/containerLogs/{namespace}/{pod}/{container}", get(logs))
         .route("/exec/{namespace}/{pod}/{container}", get(exec))
         .route("/attach/{namespace}/{pod}/{container}", get(attach))
@@ -825,7 +830,10 @@ mod tests {
             Some("secret".into()),
             registry.clone(),
             containers.clone(),
-            Arc::new(|| "shoal_test_total 1\n# EOF\n".to_string()),
+            Metrics {
+                own: Arc::new(|| "shoal_test_total 1\n# EOF\n".to_string()),
+                resource: Arc::new(|| "node_cpu_usage_seconds_total 2.5\n# EOF\n".to_string()),
+            },
             stopped,
         ));
         TestServer {
@@ -883,6 +891,23 @@ mod tests {
             );
             log_path
         }
+    }
+
+    #[tokio::test]
+    async fn both_metrics_paths_need_the_token() {
+        let server = start().await;
+        let (status, _) = server.get("/metrics/resource", "wrong").await;
+        assert_eq!(status, 401);
+        let (status, body) = server.get("/metrics/resource", "secret").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "node_cpu_usage_seconds_total 2.5\n# EOF\n")
+        );
+        let (status, body) = server.get("/metrics", "secret").await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, "shoal_test_total 1\n# EOF\n")
+        );
     }
 
     #[tokio::test]

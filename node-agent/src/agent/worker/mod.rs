@@ -266,6 +266,10 @@ struct Worker {
     stage: Stage,
     start_time: String,
     last_status: Option<Value>,
+    /// When this agent first saw the pod, until it runs (for
+    /// `kubelet_pod_start_duration_seconds`); None for a pod that ran
+    /// before (adopted after a restart) or once counted.
+    seen_at: Option<Instant>,
 }
 
 /// Runs the worker of one pod until the pod is gone. Every line it logs
@@ -383,6 +387,7 @@ impl Worker {
             },
             start_time,
             last_status: None,
+            seen_at: (phase.is_empty() || phase == "Pending").then(Instant::now),
             pod,
         }
     }
@@ -697,11 +702,18 @@ impl Worker {
         }
         let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), &self.namespace);
         let patch = json!({"status": status});
-        match api
+        let started = Instant::now();
+        let written = api
             .patch_status(&self.name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await
-        {
+            .await;
+        crate::metrics::status_synced(started);
+        match written {
             Ok(pod) => {
+                if status["phase"] == "Running" {
+                    if let Some(seen) = self.seen_at.take() {
+                        crate::metrics::pod_started(seen);
+                    }
+                }
                 tracing::debug!(phase = %status["phase"], "status written");
                 self.pod = Arc::new(pod);
                 self.last_status = Some(status);

@@ -123,6 +123,7 @@ impl Worker {
                 match built {
                     Ok(Ok(built)) => {
                         let took = began.elapsed().as_secs_f64();
+                        crate::metrics::image_pulled(took);
                         self.event(
                             Some(&field),
                             EventKind::Normal,

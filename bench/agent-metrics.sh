@@ -1,0 +1,130 @@
+#!/usr/bin/env bash
+# The node agent's own CPU with many pods and usage sampling on. See
+# docs/benchmarks.md ("Agent metrics").
+#
+# Starts `shoal up --nodes 1` (the agent is a process of its own, in its
+# network namespace), sets `--metrics-interval` to INTERVAL, runs PODS
+# busybox pods (`sleep`), waits for them to be Ready, lets the cluster
+# settle, then measures the agent process's CPU time (utime + stime from
+# /proc) over WINDOW seconds while a scraper fetches /metrics/resource and
+# /metrics every INTERVAL, as Prometheus would. Prints one JSON line per run
+# and the medians. REPEAT runs, each on a fresh cluster.
+#
+# Needs root and runc; builds nothing: `cargo build --release -p shoal -p
+# shoal-agent` first.
+#
+# Environment:
+#   SHOAL     shoal binary (default: ${CARGO_TARGET_DIR:-<repo>/target}/release/shoal)
+#   PODS      pods (default 100)
+#   INTERVAL  --metrics-interval and scrape interval in seconds (default 15)
+#   WINDOW    seconds measured (default 120)
+#   SETTLE    seconds waited after the pods are Ready (default 30)
+#   REPEAT    runs (default 3)
+#   KUBECTL   kubectl (default: kubectl on PATH)
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+SHOAL=${SHOAL:-${CARGO_TARGET_DIR:-$ROOT/target}/release/shoal}
+PODS=${PODS:-100}
+INTERVAL=${INTERVAL:-15}
+WINDOW=${WINDOW:-120}
+SETTLE=${SETTLE:-30}
+REPEAT=${REPEAT:-3}
+KUBECTL=${KUBECTL:-kubectl}
+
+log() { printf '[agent-metrics-bench] %s\n' "$*" >&2; }
+
+[ "$(id -u)" = 0 ] || { log "needs root (the node agent runs containers with runc)"; exit 1; }
+[ -x "$SHOAL" ] || { log "no shoal binary at $SHOAL (cargo build --release -p shoal -p shoal-agent)"; exit 1; }
+command -v runc >/dev/null || { log "runc is needed"; exit 1; }
+command -v "$KUBECTL" >/dev/null || { log "kubectl is needed ($KUBECTL)"; exit 1; }
+
+TMP=$(mktemp -d)
+UP_PID=
+stop_up() {
+  [ -n "$UP_PID" ] || return 0
+  kill -TERM "$UP_PID" 2>/dev/null || true
+  for _ in $(seq 1 900); do
+    kill -0 "$UP_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$UP_PID" 2>/dev/null || true
+  wait "$UP_PID" 2>/dev/null || true
+  UP_PID=
+}
+cleanup() {
+  stop_up
+  if grep -q " $TMP/" /proc/self/mounts; then
+    log "mounts are left under $TMP; not removing it"
+  else
+    rm -rf --one-file-system "$TMP"
+  fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# CPU seconds (user + system) of process $1 so far.
+cpu_seconds() {
+  awk -v hz="$(getconf CLK_TCK)" '{ print ($14 + $15) / hz }' "/proc/$1/stat"
+}
+
+RESULTS="$TMP/results.jsonl"
+: >"$RESULTS"
+for run in $(seq 1 "$REPEAT"); do
+  DIR="$TMP/run-$run"; mkdir -p "$DIR"
+  "$SHOAL" up --data-dir "$DIR" --port 0 --nodes 1 --stop-pods-on-exit \
+    --metrics-interval "${INTERVAL}s" >"$DIR/up.log" 2>&1 &
+  UP_PID=$!
+  export KUBECONFIG="$DIR/kubeconfig"
+  for _ in $(seq 1 900); do
+    kill -0 "$UP_PID" 2>/dev/null || { log "shoal up exited:"; cat "$DIR/up.log" >&2; exit 1; }
+    if [ -f "$KUBECONFIG" ] && "$KUBECTL" get nodes --no-headers 2>/dev/null | grep -q ' Ready '; then
+      break
+    fi
+    sleep 0.1
+  done
+  AGENT_PID=$(pgrep -f -- "--node-name node-1" | head -n 1 || true)
+  [ -n "$AGENT_PID" ] || AGENT_PID=$(pgrep -f "shoal agent" | head -n 1)
+  NODE_IP=$("$KUBECTL" get node node-1 -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')
+  "$KUBECTL" create deployment sleepers --image=busybox --replicas="$PODS" -- sleep 36000 >/dev/null
+  if ! "$KUBECTL" rollout status deployment/sleepers --timeout=600s >/dev/null; then
+    log "run $run: the pods did not become Ready"; "$KUBECTL" get pods | tail -n 5 >&2; exit 1
+  fi
+  sleep "$SETTLE"
+  TOKEN=$(cat "$DIR/agent-token")
+  before=$(cpu_seconds "$AGENT_PID")
+  start=$(date +%s.%N)
+  scrapes=0
+  while :; do
+    now=$(date +%s.%N)
+    awk -v a="$start" -v b="$now" -v w="$WINDOW" 'BEGIN { exit !(b - a >= w) }' && break
+    curl -sk -H "Authorization: Bearer $TOKEN" "https://$NODE_IP:10250/metrics/resource" -o "$DIR/resource.txt"
+    curl -sk -H "Authorization: Bearer $TOKEN" "https://$NODE_IP:10250/metrics" -o /dev/null
+    scrapes=$((scrapes + 1))
+    sleep "$INTERVAL"
+  done
+  after=$(cpu_seconds "$AGENT_PID")
+  end=$(date +%s.%N)
+  containers=$(grep -c '^container_cpu_usage_seconds_total{' "$DIR/resource.txt" || true)
+  python3 -c 'import json,sys
+b, a, s, e, pods, scrapes, seen, interval = sys.argv[1:]
+secs = float(e) - float(s)
+print(json.dumps({"pods": int(pods), "interval_s": int(interval), "window_s": round(secs, 1),
+  "agent_cpu_s": round(float(a) - float(b), 2), "agent_cpu_percent_of_a_core": round(100 * (float(a) - float(b)) / secs, 2),
+  "scrapes": int(scrapes), "containers_in_last_scrape": int(seen)}))' \
+    "$before" "$after" "$start" "$end" "$PODS" "$scrapes" "$containers" "$INTERVAL" | tee -a "$RESULTS"
+  "$KUBECTL" delete deployment sleepers --wait=false >/dev/null
+  stop_up
+  unset KUBECONFIG
+done
+
+python3 - "$RESULTS" <<'PY'
+import json, statistics, sys
+runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+print("median of %d runs: agent CPU %.2f%% of a core (%.2f s over %.0f s)" % (
+    len(runs),
+    statistics.median(r["agent_cpu_percent_of_a_core"] for r in runs),
+    statistics.median(r["agent_cpu_s"] for r in runs),
+    statistics.median(r["window_s"] for r in runs)))
+PY

@@ -2,9 +2,9 @@
 # The node agent's own CPU with many pods and usage sampling on. See
 # docs/benchmarks.md ("Agent metrics").
 #
-# Starts `shoal up --nodes 1` (the agent is a process of its own, in its
-# network namespace), sets `--metrics-interval` to INTERVAL, runs PODS
-# busybox pods (`sleep`), waits for them to be Ready, lets the cluster
+# Starts `shoal up --no-agent` and a `shoal agent` process of its own
+# (node `bench-1`, no overlay) with `--metrics-interval` INTERVAL, runs PODS
+# busybox pods (`sleep`) on it, waits for them to be Ready, lets the node
 # settle, then measures the agent process's CPU time (utime + stime from
 # /proc) over WINDOW seconds while a scraper fetches /metrics/resource and
 # /metrics every INTERVAL, as Prometheus would. Prints one JSON line per run
@@ -21,6 +21,8 @@
 #   SETTLE    seconds waited after the pods are Ready (default 30)
 #   REPEAT    runs (default 3)
 #   KUBECTL   kubectl (default: kubectl on PATH)
+#   PERF=1    also record the agent with `perf record -g` over the window
+#             (the report is printed: where the agent's CPU goes)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -41,6 +43,18 @@ command -v "$KUBECTL" >/dev/null || { log "kubectl is needed ($KUBECTL)"; exit 1
 
 TMP=$(mktemp -d)
 UP_PID=
+AGENT_PID=
+stop_agent() {
+  [ -n "$AGENT_PID" ] || return 0
+  kill -TERM "$AGENT_PID" 2>/dev/null || true
+  for _ in $(seq 1 900); do
+    kill -0 "$AGENT_PID" 2>/dev/null || break
+    sleep 0.1
+  done
+  kill -KILL "$AGENT_PID" 2>/dev/null || true
+  wait "$AGENT_PID" 2>/dev/null || true
+  AGENT_PID=
+}
 stop_up() {
   [ -n "$UP_PID" ] || return 0
   kill -TERM "$UP_PID" 2>/dev/null || true
@@ -53,6 +67,7 @@ stop_up() {
   UP_PID=
 }
 cleanup() {
+  stop_agent
   stop_up
   if grep -q " $TMP/" /proc/self/mounts; then
     log "mounts are left under $TMP; not removing it"
@@ -73,39 +88,54 @@ RESULTS="$TMP/results.jsonl"
 : >"$RESULTS"
 for run in $(seq 1 "$REPEAT"); do
   DIR="$TMP/run-$run"; mkdir -p "$DIR"
-  "$SHOAL" up --data-dir "$DIR" --port 0 --nodes 1 --stop-pods-on-exit \
-    --metrics-interval "${INTERVAL}s" >"$DIR/up.log" 2>&1 &
+  "$SHOAL" up --data-dir "$DIR" --port 0 --no-agent >"$DIR/up.log" 2>&1 &
   UP_PID=$!
   export KUBECONFIG="$DIR/kubeconfig"
-  for _ in $(seq 1 900); do
+  for _ in $(seq 1 600); do
+    [ -f "$KUBECONFIG" ] && "$KUBECTL" get namespaces >/dev/null 2>&1 && break
     kill -0 "$UP_PID" 2>/dev/null || { log "shoal up exited:"; cat "$DIR/up.log" >&2; exit 1; }
-    if [ -f "$KUBECONFIG" ] && "$KUBECTL" get nodes --no-headers 2>/dev/null | grep -q ' Ready '; then
-      break
-    fi
     sleep 0.1
   done
-  AGENT_PID=$(pgrep -f -- "--node-name node-1" | head -n 1 || true)
-  [ -n "$AGENT_PID" ] || AGENT_PID=$(pgrep -f "shoal agent" | head -n 1)
-  NODE_IP=$("$KUBECTL" get node node-1 -o jsonpath='{.status.addresses[?(@.type=="InternalIP")].address}')
+  PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+  "$SHOAL" agent --kubeconfig "$KUBECONFIG" --node-name bench-1 --node-ip 127.0.0.1 \
+    --bind-address 127.0.0.1 --port "$PORT" --no-overlay --stop-pods-on-exit \
+    --data-dir "$DIR/agent" --metrics-interval "${INTERVAL}s" >"$DIR/agent.log" 2>&1 &
+  AGENT_PID=$!
+  ready=
+  for _ in $(seq 1 900); do
+    kill -0 "$AGENT_PID" 2>/dev/null || { log "the agent exited:"; tail -n 20 "$DIR/agent.log" >&2; exit 1; }
+    if "$KUBECTL" get node bench-1 --no-headers 2>/dev/null | grep -q ' Ready '; then ready=1; break; fi
+    sleep 0.1
+  done
+  [ -n "$ready" ] || { log "the node did not become Ready:"; tail -n 20 "$DIR/agent.log" >&2; exit 1; }
   "$KUBECTL" create deployment sleepers --image=busybox --replicas="$PODS" -- sleep 36000 >/dev/null
   if ! "$KUBECTL" rollout status deployment/sleepers --timeout=600s >/dev/null; then
     log "run $run: the pods did not become Ready"; "$KUBECTL" get pods | tail -n 5 >&2; exit 1
   fi
   sleep "$SETTLE"
-  TOKEN=$(cat "$DIR/agent-token")
+  PERF_PID=
+  if [ "${PERF:-0}" = 1 ]; then
+    perf record -g -o "$DIR/perf.data" -p "$AGENT_PID" -- sleep "$WINDOW" >/dev/null 2>&1 &
+    PERF_PID=$!
+  fi
   before=$(cpu_seconds "$AGENT_PID")
   start=$(date +%s.%N)
   scrapes=0
   while :; do
     now=$(date +%s.%N)
     awk -v a="$start" -v b="$now" -v w="$WINDOW" 'BEGIN { exit !(b - a >= w) }' && break
-    curl -sk -H "Authorization: Bearer $TOKEN" "https://$NODE_IP:10250/metrics/resource" -o "$DIR/resource.txt"
-    curl -sk -H "Authorization: Bearer $TOKEN" "https://$NODE_IP:10250/metrics" -o /dev/null
+    curl -sk "https://127.0.0.1:$PORT/metrics/resource" -o "$DIR/resource.txt"
+    curl -sk "https://127.0.0.1:$PORT/metrics" -o /dev/null
     scrapes=$((scrapes + 1))
     sleep "$INTERVAL"
   done
   after=$(cpu_seconds "$AGENT_PID")
   end=$(date +%s.%N)
+  if [ -n "$PERF_PID" ]; then
+    wait "$PERF_PID" || true
+    perf report -i "$DIR/perf.data" --no-children --sort symbol --stdio 2>/dev/null |
+      grep -v '^#' | grep -E '^ +[0-9]' | head -n 40 >&2 || true
+  fi
   containers=$(grep -c '^container_cpu_usage_seconds_total{' "$DIR/resource.txt" || true)
   python3 -c 'import json,sys
 b, a, s, e, pods, scrapes, seen, interval = sys.argv[1:]
@@ -115,6 +145,7 @@ print(json.dumps({"pods": int(pods), "interval_s": int(interval), "window_s": ro
   "scrapes": int(scrapes), "containers_in_last_scrape": int(seen)}))' \
     "$before" "$after" "$start" "$end" "$PODS" "$scrapes" "$containers" "$INTERVAL" | tee -a "$RESULTS"
   "$KUBECTL" delete deployment sleepers --wait=false >/dev/null
+  stop_agent
   stop_up
   unset KUBECONFIG
 done

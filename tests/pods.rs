@@ -1081,19 +1081,25 @@ fn parse_metrics(text: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
-/// The value of the first sample named `sample` in `family` whose labels
-/// include `labels`.
-fn sample(
-    metrics: &serde_json::Value,
-    family: &str,
-    sample: &str,
-    labels: &[(&str, &str)],
-) -> Option<f64> {
-    metrics[family]["samples"]
-        .as_array()?
-        .iter()
-        .find(|s| s[0] == sample && labels.iter().all(|(k, v)| s[1][k].as_str() == Some(v)))
+/// The value of the first sample named `name` whose labels include
+/// `labels`, in any family.
+fn sample(metrics: &serde_json::Value, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let families = metrics.as_object()?;
+    families
+        .values()
+        .filter_map(|family| family["samples"].as_array())
+        .flatten()
+        .find(|s| s[0] == name && labels.iter().all(|(k, v)| s[1][k].as_str() == Some(v)))
         .and_then(|s| s[2].as_f64())
+}
+
+/// Asserts that sample `name` with `labels` is at least `least`.
+fn at_least(metrics: &serde_json::Value, name: &str, labels: &[(&str, &str)], least: f64) {
+    let value = sample(metrics, name, labels);
+    assert!(
+        value.is_some_and(|v| v >= least),
+        "{name}{labels:?} = {value:?}, expected at least {least}\n{metrics}"
+    );
 }
 
 /// `url` over plain HTTP (the store's and the controllers' endpoints).
@@ -1145,65 +1151,53 @@ spec:
     );
     up.ok(&["get", "pods", "-A"]);
 
-    // The apiserver.
+    // The apiserver: kubectl's create, get (named), list (all namespaces),
+    // and the pod watches of the controllers and the agent.
     let api = parse_metrics(&up.ok(&["get", "--raw", "/metrics"]));
-    assert_eq!(api["apiserver_request"]["type"], "counter", "{api}");
-    let lists = sample(
+    assert_eq!(api["apiserver_request"]["type"], "counter");
+    let request = "apiserver_request_total";
+    let pods = ("resource", "pods");
+    at_least(
         &api,
-        "apiserver_request",
-        "apiserver_request_total",
+        request,
         &[
             ("verb", "LIST"),
-            ("resource", "pods"),
-            ("code", "200"),
+            pods,
             ("scope", "cluster"),
+            ("code", "200"),
         ],
+        1.0,
     );
-    assert!(
-        lists.is_some_and(|n| n >= 1.0),
-        "kubectl get pods -A: {}",
-        api["apiserver_request"]
-    );
-    let creates = sample(
+    at_least(
         &api,
-        "apiserver_request",
-        "apiserver_request_total",
+        request,
         &[
             ("verb", "POST"),
-            ("resource", "pods"),
+            pods,
             ("scope", "namespace"),
             ("code", "201"),
         ],
-    );
-    assert!(
-        creates.is_some_and(|n| n >= 1.0),
-        "{}",
-        api["apiserver_request"]
+        1.0,
     );
     assert_eq!(
         api["apiserver_request_duration_seconds"]["type"],
         "histogram"
     );
-    assert!(sample(
+    let duration = "apiserver_request_duration_seconds_count";
+    at_least(
         &api,
-        "apiserver_request_duration_seconds",
-        "apiserver_request_duration_seconds_count",
-        &[("verb", "GET"), ("resource", "pods"), ("scope", "resource")]
-    )
-    .is_some_and(|n| n >= 1.0));
-    let watches = sample(
-        &api,
-        "apiserver_longrunning_requests",
-        "apiserver_longrunning_requests",
-        &[("verb", "WATCH"), ("resource", "pods")],
+        duration,
+        &[("verb", "GET"), pods, ("scope", "resource")],
+        1.0,
     );
-    assert!(
-        watches.is_some_and(|n| n >= 1.0),
-        "the controllers and the agent watch pods: {}",
-        api["apiserver_longrunning_requests"]
+    at_least(
+        &api,
+        "apiserver_longrunning_requests",
+        &[("verb", "WATCH"), pods],
+        1.0,
     );
 
-    // Each store member.
+    // Each store member: one leader among three, proposals and the disk.
     let log = up.log();
     let store_urls: Vec<&str> = log
         .lines()
@@ -1217,124 +1211,76 @@ spec:
     for url in &store_urls {
         let store = parse_metrics(&http_get(url));
         assert_eq!(
-            sample(
-                &store,
-                "etcd_server_has_leader",
-                "etcd_server_has_leader",
-                &[]
-            ),
+            sample(&store, "etcd_server_has_leader", &[]),
             Some(1.0),
             "{url}"
         );
-        leaders += sample(
+        leaders += sample(&store, "etcd_server_is_leader", &[]).unwrap();
+        at_least(&store, "etcd_server_leader_changes_seen_total", &[], 1.0);
+        at_least(&store, "etcd_server_proposals_committed_total", &[], 10.0);
+        at_least(&store, "etcd_server_proposals_applied_total", &[], 10.0);
+        at_least(&store, "etcd_server_proposals_pending", &[], 0.0);
+        at_least(&store, "etcd_server_proposals_failed_total", &[], 0.0);
+        at_least(
             &store,
-            "etcd_server_is_leader",
-            "etcd_server_is_leader",
-            &[],
-        )
-        .unwrap();
-        assert!(sample(
-            &store,
-            "etcd_server_leader_changes_seen",
-            "etcd_server_leader_changes_seen_total",
-            &[]
-        )
-        .is_some_and(|n| n >= 1.0));
-        let committed = sample(
-            &store,
-            "etcd_server_proposals_committed_total",
-            "etcd_server_proposals_committed_total",
-            &[],
-        )
-        .unwrap();
-        let applied = sample(
-            &store,
-            "etcd_server_proposals_applied_total",
-            "etcd_server_proposals_applied_total",
-            &[],
-        )
-        .unwrap();
-        assert!(
-            committed > 10.0 && applied > 10.0,
-            "{url}: committed {committed}, applied {applied}"
-        );
-        assert!(sample(
-            &store,
-            "etcd_disk_wal_fsync_duration_seconds",
             "etcd_disk_wal_fsync_duration_seconds_count",
-            &[]
-        )
-        .is_some_and(|n| n >= 1.0));
-        assert!(sample(
+            &[],
+            1.0,
+        );
+        at_least(
             &store,
-            "etcd_disk_backend_commit_duration_seconds",
             "etcd_disk_backend_commit_duration_seconds_count",
-            &[]
-        )
-        .is_some_and(|n| n >= 1.0));
-        assert!(store["etcd_server_proposals_failed"]["samples"].is_array());
-        assert!(store["etcd_server_proposals_pending"]["samples"].is_array());
+            &[],
+            1.0,
+        );
     }
     assert_eq!(leaders, 1.0, "one leader among {store_urls:?}");
 
-    // The controllers.
+    // The controllers: the scheduler placed the pod; the namespaces woke
+    // the ServiceAccount controller (a default account each), which is
+    // idle now.
     let url = log
         .lines()
         .find_map(|l| l.strip_prefix("controllers metrics: "))
         .expect("shoal up names the controllers' metrics URL");
     let controllers = parse_metrics(&http_get(url));
-    assert!(
-        sample(
-            &controllers,
-            "scheduler_schedule_attempts",
-            "scheduler_schedule_attempts_total",
-            &[("result", "scheduled"), ("profile", "default-scheduler")]
-        )
-        .is_some_and(|n| n >= 1.0),
-        "{controllers}"
-    );
-    assert!(sample(
+    let scheduled = [("result", "scheduled"), ("profile", "default-scheduler")];
+    at_least(
         &controllers,
-        "scheduler_scheduling_attempt_duration_seconds",
+        "scheduler_schedule_attempts_total",
+        &scheduled,
+        1.0,
+    );
+    at_least(
+        &controllers,
         "scheduler_scheduling_attempt_duration_seconds_count",
-        &[("result", "scheduled")]
-    )
-    .is_some_and(|n| n >= 1.0));
-    // Namespaces wake the ServiceAccount controller (a default account each).
-    assert!(
-        sample(
-            &controllers,
-            "workqueue_adds",
-            "workqueue_adds_total",
-            &[("name", "serviceaccount")]
-        )
-        .is_some_and(|n| n >= 4.0),
-        "{controllers}"
+        &scheduled,
+        1.0,
     );
-    assert!(sample(
+    at_least(
         &controllers,
-        "workqueue_work_duration_seconds",
+        "scheduler_pending_pods",
+        &[("queue", "active")],
+        0.0,
+    );
+    let accounts = [("name", "serviceaccount")];
+    at_least(&controllers, "workqueue_adds_total", &accounts, 4.0);
+    at_least(
+        &controllers,
         "workqueue_work_duration_seconds_count",
-        &[("name", "serviceaccount")]
-    )
-    .is_some_and(|n| n >= 4.0));
-    assert!(sample(
+        &accounts,
+        4.0,
+    );
+    at_least(
         &controllers,
-        "workqueue_queue_duration_seconds",
         "workqueue_queue_duration_seconds_count",
-        &[("name", "serviceaccount")]
-    )
-    .is_some_and(|n| n >= 1.0));
+        &accounts,
+        1.0,
+    );
     assert_eq!(
-        sample(
-            &controllers,
-            "workqueue_depth",
-            "workqueue_depth",
-            &[("name", "serviceaccount")]
-        ),
+        sample(&controllers, "workqueue_depth", &accounts),
         Some(0.0)
     );
-    assert!(controllers["scheduler_pending_pods"]["samples"].is_array());
 
     // The agent, as the apiserver reaches it.
     let token = std::fs::read_to_string(up.data_dir().join("agent-token")).unwrap();
@@ -1360,104 +1306,43 @@ spec:
     assert_eq!(code, "200", "{own}");
     let own = parse_metrics(&own);
     assert_eq!(
-        sample(&own, "kubelet_running_pods", "kubelet_running_pods", &[]),
+        sample(&own, "kubelet_running_pods", &[]),
         Some(1.0),
         "{own}"
     );
-    assert!(
-        sample(
-            &own,
-            "kubelet_runtime_operations",
-            "kubelet_runtime_operations_total",
-            &[("operation_type", "start_container")]
-        )
-        .is_some_and(|n| n >= 1.0),
-        "{own}"
-    );
-    assert!(
-        sample(
-            &own,
-            "kubelet_pod_start_duration_seconds",
-            "kubelet_pod_start_duration_seconds_count",
-            &[]
-        )
-        .is_some_and(|n| n >= 1.0),
-        "{own}"
-    );
-    assert!(sample(
+    let start = [("operation_type", "start_container")];
+    at_least(&own, "kubelet_runtime_operations_total", &start, 1.0);
+    at_least(
         &own,
-        "kubelet_pod_status_sync_duration_seconds",
+        "kubelet_runtime_operations_duration_seconds_count",
+        &start,
+        1.0,
+    );
+    at_least(&own, "kubelet_pod_start_duration_seconds_count", &[], 1.0);
+    at_least(
+        &own,
         "kubelet_pod_status_sync_duration_seconds_count",
-        &[]
-    )
-    .is_some_and(|n| n >= 1.0));
-    assert!(sample(
-        &own,
-        "shoal_image_store_images",
-        "shoal_image_store_images",
-        &[]
-    )
-    .is_some_and(|n| n >= 1.0));
+        &[],
+        1.0,
+    );
+    at_least(&own, "shoal_image_store_images", &[], 1.0);
     // CPU seconds grow by about half a second per second.
+    let spin = [
+        ("namespace", "default"),
+        ("pod", "spinner"),
+        ("container", "spin"),
+    ];
     let cpu = || -> f64 {
         let (code, text) = agent_get("/metrics/resource", &token);
         assert_eq!(code, "200", "{text}");
         let resource = parse_metrics(&text);
-        assert_eq!(
-            sample(
-                &resource,
-                "resource_scrape_error",
-                "resource_scrape_error",
-                &[]
-            ),
-            Some(0.0)
-        );
-        assert!(sample(
-            &resource,
-            "node_memory_working_set_bytes",
-            "node_memory_working_set_bytes",
-            &[]
-        )
-        .is_some_and(|b| b > 0.0));
-        assert!(
-            sample(
-                &resource,
-                "container_memory_working_set_bytes",
-                "container_memory_working_set_bytes",
-                &[
-                    ("namespace", "default"),
-                    ("pod", "spinner"),
-                    ("container", "spin")
-                ]
-            )
-            .is_some_and(|b| b > 0.0),
-            "{text}"
-        );
-        assert!(sample(
-            &resource,
-            "container_start_time_seconds",
-            "container_start_time_seconds",
-            &[("pod", "spinner")]
-        )
-        .is_some());
-        let pod = sample(
-            &resource,
-            "pod_cpu_usage_seconds",
-            "pod_cpu_usage_seconds_total",
-            &[("namespace", "default"), ("pod", "spinner")],
-        )
-        .unwrap();
-        let container = sample(
-            &resource,
-            "container_cpu_usage_seconds",
-            "container_cpu_usage_seconds_total",
-            &[
-                ("namespace", "default"),
-                ("pod", "spinner"),
-                ("container", "spin"),
-            ],
-        )
-        .unwrap();
+        assert_eq!(sample(&resource, "resource_scrape_error", &[]), Some(0.0));
+        at_least(&resource, "node_memory_working_set_bytes", &[], 1.0);
+        at_least(&resource, "node_cpu_usage_seconds_total", &[], 1.0);
+        at_least(&resource, "container_memory_working_set_bytes", &spin, 1.0);
+        at_least(&resource, "container_start_time_seconds", &spin, 1.7e9);
+        let pod = sample(&resource, "pod_cpu_usage_seconds_total", &spin[..2]).unwrap();
+        let container = sample(&resource, "container_cpu_usage_seconds_total", &spin).unwrap();
         assert_eq!(pod, container, "one container: the pod's CPU is its");
         container
     };

@@ -1,6 +1,7 @@
 //! The apiserver's `/metrics`, with kube-apiserver's names and labels:
-//! every request counted by verb, resource and code, the latency of the
-//! short ones, and the long-running ones (watches, exec, attach) in flight.
+//! every request counted by verb, resource and code, the latency and the
+//! number in flight of the short ones (all but watches, exec and attach),
+//! and the watches open.
 //!
 //! ```text
 //!  request ──▶ record() ──▶ authenticate ──▶ handlers
@@ -10,7 +11,7 @@
 //!               ├ apiserver_request_total{…,code}
 //!               ├ apiserver_request_duration_seconds{…}  (not long-running)
 //!               ├ apiserver_current_inflight_requests{request_kind}
-//!               └ apiserver_longrunning_requests{…}  while the body streams
+//!               └ apiserver_longrunning_requests{…}  watches, while they stream
 //! ```
 
 use std::sync::Arc;
@@ -84,12 +85,12 @@ impl Default for Metrics {
         );
         registry.register(
             "apiserver_current_inflight_requests",
-            "Maximal number of currently used inflight request limit of this apiserver per request kind in last second.",
+            "Requests being served now, by kind (readOnly or mutating; long-running ones excluded).",
             inflight.clone(),
         );
         registry.register(
             "apiserver_longrunning_requests",
-            "Gauge of all active long-running apiserver requests broken out by verb, group, version, resource, scope and component.",
+            "Watches open now, broken out by verb, group, version, resource, scope and component.",
             longrunning.clone(),
         );
         Metrics {

@@ -382,6 +382,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 backoff_max: args.restart_backoff_max.max(args.restart_backoff_initial),
                 cluster_cidr: args.controllers.cluster_cidr,
                 dns_upstream: &args.dns_upstream,
+                metrics_interval: args.metrics_interval.max(Duration::from_secs(1)),
             };
             hosts = Some(crate::up_nodes::Hosts::start(nodes, subnet, settings).await?);
             done();

@@ -206,6 +206,8 @@ pub struct AgentSettings<'a> {
     pub cluster_cidr: shoal_core::cidr::Ipv4Cidr,
     /// Where the nodes' DNS forwards outside names (none: resolv.conf).
     pub dns_upstream: &'a [std::net::SocketAddr],
+    /// How often each agent reports its usage (`--metrics-interval`).
+    pub metrics_interval: Duration,
 }
 
 impl Hosts {
@@ -281,6 +283,10 @@ impl Hosts {
                 (
                     "--restart-backoff-max",
                     format!("{}ms", settings.backoff_max.as_millis()),
+                ),
+                (
+                    "--metrics-interval",
+                    format!("{}ms", settings.metrics_interval.as_millis()),
                 ),
             ] {
                 argv.push(flag.into());

@@ -444,7 +444,6 @@ pub async fn run(
     Ok(())
 }
 
-/// Container starts at once: a few per core (runc is CPU-bound).
 /// What the agent's own `/metrics` reads at each scrape: the pods and
 /// containers running, the image store's size.
 fn agent_now(registry: &registry::Registry, runtime: &Runtime) -> crate::metrics::Now {
@@ -474,6 +473,7 @@ fn agent_now(registry: &registry::Registry, runtime: &Runtime) -> crate::metrics
     }
 }
 
+/// Container starts at once: a few per core (runc is CPU-bound).
 fn concurrent_starts() -> usize {
     std::thread::available_parallelism().map_or(2, |n| n.get()) * 4
 }

@@ -15,6 +15,7 @@
 //!   nodelifecycle nodeipam garbagecollector serviceaccount volumes
 //!   csrsigning (node overlay certificates)
 //!   clusterdns (the kube-system/kube-dns Service)
+//!   ingress (the shoal IngressClass, Ingresses' addresses)
 //! ```
 //!
 //! A controller with a folder keeps its wiring (informers, the kube-runtime
@@ -35,6 +36,7 @@ pub mod events;
 pub mod garbagecollector;
 pub mod hpa;
 pub mod informers;
+pub mod ingress;
 pub mod job;
 pub mod leader;
 pub mod metrics;
@@ -165,6 +167,11 @@ pub const REGISTRY: &[(&str, Loop, bool)] = &[
     (
         "endpoints",
         |client, settings| Box::pin(endpoints::run(client, settings)),
+        true,
+    ),
+    (
+        "ingress",
+        |client, settings| Box::pin(ingress::run(client, settings)),
         true,
     ),
     (

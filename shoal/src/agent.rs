@@ -2,7 +2,7 @@
 //! (containers with runc, a network namespace and IP per pod), or with
 //! `--simulate` registers simulated nodes that only pretend to.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -105,6 +105,8 @@ pub struct AgentArgs {
     /// Run no cluster DNS: this node's pods cannot resolve cluster names.
     #[arg(long, env = "SHOAL_NO_DNS")]
     no_dns: bool,
+    #[command(flatten)]
+    ingress: IngressFlags,
     /// Do not make images from Debian packages when a pod names one this
     /// node lacks (nginx, postgres): such pods wait in ImagePullBackOff.
     /// Builds need apt-get and dpkg-deb; nodes without them never build.
@@ -152,6 +154,46 @@ pub struct AgentArgs {
     /// annotations, a report written only when it changed.
     #[arg(long, env = "SHOAL_METRICS_INTERVAL", default_value = "15s", value_parser = parse_duration)]
     metrics_interval: Duration,
+}
+
+/// The node's Ingress controller, shared by `shoal agent` and `shoal up`.
+#[derive(clap::Args, Clone, Debug)]
+pub struct IngressFlags {
+    /// The port Ingresses are served on over HTTP, on every address of the
+    /// node (0: none).
+    #[arg(long, env = "SHOAL_INGRESS_HTTP_PORT", default_value_t = 80)]
+    pub ingress_http_port: u16,
+    /// The port Ingresses are served on over HTTPS (0: none).
+    #[arg(long, env = "SHOAL_INGRESS_HTTPS_PORT", default_value_t = 443)]
+    pub ingress_https_port: u16,
+    /// Serve no Ingresses on this node.
+    #[arg(long, env = "SHOAL_NO_INGRESS")]
+    pub no_ingress: bool,
+}
+
+impl IngressFlags {
+    pub fn settings(&self) -> Option<shoal_ingress::Settings> {
+        let any = |port: u16| (port != 0).then(|| SocketAddr::from(([0, 0, 0, 0], port)));
+        let settings = shoal_ingress::Settings {
+            http: any(self.ingress_http_port),
+            https: any(self.ingress_https_port),
+        };
+        (!self.no_ingress && (settings.http.is_some() || settings.https.is_some()))
+            .then_some(settings)
+    }
+
+    /// The same flags for an agent process.
+    pub fn argv(&self) -> Vec<String> {
+        if self.no_ingress {
+            return vec!["--no-ingress".into()];
+        }
+        vec![
+            "--ingress-http-port".into(),
+            self.ingress_http_port.to_string(),
+            "--ingress-https-port".into(),
+            self.ingress_https_port.to_string(),
+        ]
+    }
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
@@ -278,6 +320,7 @@ async fn run_real(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
         })?,
         container_log_max_files: args.container_log_max_files.max(1),
         metrics_interval: Some(args.metrics_interval.max(Duration::from_secs(1))),
+        ingress: args.ingress.settings(),
         image_builds: shoal_agent::image::debian::node_catalog(
             !args.no_image_builds,
             args.image_archives.as_deref(),

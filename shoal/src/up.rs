@@ -80,6 +80,8 @@ pub struct UpArgs {
     /// them).
     #[arg(long, env = "SHOAL_STOP_PODS_ON_EXIT")]
     stop_pods_on_exit: bool,
+    #[command(flatten)]
+    ingress: crate::agent::IngressFlags,
     /// Name servers the nodes' cluster DNS forwards outside names to (`ip`
     /// or `ip:port`, comma-separated). Default: this machine's
     /// /etc/resolv.conf.
@@ -383,6 +385,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 cluster_cidr: args.controllers.cluster_cidr,
                 dns_upstream: &args.dns_upstream,
                 metrics_interval: args.metrics_interval.max(Duration::from_secs(1)),
+                ingress: args.ingress.argv(),
             };
             hosts = Some(crate::up_nodes::Hosts::start(nodes, subnet, settings).await?);
             done();
@@ -539,6 +542,7 @@ async fn start_agent(
         // nginx and postgres made from Debian packages on first use.
         image_builds: shoal_agent::image::debian::node_catalog(true, None),
         metrics_interval: Some(args.metrics_interval.max(Duration::from_secs(1))),
+        ingress: args.ingress.settings(),
     };
     step(&format!("starting the node agent ({node_name})"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();

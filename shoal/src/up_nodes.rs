@@ -208,6 +208,8 @@ pub struct AgentSettings<'a> {
     pub dns_upstream: &'a [std::net::SocketAddr],
     /// How often each agent reports its usage (`--metrics-interval`).
     pub metrics_interval: Duration,
+    /// The agents' Ingress flags.
+    pub ingress: Vec<String>,
 }
 
 impl Hosts {
@@ -292,6 +294,7 @@ impl Hosts {
                 argv.push(flag.into());
                 argv.push(value.into());
             }
+            argv.extend(settings.ingress.iter().map(Into::into));
             if !settings.dns_upstream.is_empty() {
                 let upstreams: Vec<String> = settings
                     .dns_upstream

@@ -296,6 +296,9 @@ pub async fn create_object(api: &Api, ctx: &mut Ctx, mut object: Value) -> Resul
     }
     initial_status(resource, &mut object);
     crate::hooks::before_create(resource, &mut object, ctx.user.as_ref());
+    if (resource.group, resource.kind) == ("networking.k8s.io", "Ingress") {
+        default_ingress_class(api, &mut object).await?;
+    }
     defaults::apply(resource, &mut object);
     validate(resource, &object)?;
     if !is_apply(ctx) {
@@ -737,6 +740,52 @@ async fn bind(api: &Api, ctx: &mut Ctx, name: &str, node: &str) -> Result<()> {
 
 pub fn success_status() -> Value {
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201})
+}
+
+/// Kubernetes' DefaultIngressClass admission: an Ingress created without a
+/// class (neither `spec.ingressClassName` nor the old annotation) gets the
+/// IngressClass marked default (the newest, when several are).
+async fn default_ingress_class(api: &Api, object: &mut Value) -> Result<()> {
+    let named = object
+        .pointer("/spec/ingressClassName")
+        .is_some_and(|c| !c.is_null())
+        || object
+            .pointer("/metadata/annotations/kubernetes.io~1ingress.class")
+            .is_some();
+    if named {
+        return Ok(());
+    }
+    let Some(classes) = crate::resources::find("networking.k8s.io", "v1", "ingressclasses") else {
+        return Ok(());
+    };
+    let listed = api
+        .store
+        .list(&classes.prefix(None), None, 0, 0)
+        .await
+        .map_err(ApiError::from)?;
+    let default = listed
+        .kvs
+        .iter()
+        .filter_map(|kv| serde_json::from_slice::<Value>(&kv.value).ok())
+        .filter(|class| {
+            class
+                .pointer("/metadata/annotations/ingressclass.kubernetes.io~1is-default-class")
+                .and_then(Value::as_str)
+                == Some("true")
+        })
+        .max_by(|a, b| {
+            let created = |c: &Value| {
+                c.pointer("/metadata/creationTimestamp")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            created(a).cmp(&created(b))
+        });
+    if let Some(name) = default.and_then(|c| c.pointer("/metadata/name").cloned()) {
+        set_path(object, &["spec", "ingressClassName"], name);
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -50,9 +50,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
+use k8s_openapi::api::core::v1::{Namespace, Pod, Secret, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
-use k8s_openapi::api::networking::v1::NetworkPolicy;
+use k8s_openapi::api::networking::v1::{Ingress, IngressClass, NetworkPolicy};
 use kube::runtime::reflector;
 use shoal_core::cache;
 
@@ -93,6 +93,9 @@ pub struct Config {
     /// The node's cluster DNS; without it this node's pods cannot resolve
     /// cluster names (the Service's traffic stays on each node).
     pub dns: Option<dns::DnsConfig>,
+    /// The node's Ingress controller (HTTP and HTTPS ports); without it
+    /// Ingresses are not served on this node.
+    pub ingress: Option<shoal_ingress::Settings>,
     /// Images the node makes from Debian packages when a pod names one it
     /// does not have (`nginx:1.25`, `postgres:15`), as a pull would fetch
     /// it; without it such a pod waits in ImagePullBackOff.
@@ -272,7 +275,11 @@ pub async fn run(
     // that read the kind.
     let proxy_changed = Arc::new(tokio::sync::Notify::new());
     let dns_changed = Arc::new(tokio::sync::Notify::new());
+    let ingress_changed = Arc::new(tokio::sync::Notify::new());
     let mut readers = Vec::new();
+    if config.ingress.is_some() {
+        readers.push(ingress_changed.clone());
+    }
     if proxy_settings.is_some() {
         readers.push(proxy_changed.clone());
     }
@@ -331,6 +338,42 @@ pub async fn run(
             dns_metrics.clone(),
         ))
     });
+    let ingress_task = config.ingress.clone().map(|settings| {
+        let readers = std::slice::from_ref(&ingress_changed);
+        let (ingresses, ingresses_watch) = cache::watched::<Ingress>(&client, readers);
+        let (classes, classes_watch) = cache::watched::<IngressClass>(&client, readers);
+        // Only TLS Secrets keep their data: the certificates.
+        let (secrets, secrets_watch) =
+            cache::watched_trimmed::<Secret, _>(&client, readers, |secret: &mut Secret| {
+                secret.metadata.managed_fields = None;
+                if secret.type_.as_deref() != Some("kubernetes.io/tls") {
+                    secret.data = None;
+                    secret.string_data = None;
+                }
+            });
+        let sources = shoal_ingress::Sources {
+            ingresses,
+            classes,
+            services: services.clone(),
+            slices: slices.clone(),
+            secrets,
+            changed: ingress_changed.clone(),
+        };
+        tokio::spawn(async move {
+            let watches = async {
+                tokio::join!(ingresses_watch, classes_watch, secrets_watch);
+            };
+            tokio::select! {
+                () = watches => {}
+                result = shoal_ingress::run(settings, sources) => if let Err(e) = result {
+                    tracing::error!(error = %e, "no Ingress controller on this node");
+                },
+            }
+        })
+    });
+    if config.ingress.is_none() {
+        tracing::info!("ingress disabled: this node serves no Ingresses");
+    }
     let shared = Arc::new(Shared {
         services,
         events: events::Recorder::new(client.clone(), &config.node_name),
@@ -414,6 +457,9 @@ pub async fn run(
         task.abort();
     }
     if let Some(task) = dns_task {
+        task.abort();
+    }
+    if let Some(task) = ingress_task {
         task.abort();
     }
     let pods = pods.await;

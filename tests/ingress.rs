@@ -3,7 +3,9 @@
 //! hosts, two paths), Prefix and Exact paths, a wildcard host, the default
 //! backend, 404 and 503, `kubectl get ingress`, HTTPS with certificates
 //! from Secrets chosen by SNI and replaced live, HTTP/2, the redirect to
-//! HTTPS, and routing that follows changes within a second. Needs root
+//! HTTPS, a WebSocket echoed through the ingress, its request counters on
+//! the agent's `/metrics`, and routing that follows changes within a
+//! second. Needs root
 //! (real pods); runs with the other real-pod suites, one at a time.
 
 // Test code: a failed step is a failed test.
@@ -402,6 +404,106 @@ fn the_guides_routes_paths_hosts_and_tls() {
         "no endpoints: 503"
     );
     up.ok(&["scale", "deployment", "web-service", "--replicas=1"]);
+
+    // A WebSocket through the ingress: an echo server on this machine
+    // (reached at the pods' gateway, 10.244.0.1) behind a Service without
+    // a selector.
+    let ws_port = support::free_port();
+    let mut echo = support::daemon("python3")
+        .arg(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../tests/python/websocket_echo.py"
+        ))
+        .args(["serve", &ws_port.to_string()])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    up.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: ws-echo
+spec:
+  ports:
+  - {{port: 80, targetPort: {ws_port}}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: ws-echo-1
+  labels: {{kubernetes.io/service-name: ws-echo}}
+addressType: IPv4
+ports:
+- {{port: {ws_port}}}
+endpoints:
+- addresses: [10.244.0.1]
+  conditions: {{ready: true}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: ws
+spec:
+  rules:
+  - host: ws.test
+    http:
+      paths:
+      - path: /
+        pathType: Prefix
+        backend:
+          service: {{name: ws-echo, port: {{number: 80}}}}
+"#
+    ));
+    let mut said = String::new();
+    let echoed = eventually(Duration::from_secs(20), || {
+        let out = Command::new("python3")
+            .arg(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../tests/python/websocket_echo.py"
+            ))
+            .args([
+                "send",
+                "127.0.0.1",
+                &ingress.http.to_string(),
+                "ws.test",
+                "/chat",
+            ])
+            .args(["hello", "through the ingress"])
+            .output()
+            .unwrap();
+        said = String::from_utf8_lossy(&out.stdout).into_owned();
+        said == "echo: hello\necho: through the ingress\n"
+    });
+    support::kill_group(&mut echo);
+    assert!(echoed, "{said}");
+
+    // Requests by Ingress, Service and status on the agent's /metrics.
+    let token = std::fs::read_to_string(up.data_dir().join("agent-token")).unwrap();
+    let port = up.ok(&[
+        "get",
+        "nodes",
+        "-o",
+        "jsonpath={.items[0].status.daemonEndpoints.kubeletEndpoint.Port}",
+    ]);
+    let metrics = Command::new("curl")
+        .args([
+            "-sk",
+            "-H",
+            &format!("Authorization: Bearer {}", token.trim()),
+        ])
+        .arg(format!("https://127.0.0.1:{}/metrics", port.trim()))
+        .output()
+        .unwrap();
+    let metrics = String::from_utf8_lossy(&metrics.stdout);
+    for line in [
+        r#"shoal_ingress_requests_total{namespace="default",ingress="example",service="api-service",status="200"} "#,
+        r#"shoal_ingress_requests_total{namespace="",ingress="",service="",status="404"} "#,
+        r#"shoal_ingress_requests_total{namespace="default",ingress="misc",service="nobody",status="503"} "#,
+        r#"shoal_ingress_request_duration_seconds_count{namespace="default",ingress="example",service="api-service"} "#,
+    ] {
+        assert!(metrics.contains(line), "{line} not in\n{metrics}");
+    }
 
     // HTTPS: certificates from Secrets, by SNI; replaced live; HTTP/2.
     let dir = tempfile::tempdir().unwrap();

@@ -8,12 +8,14 @@
 //!            EndpointSlices (pure)
 //!   tls      certificates by SNI from kubernetes.io/tls Secrets
 //!   server   the listeners and the proxy (X-Forwarded-*, upgrades)
+//!   metrics  requests by Ingress, Service and status, and their latency
 //! ```
 //!
 //! [`run`] keeps the table and the certificates in step with the caches it
 //! is given: every change rebuilds both, and requests in flight finish on
 //! the table they started with.
 
+pub mod metrics;
 pub mod routes;
 pub mod server;
 pub mod tls;
@@ -65,7 +67,11 @@ const SETTLE: Duration = Duration::from_millis(20);
 
 /// Serves until dropped: binds the ports (an error if one is taken), then
 /// rebuilds the routing table and the certificates on every change.
-pub async fn run(settings: Settings, sources: Sources) -> Result<(), Error> {
+pub async fn run(
+    settings: Settings,
+    sources: Sources,
+    metrics: Arc<metrics::Metrics>,
+) -> Result<(), Error> {
     let bind = |address: SocketAddr| async move {
         TcpListener::bind(address)
             .await
@@ -84,7 +90,7 @@ pub async fn run(settings: Settings, sources: Sources) -> Result<(), Error> {
         Some(_) => Some(certificates.server_config().map_err(Error::Certificate)?),
         None => None,
     };
-    let router = Arc::new(server::Router::new(https.is_some()));
+    let router = Arc::new(server::Router::new(https.is_some(), metrics));
     let mut tasks = Vec::new();
     if let Some(listener) = http {
         tracing::info!(address = ?settings.http, "ingress serving HTTP");

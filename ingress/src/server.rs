@@ -6,7 +6,8 @@
 //!         ─▶ Table::route(Host, path)
 //!              NotFound ─▶ 404      no endpoints ─▶ 503
 //!              ssl-redirect on :80 ─▶ 308 https://host/path
-//!         ─▶ endpoint (round robin; refused ─▶ the next one; none left ─▶ 502)
+//!         ─▶ endpoint (round robin, keep-alive connections pooled; refused
+//!            ─▶ the next one for requests without a body; none left ─▶ 502)
 //!         ─▶ request with X-Forwarded-For/-Proto/-Host, X-Real-IP;
 //!            WebSocket upgrades spliced both ways once the backend says 101
 //! ```
@@ -24,8 +25,12 @@ use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+
+use crate::metrics::Metrics;
 use crate::routes::{normalize_host, Decision, Table};
 
 /// How long connecting to an endpoint may take before the next one is
@@ -35,20 +40,33 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 type Body = BoxBody<Bytes, hyper::Error>;
 
 /// What every connection reads: the routing table (replaced whole on each
-/// change) and the round-robin counter.
+/// change), the round-robin counter, the pool of connections to backends.
 pub struct Router {
     table: RwLock<Arc<Table>>,
     next: AtomicUsize,
     /// Is HTTPS served (else no redirects to it)?
     https: bool,
+    /// Keep-alive connections to the endpoints, as ingress-nginx's
+    /// upstream keepalive.
+    client: Client<HttpConnector, Body>,
+    metrics: Arc<Metrics>,
 }
 
 impl Router {
-    pub fn new(https: bool) -> Router {
+    pub fn new(https: bool, metrics: Arc<Metrics>) -> Router {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(60))
+            .pool_max_idle_per_host(256)
+            .build(connector);
         Router {
             table: RwLock::new(Arc::new(Table::default())),
             next: AtomicUsize::new(0),
             https,
+            client,
+            metrics,
         }
     }
 
@@ -158,7 +176,12 @@ async fn handle(
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let table = router.table();
-    let (response, upstream) = match table.route(&host, &path) {
+    let decision = table.route(&host, &path);
+    let (ingress, service) = match &decision {
+        Decision::Backend { backend, .. } => (backend.ingress.clone(), backend.service.clone()),
+        Decision::NotFound => (String::new(), String::new()),
+    };
+    let (response, upstream) = match decision {
         Decision::NotFound => (text(StatusCode::NOT_FOUND, "404 page not found\n"), None),
         Decision::Backend { backend, .. } if !tls && router.https && backend.ssl_redirect => {
             let location = format!(
@@ -188,22 +211,26 @@ async fn handle(
             path: sent_path,
         } => {
             let start = router.next.fetch_add(1, Ordering::Relaxed);
-            match forward(
-                request,
-                peer,
-                tls,
-                &host,
-                &sent_path,
-                &backend.endpoints,
+            let to = Upstream {
+                endpoints: &backend.endpoints,
                 start,
-            )
-            .await
-            {
+                path: &sent_path,
+            };
+            match forward(router, request, peer, tls, &host, to).await {
                 Ok((response, endpoint)) => (response, Some(endpoint)),
+                Err(StatusCode::BAD_REQUEST) => {
+                    (text(StatusCode::BAD_REQUEST, "400 Bad Request\n"), None)
+                }
                 Err(status) => (text(status, "502 Bad Gateway\n"), None),
             }
         }
     };
+    router.metrics.request(
+        &ingress,
+        &service,
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
+    );
     tracing::info!(
         target: "shoal_ingress::access",
         client = %peer.ip(),
@@ -216,26 +243,6 @@ async fn handle(
         "request"
     );
     response
-}
-
-/// Connects to the first endpoint that accepts, from `start` round robin.
-async fn connect(endpoints: &[SocketAddr], start: usize) -> Option<(TcpStream, SocketAddr)> {
-    for i in 0..endpoints.len() {
-        let endpoint = endpoints[(start + i) % endpoints.len()];
-        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(endpoint)).await {
-            Ok(Ok(stream)) => {
-                let _ = stream.set_nodelay(true);
-                return Some((stream, endpoint));
-            }
-            Ok(Err(e)) => {
-                tracing::debug!(%endpoint, error = %e, "ingress: endpoint refused; trying the next")
-            }
-            Err(_) => {
-                tracing::debug!(%endpoint, "ingress: endpoint did not answer; trying the next")
-            }
-        }
-    }
-    None
 }
 
 /// Headers that belong to one connection and are not passed on.
@@ -302,43 +309,80 @@ fn upstream_headers(
     out
 }
 
+/// Where a request goes: its endpoints, the first to try, the path.
+struct Upstream<'a> {
+    endpoints: &'a [SocketAddr],
+    start: usize,
+    path: &'a str,
+}
+
+/// Does the request carry no body (so that it can be sent again to
+/// another endpoint when the first refuses the connection)?
+fn bodiless(request: &Request<Incoming>) -> bool {
+    let length = request
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    !request.headers().contains_key(header::TRANSFER_ENCODING) && length.unwrap_or(0) == 0
+}
+
+fn empty() -> Body {
+    http_body_util::Empty::new()
+        .map_err(|never| match never {})
+        .boxed()
+}
+
 async fn forward(
+    router: &Router,
     mut request: Request<Incoming>,
     peer: SocketAddr,
     tls: bool,
     host: &str,
-    path: &str,
-    endpoints: &[SocketAddr],
-    start: usize,
+    to: Upstream<'_>,
 ) -> Result<(Response<Body>, SocketAddr), StatusCode> {
-    let Some((stream, endpoint)) = connect(endpoints, start).await else {
-        return Err(StatusCode::BAD_GATEWAY);
-    };
-    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-        .await
-        .map_err(|_| StatusCode::BAD_GATEWAY)?;
-    tokio::spawn(async move {
-        if let Err(e) = connection.with_upgrades().await {
-            tracing::debug!(error = %e, "ingress: upstream connection ended");
-        }
-    });
     let upgrade = is_upgrade(request.headers());
+    let retry = bodiless(&request) && !upgrade;
     // The client's side of a WebSocket (or other) upgrade, spliced to the
     // backend's once it agrees.
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
     let (mut parts, body) = request.into_parts();
     let target = match parts.uri.query() {
-        Some(query) => format!("{path}?{query}"),
-        None => path.to_string(),
+        Some(query) => format!("{}?{query}", to.path),
+        None => to.path.to_string(),
     };
-    parts.uri = target.parse().map_err(|_| StatusCode::BAD_REQUEST)?;
     parts.headers = upstream_headers(&parts.headers, peer, tls, host, upgrade);
     // HTTP/2 clients too: backends are spoken to in HTTP/1.1.
     parts.version = hyper::Version::HTTP_11;
-    let mut response = sender
-        .send_request(Request::from_parts(parts, body))
-        .await
-        .map_err(|_| StatusCode::BAD_GATEWAY)?;
+    let mut body = Some(body.boxed());
+    let count = to.endpoints.len();
+    let mut sent = None;
+    for attempt in 0..count {
+        let endpoint = to.endpoints[(to.start + attempt) % count];
+        let mut upstream = Request::new(body.take().unwrap_or_else(empty));
+        *upstream.method_mut() = parts.method.clone();
+        *upstream.version_mut() = parts.version;
+        *upstream.headers_mut() = parts.headers.clone();
+        *upstream.uri_mut() = format!("http://{endpoint}{target}")
+            .parse()
+            .map_err(|_| StatusCode::BAD_REQUEST)?;
+        match router.client.request(upstream).await {
+            Ok(response) => {
+                sent = Some((response, endpoint));
+                break;
+            }
+            Err(e) if e.is_connect() && retry && attempt + 1 < count => {
+                tracing::debug!(%endpoint, error = %e, "ingress: endpoint refused; trying the next");
+            }
+            Err(e) => {
+                tracing::debug!(%endpoint, error = %e, "ingress: the backend failed");
+                return Err(StatusCode::BAD_GATEWAY);
+            }
+        }
+    }
+    let Some((mut response, endpoint)) = sent else {
+        return Err(StatusCode::BAD_GATEWAY);
+    };
     let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
     match client_upgrade {
         Some(client) if switching => {

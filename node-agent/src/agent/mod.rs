@@ -338,6 +338,7 @@ pub async fn run(
             dns_metrics.clone(),
         ))
     });
+    let ingress_metrics = Arc::new(shoal_ingress::metrics::Metrics::default());
     let ingress_task = config.ingress.clone().map(|settings| {
         let readers = std::slice::from_ref(&ingress_changed);
         let (ingresses, ingresses_watch) = cache::watched::<Ingress>(&client, readers);
@@ -359,13 +360,14 @@ pub async fn run(
             secrets,
             changed: ingress_changed.clone(),
         };
+        let metrics = ingress_metrics.clone();
         tokio::spawn(async move {
             let watches = async {
                 tokio::join!(ingresses_watch, classes_watch, secrets_watch);
             };
             tokio::select! {
                 () = watches => {}
-                result = shoal_ingress::run(settings, sources) => if let Err(e) = result {
+                result = shoal_ingress::run(settings, sources, metrics) => if let Err(e) = result {
                     tracing::error!(error = %e, "no Ingress controller on this node");
                 },
             }
@@ -392,6 +394,7 @@ pub async fn run(
         .map(|interval| tokio::spawn(usage::report(shared.clone(), interval)));
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let config_dns = config.dns.is_some();
+    let config_ingress = config.ingress.is_some();
     let own = {
         let runtime = runtime.clone();
         let registry = registry.clone();
@@ -407,7 +410,12 @@ pub async fn run(
                 String::new()
             };
             let agent = crate::metrics::render(&agent_now(&registry, &runtime));
-            shoal_core::metrics::join(&[&agent, &proxy, &tunnel, &dns])
+            let ingress = if config_ingress {
+                ingress_metrics.render()
+            } else {
+                String::new()
+            };
+            shoal_core::metrics::join(&[&agent, &proxy, &tunnel, &dns, &ingress])
         }
     };
     let resource = {

@@ -47,8 +47,13 @@ mod stop;
 
 use stop::stop_container;
 
-/// How often a worker looks at its containers when nothing else happens.
+/// How often a worker looks at its containers while something is under
+/// way (starting, restarting, not ready, status just changed).
 const TICK: Duration = Duration::from_millis(200);
+/// How often a settled pod's containers are looked at (every container
+/// running and its status unchanged since the last pass): as the kubelet's
+/// PLEG relists, once a second. A probe's verdict wakes the worker at once.
+const SETTLED_TICK: Duration = Duration::from_secs(1);
 /// Setup steps that failed are retried after this long.
 const SETUP_RETRY: Duration = Duration::from_secs(2);
 /// A container that ran this long has its back-off forgotten.
@@ -313,7 +318,13 @@ async fn work(mut worker: Worker, mut updates: watch::Receiver<Update>) {
             }
         }
         worker.step().await;
-        worker.report().await;
+        let wrote = worker.report().await;
+        let tick = if !wrote && worker.settled() {
+            SETTLED_TICK
+        } else {
+            TICK
+        };
+        let mut probes = worker.probe_results();
         tokio::select! {
             changed = updates.changed() => {
                 if changed.is_err() {
@@ -321,7 +332,8 @@ async fn work(mut worker: Worker, mut updates: watch::Receiver<Update>) {
                     return;
                 }
             }
-            _ = tokio::time::sleep(TICK) => {}
+            () = probe_changed(&mut probes) => {}
+            _ = tokio::time::sleep(tick) => {}
         }
     }
 }
@@ -689,16 +701,48 @@ impl Worker {
         }
     }
 
-    /// Writes the status when it changed.
-    async fn report(&mut self) {
+    /// Is nothing under way: every container running (or the pod over),
+    /// so that the next look can wait [`SETTLED_TICK`]?
+    fn settled(&self) -> bool {
+        match self.stage {
+            Stage::Ended { .. } => true,
+            Stage::Running => {
+                self.containers.iter().all(|c| c.running())
+                    && self
+                        .init
+                        .iter()
+                        .all(|c| c.kind != Kind::Sidecar || c.running())
+            }
+            _ => false,
+        }
+    }
+
+    /// The results of every running probe, to wake on a new verdict.
+    fn probe_results(&self) -> Vec<watch::Receiver<probe::State>> {
+        self.init
+            .iter()
+            .chain(self.containers.iter())
+            .filter_map(|c| c.probes.as_ref())
+            .flat_map(|p| [&p.liveness, &p.readiness, &p.startup])
+            .flatten()
+            .map(|handle| {
+                let mut results = handle.results();
+                results.mark_unchanged();
+                results
+            })
+            .collect()
+    }
+
+    /// Writes the status when it changed; says whether it did.
+    async fn report(&mut self) -> bool {
         let view = self.view();
         // A pod this agent found ended keeps the status it ended with.
         if let Stage::Ended { found: true, .. } = self.stage {
-            return;
+            return false;
         }
         let status = status::pod_status(&view, &now());
         if self.last_status.as_ref() == Some(&status) {
-            return;
+            return false;
         }
         let api: Api<Pod> = Api::namespaced(self.shared.client.clone(), &self.namespace);
         let patch = json!({"status": status});
@@ -721,6 +765,21 @@ impl Worker {
             Err(kube::Error::Api(e)) if e.code == 404 => {}
             Err(e) => tracing::warn!(error = %e, "cannot write the pod status"),
         }
+        true
+    }
+}
+
+/// Resolves when any of `results` changes (never when there is none).
+async fn probe_changed(results: &mut [watch::Receiver<probe::State>]) {
+    if results.is_empty() {
+        return std::future::pending().await;
+    }
+    let changes = results.iter_mut().map(|r| Box::pin(r.changed()));
+    let (changed, _, _) = futures::future::select_all(changes).await;
+    if changed.is_err() {
+        // A probe that stopped: its container is going away; the tick
+        // looks again.
+        std::future::pending::<()>().await;
     }
 }
 

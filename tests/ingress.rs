@@ -563,8 +563,9 @@ spec:
     // Plain HTTP for a TLS host is sent to HTTPS.
     let answer = ingress.curl("http://example.com/api/x", &[]);
     assert_eq!(answer.code, 308, "{answer:?}");
-    assert!(
-        answer.location.starts_with("https://example.com/api/x"),
+    assert_eq!(
+        answer.location,
+        format!("https://example.com:{}/api/x", ingress.https),
         "{answer:?}"
     );
     // The Secret replaced: the new certificate is served within 2 s.

@@ -42,11 +42,11 @@ pub fn join(parts: &[&str]) -> String {
     text
 }
 
-/// Buckets for request latencies in seconds, as Kubernetes' apiserver
-/// uses them: 5 ms to 60 s.
-pub const LATENCY_BUCKETS: [f64; 20] = [
-    0.005, 0.01, 0.025, 0.05, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4, 0.45, 0.5, 0.6, 0.7, 0.8, 0.9,
-    1.0, 2.5, 60.0,
+/// Buckets for request latencies in seconds, as kube-apiserver's
+/// `apiserver_request_duration_seconds`: 5 ms to 60 s.
+pub const LATENCY_BUCKETS: [f64; 23] = [
+    0.005, 0.025, 0.05, 0.1, 0.2, 0.4, 0.6, 0.8, 1.0, 1.25, 1.5, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0,
+    10.0, 15.0, 20.0, 30.0, 45.0, 60.0,
 ];
 
 /// Serves `GET /metrics` (and `/healthz`) over plain HTTP/1.1 on

@@ -90,7 +90,11 @@ pub async fn run(
         Some(_) => Some(certificates.server_config().map_err(Error::Certificate)?),
         None => None,
     };
-    let router = Arc::new(server::Router::new(https.is_some(), metrics));
+    let https_port = match &https {
+        Some(listener) => listener.local_addr().ok().map(|a| a.port()),
+        None => None,
+    };
+    let router = Arc::new(server::Router::new(https_port, metrics));
     let mut tasks = Vec::new();
     if let Some(listener) = http {
         tracing::info!(address = ?settings.http, "ingress serving HTTP");

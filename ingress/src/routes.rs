@@ -57,8 +57,9 @@ pub struct Backend {
     pub endpoints: Vec<SocketAddr>,
     /// `shoal.io/rewrite-target` of the Ingress.
     pub rewrite_target: Option<String>,
-    /// Plain HTTP for this host goes to HTTPS instead.
-    pub ssl_redirect: bool,
+    /// `shoal.io/ssl-redirect` of the Ingress; without it plain HTTP goes
+    /// to HTTPS for the hosts that have a certificate ([`Table::tls_covers`]).
+    pub ssl_redirect: Option<bool>,
 }
 
 /// One rule path of one host.
@@ -194,14 +195,8 @@ fn add_ingress(table: &mut Table, ingress: &Ingress, endpoints: &Endpoints<'_>) 
     let Some(spec) = &ingress.spec else {
         return;
     };
-    let tls_hosts: Vec<String> = spec
-        .tls
-        .iter()
-        .flatten()
-        .flat_map(|t| t.hosts.clone().unwrap_or_default())
-        .collect();
     let redirect_annotation = annotations.get(SSL_REDIRECT).map(|v| v == "true");
-    let backend = |b: &IngressBackend, host: Option<&str>| -> Option<Arc<Backend>> {
+    let backend = |b: &IngressBackend| -> Option<Arc<Backend>> {
         let service = b.service.as_ref()?;
         let port = service.port.as_ref()?;
         let port_name = match (&port.number, &port.name) {
@@ -209,7 +204,6 @@ fn add_ingress(table: &mut Table, ingress: &Ingress, endpoints: &Endpoints<'_>) 
             (None, Some(name)) => name.clone(),
             (None, None) => return None,
         };
-        let has_tls = host.is_some_and(|h| tls_hosts.iter().any(|t| t == h));
         Some(Arc::new(Backend {
             ingress: name.clone(),
             namespace: namespace.clone(),
@@ -217,11 +211,11 @@ fn add_ingress(table: &mut Table, ingress: &Ingress, endpoints: &Endpoints<'_>) 
             endpoints: endpoints.ready(&namespace, &service.name, &port_name),
             port: port_name,
             rewrite_target: annotations.get(REWRITE_TARGET).cloned(),
-            ssl_redirect: redirect_annotation.unwrap_or(has_tls),
+            ssl_redirect: redirect_annotation,
         }))
     };
     if table.default.is_none() {
-        table.default = spec.default_backend.as_ref().and_then(|b| backend(b, None));
+        table.default = spec.default_backend.as_ref().and_then(backend);
     }
     for rule in spec.rules.iter().flatten() {
         let host = rule.host.as_deref().map(str::to_ascii_lowercase);
@@ -245,7 +239,7 @@ fn add_ingress(table: &mut Table, ingress: &Ingress, endpoints: &Endpoints<'_>) 
             if routes.iter().any(|r| r.kind == kind && r.path == path) {
                 continue;
             }
-            let Some(backend) = backend(&rule_path.backend, host.as_deref()) else {
+            let Some(backend) = backend(&rule_path.backend) else {
                 continue;
             };
             routes.push(Route {
@@ -306,10 +300,8 @@ impl Table {
         if let Some(routes) = self.exact.get(host) {
             return routes;
         }
-        if let Some((_, parent)) = host.split_once('.') {
-            if let Some(routes) = self.wildcard.get(parent) {
-                return routes;
-            }
+        if let Some(routes) = parent(host).and_then(|p| self.wildcard.get(p)) {
+            return routes;
         }
         &self.any
     }
@@ -318,9 +310,17 @@ impl Table {
     pub fn has_host(&self, host: &str) -> bool {
         let host = normalize_host(host);
         self.exact.contains_key(&host)
-            || host
-                .split_once('.')
-                .is_some_and(|(_, parent)| self.wildcard.contains_key(parent))
+            || parent(&host).is_some_and(|p| self.wildcard.contains_key(p))
+    }
+
+    /// Does a `spec.tls` entry name `host` (exactly or by a `*.` wildcard)?
+    /// Plain HTTP for such a host is redirected to HTTPS by default.
+    pub fn tls_covers(&self, host: &str) -> bool {
+        let host = normalize_host(host);
+        let wildcard = parent(&host).map(|p| format!("*.{p}"));
+        self.tls
+            .iter()
+            .any(|t| t.host == host || Some(&t.host) == wildcard.as_ref())
     }
 
     /// Where a request for `host` (the Host header, a port allowed) and
@@ -362,6 +362,15 @@ fn rewrite(route: &Route, path: &str) -> String {
         (_, true) => target.clone(),
         (true, false) => format!("{target}{rest}"),
         (false, false) => format!("{target}/{rest}"),
+    }
+}
+
+/// What a `*.` wildcard of `host` names: all but its first label (which
+/// must not be empty).
+fn parent(host: &str) -> Option<&str> {
+    match host.split_once('.') {
+        Some((first, rest)) if !first.is_empty() && !rest.is_empty() => Some(rest),
+        _ => None,
     }
 }
 
@@ -662,6 +671,7 @@ mod tests {
         assert_eq!(goes(&table, "admin.example.com", "/"), "admin-service /");
         assert_eq!(goes(&table, "a.b.example.com", "/"), "fallback /");
         assert_eq!(goes(&table, "example.com", "/"), "fallback /");
+        assert_eq!(goes(&table, ".example.com", "/"), "fallback /");
         assert!(table.has_host("shop.example.com") && !table.has_host("example.com"));
     }
 
@@ -781,12 +791,15 @@ mod tests {
                 .collect::<Vec<_>>(),
             ["example.com example-tls", "* catch-all"]
         );
-        let redirect = |host: &str| match table.route(host, "/api") {
-            Decision::Backend { backend, .. } => backend.ssl_redirect,
-            Decision::NotFound => false,
+        assert!(table.tls_covers("Example.com:80"));
+        assert!(!table.tls_covers("admin.example.com"));
+        let Decision::Backend { backend, .. } = table.route("example.com", "/api") else {
+            panic!("routed");
         };
-        assert!(redirect("example.com"));
-        assert!(!redirect("admin.example.com"));
+        assert_eq!(
+            backend.ssl_redirect, None,
+            "no annotation: by the certificate"
+        );
     }
 
     #[test]

@@ -44,8 +44,8 @@ type Body = BoxBody<Bytes, hyper::Error>;
 pub struct Router {
     table: RwLock<Arc<Table>>,
     next: AtomicUsize,
-    /// Is HTTPS served (else no redirects to it)?
-    https: bool,
+    /// The HTTPS port, when HTTPS is served (else no redirects to it).
+    https: Option<u16>,
     /// Keep-alive connections to the endpoints, as ingress-nginx's
     /// upstream keepalive.
     client: Client<HttpConnector, Body>,
@@ -53,7 +53,7 @@ pub struct Router {
 }
 
 impl Router {
-    pub fn new(https: bool, metrics: Arc<Metrics>) -> Router {
+    pub fn new(https: Option<u16>, metrics: Arc<Metrics>) -> Router {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
@@ -183,9 +183,19 @@ async fn handle(
     };
     let (response, upstream) = match decision {
         Decision::NotFound => (text(StatusCode::NOT_FOUND, "404 page not found\n"), None),
-        Decision::Backend { backend, .. } if !tls && router.https && backend.ssl_redirect => {
+        Decision::Backend { backend, .. }
+            if !tls
+                && router.https.is_some()
+                && backend
+                    .ssl_redirect
+                    .unwrap_or_else(|| table.tls_covers(&host)) =>
+        {
+            let port = match router.https {
+                Some(443) | None => String::new(),
+                Some(port) => format!(":{port}"),
+            };
             let location = format!(
-                "https://{}{}",
+                "https://{}{port}{}",
                 normalize_host(&host),
                 request
                     .uri()
@@ -245,17 +255,42 @@ async fn handle(
     response
 }
 
-/// Headers that belong to one connection and are not passed on.
-const HOP_BY_HOP: [&str; 8] = [
+/// Headers that belong to one connection and are not passed on (with
+/// those the `Connection` header names).
+const HOP_BY_HOP: [&str; 9] = [
     "connection",
     "keep-alive",
     "proxy-authenticate",
     "proxy-authorization",
+    "proxy-connection",
     "te",
     "trailer",
     "transfer-encoding",
     "upgrade",
 ];
+
+/// Removes the hop-by-hop headers (RFC 9110 7.6.1); an upgrade keeps
+/// `Connection` and `Upgrade`.
+fn strip_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|token| HeaderName::from_bytes(token.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        if !(upgrade && name == header::UPGRADE) {
+            headers.remove(&name);
+        }
+    }
+    for name in HOP_BY_HOP {
+        if upgrade && (name == "connection" || name == "upgrade") {
+            continue;
+        }
+        headers.remove(name);
+    }
+}
 
 fn is_upgrade(headers: &HeaderMap) -> bool {
     headers.contains_key(header::UPGRADE)
@@ -278,18 +313,16 @@ fn upstream_headers(
     host: &str,
     upgrade: bool,
 ) -> HeaderMap {
-    let mut out = HeaderMap::with_capacity(headers.len() + 4);
-    for (name, value) in headers {
-        let hop = HOP_BY_HOP.contains(&name.as_str());
-        if !hop || (upgrade && (name == header::UPGRADE || name == header::CONNECTION)) {
-            out.append(name.clone(), value.clone());
-        }
-    }
+    let mut out = headers.clone();
+    strip_hop_by_hop(&mut out, upgrade);
     let client = peer.ip().to_string();
-    let forwarded_for = match headers.get("x-forwarded-for").and_then(|v| v.to_str().ok()) {
-        Some(earlier) => format!("{earlier}, {client}"),
-        None => client.clone(),
-    };
+    let mut forwarded_for: Vec<&str> = headers
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .collect();
+    forwarded_for.push(&client);
+    let forwarded_for = forwarded_for.join(", ");
     let set = |out: &mut HeaderMap, name: &'static str, value: &str| {
         if let Ok(value) = HeaderValue::from_str(value) {
             out.insert(HeaderName::from_static(name), value);
@@ -317,14 +350,10 @@ struct Upstream<'a> {
 }
 
 /// Does the request carry no body (so that it can be sent again to
-/// another endpoint when the first refuses the connection)?
+/// another endpoint when the first refuses the connection)? Known from
+/// the framing itself: HTTP/2 bodies need no length header.
 fn bodiless(request: &Request<Incoming>) -> bool {
-    let length = request
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    !request.headers().contains_key(header::TRANSFER_ENCODING) && length.unwrap_or(0) == 0
+    hyper::body::Body::is_end_stream(request.body())
 }
 
 fn empty() -> Body {
@@ -396,11 +425,7 @@ async fn forward(
                 let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
             });
         }
-        _ => {
-            for name in HOP_BY_HOP {
-                response.headers_mut().remove(name);
-            }
-        }
+        _ => strip_hop_by_hop(response.headers_mut(), false),
     }
     let (parts, body) = response.into_parts();
     Ok((Response::from_parts(parts, body.boxed()), endpoint))

@@ -114,6 +114,22 @@ impl Metrics {
     }
 }
 
+/// A write in flight: the pending gauge is raised while it lives.
+pub(crate) struct Pending(Gauge);
+
+impl Pending {
+    pub(crate) fn start(gauge: Gauge) -> Pending {
+        gauge.inc();
+        Pending(gauge)
+    }
+}
+
+impl Drop for Pending {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// An index as a gauge value.
 pub(crate) fn index_value(index: u64) -> i64 {
     i64::try_from(index).unwrap_or(i64::MAX)

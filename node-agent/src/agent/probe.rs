@@ -766,6 +766,12 @@ impl ProbeHandle {
     pub fn state(&self) -> State {
         self.results.borrow().clone()
     }
+
+    /// The current result, marked seen: [`ProbeHandle::results`] taken
+    /// afterwards changes only with a newer one.
+    pub fn latest(&mut self) -> State {
+        self.results.borrow_and_update().clone()
+    }
 }
 
 impl Drop for ProbeHandle {

@@ -97,9 +97,10 @@ impl Node {
     /// Replicates a command and returns what applying it answered.
     pub async fn write(self: &Arc<Self>, req: Request) -> Result<Response, Status> {
         let metrics = &self.shared.metrics;
-        metrics.pending.inc();
+        // Counted as pending until it ends, or until its client gives up
+        // (the future dropped).
+        let _pending = crate::metrics::Pending::start(metrics.pending.clone());
         let result = self.batched(Stage::Forward, req).await;
-        metrics.pending.dec();
         if result.is_err() {
             metrics.failed.inc();
         }

@@ -717,7 +717,8 @@ impl Worker {
         }
     }
 
-    /// The results of every running probe, to wake on a new verdict.
+    /// The results of every probe still running, each changing only with a
+    /// verdict newer than the one the last pass read, to wake on it.
     fn probe_results(&self) -> Vec<watch::Receiver<probe::State>> {
         self.init
             .iter()
@@ -725,11 +726,10 @@ impl Worker {
             .filter_map(|c| c.probes.as_ref())
             .flat_map(|p| [&p.liveness, &p.readiness, &p.startup])
             .flatten()
-            .map(|handle| {
-                let mut results = handle.results();
-                results.mark_unchanged();
-                results
-            })
+            .map(probe::ProbeHandle::results)
+            // A prober that stopped (a startup verdict, a liveness
+            // failure) says nothing more.
+            .filter(|results| results.has_changed().is_ok())
             .collect()
     }
 
@@ -769,18 +769,19 @@ impl Worker {
     }
 }
 
-/// Resolves when any of `results` changes (never when there is none).
-async fn probe_changed(results: &mut [watch::Receiver<probe::State>]) {
-    if results.is_empty() {
-        return std::future::pending().await;
+/// Resolves when any of `results` changes (never when there is none, or
+/// once every prober stopped).
+async fn probe_changed(results: &mut Vec<watch::Receiver<probe::State>>) {
+    while !results.is_empty() {
+        let changes = results.iter_mut().map(|r| Box::pin(r.changed()));
+        let (changed, index, _) = futures::future::select_all(changes).await;
+        if changed.is_ok() {
+            return;
+        }
+        // That prober stopped; the others may still speak.
+        results.swap_remove(index);
     }
-    let changes = results.iter_mut().map(|r| Box::pin(r.changed()));
-    let (changed, _, _) = futures::future::select_all(changes).await;
-    if changed.is_err() {
-        // A probe that stopped: its container is going away; the tick
-        // looks again.
-        std::future::pending::<()>().await;
-    }
+    std::future::pending::<()>().await;
 }
 
 fn now_string() -> String {

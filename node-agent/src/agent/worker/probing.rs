@@ -32,8 +32,8 @@ impl Worker {
                     }
                 }
             };
-            if let Some(startup) = &probes.startup {
-                let state = startup.results().borrow().clone();
+            if let Some(startup) = &mut probes.startup {
+                let state = startup.latest();
                 report(&state, &mut probes.seen_failures.2);
                 match state.health {
                     probe::Health::Success => ctr.started = true,
@@ -41,17 +41,17 @@ impl Worker {
                     probe::Health::Unknown => {}
                 }
             }
-            if let Some(liveness) = &probes.liveness {
-                let state = liveness.results().borrow().clone();
+            if let Some(liveness) = &mut probes.liveness {
+                let state = liveness.latest();
                 report(&state, &mut probes.seen_failures.0);
                 if ctr.started && state.health == probe::Health::Failure {
                     restart_reason = Some("failed liveness probe");
                 }
             }
             if ctr.started {
-                ctr.ready = match &probes.readiness {
+                ctr.ready = match &mut probes.readiness {
                     Some(readiness) => {
-                        let state = readiness.results().borrow().clone();
+                        let state = readiness.latest();
                         report(&state, &mut probes.seen_failures.1);
                         state.health == probe::Health::Success
                     }

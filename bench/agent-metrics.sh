@@ -44,28 +44,20 @@ command -v "$KUBECTL" >/dev/null || { log "kubectl is needed ($KUBECTL)"; exit 1
 TMP=$(mktemp -d)
 UP_PID=
 AGENT_PID=
-stop_agent() {
-  [ -n "$AGENT_PID" ] || return 0
-  kill -TERM "$AGENT_PID" 2>/dev/null || true
+# SIGTERM to process $1 (the agent stops its pods, `shoal up` its
+# components), SIGKILL if it is still there after 90 s.
+stop_pid() {
+  [ -n "$1" ] || return 0
+  kill -TERM "$1" 2>/dev/null || true
   for _ in $(seq 1 900); do
-    kill -0 "$AGENT_PID" 2>/dev/null || break
+    kill -0 "$1" 2>/dev/null || break
     sleep 0.1
   done
-  kill -KILL "$AGENT_PID" 2>/dev/null || true
-  wait "$AGENT_PID" 2>/dev/null || true
-  AGENT_PID=
+  kill -KILL "$1" 2>/dev/null || true
+  wait "$1" 2>/dev/null || true
 }
-stop_up() {
-  [ -n "$UP_PID" ] || return 0
-  kill -TERM "$UP_PID" 2>/dev/null || true
-  for _ in $(seq 1 900); do
-    kill -0 "$UP_PID" 2>/dev/null || break
-    sleep 0.1
-  done
-  kill -KILL "$UP_PID" 2>/dev/null || true
-  wait "$UP_PID" 2>/dev/null || true
-  UP_PID=
-}
+stop_agent() { stop_pid "$AGENT_PID"; AGENT_PID=; }
+stop_up() { stop_pid "$UP_PID"; UP_PID=; }
 cleanup() {
   stop_agent
   stop_up

@@ -3,9 +3,12 @@
 //! hosts, two paths), Prefix and Exact paths, a wildcard host, the default
 //! backend, 404 and 503, `kubectl get ingress`, HTTPS with certificates
 //! from Secrets chosen by SNI and replaced live, HTTP/2, the redirect to
-//! HTTPS, a WebSocket echoed through the ingress, its request counters on
-//! the agent's `/metrics`, and routing that follows changes within a
-//! second. Needs root
+//! HTTPS, events for missing and broken Secrets and bad annotations, the
+//! body-size and read-timeout annotations, a WebSocket echoed through the
+//! ingress, its request counters on the agent's `/metrics`, and routing
+//! that follows changes within a second; and on two nodes, the
+//! LoadBalancer Service `kube-system/shoal-ingress` at a pool address
+//! reaching pods on both. Needs root
 //! (real pods); runs with the other real-pod suites, one at a time.
 
 // Test code: a failed step is a failed test.
@@ -19,6 +22,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use support::kube::{eventually, ShoalUp};
+use support::nodes;
 
 /// Each backend answers every request with its Service's name, its pod,
 /// and what it was sent: path, Host, X-Forwarded-For and -Proto.
@@ -31,7 +35,7 @@ data:
   echo.sh: |
     #!/bin/sh
     read -r method path version
-    host=; xff=; proto=
+    host=; xff=; proto=; length=
     while read -r line; do
       line=$(printf '%s' "$line" | tr -d '\r')
       [ -z "$line" ] && break
@@ -39,8 +43,11 @@ data:
         [Hh]ost:*) host=${line#*: } ;;
         [Xx]-[Ff]orwarded-[Ff]or:*) xff=${line#*: } ;;
         [Xx]-[Ff]orwarded-[Pp]roto:*) proto=${line#*: } ;;
+        [Cc]ontent-[Ll]ength:*) length=${line#*: } ;;
       esac
     done
+    [ -n "$length" ] && head -c "$length" >/dev/null
+    case "$path" in */slow*) sleep 3 ;; esac
     body="$NAME $HOSTNAME $path host=$host xff=$xff proto=$proto"
     printf 'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %s\r\nConnection: close\r\n\r\n%s\n' $((${#body} + 1)) "$body"
 "#;
@@ -626,5 +633,252 @@ spec:
     );
     assert!(ingress
         .get("https://example.com/api", &["--cacert", &new_crt])
-        .starts_with("api-service "));
+        .starts_with("api-service ")); // Told as events on the Ingress, once each: the broken Secret, then a
+                                       // missing one.
+    let events = |reason: &str| {
+        up.ok(&[
+            "get",
+            "events",
+            "--field-selector",
+            &format!("involvedObject.kind=Ingress,involvedObject.name=example,reason={reason}"),
+            "-o",
+            "jsonpath={range .items[*]}{.type} {.message}{\"\\n\"}{end}",
+        ])
+    };
+    let mut told = String::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            told = events("InvalidCertificate");
+            !told.is_empty()
+        }),
+        "no event for the broken Secret"
+    );
+    assert_eq!(
+        told.trim(),
+        "Warning secret default/broken: tls.crt holds no PEM certificate: serving the default certificate for admin.example.com"
+    );
+    up.ok(&[
+        "patch",
+        "ingress",
+        "example",
+        "--type=json",
+        "-p",
+        r#"[{"op": "replace", "path": "/spec/tls/1/secretName", "value": "nowhere"}]"#,
+    ]);
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            told = events("SecretNotFound");
+            !told.is_empty()
+        }),
+        "no event for the missing Secret"
+    );
+    assert_eq!(
+        told.trim(),
+        "Warning secret default/nowhere not found: serving the default certificate for admin.example.com"
+    );
+    let described = up.ok(&["describe", "ingress", "example"]);
+    assert!(
+        described.contains("SecretNotFound") && described.contains("InvalidCertificate"),
+        "{described}"
+    );
+    assert_eq!(events("InvalidCertificate").lines().count(), 1, "told once");
+
+    // Body size and timeouts as annotations: ingress-nginx's 1m by
+    // default, 1k and 1 s here; a bad value is told and its default kept.
+    up.apply(
+        r#"
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: limits
+  annotations:
+    shoal.io/proxy-body-size: 1k
+    shoal.io/proxy-read-timeout: "1"
+    shoal.io/proxy-send-timeout: soon
+spec:
+  rules:
+  - host: limits.test
+    http:
+      paths:
+      - path: /
+        pathType: Prefix
+        backend:
+          service: {name: api-service, port: {number: 80}}
+"#,
+    );
+    let small = dir.path().join("small");
+    std::fs::write(&small, vec![b'x'; 900]).unwrap();
+    let large = dir.path().join("large");
+    std::fs::write(&large, vec![b'x'; 2000]).unwrap();
+    let post = |file: &Path, url: &str| {
+        ingress.curl(url, &["--data-binary", &format!("@{}", file.display())])
+    };
+    assert!(
+        eventually(Duration::from_secs(10), || post(
+            &small,
+            "http://limits.test/up"
+        )
+        .code
+            == 200),
+        "{:?}",
+        post(&small, "http://limits.test/up")
+    );
+    let answer = post(&large, "http://limits.test/up");
+    assert_eq!(answer.code, 413, "{answer:?}");
+    assert!(
+        answer.body.contains("413 Request Entity Too Large"),
+        "{answer:?}"
+    );
+    let two_mib = dir.path().join("two-mib");
+    std::fs::write(&two_mib, vec![b'x'; 2 << 20]).unwrap();
+    let answer = post(&two_mib, "http://cart.shop.test/up");
+    assert_eq!(answer.code, 413, "the 1m default: {answer:?}");
+    let started = std::time::Instant::now();
+    let answer = ingress.curl("http://limits.test/slow", &[]);
+    assert_eq!(answer.code, 504, "{answer:?}");
+    assert!(
+        started.elapsed() < Duration::from_millis(2500),
+        "{:?}",
+        started.elapsed()
+    );
+    let mut told = String::new();
+    assert!(
+        eventually(Duration::from_secs(10), || {
+            told = up.ok(&[
+                "get",
+                "events",
+                "--field-selector",
+                "involvedObject.name=limits,reason=InvalidAnnotation",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ]);
+            !told.is_empty()
+        }),
+        "no event for the bad annotation"
+    );
+    assert_eq!(
+        told,
+        "shoal.io/proxy-send-timeout: \"soon\" is not a number of seconds above 0; using 60"
+    );
+}
+
+/// busybox httpd on 8080 answering its pod's name.
+const HTTPD: &str = "mkdir -p /www && hostname > /www/index.html && exec httpd -f -p 8080 -h /www";
+
+#[test]
+fn the_ingress_serves_pods_on_every_node_behind_its_load_balancer() {
+    require_root!(node::PODS_NEED_ROOT);
+    let up = nodes::cluster(2);
+    for (name, node) in [("web-1", "node-1"), ("web-2", "node-2")] {
+        nodes::pod_with(&up, name, node, &[("app", "web")], Some(8080), HTTPD);
+    }
+    up.apply(
+        r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+spec:
+  selector: {app: web}
+  ports:
+  - {port: 80, targetPort: web}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: web
+spec:
+  rules:
+  - host: lb.test
+    http:
+      paths:
+      - path: /
+        pathType: Prefix
+        backend:
+          service: {name: web, port: {number: 80}}
+"#,
+    );
+    // The Service: an address of the pool, the nodes' ports by name, no
+    // node ports; the Ingress shows its address.
+    let mut lb = String::new();
+    assert!(
+        eventually(Duration::from_secs(30), || {
+            lb = up.ok(&[
+                "get",
+                "service",
+                "-n",
+                "kube-system",
+                "shoal-ingress",
+                "-o",
+                "jsonpath={.status.loadBalancer.ingress[0].ip}",
+            ]);
+            !lb.is_empty()
+        }),
+        "{}",
+        up.ok(&["get", "service", "-A"])
+    );
+    assert!(
+        lb.starts_with("172.29.0.24") || lb.starts_with("172.29.0.25"),
+        "{lb}"
+    );
+    let row = up.ok(&[
+        "get",
+        "service",
+        "-n",
+        "kube-system",
+        "shoal-ingress",
+        "--no-headers",
+    ]);
+    let fields: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(
+        (fields[1], fields[3], fields[4]),
+        ("LoadBalancer", lb.as_str(), "80/TCP,443/TCP"),
+        "{row}"
+    );
+    let mut address = String::new();
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            address = up.ok(&[
+                "get",
+                "ingress",
+                "web",
+                "-o",
+                "jsonpath={.status.loadBalancer.ingress[*].ip}",
+            ]);
+            address == lb
+        }),
+        "the Ingress shows {address:?}, not {lb}"
+    );
+    // From the machine, through the pool address and through each node's
+    // own address: pods on both nodes answer.
+    let fetch = |address: &str| -> String {
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "5"])
+            .args(["--resolve", &format!("lb.test:80:{address}")])
+            .arg("http://lb.test/")
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let node_ips = up.ok(&[
+        "get",
+        "nodes",
+        "-o",
+        "jsonpath={.items[*].status.addresses[?(@.type==\"InternalIP\")].address}",
+    ]);
+    let mut through: Vec<&str> = vec![&lb];
+    through.extend(node_ips.split_whitespace());
+    assert_eq!(through.len(), 3, "{node_ips}");
+    for address in through {
+        let mut seen = std::collections::BTreeSet::new();
+        let both = eventually(Duration::from_secs(30), || {
+            seen.insert(fetch(address));
+            seen.contains("web-1") && seen.contains("web-2")
+        });
+        assert!(
+            both,
+            "through {address}: {seen:?}\n{}",
+            nodes::agent_log(&up, "node-1")
+        );
+    }
 }

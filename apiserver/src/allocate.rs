@@ -219,6 +219,7 @@ pub async fn on_create(
     }
 
     if kind == "NodePort" || kind == "LoadBalancer" {
+        let automatic = allocates_node_ports(object, &kind);
         let mut used = taken(api, PORTS).await?;
         let count = object
             .pointer("/spec/ports")
@@ -235,6 +236,9 @@ pub async fn on_create(
                 .get("nodePort")
                 .and_then(Value::as_i64)
                 .filter(|n| *n != 0);
+            if asked.is_none() && !automatic {
+                continue;
+            }
             let number = node_port(api.node_ports, &mut used, &protocol, asked, i)
                 .map_err(|cause| invalid(vec![cause]))?;
             let key = format!("{PORTS}{protocol}-{number}");
@@ -245,6 +249,17 @@ pub async fn on_create(
         }
     }
     Ok(allocated)
+}
+
+/// Does a Service of type `kind` get node ports it did not ask for? A
+/// LoadBalancer with `allocateLoadBalancerNodePorts: false` does not (one
+/// asked for by number is still allocated), as in Kubernetes.
+fn allocates_node_ports(object: &Value, kind: &str) -> bool {
+    kind == "NodePort"
+        || object
+            .pointer("/spec/allocateLoadBalancerNodePorts")
+            .and_then(Value::as_bool)
+            != Some(false)
 }
 
 /// The allocation keys a Service holds.
@@ -310,6 +325,7 @@ pub async fn on_update(
         .unwrap_or("ClusterIP")
         .to_string();
     let wants_ports = kind == "NodePort" || kind == "LoadBalancer";
+    let automatic = allocates_node_ports(object, &kind);
     let before: HashSet<String> = held_keys(old).into_iter().collect();
     let count = object
         .pointer("/spec/ports")
@@ -328,6 +344,7 @@ pub async fn on_update(
             .and_then(Value::as_i64)
             .filter(|n| *n != 0);
         match (wants_ports, current) {
+            (true, None) if !automatic => {}
             (false, Some(_)) => {
                 if let Some(map) = port.as_object_mut() {
                     map.remove("nodePort");

@@ -1,25 +1,38 @@
 //! Ingresses: the `shoal` IngressClass (controller `shoal.dev/ingress`,
-//! the default class), made at start and again if deleted; and the status
-//! of every Ingress of shoal's class: `status.loadBalancer.ingress` lists
-//! the addresses that serve it, the InternalIPs of the Ready nodes (every
-//! agent serves every Ingress), so that `kubectl get ingress` shows
-//! ADDRESS.
+//! the default class) and the LoadBalancer Service
+//! `kube-system/shoal-ingress` (no selector: every agent publishes its own
+//! endpoint, as k3s's ServiceLB fronts Traefik), made at start and again
+//! if deleted; and for every Ingress of shoal's class its status,
+//! `status.loadBalancer.ingress`: the Service's load-balancer address
+//! once it has one (ingress-nginx's `--publish-service`), else the
+//! InternalIPs of the Ready nodes (every agent serves every Ingress), so
+//! that `kubectl get ingress` shows ADDRESS; and Warning events for what
+//! cannot be served as asked (a missing or broken TLS Secret, an
+//! annotation that does not parse), once each.
 
-use std::sync::Arc;
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Node;
+use k8s_openapi::api::core::v1::{Node, Secret, Service};
 use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::api::{Api, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
-use kube::runtime::reflector::Store;
+use kube::runtime::reflector::{ObjectRef, Store};
 use kube::ResourceExt;
 use serde_json::{json, Value};
 use shoal_ingress::routes::{CLASS, CONTROLLER, DEFAULT_CLASS_ANNOTATION};
 
-/// How often the class's presence is checked (in the informer's cache).
+use crate::informers::Informer;
+
+/// How often the class's and the Service's presence is checked (in the
+/// informers' caches).
 const CHECK: Duration = Duration::from_secs(5);
+/// Where the Service lives.
+const NAMESPACE: &str = "kube-system";
+/// Who tells the events.
+const COMPONENT: &str = "shoal-ingress-controller";
 
 /// The `shoal` IngressClass, as `kubectl get ingressclass shoal -o yaml`
 /// shows it (k3s's `traefik` class has the same shape).
@@ -35,54 +48,143 @@ pub fn class() -> Value {
     })
 }
 
+/// The LoadBalancer Service in front of every node's Ingress controller,
+/// as `kubectl get svc -n kube-system shoal-ingress -o yaml` shows it: the
+/// target ports are named, each node's endpoint says which ports it
+/// serves on; `externalTrafficPolicy: Local` keeps the client's address
+/// (`X-Forwarded-For`) and lets the node holding the address answer; no
+/// node ports (the nodes serve ports 80 and 443 themselves).
+pub fn service() -> Value {
+    json!({
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {
+            "name": shoal_ingress::SERVICE,
+            "namespace": NAMESPACE,
+            "labels": {"app.kubernetes.io/name": shoal_ingress::SERVICE},
+        },
+        "spec": {
+            "type": "LoadBalancer",
+            "externalTrafficPolicy": "Local",
+            "allocateLoadBalancerNodePorts": false,
+            "ports": [
+                {"name": "http", "port": 80, "protocol": "TCP", "targetPort": "http"},
+                {"name": "https", "port": 443, "protocol": "TCP", "targetPort": "https"},
+            ],
+        },
+    })
+}
+
+fn is_ingress_service(service: &Service) -> bool {
+    service.metadata.namespace.as_deref() == Some(NAMESPACE)
+        && service.metadata.name.as_deref() == Some(shoal_ingress::SERVICE)
+}
+
 struct Ctx {
     client: kube::Client,
     classes: Store<IngressClass>,
     nodes: Store<Node>,
+    services: Informer<Service>,
+    secrets: Informer<Secret>,
+    /// (Ingress uid, reason, message) already told.
+    told: Mutex<HashSet<(String, &'static str, String)>>,
 }
 
 pub async fn run(client: kube::Client, settings: super::Settings) {
     let ingresses = settings.informers.get::<Ingress>(&client);
     let classes = settings.informers.get::<IngressClass>(&client);
     let nodes = settings.informers.get::<Node>(&client);
-    tokio::spawn(keep_class(
-        client.clone(),
-        settings.informers.get::<IngressClass>(&client),
-    ));
-    // Nodes coming and going, and classes changing, touch every Ingress.
+    let services = settings.informers.get::<Service>(&client);
+    let secrets = settings.informers.get::<Secret>(&client);
+    tokio::spawn(keep(client.clone(), classes.clone(), services.clone()));
+    // Nodes coming and going, classes and the Service changing touch every
+    // Ingress; a Secret the Ingresses that name it.
+    let named_by = ingresses.store();
     let controller = crate::run::over("ingress", &ingresses)
         .reconcile_all_on(nodes.touched().map(|_| ()))
-        .reconcile_all_on(classes.touched().map(|_| ()));
+        .reconcile_all_on(classes.touched().map(|_| ()))
+        .reconcile_all_on(services.touched_if(is_ingress_service).map(|_| ()))
+        .watches_stream(secrets.touched(), move |secret: Secret| {
+            let namespace = secret.metadata.namespace.clone();
+            let name = secret.metadata.name.clone().unwrap_or_default();
+            named_by
+                .state()
+                .into_iter()
+                .filter(|i| i.metadata.namespace == namespace && names_secret(i, &name))
+                .map(|i| ObjectRef::from_obj(&*i))
+                .collect::<Vec<_>>()
+        });
     let ctx = Arc::new(Ctx {
         client,
         classes: classes.store(),
         nodes: nodes.store(),
+        services,
+        secrets,
+        told: Mutex::default(),
     });
     crate::run::run_controller("ingress", controller, reconcile, ctx).await;
 }
 
-/// Makes the class when it is missing.
-async fn keep_class(client: kube::Client, classes: crate::informers::Informer<IngressClass>) {
+fn names_secret(ingress: &Ingress, secret: &str) -> bool {
+    ingress
+        .spec
+        .iter()
+        .flat_map(|s| s.tls.iter().flatten())
+        .any(|t| t.secret_name.as_deref() == Some(secret))
+}
+
+/// Makes the class and the Service when they are missing (a changed one
+/// is left as the user changed it).
+async fn keep(client: kube::Client, classes: Informer<IngressClass>, services: Informer<Service>) {
     classes.ready().await;
-    let api: Api<IngressClass> = Api::all(client);
+    services.ready().await;
+    let classes_api: Api<IngressClass> = Api::all(client.clone());
+    let services_api: Api<Service> = Api::namespaced(client, NAMESPACE);
     loop {
-        let present = classes
-            .store()
-            .state()
-            .iter()
-            .any(|c| c.name_any() == CLASS);
-        if !present {
-            match serde_json::from_value::<IngressClass>(class()) {
-                Ok(class) => match api.create(&PostParams::default(), &class).await {
-                    Ok(_) => tracing::info!(class = CLASS, "IngressClass created"),
-                    Err(kube::Error::Api(e)) if e.code == 409 => {}
-                    Err(e) => tracing::warn!(error = %e, "cannot create the IngressClass"),
-                },
-                Err(e) => tracing::error!(error = %e, "the IngressClass does not parse"),
-            }
+        if classes.get(None, CLASS).is_none() {
+            create(&classes_api, class(), "IngressClass shoal").await;
+        }
+        if services
+            .get(Some(NAMESPACE), shoal_ingress::SERVICE)
+            .is_none()
+        {
+            create(
+                &services_api,
+                service(),
+                "Service kube-system/shoal-ingress",
+            )
+            .await;
         }
         tokio::time::sleep(CHECK).await;
     }
+}
+
+async fn create<K>(api: &Api<K>, object: Value, what: &str)
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + serde::Serialize + std::fmt::Debug,
+{
+    match serde_json::from_value::<K>(object) {
+        Ok(object) => match api.create(&PostParams::default(), &object).await {
+            Ok(_) => tracing::info!("{what} created"),
+            Err(kube::Error::Api(e)) if e.code == 409 => {}
+            Err(e) => tracing::warn!(error = %e, "cannot create the {what}"),
+        },
+        Err(e) => tracing::error!(error = %e, "the {what} does not parse"),
+    }
+}
+
+/// The Service's load-balancer addresses (IPs or host names).
+fn published(service: Option<&Service>) -> Vec<Value> {
+    service
+        .and_then(|s| s.status.as_ref()?.load_balancer.as_ref()?.ingress.clone())
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|i| match (i.ip, i.hostname) {
+            (Some(ip), _) => Some(json!({"ip": ip})),
+            (None, Some(hostname)) => Some(json!({"hostname": hostname})),
+            (None, None) => None,
+        })
+        .collect()
 }
 
 /// The addresses that serve Ingresses: each Ready node's InternalIP.
@@ -116,10 +218,15 @@ async fn reconcile(ingress: Arc<Ingress>, ctx: Arc<Ctx>) -> Result<Action, kube:
     {
         return Ok(Action::await_change());
     }
-    let want: Vec<Value> = addresses(&ctx.nodes.state())
-        .into_iter()
-        .map(|ip| json!({"ip": ip}))
-        .collect();
+    warn(&ingress, &ctx).await;
+    let service = ctx.services.get(Some(NAMESPACE), shoal_ingress::SERVICE);
+    let mut want = published(service.as_deref());
+    if want.is_empty() {
+        want = addresses(&ctx.nodes.state())
+            .into_iter()
+            .map(|ip| json!({"ip": ip}))
+            .collect();
+    }
     let have = ingress
         .status
         .as_ref()
@@ -147,6 +254,39 @@ async fn reconcile(ingress: Arc<Ingress>, ctx: Arc<Ctx>) -> Result<Action, kube:
     }
 }
 
+/// Tells each warning about `ingress` once (as long as it lasts: one
+/// that went away and came back is told again).
+async fn warn(ingress: &Ingress, ctx: &Ctx) {
+    let namespace = ingress.namespace().unwrap_or_default();
+    let uid = ingress.uid().unwrap_or_default();
+    let warnings =
+        shoal_ingress::check::warnings(ingress, |name| ctx.secrets.get(Some(&namespace), name));
+    let new: Vec<_> = {
+        let mut told = ctx.told.lock().unwrap_or_else(|e| e.into_inner());
+        told.retain(|(u, reason, message)| {
+            *u != uid
+                || warnings
+                    .iter()
+                    .any(|w| w.reason == *reason && w.message == *message)
+        });
+        warnings
+            .into_iter()
+            .filter(|w| told.insert((uid.clone(), w.reason, w.message.clone())))
+            .collect()
+    };
+    for warning in new {
+        crate::events::record(
+            &ctx.client,
+            ingress,
+            "Warning",
+            warning.reason,
+            &warning.message,
+            COMPONENT,
+        )
+        .await;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -171,6 +311,32 @@ mod tests {
             node("c", "172.29.0.13", "Unknown"),
         ];
         assert_eq!(addresses(&nodes), ["172.29.0.11", "172.29.0.12"]);
+    }
+
+    #[test]
+    fn the_service_is_a_load_balancer_to_the_nodes_named_ports() {
+        let service: Service = serde_json::from_value(service()).unwrap();
+        assert!(is_ingress_service(&service));
+        let spec = service.spec.as_ref().unwrap();
+        assert_eq!(spec.type_.as_deref(), Some("LoadBalancer"));
+        assert_eq!(spec.selector, None);
+        let ports: Vec<_> = spec
+            .ports
+            .iter()
+            .flatten()
+            .map(|p| (p.port, serde_json::to_value(&p.target_port).unwrap()))
+            .collect();
+        assert_eq!(ports, [(80, json!("http")), (443, json!("https"))]);
+        assert!(published(Some(&service)).is_empty());
+        let with_address: Service = serde_json::from_value(json!({
+            "metadata": {"name": "shoal-ingress", "namespace": "kube-system"},
+            "status": {"loadBalancer": {"ingress": [{"ip": "172.29.0.241"}]}},
+        }))
+        .unwrap();
+        assert_eq!(
+            published(Some(&with_address)),
+            [json!({"ip": "172.29.0.241"})]
+        );
     }
 
     #[test]

@@ -9,12 +9,15 @@
 //!   tls      certificates by SNI from kubernetes.io/tls Secrets
 //!   server   the listeners and the proxy (X-Forwarded-*, upgrades)
 //!   metrics  requests by Ingress, Service and status, and their latency
+//!   check    what cannot be served as asked (bad Secrets, annotations),
+//!            told as events by the controllers
 //! ```
 //!
-//! [`run`] keeps the table and the certificates in step with the caches it
-//! is given: every change rebuilds both, and requests in flight finish on
-//! the table they started with.
+//! [`bind`] takes the ports; [`serve`] keeps the table and the
+//! certificates in step with the caches it is given: every change rebuilds
+//! both, and requests in flight finish on the table they started with.
 
+pub mod check;
 pub mod metrics;
 pub mod routes;
 pub mod server;
@@ -30,6 +33,11 @@ use k8s_openapi::api::networking::v1::{Ingress, IngressClass};
 use kube::runtime::reflector::Store;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
+
+/// The LoadBalancer Service in `kube-system` that makes the nodes'
+/// Ingress controllers reachable at one address (as k3s's ServiceLB does
+/// for Traefik); each agent is one of its endpoints.
+pub const SERVICE: &str = "shoal-ingress";
 
 /// Where the node serves Ingresses (`--ingress-http-port`,
 /// `--ingress-https-port`); `None` serves no such port.
@@ -65,13 +73,30 @@ pub enum Error {
 /// Changes closer together than this are applied together.
 const SETTLE: Duration = Duration::from_millis(20);
 
-/// Serves until dropped: binds the ports (an error if one is taken), then
-/// rebuilds the routing table and the certificates on every change.
-pub async fn run(
-    settings: Settings,
-    sources: Sources,
-    metrics: Arc<metrics::Metrics>,
-) -> Result<(), Error> {
+/// The node's Ingress ports, taken.
+pub struct Bound {
+    http: Option<TcpListener>,
+    https: Option<TcpListener>,
+}
+
+impl Bound {
+    /// The port plain HTTP is served on, if any.
+    pub fn http_port(&self) -> Option<u16> {
+        port_of(self.http.as_ref())
+    }
+
+    /// The port HTTPS is served on, if any.
+    pub fn https_port(&self) -> Option<u16> {
+        port_of(self.https.as_ref())
+    }
+}
+
+fn port_of(listener: Option<&TcpListener>) -> Option<u16> {
+    listener?.local_addr().ok().map(|a| a.port())
+}
+
+/// Takes the ports of `settings` (an error if one is taken).
+pub async fn bind(settings: &Settings) -> Result<Bound, Error> {
     let bind = |address: SocketAddr| async move {
         TcpListener::bind(address)
             .await
@@ -85,23 +110,31 @@ pub async fn run(
         Some(address) => Some(bind(address).await?),
         None => None,
     };
+    Ok(Bound { http, https })
+}
+
+/// Serves on `bound` until dropped, rebuilding the routing table and the
+/// certificates on every change.
+pub async fn serve(
+    bound: Bound,
+    sources: Sources,
+    metrics: Arc<metrics::Metrics>,
+) -> Result<(), Error> {
+    let https_port = bound.https_port();
+    let Bound { http, https } = bound;
     let certificates = Arc::new(tls::Certificates::new().map_err(Error::Certificate)?);
     let tls_config = match &https {
         Some(_) => Some(certificates.server_config().map_err(Error::Certificate)?),
         None => None,
     };
-    let https_port = match &https {
-        Some(listener) => listener.local_addr().ok().map(|a| a.port()),
-        None => None,
-    };
     let router = Arc::new(server::Router::new(https_port, metrics));
     let mut tasks = Vec::new();
     if let Some(listener) = http {
-        tracing::info!(address = ?settings.http, "ingress serving HTTP");
+        tracing::info!(address = ?listener.local_addr().ok(), "ingress serving HTTP");
         tasks.push(tokio::spawn(server::serve_http(listener, router.clone())));
     }
     if let (Some(listener), Some(config)) = (https, tls_config) {
-        tracing::info!(address = ?settings.https, "ingress serving HTTPS");
+        tracing::info!(address = ?listener.local_addr().ok(), "ingress serving HTTPS");
         tasks.push(tokio::spawn(server::serve_https(
             listener,
             router.clone(),

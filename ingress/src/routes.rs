@@ -18,6 +18,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
@@ -36,6 +37,102 @@ pub const REWRITE_TARGET: &str = "shoal.io/rewrite-target";
 /// `"true"`: plain HTTP requests for a host with TLS are redirected to
 /// HTTPS (308), as ingress-nginx's `ssl-redirect` (default on for TLS hosts).
 pub const SSL_REDIRECT: &str = "shoal.io/ssl-redirect";
+
+/// The largest request body passed on (nginx's size syntax: `8m`, `512k`,
+/// `1g`, bytes; `0` for no limit), as ingress-nginx's `proxy-body-size`;
+/// larger ones get 413.
+pub const PROXY_BODY_SIZE: &str = "shoal.io/proxy-body-size";
+/// Seconds to connect to an endpoint before the next one is tried.
+pub const PROXY_CONNECT_TIMEOUT: &str = "shoal.io/proxy-connect-timeout";
+/// Seconds to wait for the backend's answer, and between two reads of
+/// its body (504 when the answer does not begin in time).
+pub const PROXY_READ_TIMEOUT: &str = "shoal.io/proxy-read-timeout";
+/// Seconds between two reads of the client's body while it is sent on.
+pub const PROXY_SEND_TIMEOUT: &str = "shoal.io/proxy-send-timeout";
+
+/// What one Ingress allows its requests, from its annotations;
+/// ingress-nginx's defaults otherwise.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// `None`: no limit.
+    pub body_size: Option<u64>,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub send_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            body_size: Some(1024 * 1024),
+            connect_timeout: Duration::from_secs(5),
+            read_timeout: Duration::from_secs(60),
+            send_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+impl Limits {
+    /// The limits `annotations` set, and a message for each one that does
+    /// not parse (that one keeps its default).
+    pub fn from_annotations(annotations: &BTreeMap<String, String>) -> (Limits, Vec<String>) {
+        let mut limits = Limits::default();
+        let mut problems = Vec::new();
+        if let Some(value) = annotations.get(PROXY_BODY_SIZE) {
+            match parse_size(value) {
+                Some(0) => limits.body_size = None,
+                Some(size) => limits.body_size = Some(size),
+                None => problems.push(format!(
+                    "{PROXY_BODY_SIZE}: {value:?} is not a size (e.g. 8m, 512k, 1g, 0 for no limit); using 1m"
+                )),
+            }
+        }
+        for (name, slot) in [
+            (PROXY_CONNECT_TIMEOUT, &mut limits.connect_timeout),
+            (PROXY_READ_TIMEOUT, &mut limits.read_timeout),
+            (PROXY_SEND_TIMEOUT, &mut limits.send_timeout),
+        ] {
+            let Some(value) = annotations.get(name) else {
+                continue;
+            };
+            match parse_seconds(value) {
+                Some(seconds) => *slot = seconds,
+                None => problems.push(format!(
+                    "{name}: {value:?} is not a number of seconds above 0; using {}",
+                    slot.as_secs()
+                )),
+            }
+        }
+        (limits, problems)
+    }
+}
+
+/// nginx's size syntax: digits with an optional `k`, `m` or `g` (either
+/// case), in bytes.
+fn parse_size(value: &str) -> Option<u64> {
+    let value = value.trim();
+    let (digits, unit) = match value.char_indices().last()? {
+        (i, 'k' | 'K') => (&value[..i], 1024),
+        (i, 'm' | 'M') => (&value[..i], 1024 * 1024),
+        (i, 'g' | 'G') => (&value[..i], 1024 * 1024 * 1024),
+        _ => (value, 1),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse::<u64>().ok()?.checked_mul(unit)
+}
+
+/// Whole seconds above 0, written `60` or `60s`.
+fn parse_seconds(value: &str) -> Option<Duration> {
+    let value = value.trim();
+    let digits = value.strip_suffix('s').unwrap_or(value);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let seconds = digits.parse::<u64>().ok()?;
+    (seconds > 0).then(|| Duration::from_secs(seconds))
+}
 
 /// How a rule's path matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,6 +157,8 @@ pub struct Backend {
     /// `shoal.io/ssl-redirect` of the Ingress; without it plain HTTP goes
     /// to HTTPS for the hosts that have a certificate ([`Table::tls_covers`]).
     pub ssl_redirect: Option<bool>,
+    /// Body size and timeouts from the Ingress's annotations.
+    pub limits: Limits,
 }
 
 /// One rule path of one host.
@@ -196,6 +295,7 @@ fn add_ingress(table: &mut Table, ingress: &Ingress, endpoints: &Endpoints<'_>) 
         return;
     };
     let redirect_annotation = annotations.get(SSL_REDIRECT).map(|v| v == "true");
+    let (limits, _) = Limits::from_annotations(&annotations);
     let backend = |b: &IngressBackend| -> Option<Arc<Backend>> {
         let service = b.service.as_ref()?;
         let port = service.port.as_ref()?;
@@ -212,6 +312,7 @@ fn add_ingress(table: &mut Table, ingress: &Ingress, endpoints: &Endpoints<'_>) 
             port: port_name,
             rewrite_target: annotations.get(REWRITE_TARGET).cloned(),
             ssl_redirect: redirect_annotation,
+            limits,
         }))
     };
     if table.default.is_none() {
@@ -807,5 +908,55 @@ mod tests {
         assert_eq!(normalize_host("Example.COM:443"), "example.com");
         assert_eq!(normalize_host("example.com."), "example.com");
         assert_eq!(normalize_host("[::1]:80"), "[::1]");
+    }
+
+    #[test]
+    fn limits_from_annotations_as_ingress_nginx_reads_them() {
+        let annotations = |pairs: &[(&str, &str)]| -> BTreeMap<String, String> {
+            pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        };
+        let (limits, problems) = Limits::from_annotations(&annotations(&[]));
+        assert_eq!(limits, Limits::default());
+        assert_eq!(limits.body_size, Some(1 << 20));
+        assert!(problems.is_empty());
+        for (value, size) in [
+            ("8m", Some(8 << 20)),
+            ("512k", Some(512 << 10)),
+            ("2G", Some(2 << 30)),
+            ("100", Some(100)),
+            ("0", None),
+        ] {
+            let (limits, problems) =
+                Limits::from_annotations(&annotations(&[(PROXY_BODY_SIZE, value)]));
+            assert_eq!(limits.body_size, size, "{value}");
+            assert!(problems.is_empty());
+        }
+        let (limits, problems) = Limits::from_annotations(&annotations(&[
+            (PROXY_CONNECT_TIMEOUT, "2"),
+            (PROXY_READ_TIMEOUT, "1s"),
+            (PROXY_SEND_TIMEOUT, "120"),
+        ]));
+        assert_eq!(limits.connect_timeout, Duration::from_secs(2));
+        assert_eq!(limits.read_timeout, Duration::from_secs(1));
+        assert_eq!(limits.send_timeout, Duration::from_secs(120));
+        assert!(problems.is_empty());
+        // What does not parse keeps the default, and says so.
+        let (limits, problems) = Limits::from_annotations(&annotations(&[
+            (PROXY_BODY_SIZE, "lots"),
+            (PROXY_READ_TIMEOUT, "0"),
+            (PROXY_SEND_TIMEOUT, "-1"),
+            (PROXY_CONNECT_TIMEOUT, "1.5"),
+        ]));
+        assert_eq!(limits, Limits::default());
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems[0].starts_with("shoal.io/proxy-body-size: \"lots\" is not a size"));
+        assert_eq!(
+            parse_size("99999999999999999999g"),
+            None,
+            "overflow is no size"
+        );
     }
 }

@@ -6,22 +6,28 @@
 //!         ─▶ Table::route(Host, path)
 //!              NotFound ─▶ 404      no endpoints ─▶ 503
 //!              ssl-redirect on :80 ─▶ 308 https://host/path
+//!         ─▶ body above the Ingress's proxy-body-size ─▶ 413
 //!         ─▶ endpoint (round robin, keep-alive connections pooled; refused
-//!            ─▶ the next one for requests without a body; none left ─▶ 502)
+//!            ─▶ the next one for requests without a body; none left ─▶ 502;
+//!            no answer within proxy-read-timeout ─▶ 504)
 //!         ─▶ request with X-Forwarded-For/-Proto/-Host, X-Real-IP;
 //!            WebSocket upgrades spliced both ways once the backend says 101
 //! ```
 
+use std::collections::HashMap;
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, RwLock};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::combinators::BoxBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Incoming;
+use hyper::body::{Frame, Incoming, SizeHint};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -31,13 +37,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 
 use crate::metrics::Metrics;
-use crate::routes::{normalize_host, Decision, Table};
+use crate::routes::{normalize_host, Decision, Limits, Table};
 
-/// How long connecting to an endpoint may take before the next one is
-/// tried (ingress-nginx's `proxy-connect-timeout`: 5 s).
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-
-type Body = BoxBody<Bytes, hyper::Error>;
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Body = BoxBody<Bytes, BoxError>;
 
 /// What every connection reads: the routing table (replaced whole on each
 /// change), the round-robin counter, the pool of connections to backends.
@@ -47,27 +50,37 @@ pub struct Router {
     /// The HTTPS port, when HTTPS is served (else no redirects to it).
     https: Option<u16>,
     /// Keep-alive connections to the endpoints, as ingress-nginx's
-    /// upstream keepalive.
-    client: Client<HttpConnector, Body>,
+    /// upstream keepalive; one pool per connect timeout in use.
+    clients: Mutex<HashMap<Duration, Client<HttpConnector, Body>>>,
     metrics: Arc<Metrics>,
 }
 
 impl Router {
     pub fn new(https: Option<u16>, metrics: Arc<Metrics>) -> Router {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(CONNECT_TIMEOUT));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(60))
-            .pool_max_idle_per_host(256)
-            .build(connector);
         Router {
             table: RwLock::new(Arc::new(Table::default())),
             next: AtomicUsize::new(0),
             https,
-            client,
+            clients: Mutex::default(),
             metrics,
         }
+    }
+
+    /// The pool whose connections give up connecting after `connect`.
+    fn client(&self, connect: Duration) -> Client<HttpConnector, Body> {
+        let mut clients = self.clients.lock().unwrap_or_else(|e| e.into_inner());
+        clients
+            .entry(connect)
+            .or_insert_with(|| {
+                let mut connector = HttpConnector::new();
+                connector.set_nodelay(true);
+                connector.set_connect_timeout(Some(connect));
+                Client::builder(TokioExecutor::new())
+                    .pool_idle_timeout(Duration::from_secs(60))
+                    .pool_max_idle_per_host(256)
+                    .build(connector)
+            })
+            .clone()
     }
 
     pub fn set(&self, table: Table) {
@@ -154,6 +167,128 @@ fn full(bytes: Bytes) -> Body {
     Full::new(bytes).map_err(|never| match never {}).boxed()
 }
 
+/// nginx's answers to what the proxy refuses or gives up on.
+fn error_response(status: StatusCode) -> Response<Body> {
+    match status {
+        StatusCode::BAD_REQUEST => text(status, "400 Bad Request\n"),
+        StatusCode::REQUEST_TIMEOUT => text(status, "408 Request Time-out\n"),
+        StatusCode::PAYLOAD_TOO_LARGE => too_large_response(),
+        StatusCode::GATEWAY_TIMEOUT => text(status, "504 Gateway Time-out\n"),
+        _ => text(StatusCode::BAD_GATEWAY, "502 Bad Gateway\n"),
+    }
+}
+
+fn too_large_response() -> Response<Body> {
+    text(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "413 Request Entity Too Large\n",
+    )
+}
+
+/// Does the request say (by `Content-Length`) that its body is above
+/// `limit`? Bodies of unknown length are counted as they pass.
+fn too_large(headers: &HeaderMap, limit: Option<u64>) -> bool {
+    let Some(limit) = limit else {
+        return false;
+    };
+    headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .is_some_and(|length| length > limit)
+}
+
+/// Why a [`Guarded`] body ended early.
+#[derive(Debug, Default)]
+struct Stopped {
+    too_large: AtomicBool,
+    idle: AtomicBool,
+}
+
+/// A body passed on with a cap on its size and on how long the proxy
+/// waits for its next piece (the time spent waiting on its source, not on
+/// the reader): the request body under `proxy-send-timeout` and
+/// `proxy-body-size`, the response body under `proxy-read-timeout`.
+struct Guarded<B> {
+    inner: B,
+    cap: Option<u64>,
+    seen: u64,
+    idle: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    waiting: bool,
+    stopped: Arc<Stopped>,
+}
+
+impl<B> Guarded<B> {
+    fn new(inner: B, cap: Option<u64>, idle: Duration, stopped: Arc<Stopped>) -> Guarded<B> {
+        Guarded {
+            inner,
+            cap,
+            seen: 0,
+            idle,
+            deadline: Box::pin(tokio::time::sleep(idle)),
+            waiting: false,
+            stopped,
+        }
+    }
+}
+
+impl<B> hyper::body::Body for Guarded<B>
+where
+    B: hyper::body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                this.waiting = false;
+                if let Some(data) = frame.data_ref() {
+                    this.seen += data.len() as u64;
+                    if this.cap.is_some_and(|cap| this.seen > cap) {
+                        this.stopped.too_large.store(true, Ordering::Relaxed);
+                        return Poll::Ready(Some(
+                            Err("the body is above the proxy's limit".into()),
+                        ));
+                    }
+                }
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => {
+                if !this.waiting {
+                    this.waiting = true;
+                    let now = tokio::time::Instant::now();
+                    // A timeout too far to add is as good as none.
+                    if let Some(deadline) = now.checked_add(this.idle) {
+                        this.deadline.as_mut().reset(deadline);
+                    }
+                }
+                if this.deadline.as_mut().poll(cx).is_ready() {
+                    this.stopped.idle.store(true, Ordering::Relaxed);
+                    return Poll::Ready(Some(Err("no data within the proxy's timeout".into())));
+                }
+                Poll::Pending
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The request's host: the Host header, or the URI's authority (HTTP/2).
 fn host_of(request: &Request<Incoming>) -> String {
     request
@@ -216,6 +351,11 @@ async fn handle(
             ),
             None,
         ),
+        Decision::Backend { backend, .. }
+            if too_large(request.headers(), backend.limits.body_size) =>
+        {
+            (too_large_response(), None)
+        }
         Decision::Backend {
             backend,
             path: sent_path,
@@ -225,13 +365,11 @@ async fn handle(
                 endpoints: &backend.endpoints,
                 start,
                 path: &sent_path,
+                limits: backend.limits,
             };
             match forward(router, request, peer, tls, &host, to).await {
                 Ok((response, endpoint)) => (response, Some(endpoint)),
-                Err(StatusCode::BAD_REQUEST) => {
-                    (text(StatusCode::BAD_REQUEST, "400 Bad Request\n"), None)
-                }
-                Err(status) => (text(status, "502 Bad Gateway\n"), None),
+                Err(status) => (error_response(status), None),
             }
         }
     };
@@ -342,11 +480,13 @@ fn upstream_headers(
     out
 }
 
-/// Where a request goes: its endpoints, the first to try, the path.
+/// Where a request goes: its endpoints, the first to try, the path, and
+/// the Ingress's limits.
 struct Upstream<'a> {
     endpoints: &'a [SocketAddr],
     start: usize,
     path: &'a str,
+    limits: Limits,
 }
 
 /// Does the request carry no body (so that it can be sent again to
@@ -383,7 +523,11 @@ async fn forward(
     parts.headers = upstream_headers(&parts.headers, peer, tls, host, upgrade);
     // HTTP/2 clients too: backends are spoken to in HTTP/1.1.
     parts.version = hyper::Version::HTTP_11;
-    let mut body = Some(body.boxed());
+    let limits = to.limits;
+    let sending = Arc::new(Stopped::default());
+    let mut body =
+        Some(Guarded::new(body, limits.body_size, limits.send_timeout, sending.clone()).boxed());
+    let client = router.client(limits.connect_timeout);
     let count = to.endpoints.len();
     let mut sent = None;
     for attempt in 0..count {
@@ -395,17 +539,28 @@ async fn forward(
         *upstream.uri_mut() = format!("http://{endpoint}{target}")
             .parse()
             .map_err(|_| StatusCode::BAD_REQUEST)?;
-        match router.client.request(upstream).await {
-            Ok(response) => {
+        let answer = tokio::time::timeout(limits.read_timeout, client.request(upstream)).await;
+        match answer {
+            Ok(Ok(response)) => {
                 sent = Some((response, endpoint));
                 break;
             }
-            Err(e) if e.is_connect() && retry && attempt + 1 < count => {
+            Ok(Err(e)) if e.is_connect() && retry && attempt + 1 < count => {
                 tracing::debug!(%endpoint, error = %e, "ingress: endpoint refused; trying the next");
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 tracing::debug!(%endpoint, error = %e, "ingress: the backend failed");
-                return Err(StatusCode::BAD_GATEWAY);
+                return Err(if sending.too_large.load(Ordering::Relaxed) {
+                    StatusCode::PAYLOAD_TOO_LARGE
+                } else if sending.idle.load(Ordering::Relaxed) {
+                    StatusCode::REQUEST_TIMEOUT
+                } else {
+                    StatusCode::BAD_GATEWAY
+                });
+            }
+            Err(_) => {
+                tracing::debug!(%endpoint, timeout = ?limits.read_timeout, "ingress: the backend did not answer in time");
+                return Err(StatusCode::GATEWAY_TIMEOUT);
             }
         }
     }
@@ -428,5 +583,75 @@ async fn forward(
         _ => strip_hop_by_hop(response.headers_mut(), false),
     }
     let (parts, body) = response.into_parts();
+    let body = Guarded::new(body, None, limits.read_timeout, Arc::default());
     Ok((Response::from_parts(parts, body.boxed()), endpoint))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use futures::StreamExt;
+    use http_body_util::StreamBody;
+
+    type Frames = Vec<Result<Frame<Bytes>, Infallible>>;
+
+    fn chunks(sizes: &[usize]) -> Frames {
+        sizes
+            .iter()
+            .map(|n| Ok(Frame::data(Bytes::from(vec![b'x'; *n]))))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_body_above_its_cap_stops_and_says_so() {
+        let stopped = Arc::new(Stopped::default());
+        let body = StreamBody::new(futures::stream::iter(chunks(&[600, 600])));
+        let guarded = Guarded::new(body, Some(1000), Duration::from_secs(5), stopped.clone());
+        assert!(guarded.collect().await.is_err());
+        assert!(stopped.too_large.load(Ordering::Relaxed));
+        assert!(!stopped.idle.load(Ordering::Relaxed));
+
+        let stopped = Arc::new(Stopped::default());
+        let body = StreamBody::new(futures::stream::iter(chunks(&[600, 400])));
+        let guarded = Guarded::new(body, Some(1000), Duration::from_secs(5), stopped.clone());
+        let whole = guarded.collect().await.unwrap().to_bytes();
+        assert_eq!(whole.len(), 1000, "at the cap is allowed");
+        assert!(!stopped.too_large.load(Ordering::Relaxed));
+    }
+
+    #[tokio::test]
+    async fn a_body_that_stalls_past_its_timeout_stops_and_says_so() {
+        let stopped = Arc::new(Stopped::default());
+        let stalls = futures::stream::iter(chunks(&[10])).chain(futures::stream::pending());
+        let guarded = Guarded::new(
+            StreamBody::new(stalls),
+            None,
+            Duration::from_millis(50),
+            stopped.clone(),
+        );
+        let started = Instant::now();
+        assert!(guarded.collect().await.is_err());
+        assert!(started.elapsed() >= Duration::from_millis(50));
+        assert!(stopped.idle.load(Ordering::Relaxed));
+
+        // Time spent by the reader between pieces does not count.
+        let stopped = Arc::new(Stopped::default());
+        let body = StreamBody::new(futures::stream::iter(chunks(&[10, 10])));
+        let mut guarded = Guarded::new(body, None, Duration::from_millis(20), stopped.clone());
+        assert!(guarded.frame().await.unwrap().is_ok());
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(guarded.frame().await.unwrap().is_ok());
+        assert!(guarded.frame().await.is_none());
+        assert!(!stopped.idle.load(Ordering::Relaxed));
+    }
+
+    #[test]
+    fn content_length_above_the_limit_is_refused_up_front() {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::CONTENT_LENGTH, HeaderValue::from_static("2048"));
+        assert!(too_large(&headers, Some(1024)));
+        assert!(!too_large(&headers, Some(4096)));
+        assert!(!too_large(&headers, None));
+        assert!(!too_large(&HeaderMap::new(), Some(1)));
+    }
 }

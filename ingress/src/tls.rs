@@ -160,14 +160,23 @@ fn load(host: &TlsHost, secrets: &[Arc<Secret>]) -> Result<Arc<CertifiedKey>, St
                 && s.metadata.name.as_deref() == Some(host.secret.as_str())
         })
         .ok_or_else(|| format!("secret {}/{} not found", host.namespace, host.secret))?;
-    let data = secret.data.clone().unwrap_or_default();
-    let field = |name: &str| {
-        data.get(name)
-            .map(|b| b.0.clone())
-            .ok_or_else(|| format!("secret {}/{} has no {name}", host.namespace, host.secret))
+    from_secret(secret)
+}
+
+/// The certificate and key of a Secret (`tls.crt`, `tls.key`), or why it
+/// has none (the message names the Secret).
+pub fn from_secret(secret: &Secret) -> Result<Arc<CertifiedKey>, String> {
+    let namespace = secret.metadata.namespace.as_deref().unwrap_or_default();
+    let name = secret.metadata.name.as_deref().unwrap_or_default();
+    let empty = Default::default();
+    let data = secret.data.as_ref().unwrap_or(&empty);
+    let field = |field: &str| {
+        data.get(field)
+            .map(|b| b.0.as_slice())
+            .ok_or_else(|| format!("secret {namespace}/{name} has no {field}"))
     };
-    certified_key(&field("tls.crt")?, &field("tls.key")?)
-        .map_err(|e| format!("secret {}/{}: {e}", host.namespace, host.secret))
+    certified_key(field("tls.crt")?, field("tls.key")?)
+        .map_err(|e| format!("secret {namespace}/{name}: {e}"))
 }
 
 impl ResolvesServerCert for Certificates {

@@ -15,6 +15,7 @@
 //!                 changes
 //!    dns.rs       the node's cluster DNS (shoal_dns) on the bridge address,
 //!                 published as this node's endpoint of kube-system/kube-dns
+//!                 (endpoint.rs; the ingress likewise of kube-system/shoal-ingress)
 //!    proxy.rs     the service proxy and NetworkPolicy: Services,
 //!                 EndpointSlices, NetworkPolicies, Pods, Namespaces → the
 //!                 node's nftables table (shoal_overlay::proxy)
@@ -30,6 +31,7 @@
 
 pub mod certificates;
 pub mod dns;
+pub mod endpoint;
 pub mod env;
 pub mod events;
 pub mod node;
@@ -361,13 +363,26 @@ pub async fn run(
             changed: ingress_changed.clone(),
         };
         let metrics = ingress_metrics.clone();
+        let (client, node) = (client.clone(), config.node_name.clone());
         tokio::spawn(async move {
             let watches = async {
                 tokio::join!(ingresses_watch, classes_watch, secrets_watch);
             };
+            // Announced as this node's endpoint of kube-system/shoal-ingress
+            // once the ports are taken.
+            let served = async {
+                let bound = shoal_ingress::bind(&settings).await?;
+                let own = endpoint::ingress(host_ip, bound.http_port(), bound.https_port());
+                let publish = async {
+                    if let Some(own) = own {
+                        own.publish(&client, &node).await;
+                    }
+                };
+                tokio::join!(publish, shoal_ingress::serve(bound, sources, metrics)).1
+            };
             tokio::select! {
                 () = watches => {}
-                result = shoal_ingress::run(settings, sources, metrics) => if let Err(e) = result {
+                result = served => if let Err(e) = result {
                     tracing::error!(error = %e, "no Ingress controller on this node");
                 },
             }

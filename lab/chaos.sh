@@ -535,6 +535,20 @@ dns_agrees() {
     done
 }
 
+# Logs what each node in $@ answers against what it should, with the
+# pods and endpoints the answers come from: why dns_agrees failed.
+dns_explain() {
+    local n
+    log "expected names: $(expected_names "$@" | tr '\n' ';')"
+    for n in "$@"; do
+        log "$n answers: $(resolve_from "$n" lab-web lab-db lab-db-0.lab-db lab-db-1.lab-db lab-db-2.lab-db | sort | tr '\n' ';')"
+    done
+    k get pods -o wide -l 'app in (lab-db,lab-agent)' 2>&1 | sed 's/^/[chaos]   /' >&2
+    k get endpointslices -l kubernetes.io/service-name=lab-db -o yaml 2>&1 |
+        grep -E '^  (- )?addresses|^    - |hostname|nodeName|ready:' | sed 's/^/[chaos]   /' >&2
+    k get endpointslices -n kube-system -o wide 2>&1 | sed 's/^/[chaos]   /' >&2
+}
+
 # Pod -> pod and pod -> ClusterIP across every pair of nodes, and names
 # (a Service, the headless Service, each StatefulSet pod) from a pod on
 # each node, before and after a node with a StatefulSet pod is killed:
@@ -549,7 +563,7 @@ scenario_network_dns() {
     check $s "pod -> pod and pod -> ClusterIP across every pair of nodes" "$got" [ "$got" = "18 of 18" ]
     local t0
     t0=$(now)
-    wait_for 20 dns_agrees n1 n2 n3
+    wait_for 20 dns_agrees n1 n2 n3 || dns_explain n1 n2 n3
     check $s "every node resolves the Service, the headless Service and each StatefulSet pod" "$(since "$t0")s" dns_agrees n1 n2 n3
     local victim dead survivors=()
     victim=$(k get pod lab-db-2 -o jsonpath='{.spec.nodeName}')
@@ -559,7 +573,7 @@ scenario_network_dns() {
     log "$s: killing $victim (pod IPs: $dead)"
     docker kill "$($COMPOSE ps -q "$victim")" >/dev/null
     t0=$(now)
-    wait_for 30 dns_agrees "${survivors[@]}"
+    wait_for 30 dns_agrees "${survivors[@]}" || dns_explain "${survivors[@]}"
     local gone
     gone=$(since "$t0")
     # Nothing anyone resolves points at a pod of the dead node.
@@ -579,6 +593,7 @@ scenario_network_dns() {
     t0=$(now)
     local agree=no
     wait_for 60 nodes_ready && wait_for 120 workloads_ready && wait_for 30 dns_agrees n1 n2 n3 && agree=yes
+    [[ $agree == yes ]] || dns_explain n1 n2 n3
     local back
     back=$(since "$t0")
     got=$(pairs n1 n2 n3)

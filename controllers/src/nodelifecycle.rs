@@ -287,7 +287,7 @@ pub async fn run(client: kube::Client, settings: super::Settings) {
             }),
     );
     node_informer.ready().await;
-    let _ = leases.wait_until_ready().await;
+    shoal_core::cache::ready(&leases).await;
     pod_informer.ready().await;
     let mut health: HashMap<String, Health> = HashMap::new();
     // Writes made for unreachable nodes, so that a pass that runs before

@@ -4,9 +4,11 @@
 
 use std::future::Future;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures::StreamExt;
 use kube::runtime::reflector::{self, reflector, Store};
+use kube::runtime::watcher::Event;
 use kube::runtime::{watcher, WatchStreamExt};
 use kube::Api;
 use tokio::sync::Notify;
@@ -57,11 +59,38 @@ where
         watcher(Api::<K>::all(client.clone()), watcher::Config::default()).modify(trim),
     )
     .default_backoff()
-    .for_each(move |_| {
+    .for_each(move |event| {
+        match event {
+            Err(e) => {
+                tracing::warn!(kind = %K::kind(&Default::default()), error = %e, "watch failed; retrying");
+            }
+            Ok(Event::InitDone) => {
+                tracing::debug!(kind = %K::kind(&Default::default()), "first list in the cache");
+            }
+            Ok(_) => {}
+        }
         for c in &changed {
             c.notify_one();
         }
         futures::future::ready(())
     });
     (store, watch)
+}
+
+/// How often a waiter of [`ready`] looks again.
+const READY_POLL: Duration = Duration::from_millis(50);
+
+/// Waits until `store` holds its first whole list (or its watch is gone
+/// for good). kube's `Store::wait_until_ready` wakes only one of several
+/// tasks waiting at once (its oneshot keeps the last waker), so a second
+/// waiter could sleep forever; here each waiter looks again every 50 ms.
+pub async fn ready<K>(store: &Store<K>)
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    while tokio::time::timeout(READY_POLL, store.wait_until_ready())
+        .await
+        .is_err()
+    {}
 }

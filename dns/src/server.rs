@@ -284,9 +284,9 @@ pub async fn serve_bound(
     // The first index, from caches that have listed everything.
     tokio::select! {
         _ = async {
-            let _ = sources.services.wait_until_ready().await;
-            let _ = sources.slices.wait_until_ready().await;
-            let _ = sources.pods.wait_until_ready().await;
+            shoal_core::cache::ready(&sources.services).await;
+            shoal_core::cache::ready(&sources.slices).await;
+            shoal_core::cache::ready(&sources.pods).await;
         } => {}
         () = &mut shutdown => return Ok(()),
     }

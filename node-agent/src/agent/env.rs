@@ -215,9 +215,9 @@ pub async fn gather(
         .unwrap_or(true);
     // The Services come from the agent's cache; until its first list is
     // in, nothing can be said about them.
-    if tokio::time::timeout(SERVICES_WAIT, services.wait_until_ready())
+    if tokio::time::timeout(SERVICES_WAIT, shoal_core::cache::ready(services))
         .await
-        .map_or(true, |ready| ready.is_err())
+        .is_err()
     {
         return Err(kube::Error::Service(
             "the agent's Service cache has not been filled yet".into(),

@@ -54,11 +54,11 @@ pub async fn run(
     }
     // Endpoints first: a Service seen without them would be refused for
     // a moment.
-    let _ = inputs.services.wait_until_ready().await;
-    let _ = inputs.slices.wait_until_ready().await;
-    let _ = inputs.policies.wait_until_ready().await;
-    let _ = inputs.pods.wait_until_ready().await;
-    let _ = inputs.namespaces.wait_until_ready().await;
+    shoal_core::cache::ready(&inputs.services).await;
+    shoal_core::cache::ready(&inputs.slices).await;
+    shoal_core::cache::ready(&inputs.policies).await;
+    shoal_core::cache::ready(&inputs.pods).await;
+    shoal_core::cache::ready(&inputs.namespaces).await;
     let mut proxy = Proxy::new();
     let mut last: Option<Instant> = None;
     loop {

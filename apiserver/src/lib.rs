@@ -28,6 +28,7 @@ mod compaction;
 mod convert;
 pub mod defaults;
 mod discovery;
+pub mod encryption;
 mod endpoint_reconciler;
 mod error;
 mod hooks;

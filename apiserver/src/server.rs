@@ -83,6 +83,10 @@ pub struct Config {
     /// File holding the bearer token the apiserver presents to node agents.
     #[arg(long, env = "SHOAL_KUBELET_TOKEN_FILE")]
     pub kubelet_token_file: Option<PathBuf>,
+    /// An `EncryptionConfiguration` (kube-apiserver's format): the
+    /// resources it names (e.g. secrets) are encrypted in the store.
+    #[arg(long, env = "SHOAL_ENCRYPTION_PROVIDER_CONFIG")]
+    pub encryption_provider_config: Option<PathBuf>,
     /// Where generated certificates are kept.
     #[arg(
         long,
@@ -106,6 +110,8 @@ pub enum StartError {
         #[source]
         source: std::io::Error,
     },
+    #[error(transparent)]
+    Encryption(#[from] crate::encryption::Error),
     #[error("cannot read the token file {path}: {source}")]
     Tokens {
         path: PathBuf,
@@ -350,7 +356,11 @@ pub async fn start_advertising(
         parse_service_cidr(&config.service_cluster_ip_range).map_err(StartError::Config)?;
     let node_ports =
         parse_port_range(&config.service_node_port_range).map_err(StartError::Config)?;
-    let store = Store::new(&config.etcd_servers)?;
+    let encryption = match &config.encryption_provider_config {
+        Some(path) => Some(Arc::new(crate::encryption::Encryption::load(path)?)),
+        None => None,
+    };
+    let store = Store::new(&config.etcd_servers)?.with_encryption(encryption);
     let tokens = match &config.token_auth_file {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|source| StartError::Tokens {

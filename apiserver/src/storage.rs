@@ -5,8 +5,14 @@
 //! Every write is a `Txn` guarded by a compare on the key's revision, which is
 //! how Kubernetes gets optimistic concurrency out of etcd: create requires
 //! `create_revision == 0`, update and delete require `mod_revision == rv`.
+//!
+//! With an encryption configuration (`--encryption-provider-config`),
+//! values are encrypted on their way in and decrypted on every way out
+//! (reads, transactions' answers, watches): nothing above this layer sees
+//! ciphertext, nothing in the store sees the plain text.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
@@ -18,6 +24,8 @@ use shoal_store::proto::etcdserverpb::{
 use shoal_store::proto::mvccpb::{event::EventType, KeyValue};
 use tonic::transport::{Channel, Endpoint};
 use tonic::Code;
+
+use crate::encryption::Encryption;
 
 /// How long connecting to a member may take before the next one is tried
 /// (a member whose machine is gone answers nothing, not even a refusal).
@@ -45,6 +53,8 @@ pub enum Error {
     OutcomeUnknown(String),
     #[error("store error: {0}")]
     Other(String),
+    #[error("unable to transform a stored value: {0}")]
+    Decrypt(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -85,6 +95,19 @@ pub struct Store {
     endpoints: Vec<String>,
     channels: Vec<Channel>,
     current: AtomicUsize,
+    encryption: Option<Arc<Encryption>>,
+}
+
+/// Decrypts a value read from the store in place.
+fn open(encryption: Option<&Encryption>, kv: &mut KeyValue) -> Result<()> {
+    let Some(encryption) = encryption else {
+        return Ok(());
+    };
+    let key = String::from_utf8_lossy(&kv.key).into_owned();
+    kv.value = encryption
+        .open(&key, std::mem::take(&mut kv.value))
+        .map_err(Error::Decrypt)?;
+    Ok(())
 }
 
 /// The end of the key range holding every key that starts with `prefix`
@@ -143,7 +166,29 @@ impl Store {
             endpoints: endpoints.to_vec(),
             channels,
             current: AtomicUsize::new(0),
+            encryption: None,
         })
+    }
+
+    /// Values written from now on are encrypted as `encryption` says, and
+    /// every value read is decrypted.
+    pub fn with_encryption(mut self, encryption: Option<Arc<Encryption>>) -> Store {
+        self.encryption = encryption;
+        self
+    }
+
+    fn open(&self, kv: &mut KeyValue) -> Result<()> {
+        open(self.encryption.as_deref(), kv)
+    }
+
+    fn seal(&self, op: Op) -> Op {
+        match (op, &self.encryption) {
+            (Op::Put(key, value), Some(encryption)) => {
+                let value = encryption.seal(&key, value);
+                Op::Put(key, value)
+            }
+            (op, _) => op,
+        }
     }
 
     fn kv(&self, index: usize) -> KvClient<Channel> {
@@ -212,18 +257,52 @@ impl Store {
         Ok(response.kvs.into_iter().next())
     }
 
-    /// A Range, retried on another endpoint when one fails.
+    /// A key's value and whether it is stored otherwise than a write now
+    /// would store it (encrypted with an older key, or not at all): an
+    /// update that changes nothing must still be written then, so that
+    /// rewriting every object moves them all to the current key (as
+    /// Kubernetes' storage transformers say "stale").
+    pub async fn get_fresh(&self, key: &str) -> Result<Option<(KeyValue, bool)>> {
+        let request = RangeRequest {
+            key: key.as_bytes().to_vec(),
+            ..Default::default()
+        };
+        let Some(mut kv) = self.range_raw(request).await?.kvs.into_iter().next() else {
+            return Ok(None);
+        };
+        let stale = self
+            .encryption
+            .as_ref()
+            .is_some_and(|e| e.is_stale(key, &kv.value));
+        self.open(&mut kv)?;
+        Ok(Some((kv, stale)))
+    }
+
+    /// A Range, retried on another endpoint when one fails, values
+    /// decrypted.
     async fn range(
         &self,
         request: RangeRequest,
     ) -> Result<shoal_store::proto::etcdserverpb::RangeResponse> {
-        let response = self
+        let mut response = self.range_raw(request).await?;
+        for kv in &mut response.kvs {
+            self.open(kv)?;
+        }
+        Ok(response)
+    }
+
+    /// A Range as the store answers it.
+    async fn range_raw(
+        &self,
+        request: RangeRequest,
+    ) -> Result<shoal_store::proto::etcdserverpb::RangeResponse> {
+        Ok(self
             .with_retry(|mut kv| {
                 let request = request.clone();
                 async move { kv.range(request).await }
             })
-            .await?;
-        Ok(response.into_inner())
+            .await?
+            .into_inner())
     }
 
     /// Keys under `prefix` from `start` (inclusive; `None` = the prefix
@@ -305,7 +384,11 @@ impl Store {
     async fn try_txn(&self, key: &str, guards: &[Guard], ops: &[Op]) -> Result<Written> {
         let request = TxnRequest {
             compare: guards.iter().cloned().map(Guard::into_compare).collect(),
-            success: ops.iter().cloned().map(Op::into_request).collect(),
+            success: ops
+                .iter()
+                .cloned()
+                .map(|op| self.seal(op).into_request())
+                .collect(),
             failure: vec![range_op(key)],
         };
         let response = self
@@ -319,7 +402,10 @@ impl Store {
         if response.succeeded {
             return Ok(Written::Ok(revision));
         }
-        let current = response.responses.into_iter().find_map(first_kv);
+        let mut current = response.responses.into_iter().find_map(first_kv);
+        if let Some(kv) = &mut current {
+            self.open(kv)?;
+        }
         Ok(Written::Failed(current))
     }
 
@@ -345,7 +431,11 @@ impl Store {
             return Ok(None);
         }
         let revision = response.header.map(|h| h.revision).unwrap_or_default();
-        let found: Vec<Option<KeyValue>> = response.responses.into_iter().map(first_kv).collect();
+        let mut found: Vec<Option<KeyValue>> =
+            response.responses.into_iter().map(first_kv).collect();
+        for kv in found.iter_mut().flatten() {
+            self.open(kv)?;
+        }
         let current = found.first().cloned().flatten();
         let mut written_at = 0;
         for (op, kv) in ops.iter().zip(found.iter().skip(1)) {
@@ -432,7 +522,12 @@ impl Store {
             Ok(None) => return Err(Error::Unavailable("watch stream closed".into())),
             Err(status) => return Err(classify(status)),
         }
-        Ok(async_stream(responses, requests, start))
+        Ok(async_stream(
+            responses,
+            requests,
+            start,
+            self.encryption.clone(),
+        ))
     }
 }
 
@@ -440,47 +535,61 @@ fn async_stream(
     responses: tonic::Streaming<shoal_store::proto::etcdserverpb::WatchResponse>,
     requests: tokio::sync::mpsc::Sender<WatchRequest>,
     start: i64,
+    encryption: Option<Arc<Encryption>>,
 ) -> impl Stream<Item = Result<Vec<Change>>> + Send + 'static {
-    futures::stream::unfold(Some((responses, requests)), move |state| async move {
-        let (mut responses, requests) = state?;
-        match responses.message().await {
-            Ok(Some(response)) => {
-                if response.canceled {
-                    let error = if response.compact_revision > 0 {
-                        Error::Compacted {
-                            requested: start,
-                            compacted: response.compact_revision,
-                        }
+    futures::stream::unfold(Some((responses, requests)), move |state| {
+        let encryption = encryption.clone();
+        async move {
+            let (mut responses, requests) = state?;
+            match responses.message().await {
+                Ok(Some(response)) => {
+                    if response.canceled {
+                        let error = if response.compact_revision > 0 {
+                            Error::Compacted {
+                                requested: start,
+                                compacted: response.compact_revision,
+                            }
+                        } else {
+                            Error::Other(response.cancel_reason)
+                        };
+                        return Some((Err(error), None));
+                    }
+                    let revision = response.header.map(|h| h.revision).unwrap_or_default();
+                    let changes = if response.events.is_empty() {
+                        vec![Change::Progress(revision)]
                     } else {
-                        Error::Other(response.cancel_reason)
-                    };
-                    return Some((Err(error), None));
-                }
-                let revision = response.header.map(|h| h.revision).unwrap_or_default();
-                let changes = if response.events.is_empty() {
-                    vec![Change::Progress(revision)]
-                } else {
-                    response
-                        .events
-                        .into_iter()
-                        .filter_map(|event| {
-                            let kv = event.kv?;
-                            let prev = event.prev_kv;
-                            Some(if event.r#type == EventType::Delete as i32 {
+                        let mut changes = Vec::new();
+                        for event in response.events {
+                            let Some(mut kv) = event.kv else {
+                                continue;
+                            };
+                            let mut prev = event.prev_kv;
+                            let opened =
+                                open(encryption.as_deref(), &mut kv).and_then(
+                                    |()| match &mut prev {
+                                        Some(prev) => open(encryption.as_deref(), prev),
+                                        None => Ok(()),
+                                    },
+                                );
+                            if let Err(e) = opened {
+                                return Some((Err(e), None));
+                            }
+                            changes.push(if event.r#type == EventType::Delete as i32 {
                                 Change::Delete { kv, prev }
                             } else {
                                 Change::Put { kv, prev }
-                            })
-                        })
-                        .collect()
-                };
-                Some((Ok(changes), Some((responses, requests))))
+                            });
+                        }
+                        changes
+                    };
+                    Some((Ok(changes), Some((responses, requests))))
+                }
+                Ok(None) => Some((
+                    Err(Error::Unavailable("the store closed the watch".into())),
+                    None,
+                )),
+                Err(status) => Some((Err(classify(status)), None)),
             }
-            Ok(None) => Some((
-                Err(Error::Unavailable("the store closed the watch".into())),
-                None,
-            )),
-            Err(status) => Some((Err(classify(status)), None)),
         }
     })
 }

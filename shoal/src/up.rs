@@ -87,6 +87,10 @@ pub struct UpArgs {
     /// /etc/resolv.conf.
     #[arg(long, env = "SHOAL_DNS_UPSTREAM", value_delimiter = ',', value_parser = crate::dns::parse_upstream)]
     dns_upstream: Vec<std::net::SocketAddr>,
+    /// An `EncryptionConfiguration` (kube-apiserver's format): Secrets (or
+    /// what it names) are encrypted in the store.
+    #[arg(long, env = "SHOAL_ENCRYPTION_PROVIDER_CONFIG")]
+    encryption_provider_config: Option<PathBuf>,
 }
 
 /// What must stay the same from one run to the next.
@@ -279,6 +283,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         etcd_compaction_interval: Duration::from_secs(300),
         kubelet_certificate_authority: None,
         kubelet_token_file: Some(agent_token_file.clone()),
+        encryption_provider_config: args.encryption_provider_config.clone(),
         data_dir: dir.join("apiserver"),
     };
     let apiserver = shoal_apiserver::start(config)

@@ -304,6 +304,7 @@ pub async fn delete_collection(
         let mut current = Stored {
             object: item,
             revision,
+            stale: false,
         };
         // Changed since the list (a status update, say): delete what is
         // there now, as Kubernetes retries each item; gone: nothing to do.

@@ -16,6 +16,9 @@ use crate::storage::prefix_end;
 pub struct Stored {
     pub object: Value,
     pub revision: i64,
+    /// Stored otherwise than a write now would store it (an older
+    /// encryption key): an unchanged update still writes it.
+    pub stale: bool,
 }
 
 /// Decodes a stored value, stamping `metadata.resourceVersion`.
@@ -28,10 +31,11 @@ pub fn decode_stored(value: &[u8], revision: i64) -> Result<Value> {
 }
 
 pub async fn load(api: &Api, ctx: &Ctx, name: &str) -> Result<Stored> {
-    match api.store.get(&ctx.key(name)).await? {
-        Some(kv) => Ok(Stored {
+    match api.store.get_fresh(&ctx.key(name)).await? {
+        Some((kv, stale)) => Ok(Stored {
             object: decode_stored(&kv.value, kv.mod_revision)?,
             revision: kv.mod_revision,
+            stale,
         }),
         None => Err(ApiError::not_found(ctx.resource, name)),
     }

@@ -542,9 +542,10 @@ pub async fn update_object(
     let mut guards = vec![Guard::ModRevision(key.clone(), current.revision)];
     let mut ops = Vec::new();
     crate::allocate::on_update(api, resource, old, &mut object, &mut guards, &mut ops).await?;
-    if ctx.dry_run() || object == strip_rv(old) {
+    if ctx.dry_run() || (object == strip_rv(old) && !current.stale) {
         // A dry run writes nothing; nor does an update that changes
-        // nothing (Kubernetes keeps the version then).
+        // nothing (Kubernetes keeps the version then), unless the stored
+        // form is stale (an older encryption key).
         meta_mut(&mut object).insert(
             "resourceVersion".into(),
             json!(current.revision.to_string()),

@@ -261,10 +261,27 @@ fn external_ip(up: &ShoalUp, name: &str) -> String {
 #[test]
 fn load_balancers_take_addresses_from_the_pool() {
     let up = ShoalUp::start_with(&["--loadbalancer-ip-pool=172.30.255.0/30"]);
+    // The ingress's Service (made at start) takes the first address.
+    let ingress = || {
+        up.ok(&[
+            "get",
+            "svc",
+            "-n",
+            "kube-system",
+            "shoal-ingress",
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+        ])
+    };
+    assert!(
+        eventually(Duration::from_secs(20), || ingress() == "172.30.255.1"),
+        "{}",
+        up.ok(&["get", "svc", "-A"])
+    );
     up.apply(&load_balancer("lb-a"));
     assert!(
         eventually(Duration::from_secs(20), || external_ip(&up, "lb-a")
-            == "172.30.255.1"),
+            == "172.30.255.2"),
         "{}",
         up.ok(&["get", "svc"])
     );
@@ -278,38 +295,31 @@ fn load_balancers_take_addresses_from_the_pool() {
         ]),
         "VIP"
     );
-    up.apply(&load_balancer("lb-b"));
-    assert!(
-        eventually(Duration::from_secs(20), || external_ip(&up, "lb-b")
-            == "172.30.255.2"),
-        "{}",
-        up.ok(&["get", "svc"])
-    );
 
     // The pool (two usable addresses) is exhausted.
-    up.apply(&load_balancer("lb-c"));
+    up.apply(&load_balancer("lb-b"));
     assert!(
         eventually(Duration::from_secs(20), || {
             let events = up.ok(&[
                 "get",
                 "events",
                 "--field-selector",
-                "involvedObject.name=lb-c",
+                "involvedObject.name=lb-b",
             ]);
             events.contains("Warning") && events.contains("AllocationFailed")
         }),
         "{}",
         up.ok(&["get", "events"])
     );
-    assert_eq!(external_ip(&up, "lb-c"), "<pending>");
+    assert_eq!(external_ip(&up, "lb-b"), "<pending>");
 
-    // Deleting the first gives its address to the waiting one.
+    // Deleting one gives its address to the waiting one.
     up.ok(&["delete", "svc", "lb-a"]);
     assert!(
-        eventually(Duration::from_secs(20), || external_ip(&up, "lb-c")
-            == "172.30.255.1"),
+        eventually(Duration::from_secs(20), || external_ip(&up, "lb-b")
+            == "172.30.255.2"),
         "{}",
         up.ok(&["get", "svc"])
     );
-    assert_eq!(external_ip(&up, "lb-b"), "172.30.255.2");
+    assert_eq!(ingress(), "172.30.255.1");
 }

@@ -694,7 +694,7 @@ metadata:
   annotations:
     shoal.io/proxy-body-size: 1k
     shoal.io/proxy-read-timeout: "1"
-    shoal.io/proxy-send-timeout: soon
+    shoal.io/client-body-timeout: soon
 spec:
   rules:
   - host: limits.test
@@ -758,7 +758,7 @@ spec:
     );
     assert_eq!(
         told,
-        "shoal.io/proxy-send-timeout: \"soon\" is not a number of seconds above 0; using 60"
+        "shoal.io/client-body-timeout: \"soon\" is not a number of seconds above 0; using 60"
     );
 }
 

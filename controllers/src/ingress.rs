@@ -114,6 +114,12 @@ pub async fn run(client: kube::Client, settings: super::Settings) {
                 .map(|i| ObjectRef::from_obj(&*i))
                 .collect::<Vec<_>>()
         });
+    // Nothing is judged on caches still filling (a Secret not listed yet
+    // is no missing Secret).
+    secrets.ready().await;
+    services.ready().await;
+    nodes.ready().await;
+    classes.ready().await;
     let ctx = Arc::new(Ctx {
         client,
         classes: classes.store(),

@@ -16,6 +16,7 @@
 //!   csrsigning (node overlay certificates)
 //!   clusterdns (the kube-system/kube-dns Service)
 //!   ingress (the shoal IngressClass, Ingresses' addresses)
+//!   nodeendpoints (agents' own endpoints follow their node's health)
 //! ```
 //!
 //! A controller with a folder keeps its wiring (informers, the kube-runtime
@@ -40,6 +41,7 @@ pub mod ingress;
 pub mod job;
 pub mod leader;
 pub mod metrics;
+pub mod nodeendpoints;
 pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod replicaset;
@@ -172,6 +174,11 @@ pub const REGISTRY: &[(&str, Loop, bool)] = &[
     (
         "ingress",
         |client, settings| Box::pin(ingress::run(client, settings)),
+        true,
+    ),
+    (
+        "nodeendpoints",
+        |client, settings| Box::pin(nodeendpoints::run(client, settings)),
         true,
     ),
     (

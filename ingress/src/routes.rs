@@ -48,7 +48,7 @@ pub const PROXY_CONNECT_TIMEOUT: &str = "shoal.io/proxy-connect-timeout";
 /// its body (504 when the answer does not begin in time).
 pub const PROXY_READ_TIMEOUT: &str = "shoal.io/proxy-read-timeout";
 /// Seconds between two reads of the client's body while it is sent on.
-pub const PROXY_SEND_TIMEOUT: &str = "shoal.io/proxy-send-timeout";
+pub const CLIENT_BODY_TIMEOUT: &str = "shoal.io/client-body-timeout";
 
 /// What one Ingress allows its requests, from its annotations;
 /// ingress-nginx's defaults otherwise.
@@ -58,7 +58,7 @@ pub struct Limits {
     pub body_size: Option<u64>,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
-    pub send_timeout: Duration,
+    pub client_body_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -67,7 +67,7 @@ impl Default for Limits {
             body_size: Some(1024 * 1024),
             connect_timeout: Duration::from_secs(5),
             read_timeout: Duration::from_secs(60),
-            send_timeout: Duration::from_secs(60),
+            client_body_timeout: Duration::from_secs(60),
         }
     }
 }
@@ -90,7 +90,7 @@ impl Limits {
         for (name, slot) in [
             (PROXY_CONNECT_TIMEOUT, &mut limits.connect_timeout),
             (PROXY_READ_TIMEOUT, &mut limits.read_timeout),
-            (PROXY_SEND_TIMEOUT, &mut limits.send_timeout),
+            (CLIENT_BODY_TIMEOUT, &mut limits.client_body_timeout),
         ] {
             let Some(value) = annotations.get(name) else {
                 continue;
@@ -937,17 +937,17 @@ mod tests {
         let (limits, problems) = Limits::from_annotations(&annotations(&[
             (PROXY_CONNECT_TIMEOUT, "2"),
             (PROXY_READ_TIMEOUT, "1s"),
-            (PROXY_SEND_TIMEOUT, "120"),
+            (CLIENT_BODY_TIMEOUT, "120"),
         ]));
         assert_eq!(limits.connect_timeout, Duration::from_secs(2));
         assert_eq!(limits.read_timeout, Duration::from_secs(1));
-        assert_eq!(limits.send_timeout, Duration::from_secs(120));
+        assert_eq!(limits.client_body_timeout, Duration::from_secs(120));
         assert!(problems.is_empty());
         // What does not parse keeps the default, and says so.
         let (limits, problems) = Limits::from_annotations(&annotations(&[
             (PROXY_BODY_SIZE, "lots"),
             (PROXY_READ_TIMEOUT, "0"),
-            (PROXY_SEND_TIMEOUT, "-1"),
+            (CLIENT_BODY_TIMEOUT, "-1"),
             (PROXY_CONNECT_TIMEOUT, "1.5"),
         ]));
         assert_eq!(limits, Limits::default());

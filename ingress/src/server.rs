@@ -198,16 +198,39 @@ fn too_large(headers: &HeaderMap, limit: Option<u64>) -> bool {
         .is_some_and(|length| length > limit)
 }
 
-/// Why a [`Guarded`] body ended early.
+/// Why a [`Guarded`] body ended early, or that it ended.
 #[derive(Debug, Default)]
 struct Stopped {
     too_large: AtomicBool,
     idle: AtomicBool,
+    /// The whole body has passed.
+    ended: AtomicBool,
+    ended_now: tokio::sync::Notify,
+}
+
+impl Stopped {
+    fn end(&self) {
+        self.ended.store(true, Ordering::Release);
+        self.ended_now.notify_waiters();
+    }
+
+    /// Resolves once the whole body has passed.
+    async fn ended(&self) {
+        loop {
+            let notified = self.ended_now.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if self.ended.load(Ordering::Acquire) {
+                return;
+            }
+            notified.await;
+        }
+    }
 }
 
 /// A body passed on with a cap on its size and on how long the proxy
 /// waits for its next piece (the time spent waiting on its source, not on
-/// the reader): the request body under `proxy-send-timeout` and
+/// the reader): the request body under `client-body-timeout` and
 /// `proxy-body-size`, the response body under `proxy-read-timeout`.
 struct Guarded<B> {
     inner: B,
@@ -261,7 +284,10 @@ where
                 Poll::Ready(Some(Ok(frame)))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e.into()))),
-            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(None) => {
+                this.stopped.end();
+                Poll::Ready(None)
+            }
             Poll::Pending => {
                 if !this.waiting {
                     this.waiting = true;
@@ -511,7 +537,8 @@ async fn forward(
     to: Upstream<'_>,
 ) -> Result<(Response<Body>, SocketAddr), StatusCode> {
     let upgrade = is_upgrade(request.headers());
-    let retry = bodiless(&request) && !upgrade;
+    let no_body = bodiless(&request);
+    let retry = no_body && !upgrade;
     // The client's side of a WebSocket (or other) upgrade, spliced to the
     // backend's once it agrees.
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut request));
@@ -525,8 +552,19 @@ async fn forward(
     parts.version = hyper::Version::HTTP_11;
     let limits = to.limits;
     let sending = Arc::new(Stopped::default());
-    let mut body =
-        Some(Guarded::new(body, limits.body_size, limits.send_timeout, sending.clone()).boxed());
+    if no_body {
+        // hyper does not read a body that says it is empty.
+        sending.end();
+    }
+    let mut body = Some(
+        Guarded::new(
+            body,
+            limits.body_size,
+            limits.client_body_timeout,
+            sending.clone(),
+        )
+        .boxed(),
+    );
     let client = router.client(limits.connect_timeout);
     let count = to.endpoints.len();
     let mut sent = None;
@@ -539,7 +577,16 @@ async fn forward(
         *upstream.uri_mut() = format!("http://{endpoint}{target}")
             .parse()
             .map_err(|_| StatusCode::BAD_REQUEST)?;
-        let answer = tokio::time::timeout(limits.read_timeout, client.request(upstream)).await;
+        // The read timeout counts from the end of the request, as nginx's
+        // proxy_read_timeout (a long upload is not a slow backend).
+        let read_deadline = async {
+            sending.ended().await;
+            tokio::time::sleep(limits.read_timeout).await;
+        };
+        let answer = tokio::select! {
+            answer = client.request(upstream) => Ok(answer),
+            () = read_deadline => Err(()),
+        };
         match answer {
             Ok(Ok(response)) => {
                 sent = Some((response, endpoint));

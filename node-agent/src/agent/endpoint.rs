@@ -94,9 +94,14 @@ impl Own {
                 slices.create(&PostParams::default(), &wanted).await?;
             }
             Some(current) => {
+                // An owner is only ever added (its uid may not have been
+                // known when the slice was made).
+                let owned = wanted.metadata.owner_references.is_none()
+                    || current.metadata.owner_references == wanted.metadata.owner_references;
                 if current.endpoints == wanted.endpoints
                     && current.ports == wanted.ports
                     && current.metadata.labels == wanted.metadata.labels
+                    && owned
                 {
                     return Ok(());
                 }

@@ -378,7 +378,14 @@ pub async fn run(
                         own.publish(&client, &node).await;
                     }
                 };
-                tokio::join!(publish, shoal_ingress::serve(bound, sources, metrics)).1
+                // Serving ends only on an error, which is not kept waiting
+                // for the endpoint to be published.
+                let serve = shoal_ingress::serve(bound, sources, metrics);
+                tokio::pin!(serve);
+                tokio::select! {
+                    result = &mut serve => result,
+                    () = publish => serve.await,
+                }
             };
             tokio::select! {
                 () = watches => {}

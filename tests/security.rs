@@ -1,19 +1,23 @@
 //! What keeps the cluster's data to those it belongs to: Secrets encrypted
 //! in the store as kube-apiserver's `--encryption-provider-config` does
-//! (the ciphertext seen with etcdctl, the plain text with kubectl), and
-//! the keys rotated as Kubernetes' documentation tells: a new key first,
-//! every Secret rewritten, the old key removed.
+//! (the ciphertext seen with etcdctl, the plain text with kubectl), the
+//! keys rotated as Kubernetes' documentation tells (a new key first, every
+//! Secret rewritten, the old key removed); and the audit log, a line per
+//! request at level Metadata, written as kubectl is used.
 
 // Test code: a failed step is a failed test.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 
+use std::io::BufRead;
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use base64::Engine;
-use support::kube::{kubectl_at, Apiserver, KUBECTL};
+use support::kube::{eventually, kubectl_at, Apiserver, KUBECTL};
 use support::TestCluster;
 
 /// 32-byte AES keys, base64 (make real ones with `head -c 32 /dev/urandom | base64`).
@@ -151,6 +155,56 @@ async fn secrets_are_encrypted_at_rest_and_their_keys_rotate() {
     );
     assert_eq!(password(&api, "db"), "hunter2");
     assert_eq!(password(&api, "before"), "plain-before");
+    // A watch sees a deletion (whose event carries no value to decrypt)
+    // and what comes after it.
+    let mut watch = Command::new(KUBECTL)
+        .args([
+            "get",
+            "secrets",
+            "-w",
+            "--output-watch-events",
+            "-o",
+            "name",
+        ])
+        .env("KUBECONFIG", &api.kubeconfig)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
+    let sink = lines.clone();
+    let stdout = watch.stdout.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push(line);
+        }
+    });
+    assert!(eventually(Duration::from_secs(10), || lines
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|l| l.contains("secret/db"))));
+    api.ok(&["delete", "secret", "before"]);
+    api.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "after",
+        "--from-literal=password=later",
+    ]);
+    // `-o name` prints no event type: the deletion is before's second
+    // line, and the watch goes on past it.
+    let seen = eventually(Duration::from_secs(10), || {
+        let lines = lines.lock().unwrap();
+        lines.iter().filter(|l| *l == "secret/before").count() == 2
+            && lines.iter().any(|l| l == "secret/after")
+    });
+    let _ = watch.kill();
+    let _ = watch.wait();
+    assert!(seen, "{:?}", lines.lock().unwrap());
     api.kill();
 
     // A key still in use removed: an error that says so, not garbage.
@@ -188,4 +242,134 @@ async fn secrets_are_encrypted_at_rest_and_their_keys_rotate() {
         stderr.contains("aescbc provider is not supported by shoal"),
         "{stderr}"
     );
+}
+
+/// Is the event about a request kubectl made (not the apiserver's own
+/// controllers, which are audited too)?
+fn by_kubectl(event: &serde_json::Value) -> bool {
+    event["userAgent"]
+        .as_str()
+        .is_some_and(|a| a.starts_with("kubectl"))
+}
+
+/// The audit log's lines, parsed.
+fn audit_events(path: &Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        // The last line may be half-written.
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_request_is_in_the_audit_log() {
+    let store = TestCluster::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let api = Apiserver::start_with(
+        &store.endpoints(),
+        &dir.path().join("api"),
+        None,
+        &["--audit-log-path", log.to_str().unwrap()],
+    );
+    api.ok(&["create", "configmap", "audited", "--from-literal=k=v"]);
+    api.ok(&["get", "configmap", "audited"]);
+    api.ok(&["label", "configmap", "audited", "x=y"]);
+    api.ok(&["delete", "configmap", "audited"]);
+    assert!(
+        !kubectl_at(&api.kubeconfig, &["get", "configmap", "audited"])
+            .status
+            .success()
+    );
+    assert!(
+        !kubectl_at(&api.kubeconfig, &["--token", "wrong", "get", "pods"])
+            .status
+            .success()
+    );
+    // A watch, ended by kubectl after 2 s.
+    let _ = kubectl_at(
+        &api.kubeconfig,
+        &["get", "configmaps", "-w", "--request-timeout=2s"],
+    );
+
+    let find = |events: &[serde_json::Value], verb: &str, name: Option<&str>, code: u16| {
+        events
+            .iter()
+            .find(|e| {
+                e["verb"] == verb
+                    && by_kubectl(e)
+                    && e["objectRef"]["resource"] == "configmaps"
+                    && name.is_none_or(|n| e["objectRef"]["name"] == n)
+                    && e["responseStatus"]["code"] == code
+            })
+            .cloned()
+    };
+    let mut events = Vec::new();
+    let complete = eventually(Duration::from_secs(10), || {
+        events = audit_events(&log);
+        events
+            .iter()
+            .any(|e| e["verb"] == "watch" && by_kubectl(e) && e["stage"] == "ResponseComplete")
+    });
+    assert!(complete, "no watch completed in {events:#?}");
+    for event in &events {
+        assert_eq!(event["kind"], "Event", "{event}");
+        assert_eq!(event["apiVersion"], "audit.k8s.io/v1", "{event}");
+        assert_eq!(event["level"], "Metadata", "{event}");
+    }
+    let created = find(&events, "create", None, 201).expect("the create");
+    assert_eq!(created["user"]["username"], "admin", "{created}");
+    assert!(created["user"]["groups"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("system:masters")));
+    assert_eq!(created["sourceIPs"], serde_json::json!(["127.0.0.1"]));
+    assert_eq!(created["objectRef"]["namespace"], "default");
+    assert_eq!(created["objectRef"]["apiVersion"], "v1");
+    assert!(created["userAgent"]
+        .as_str()
+        .unwrap()
+        .starts_with("kubectl"));
+    assert_eq!(created["stage"], "ResponseComplete");
+    assert!(
+        find(&events, "get", Some("audited"), 200).is_some(),
+        "{events:#?}"
+    );
+    assert!(
+        find(&events, "patch", Some("audited"), 200).is_some(),
+        "{events:#?}"
+    );
+    assert!(
+        find(&events, "delete", Some("audited"), 200).is_some(),
+        "{events:#?}"
+    );
+    assert!(
+        find(&events, "get", Some("audited"), 404).is_some(),
+        "{events:#?}"
+    );
+    let refused = events
+        .iter()
+        .find(|e| e["responseStatus"]["code"] == 401)
+        .expect("the request with a wrong token");
+    assert_eq!(refused["user"], serde_json::json!({}), "{refused}");
+    // The watch: started and complete under one auditID.
+    let stages: Vec<&serde_json::Value> = events
+        .iter()
+        .filter(|e| e["verb"] == "watch" && by_kubectl(e))
+        .collect();
+    assert_eq!(stages.len(), 2, "{stages:#?}");
+    assert_eq!(stages[0]["stage"], "ResponseStarted");
+    assert_eq!(stages[1]["stage"], "ResponseComplete");
+    assert_eq!(stages[0]["auditID"], stages[1]["auditID"]);
+    // Other requests' IDs are their own.
+    let mut ids: Vec<&str> = events
+        .iter()
+        .filter(|e| e["stage"] == "ResponseComplete")
+        .map(|e| e["auditID"].as_str().unwrap())
+        .collect();
+    let count = ids.len();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), count);
 }

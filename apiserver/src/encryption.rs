@@ -159,44 +159,37 @@ impl Encryption {
         self.rules.iter().find(|r| key.starts_with(&r.prefix))
     }
 
-    /// The value to store under `key`.
-    pub fn seal(&self, key: &str, value: Vec<u8>) -> Vec<u8> {
+    /// The value to store under `key`; an error (nothing is written) when
+    /// it cannot be encrypted.
+    pub fn seal(&self, key: &str, value: Vec<u8>) -> Result<Vec<u8>, String> {
         let Some(rule) = self.rule(key) else {
-            return value;
+            return Ok(value);
         };
         match rule.providers.first() {
             Some(Provider::AesGcm(keys)) => match keys.first() {
                 Some(first) => self.encrypt(key, first, value),
-                None => value,
+                None => Ok(value),
             },
-            Some(Provider::Identity) | None => value,
+            Some(Provider::Identity) | None => Ok(value),
         }
     }
 
-    fn encrypt(&self, store_key: &str, key: &Key, mut value: Vec<u8>) -> Vec<u8> {
+    fn encrypt(&self, store_key: &str, key: &Key, mut value: Vec<u8>) -> Result<Vec<u8>, String> {
         let mut nonce = [0u8; NONCE_LEN];
-        if self.random.fill(&mut nonce).is_err() {
-            // The system's random source failed: writing in the clear would
-            // break the promise, so the value is unreadable instead.
-            tracing::error!("no random nonce: the value is not stored");
-            return Vec::new();
-        }
-        if key
-            .key
+        self.random
+            .fill(&mut nonce)
+            .map_err(|_| format!("{store_key}: no random nonce from the system"))?;
+        key.key
             .seal_in_place_append_tag(
                 Nonce::assume_unique_for_key(nonce),
                 Aad::from(store_key.as_bytes()),
                 &mut value,
             )
-            .is_err()
-        {
-            tracing::error!("AES-GCM sealing failed: the value is not stored");
-            return Vec::new();
-        }
+            .map_err(|_| format!("{store_key}: AES-GCM sealing failed"))?;
         let mut out = format!("{PREFIX}aesgcm:v1:{}:", key.name).into_bytes();
         out.extend_from_slice(&nonce);
         out.extend_from_slice(&value);
-        out
+        Ok(out)
     }
 
     /// Is `stored` (as read from `key`) written otherwise than [`seal`]
@@ -372,7 +365,7 @@ mod tests {
         )))
         .unwrap();
         let key = "/registry/secrets/default/s";
-        let sealed = one.seal(key, b"{\"data\":{}}".to_vec());
+        let sealed = one.seal(key, b"{\"data\":{}}".to_vec()).unwrap();
         assert!(sealed.starts_with(b"k8s:enc:aesgcm:v1:key1:"));
         assert!(!sealed.windows(4).any(|w| w == b"data"));
         assert_eq!(one.open(key, sealed.clone()).unwrap(), b"{\"data\":{}}");
@@ -382,7 +375,8 @@ mod tests {
             .is_err());
         // Not a secret: untouched both ways.
         assert_eq!(
-            one.seal("/registry/configmaps/default/c", b"x".to_vec()),
+            one.seal("/registry/configmaps/default/c", b"x".to_vec())
+                .unwrap(),
             b"x"
         );
         // What was stored before encryption reads through identity.
@@ -394,13 +388,13 @@ mod tests {
         )))
         .unwrap();
         assert_eq!(rotated.open(key, sealed.clone()).unwrap(), b"{\"data\":{}}");
-        let resealed = rotated.seal(key, b"v".to_vec());
+        let resealed = rotated.seal(key, b"v".to_vec()).unwrap();
         assert!(resealed.starts_with(b"k8s:enc:aesgcm:v1:key2:"));
         assert!(
             rotated.is_stale(key, &sealed),
             "key1 is not the first any more"
         );
-        assert!(!rotated.is_stale(key, &rotated.seal(key, b"v".to_vec())));
+        assert!(!rotated.is_stale(key, &rotated.seal(key, b"v".to_vec()).unwrap()));
         assert!(rotated.is_stale(key, b"plain"));
         assert!(!one.is_stale(key, &sealed));
         assert!(!one.is_stale("/registry/configmaps/default/c", b"plain"));

@@ -24,6 +24,7 @@
 //! `tests/fuzz.rs`, the pure parts they drive.
 
 mod allocate;
+pub mod audit;
 mod compaction;
 mod convert;
 pub mod defaults;

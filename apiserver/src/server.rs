@@ -83,6 +83,10 @@ pub struct Config {
     /// File holding the bearer token the apiserver presents to node agents.
     #[arg(long, env = "SHOAL_KUBELET_TOKEN_FILE")]
     pub kubelet_token_file: Option<PathBuf>,
+    /// Where the audit log is appended, one `audit.k8s.io/v1` Event per
+    /// request at level Metadata as a JSON line (`-`: standard output).
+    #[arg(long, env = "SHOAL_AUDIT_LOG_PATH")]
+    pub audit_log_path: Option<PathBuf>,
     /// An `EncryptionConfiguration` (kube-apiserver's format): the
     /// resources it names (e.g. secrets) are encrypted in the store.
     #[arg(long, env = "SHOAL_ENCRYPTION_PROVIDER_CONFIG")]
@@ -112,6 +116,12 @@ pub enum StartError {
     },
     #[error(transparent)]
     Encryption(#[from] crate::encryption::Error),
+    #[error("cannot open the audit log {path}: {source}")]
+    Audit {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error("cannot read the token file {path}: {source}")]
     Tokens {
         path: PathBuf,
@@ -135,6 +145,8 @@ pub struct Api {
     pub watches: crate::watch_cache::WatchCache,
     /// What `/metrics` serves.
     pub metrics: crate::metrics::Metrics,
+    /// Where the audit log goes (`--audit-log-path`), if anywhere.
+    pub audit: Option<Arc<crate::audit::Audit>>,
 }
 
 /// A running apiserver.
@@ -263,7 +275,11 @@ async fn authenticate(State(api): State<Arc<Api>>, mut request: Request, next: N
         match token.and_then(|t| tokens.get(t)) {
             Some(user) => {
                 let user = user.clone();
-                request.extensions_mut().insert(user);
+                request.extensions_mut().insert(user.clone());
+                // For the audit log, outside this layer.
+                let mut response = next.run(request).await;
+                response.extensions_mut().insert(user);
+                return response;
             }
             None => return ApiError::unauthorized().into_response(),
         }
@@ -314,6 +330,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .layer(middleware::from_fn(catch_panic))
         .layer(middleware::from_fn_with_state(
             api.clone(),
+            crate::audit::log,
+        ))
+        .layer(middleware::from_fn_with_state(
+            api.clone(),
             crate::metrics::record,
         ))
         .with_state(api)
@@ -361,6 +381,15 @@ pub async fn start_advertising(
         None => None,
     };
     let store = Store::new(&config.etcd_servers)?.with_encryption(encryption);
+    let audit = match &config.audit_log_path {
+        Some(path) => Some(Arc::new(crate::audit::Audit::open(path).map_err(
+            |source| StartError::Audit {
+                path: path.clone(),
+                source,
+            },
+        )?)),
+        None => None,
+    };
     let tokens = match &config.token_auth_file {
         Some(path) => {
             let text = std::fs::read_to_string(path).map_err(|source| StartError::Tokens {
@@ -443,6 +472,7 @@ pub async fn start_advertising(
         agents,
         watches: Default::default(),
         metrics: Default::default(),
+        audit,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let tasks = vec![
@@ -533,7 +563,13 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone().map_request(trim_trailing_slash));
+        let service =
+            TowerToHyperService::new(router.clone().map_request(trim_trailing_slash).map_request(
+                move |mut request: http::Request<hyper::body::Incoming>| {
+                    request.extensions_mut().insert(crate::audit::Peer(peer));
+                    request
+                },
+            ));
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                 .await

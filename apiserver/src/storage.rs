@@ -55,6 +55,8 @@ pub enum Error {
     Other(String),
     #[error("unable to transform a stored value: {0}")]
     Decrypt(String),
+    #[error("unable to encrypt a value: {0}")]
+    Encrypt(String),
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -98,11 +100,15 @@ pub struct Store {
     encryption: Option<Arc<Encryption>>,
 }
 
-/// Decrypts a value read from the store in place.
+/// Decrypts a value read from the store in place (a delete event's is
+/// empty: nothing to decrypt).
 fn open(encryption: Option<&Encryption>, kv: &mut KeyValue) -> Result<()> {
     let Some(encryption) = encryption else {
         return Ok(());
     };
+    if kv.value.is_empty() {
+        return Ok(());
+    }
     let key = String::from_utf8_lossy(&kv.key).into_owned();
     kv.value = encryption
         .open(&key, std::mem::take(&mut kv.value))
@@ -181,13 +187,13 @@ impl Store {
         open(self.encryption.as_deref(), kv)
     }
 
-    fn seal(&self, op: Op) -> Op {
+    fn seal(&self, op: Op) -> Result<Op> {
         match (op, &self.encryption) {
             (Op::Put(key, value), Some(encryption)) => {
-                let value = encryption.seal(&key, value);
-                Op::Put(key, value)
+                let value = encryption.seal(&key, value).map_err(Error::Encrypt)?;
+                Ok(Op::Put(key, value))
             }
-            (op, _) => op,
+            (op, _) => Ok(op),
         }
     }
 
@@ -387,8 +393,8 @@ impl Store {
             success: ops
                 .iter()
                 .cloned()
-                .map(|op| self.seal(op).into_request())
-                .collect(),
+                .map(|op| self.seal(op).map(Op::into_request))
+                .collect::<Result<_>>()?,
             failure: vec![range_op(key)],
         };
         let response = self

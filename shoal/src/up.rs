@@ -91,6 +91,10 @@ pub struct UpArgs {
     /// what it names) are encrypted in the store.
     #[arg(long, env = "SHOAL_ENCRYPTION_PROVIDER_CONFIG")]
     encryption_provider_config: Option<PathBuf>,
+    /// Where the apiserver appends its audit log (one JSON line per
+    /// request, level Metadata; `-` for standard output).
+    #[arg(long, env = "SHOAL_AUDIT_LOG_PATH")]
+    audit_log_path: Option<PathBuf>,
 }
 
 /// What must stay the same from one run to the next.
@@ -284,6 +288,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         kubelet_certificate_authority: None,
         kubelet_token_file: Some(agent_token_file.clone()),
         encryption_provider_config: args.encryption_provider_config.clone(),
+        audit_log_path: args.audit_log_path.clone(),
         data_dir: dir.join("apiserver"),
     };
     let apiserver = shoal_apiserver::start(config)

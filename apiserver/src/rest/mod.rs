@@ -217,6 +217,8 @@ pub struct Addressed {
     /// `cluster` (every namespace's, or a cluster-scoped collection).
     pub scope: &'static str,
     pub named: bool,
+    pub namespace: Option<String>,
+    pub name: Option<String>,
 }
 
 /// The resource a path addresses; `None` for other paths (discovery,
@@ -239,6 +241,8 @@ pub fn addressed(path: &str) -> Option<Addressed> {
         subresource,
         scope,
         named: route.name.is_some(),
+        namespace: route.namespace,
+        name: route.name,
     })
 }
 

@@ -58,6 +58,15 @@ async fn secrets_are_encrypted_at_rest_and_their_keys_rotate() {
     let data = dir.path().join("api");
     let config = dir.path().join("encryption.yaml");
     let config_arg = config.to_str().unwrap();
+    // An apiserver reading the configuration as it is now.
+    let encrypted = || {
+        Apiserver::start_with(
+            &endpoints,
+            &data,
+            None,
+            &["--encryption-provider-config", config_arg],
+        )
+    };
     let stored = |name: &str| {
         store.etcdctl_ok(&[
             "get",
@@ -80,12 +89,7 @@ async fn secrets_are_encrypted_at_rest_and_their_keys_rotate() {
 
     // Encryption on (key1, identity to read what was there).
     write_config(&config, &[("key1", KEY1)], true);
-    api = Apiserver::start_with(
-        &endpoints,
-        &data,
-        None,
-        &["--encryption-provider-config", config_arg],
-    );
+    api = encrypted();
     api.ok(&[
         "create",
         "secret",
@@ -115,22 +119,16 @@ async fn secrets_are_encrypted_at_rest_and_their_keys_rotate() {
         .contains("visible"));
     api.kill();
 
-    // Rotation: key2 first, key1 still read; every Secret rewritten (one
-    // by one: a List piped to `kubectl replace` needs the protobuf form of
-    // /openapi/v2 for kubectl's client-side check, which shoal does not
-    // serve yet).
+    // Rotation: key2 first, key1 still read; every Secret rewritten with
+    // the command Kubernetes' documentation gives (a List: kubectl asks
+    // for /openapi/v2 in protobuf to check it).
     write_config(&config, &[("key2", KEY2), ("key1", KEY1)], true);
-    api = Apiserver::start_with(
-        &endpoints,
-        &data,
-        None,
-        &["--encryption-provider-config", config_arg],
-    );
+    api = encrypted();
     assert_eq!(password(&api, "db"), "hunter2");
     let rewrite = Command::new("sh")
         .arg("-c")
         .arg(format!(
-            "for s in $({KUBECTL} get secrets -o name); do {KUBECTL} get $s -o json | {KUBECTL} replace -f - || exit 1; done"
+            "{KUBECTL} get secrets --all-namespaces -o json | {KUBECTL} replace -f -"
         ))
         .env("KUBECONFIG", &api.kubeconfig)
         .output()
@@ -147,12 +145,7 @@ async fn secrets_are_encrypted_at_rest_and_their_keys_rotate() {
 
     // key1 and identity gone: everything still reads.
     write_config(&config, &[("key2", KEY2)], false);
-    api = Apiserver::start_with(
-        &endpoints,
-        &data,
-        None,
-        &["--encryption-provider-config", config_arg],
-    );
+    api = encrypted();
     assert_eq!(password(&api, "db"), "hunter2");
     assert_eq!(password(&api, "before"), "plain-before");
     // A watch sees a deletion (whose event carries no value to decrypt)
@@ -209,12 +202,7 @@ async fn secrets_are_encrypted_at_rest_and_their_keys_rotate() {
 
     // A key still in use removed: an error that says so, not garbage.
     write_config(&config, &[("key3", KEY3)], false);
-    api = Apiserver::start_with(
-        &endpoints,
-        &data,
-        None,
-        &["--encryption-provider-config", config_arg],
-    );
+    api = encrypted();
     let out = kubectl_at(&api.kubeconfig, &["get", "secret", "db"]);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
@@ -318,7 +306,7 @@ async fn every_request_is_in_the_audit_log() {
         assert_eq!(event["apiVersion"], "audit.k8s.io/v1", "{event}");
         assert_eq!(event["level"], "Metadata", "{event}");
     }
-    let created = find(&events, "create", None, 201).expect("the create");
+    let created = find(&events, "create", Some("audited"), 201).expect("the create");
     assert_eq!(created["user"]["username"], "admin", "{created}");
     assert!(created["user"]["groups"]
         .as_array()

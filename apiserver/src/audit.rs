@@ -34,6 +34,10 @@ use crate::server::{Api, User};
 #[derive(Debug, Clone, Copy)]
 pub struct Peer(pub SocketAddr);
 
+/// The name of the object a create made, put on its response.
+#[derive(Debug, Clone)]
+pub struct Created(pub String);
+
 /// Where the lines go.
 pub struct Audit {
     sink: Mutex<Box<dyn Write + Send>>,
@@ -91,29 +95,13 @@ fn verb(method: &Method, addressed: Option<&crate::rest::Addressed>, watch: bool
     }
 }
 
-/// A random version-4 UUID.
-fn audit_id() -> String {
-    let mut bytes: [u8; 16] = rand::random();
-    bytes[6] = (bytes[6] & 0x0f) | 0x40;
-    bytes[8] = (bytes[8] & 0x3f) | 0x80;
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
-}
-
 /// The middleware: a line per request (two for a watch).
 pub async fn log(State(api): State<Arc<Api>>, request: Request, next: Next) -> Response {
     let Some(audit) = api.audit.clone() else {
         return next.run(request).await;
     };
     let received = shoal_core::time::now_micro();
-    let id = audit_id();
+    let id = crate::object::uid();
     let path = request.uri().path().to_string();
     let uri = request
         .uri()
@@ -129,7 +117,7 @@ pub async fn log(State(api): State<Arc<Api>>, request: Request, next: Next) -> R
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
     let source = request.extensions().get::<Peer>().map(|p| p.0.ip());
-    let object_ref = addressed.as_ref().map(|r| {
+    let mut object_ref = addressed.as_ref().map(|r| {
         let mut object = json!({"resource": r.resource, "apiVersion": r.version});
         if !r.group.is_empty() {
             object["apiGroup"] = json!(r.group);
@@ -156,6 +144,12 @@ pub async fn log(State(api): State<Arc<Api>>, request: Request, next: Next) -> R
         }
         user
     });
+    if let (Some(object), Some(created)) = (&mut object_ref, response.extensions().get::<Created>())
+    {
+        if object.get("name").is_none() {
+            object["name"] = json!(created.0);
+        }
+    }
     let code = response.status().as_u16();
     let mut event = json!({
         "kind": "Event",
@@ -212,15 +206,6 @@ impl Drop for Completes {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn audit_ids_are_version_4_uuids() {
-        let id = audit_id();
-        assert_eq!(id.len(), 36);
-        assert_eq!(&id[14..15], "4");
-        assert!(matches!(&id[19..20], "8" | "9" | "a" | "b"), "{id}");
-        assert_ne!(id, audit_id());
-    }
 
     #[test]
     fn verbs_are_kubernetes_audit_verbs() {

@@ -7,6 +7,8 @@
 //!   GET /openapi/v3                 {"paths": {"apis/apps/v1": {"serverRelativeURL": ...}}}
 //!   GET /openapi/v3/apis/apps/v1    {"openapi": "3.0.0", "paths": {...}, "components": {...}}
 //!   GET /openapi/v2                 {"swagger": "2.0", "paths": {...}, "definitions": {...}} (all of them)
+//!   GET /openapi/v2 (Accept: ...proto-openapi.spec.v2@v1.0+protobuf)
+//!                                   the same document's header only, in gnostic's protobuf
 //! ```
 
 use std::collections::BTreeMap;
@@ -313,10 +315,57 @@ pub async fn group(Path((group, version)): Path<(String, String)>) -> Response {
     serve(&format!("apis/{group}/{version}"))
 }
 
+/// The protobuf form of `/openapi/v2` that kubectl asks for (with an `@`,
+/// which Go's MIME parser refuses in an answer: kube-openapi answers with
+/// [`V2_PROTOBUF`]).
+const V2_PROTOBUF_ASKED: &str = "application/com.github.proto-openapi.spec.v2@v1.0+protobuf";
+const V2_PROTOBUF: &str = "application/com.github.proto-openapi.spec.v2.v1.0+protobuf";
+
 /// `/openapi/v2`: one Swagger 2.0 document for every group/version, made
 /// once from the v3 documents (the same paths, operations and schemas,
-/// written as v2 writes them).
-pub async fn v2() -> Response {
+/// written as v2 writes them). A client that asks for protobuf (kubectl,
+/// for its client-side check of a `List`) gets a document without
+/// definitions in gnostic's `openapi.v2.Document` encoding: kubectl then
+/// skips its own check of each item, which the server makes anyway
+/// (`fieldValidation`).
+pub async fn v2(headers: http::HeaderMap) -> Response {
+    let protobuf = headers
+        .get_all(http::header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains(V2_PROTOBUF_ASKED) || v.contains(V2_PROTOBUF));
+    if protobuf {
+        return (
+            [(http::header::CONTENT_TYPE, V2_PROTOBUF)],
+            v2_protobuf_header(),
+        )
+            .into_response();
+    }
+    v2_json()
+}
+
+/// `openapi.v2.Document { swagger: "2.0", info: { title, version } }`.
+fn v2_protobuf_header() -> Vec<u8> {
+    fn field(out: &mut Vec<u8>, number: u8, bytes: &[u8]) {
+        out.push(number << 3 | 2);
+        let mut len = bytes.len();
+        while len >= 0x80 {
+            out.push((len as u8 & 0x7f) | 0x80);
+            len >>= 7;
+        }
+        out.push(len as u8);
+        out.extend_from_slice(bytes);
+    }
+    let mut info = Vec::new();
+    field(&mut info, 1, b"Kubernetes");
+    field(&mut info, 2, crate::discovery::KUBE_GIT_VERSION.as_bytes());
+    let mut document = Vec::new();
+    field(&mut document, 1, b"2.0");
+    field(&mut document, 2, &info);
+    document
+}
+
+fn v2_json() -> Response {
     static DOC: OnceLock<Value> = OnceLock::new();
     let doc = DOC.get_or_init(|| {
         let mut paths = serde_json::Map::new();
@@ -494,8 +543,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn v2_in_protobuf_is_a_gnostic_document_header() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(
+            http::header::ACCEPT,
+            http::HeaderValue::from_static(V2_PROTOBUF_ASKED),
+        );
+        let response = v2(headers).await;
+        assert_eq!(response.headers()[http::header::CONTENT_TYPE], V2_PROTOBUF);
+        let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        // swagger (1) "2.0", info (2) { title (1) "Kubernetes", version (2) }
+        assert_eq!(&body[..5], b"\x0a\x032.0");
+        assert_eq!(body[5], 0x12);
+        assert_eq!(body[6] as usize, body.len() - 7);
+        assert_eq!(&body[7..19], b"\x0a\x0aKubernetes");
+        assert_eq!(body[19], 0x12);
+        assert_eq!(&body[21..], crate::discovery::KUBE_GIT_VERSION.as_bytes());
+    }
+
+    #[tokio::test]
     async fn v2_is_swagger_with_definitions_and_typed_parameters() {
-        let response = v2().await;
+        let response = v2(http::HeaderMap::new()).await;
         let body = axum::body::to_bytes(response.into_body(), 1 << 28)
             .await
             .unwrap();

@@ -369,7 +369,18 @@ async fn handle(api: Arc<Api>, request: Request) -> Result<Response> {
         (method, _) => Err(ApiError::method_not_allowed(method.as_str())),
     };
     let (code, object) = result?;
-    Ok(respond(&ctx, code, object))
+    // A create names its object in its body: the audit log's objectRef
+    // takes the name from here.
+    let created = (parts.method == Method::POST && ctx.name.is_none())
+        .then(|| crate::object::name(&object).to_string())
+        .filter(|name| !name.is_empty());
+    let mut response = respond(&ctx, code, object);
+    if let Some(name) = created {
+        response
+            .extensions_mut()
+            .insert(crate::audit::Created(name));
+    }
+    Ok(response)
 }
 
 /// Creates an object on the server's own behalf.

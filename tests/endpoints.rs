@@ -262,8 +262,9 @@ fn external_ip(up: &ShoalUp, name: &str) -> String {
 fn load_balancers_take_addresses_from_the_pool() {
     let up = ShoalUp::start_with(&["--loadbalancer-ip-pool=172.30.255.0/30"]);
     // The ingress's Service (made at start) takes the first address.
+    // (Made by the controllers a moment after start: not found is "".)
     let ingress = || {
-        up.ok(&[
+        let out = up.kubectl(&[
             "get",
             "svc",
             "-n",
@@ -271,7 +272,8 @@ fn load_balancers_take_addresses_from_the_pool() {
             "shoal-ingress",
             "-o",
             "jsonpath={.status.loadBalancer.ingress[0].ip}",
-        ])
+        ]);
+        String::from_utf8_lossy(&out.stdout).into_owned()
     };
     assert!(
         eventually(Duration::from_secs(20), || ingress() == "172.30.255.1"),

@@ -803,7 +803,8 @@ spec:
     let mut lb = String::new();
     assert!(
         eventually(Duration::from_secs(30), || {
-            lb = up.ok(&[
+            // Not found until the controllers have made it.
+            let out = up.kubectl(&[
                 "get",
                 "service",
                 "-n",
@@ -812,6 +813,7 @@ spec:
                 "-o",
                 "jsonpath={.status.loadBalancer.ingress[0].ip}",
             ]);
+            lb = String::from_utf8_lossy(&out.stdout).into_owned();
             !lb.is_empty()
         }),
         "{}",

@@ -7,12 +7,9 @@
 
 mod support;
 
-use std::io::BufRead;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use support::kube::{eventually, Apiserver, KUBECTL};
+use support::kube::{eventually, Apiserver, Watching};
 use support::TestCluster;
 
 #[tokio::test(flavor = "multi_thread")]
@@ -26,47 +23,25 @@ async fn two_apiservers_share_one_store() {
     let b = Apiserver::start(&endpoints, &dir.path().join("b"), Some((&cert, &key)));
 
     // A watch through B.
-    let mut watch = Command::new(KUBECTL)
-        .args([
+    let watch = Watching::start(
+        &b.kubeconfig,
+        &[
             "get",
             "configmaps",
             "-w",
             "--output-watch-events",
             "-o",
             "name",
-        ])
-        .env("KUBECONFIG", &b.kubeconfig)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = lines.clone();
-    let stdout = watch.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            sink.lock().unwrap().push(line);
-        }
-    });
+        ],
+    );
     std::thread::sleep(Duration::from_millis(500));
 
     // A write through A.
     a.ok(&["create", "configmap", "from-a", "--from-literal=k=v"]);
     let seen = eventually(Duration::from_secs(10), || {
-        lines
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("configmap/from-a"))
+        watch.lines().iter().any(|l| l.contains("configmap/from-a"))
     });
-    assert!(
-        seen,
-        "B's watch missed A's write: {:?}",
-        lines.lock().unwrap()
-    );
+    assert!(seen, "B's watch missed A's write: {:?}", watch.lines());
 
     // Losing A leaves B serving, and the watch through B keeps going.
     a.kill();
@@ -76,11 +51,7 @@ async fn two_apiservers_share_one_store() {
         "v"
     );
     assert!(eventually(Duration::from_secs(10), || {
-        lines
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains("configmap/from-b"))
+        watch.lines().iter().any(|l| l.contains("configmap/from-b"))
     }));
 
     // A watch from a version the store has compacted away ends with 410.
@@ -119,8 +90,7 @@ async fn two_apiservers_share_one_store() {
         b.ok(&["get", "cm", "from-b", "-o", "name"]).trim(),
         "configmap/from-b"
     );
-    let _ = watch.kill();
-    let _ = watch.wait();
+    drop(watch);
 }
 
 /// The addresses in Endpoints `default/kubernetes`, as `ip:port` (one

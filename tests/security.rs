@@ -10,14 +10,12 @@
 
 mod support;
 
-use std::io::BufRead;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::sync::{Arc, Mutex};
+use std::process::Command;
 use std::time::Duration;
 
 use base64::Engine;
-use support::kube::{eventually, kubectl_at, Apiserver, KUBECTL};
+use support::kube::{eventually, kubectl_at, Apiserver, Watching, KUBECTL};
 use support::TestCluster;
 
 /// 32-byte AES keys, base64 (make real ones with `head -c 32 /dev/urandom | base64`).
@@ -150,34 +148,19 @@ async fn secrets_are_encrypted_at_rest_and_their_keys_rotate() {
     assert_eq!(password(&api, "before"), "plain-before");
     // A watch sees a deletion (whose event carries no value to decrypt)
     // and what comes after it.
-    let mut watch = Command::new(KUBECTL)
-        .args([
+    let watch = Watching::start(
+        &api.kubeconfig,
+        &[
             "get",
             "secrets",
             "-w",
             "--output-watch-events",
             "-o",
             "name",
-        ])
-        .env("KUBECONFIG", &api.kubeconfig)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let lines = Arc::new(Mutex::new(Vec::<String>::new()));
-    let sink = lines.clone();
-    let stdout = watch.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout)
-            .lines()
-            .map_while(Result::ok)
-        {
-            sink.lock().unwrap().push(line);
-        }
-    });
-    assert!(eventually(Duration::from_secs(10), || lines
-        .lock()
-        .unwrap()
+        ],
+    );
+    assert!(eventually(Duration::from_secs(10), || watch
+        .lines()
         .iter()
         .any(|l| l.contains("secret/db"))));
     api.ok(&["delete", "secret", "before"]);
@@ -191,13 +174,12 @@ async fn secrets_are_encrypted_at_rest_and_their_keys_rotate() {
     // `-o name` prints no event type: the deletion is before's second
     // line, and the watch goes on past it.
     let seen = eventually(Duration::from_secs(10), || {
-        let lines = lines.lock().unwrap();
+        let lines = watch.lines();
         lines.iter().filter(|l| *l == "secret/before").count() == 2
             && lines.iter().any(|l| l == "secret/after")
     });
-    let _ = watch.kill();
-    let _ = watch.wait();
-    assert!(seen, "{:?}", lines.lock().unwrap());
+    assert!(seen, "{:?}", watch.lines());
+    drop(watch);
     api.kill();
 
     // A key still in use removed: an error that says so, not garbage.

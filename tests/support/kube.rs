@@ -596,3 +596,48 @@ impl Drop for SimulatedNodes {
         self.kill();
     }
 }
+
+/// A `kubectl` that keeps printing (`get -w`), its output lines gathered
+/// as they come; killed when dropped.
+pub struct Watching {
+    child: Child,
+    pub lines: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl Watching {
+    /// Runs kubectl with `args` against `kubeconfig`.
+    pub fn start(kubeconfig: &Path, args: &[&str]) -> Watching {
+        use std::io::BufRead;
+        let mut child = Command::new(KUBECTL)
+            .args(args)
+            .env("KUBECONFIG", kubeconfig)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kubectl");
+        let lines = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = lines.clone();
+        let stdout = child.stdout.take().expect("kubectl's stdout");
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout)
+                .lines()
+                .map_while(Result::ok)
+            {
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        Watching { child, lines }
+    }
+
+    /// The lines so far.
+    pub fn lines(&self) -> Vec<String> {
+        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+impl Drop for Watching {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

@@ -18,6 +18,13 @@
 #   CONTROLLERS=1 also run the scheduler and control loops in the cluster
 #                 (by default the API is measured alone: with no nodes the
 #                 scheduler would mark all PODS pods unschedulable meanwhile)
+#   AUTHZ=compare RBAC on against off in one run: each repeat runs the
+#                 load twice, with --authorization-mode RBAC and AlwaysAllow,
+#                 as a ServiceAccount `bench` bound to `edit` in the bench's
+#                 namespace (its token from `kubectl create token`), so that every
+#                 request is authenticated the same way and RBAC decides
+#                 (the admin is in system:masters, which RBAC never looks at)
+#   KUBECTL       kubectl for AUTHZ=compare (default: kubectl)
 #   KEEP_TMP=1    keep the data directories and logs (the path is printed)
 set -euo pipefail
 
@@ -28,6 +35,8 @@ CLIENTS=${CLIENTS:-100}
 WATCHERS=${WATCHERS:-1000}
 WATCH_EVENTS=${WATCH_EVENTS:-100}
 REPEAT=${REPEAT:-3}
+AUTHZ=${AUTHZ:-}
+KUBECTL=${KUBECTL:-kubectl}
 
 log() { printf '[apiserver-bench] %s\n' "$*" >&2; }
 
@@ -43,13 +52,17 @@ cleanup() {
 trap cleanup EXIT
 
 RESULTS="$TMP/results.jsonl"
+MODES=(default)
+[ "$AUTHZ" = compare ] && MODES=(RBAC AlwaysAllow)
 for run in $(seq 1 "$REPEAT"); do
-  DIR="$TMP/run-$run"
+  for mode in "${MODES[@]}"; do
+  DIR="$TMP/run-$run-$mode"
   mkdir -p "$DIR"
   # --no-agent: the API alone (as root, `shoal up` would also run a node
   # agent, and the bench's pods would be started for real).
   UP_FLAGS=(--data-dir "$DIR" --port 0 --no-agent)
   [ "${CONTROLLERS:-0}" = 1 ] || UP_FLAGS+=(--no-controllers)
+  [ "$mode" = default ] || UP_FLAGS+=(--authorization-mode "$mode")
   "$SHOAL" up "${UP_FLAGS[@]}" >"$DIR/up.log" 2>&1 &
   UP_PID=$!
   for _ in $(seq 1 300); do
@@ -57,10 +70,26 @@ for run in $(seq 1 "$REPEAT"); do
     sleep 0.1
   done
   [ -f "$DIR/kubeconfig" ] || { log "shoal up did not start:"; cat "$DIR/up.log" >&2; exit 1; }
-  log "run $run: $PODS pods, $CLIENTS clients, $WATCHERS watchers"
-  "$SHOAL" bench api --kubeconfig "$DIR/kubeconfig" --pods "$PODS" --clients "$CLIENTS" \
-    --watchers "$WATCHERS" --watch-events "$WATCH_EVENTS" | tee -a "$RESULTS"
+  KUBECONFIG_RUN="$DIR/kubeconfig"
+  if [ "$mode" != default ]; then
+    for _ in $(seq 1 100); do
+      "$KUBECTL" --kubeconfig "$DIR/kubeconfig" create serviceaccount bench >/dev/null 2>&1 && break
+      sleep 0.2
+    done
+    "$KUBECTL" --kubeconfig "$DIR/kubeconfig" create namespace bench >/dev/null
+    "$KUBECTL" --kubeconfig "$DIR/kubeconfig" create rolebinding bench-edit -n bench \
+      --clusterrole=edit --serviceaccount=default:bench >/dev/null
+    TOKEN=$("$KUBECTL" --kubeconfig "$DIR/kubeconfig" create token bench --duration=4h)
+    sed "s|token: .*|token: $TOKEN|" "$DIR/kubeconfig" >"$DIR/kubeconfig-bench"
+    KUBECONFIG_RUN="$DIR/kubeconfig-bench"
+  fi
+  log "run $run ($mode): $PODS pods, $CLIENTS clients, $WATCHERS watchers"
+  "$SHOAL" bench api --kubeconfig "$KUBECONFIG_RUN" --pods "$PODS" --clients "$CLIENTS" \
+    --watchers "$WATCHERS" --watch-events "$WATCH_EVENTS" \
+    | python3 -c 'import json,sys; [print(json.dumps(dict(json.loads(l), mode=sys.argv[1]))) for l in sys.stdin if l.strip()]' "$mode" \
+    | tee -a "$RESULTS"
   kill "$UP_PID"; wait "$UP_PID" 2>/dev/null || true; UP_PID=
+  done
 done
 
 python3 - "$RESULTS" <<'PY'
@@ -68,7 +97,16 @@ import json, statistics, sys
 runs = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
 keys = ["create_per_sec", "create_p50_ms", "create_p99_ms", "list_ms_median",
         "watch_delivery_p50_ms", "watch_delivery_p99_ms", "create_errors", "watch_events_received"]
-print("median of %d runs:" % len(runs))
-for k in keys:
-    print("  %-24s %s" % (k, round(statistics.median(r[k] for r in runs), 2)))
+modes = sorted({r["mode"] for r in runs})
+medians = {}
+for mode in modes:
+    these = [r for r in runs if r["mode"] == mode]
+    print("median of %d runs (%s):" % (len(these), mode))
+    medians[mode] = {k: statistics.median(r[k] for r in these) for k in keys}
+    for k in keys:
+        print("  %-24s %s" % (k, round(medians[mode][k], 2)))
+if set(modes) == {"RBAC", "AlwaysAllow"}:
+    on, off = medians["RBAC"], medians["AlwaysAllow"]
+    print("RBAC on / off: create/s %.3f, create p99 %.3f" % (
+        on["create_per_sec"] / off["create_per_sec"], on["create_p99_ms"] / off["create_p99_ms"]))
 PY

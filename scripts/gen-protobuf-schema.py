@@ -164,6 +164,10 @@ for package, kinds in {
     "io.k8s.api.policy.v1": ["PodDisruptionBudget"],
     "io.k8s.api.storage.v1": ["StorageClass"],
     "io.k8s.api.scheduling.v1": ["PriorityClass"],
+    "io.k8s.api.rbac.v1": ["Role", "ClusterRole", "RoleBinding", "ClusterRoleBinding"],
+    "io.k8s.api.authorization.v1": ["SelfSubjectAccessReview", "SelfSubjectRulesReview", "SubjectAccessReview",
+                                    "LocalSubjectAccessReview"],
+    "io.k8s.api.authentication.v1": ["SelfSubjectReview", "TokenReview"],
 }.items():
     roots += [package + "." + k for k in kinds]
 

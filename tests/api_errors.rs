@@ -113,9 +113,16 @@ fn bad_requests_get_status_objects() {
         "FieldValueInvalid"
     );
 
-    // Without a token: 401.
+    // Without a token: system:anonymous, whom RBAC refuses (403); with a
+    // wrong one: 401.
     let (code, text) = up.curl_as("GET", CM, JSON, None, None);
-    assert_eq!(code, 401, "{text}");
+    assert_eq!(code, 403, "{text}");
+    let status: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(
+        status["message"],
+        "configmaps is forbidden: User \"system:anonymous\" cannot list resource \"configmaps\" in API group \"\" in the namespace \"default\""
+    );
+    assert_eq!(status["reason"], "Forbidden");
     let (code, _) = up.curl_as("GET", CM, JSON, None, Some("wrong-token"));
     assert_eq!(code, 401);
 

@@ -65,6 +65,11 @@ fn pods_resolve_services_statefulset_pods_and_outside_names() {
     let up = nodes::cluster_with(2, &["--dns-upstream", &upstream]);
     let nsd = Nsd::start(up.data_dir(), HOST.parse().unwrap(), nsd_port);
     // `kubectl get svc -n kube-system` shows the cluster DNS Service.
+    // Made by the controllers within moments of their start.
+    assert!(eventually(Duration::from_secs(10), || up
+        .kubectl(&["get", "svc", "-n", "kube-system", "kube-dns"])
+        .status
+        .success()));
     let svc = up.ok(&["get", "svc", "-n", "kube-system", "kube-dns"]);
     assert!(
         svc.contains("10.96.0.10") && svc.contains("53/UDP,53/TCP"),

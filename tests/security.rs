@@ -343,3 +343,784 @@ async fn every_request_is_in_the_audit_log() {
     ids.dedup();
     assert_eq!(ids.len(), count);
 }
+
+/// A kubeconfig for the same apiserver with another user's token.
+fn kubeconfig_for(api: &Apiserver, token: &str) -> std::path::PathBuf {
+    let path = api.dir.join(format!("kubeconfig-{token}"));
+    std::fs::write(
+        &path,
+        support::kube::kubeconfig_text(
+            &format!("https://127.0.0.1:{}", api.port),
+            &api.dir.join("ca.crt"),
+            token,
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// kubectl's stdout and stderr together, and whether it succeeded.
+fn run(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
+    let out = kubectl_at(kubeconfig, args);
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn rbac_decides_like_kubernetes_for_kubectl() {
+    let store = TestCluster::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let api = Apiserver::start_with_tokens(
+        &store.endpoints(),
+        &dir.path().join("api"),
+        None,
+        &[],
+        "bob-token,bob,1001\ncarol-token,carol,1002,\"ops\"\n",
+    );
+    let bob = kubeconfig_for(&api, "bob-token");
+    let carol = kubeconfig_for(&api, "carol-token");
+    api.ok(&["create", "namespace", "dev"]);
+    api.ok(&[
+        "create",
+        "rolebinding",
+        "bob-view",
+        "--clusterrole=view",
+        "--user=bob",
+        "-n",
+        "dev",
+    ]);
+    api.ok(&[
+        "create",
+        "rolebinding",
+        "carol-admin",
+        "--clusterrole=admin",
+        "--group=ops",
+        "-n",
+        "dev",
+    ]);
+
+    // kubectl auth can-i: the answers Kubernetes gives a user bound to
+    // view in one namespace.
+    let table: &[(&[&str], bool)] = &[
+        (&["get", "pods", "-n", "dev"], true),
+        (&["list", "pods", "-n", "dev"], true),
+        (&["watch", "services", "-n", "dev"], true),
+        (&["list", "deployments.apps", "-n", "dev"], true),
+        (&["get", "pods/log", "-n", "dev"], true),
+        (&["get", "configmaps", "-n", "dev"], true),
+        (&["list", "events", "-n", "dev"], true),
+        (
+            &["get", "horizontalpodautoscalers.autoscaling", "-n", "dev"],
+            true,
+        ),
+        (&["list", "jobs.batch", "-n", "dev"], true),
+        (
+            &["list", "endpointslices.discovery.k8s.io", "-n", "dev"],
+            true,
+        ),
+        (&["get", "secrets", "-n", "dev"], false),
+        (&["create", "pods", "-n", "dev"], false),
+        (&["create", "pods/exec", "-n", "dev"], false),
+        (&["update", "configmaps", "-n", "dev"], false),
+        (&["delete", "deployments.apps", "-n", "dev"], false),
+        (
+            &["list", "roles.rbac.authorization.k8s.io", "-n", "dev"],
+            false,
+        ),
+        (&["get", "pods", "-n", "default"], false),
+        (&["list", "nodes"], false),
+        (
+            &["create", "selfsubjectaccessreviews.authorization.k8s.io"],
+            true,
+        ),
+    ];
+    for (args, expected) in table {
+        let mut full = vec!["auth", "can-i"];
+        full.extend_from_slice(args);
+        let out = kubectl_at(&bob, &full);
+        let answer = String::from_utf8_lossy(&out.stdout).trim().to_string();
+        assert_eq!(
+            (out.status.success(), answer.as_str()),
+            (*expected, if *expected { "yes" } else { "no" }),
+            "kubectl auth can-i {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The same through impersonation by the admin.
+    assert_eq!(
+        api.ok(&["auth", "can-i", "list", "pods", "-n", "dev", "--as=bob"])
+            .trim(),
+        "yes"
+    );
+    let out = kubectl_at(
+        &api.kubeconfig,
+        &["auth", "can-i", "list", "secrets", "-n", "dev", "--as=bob"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "no");
+
+    // kubectl auth can-i --list: the view rules, no Secrets.
+    let (ok, list) = run(&bob, &["auth", "can-i", "--list", "-n", "dev"]);
+    assert!(ok, "{list}");
+    assert!(list.starts_with("Resources"), "{list}");
+    let pods = list
+        .lines()
+        .find(|l| l.starts_with("pods "))
+        .unwrap_or_else(|| panic!("{list}"));
+    assert!(pods.ends_with("[get list watch]"), "{list}");
+    assert!(!list.lines().any(|l| l.starts_with("secrets ")), "{list}");
+    assert!(
+        list.contains("selfsubjectaccessreviews.authorization.k8s.io"),
+        "{list}"
+    );
+
+    // Writes and reads outside the role: 403 with Kubernetes' messages.
+    let (ok, out) = run(
+        &bob,
+        &[
+            "create",
+            "configmap",
+            "x",
+            "-n",
+            "dev",
+            "--from-literal=a=b",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        out.contains("configmaps is forbidden: User \"bob\" cannot create resource \"configmaps\" in API group \"\" in the namespace \"dev\""),
+        "{out}"
+    );
+    let (ok, out) = run(&bob, &["get", "secrets", "-n", "dev"]);
+    assert!(!ok);
+    assert!(
+        out.contains("Error from server (Forbidden): secrets is forbidden: User \"bob\" cannot list resource \"secrets\" in API group \"\" in the namespace \"dev\""),
+        "{out}"
+    );
+    let (ok, out) = run(&bob, &["delete", "pod", "web", "-n", "dev"]);
+    assert!(!ok);
+    assert!(
+        out.contains("pods \"web\" is forbidden: User \"bob\" cannot delete resource \"pods\" in API group \"\" in the namespace \"dev\""),
+        "{out}"
+    );
+    let (ok, out) = run(&bob, &["get", "nodes"]);
+    assert!(!ok);
+    assert!(
+        out.contains("nodes is forbidden: User \"bob\" cannot list resource \"nodes\" in API group \"\" at the cluster scope"),
+        "{out}"
+    );
+    let (ok, out) = run(&bob, &["get", "pods", "-n", "dev", "--as=carol"]);
+    assert!(!ok);
+    assert!(
+        out.contains("users \"carol\" is forbidden: User \"bob\" cannot impersonate resource \"users\" in API group \"\" at the cluster scope"),
+        "{out}"
+    );
+
+    // A Role and a RoleBinding added: allowed within a second.
+    api.ok(&[
+        "create",
+        "role",
+        "secret-reader",
+        "--verb=get,list",
+        "--resource=secrets",
+        "-n",
+        "dev",
+    ]);
+    api.ok(&[
+        "create",
+        "rolebinding",
+        "bob-secrets",
+        "--role=secret-reader",
+        "--user=bob",
+        "-n",
+        "dev",
+    ]);
+    let bound = std::time::Instant::now();
+    assert!(
+        eventually(Duration::from_secs(1), || run(
+            &bob,
+            &["auth", "can-i", "list", "secrets", "-n", "dev"]
+        )
+        .0),
+        "not allowed 1 s after the binding"
+    );
+    eprintln!("allowed {:?} after the binding", bound.elapsed());
+    assert!(run(&bob, &["get", "secrets", "-n", "dev"]).0);
+    api.ok(&["delete", "rolebinding", "bob-secrets", "-n", "dev"]);
+    assert!(eventually(Duration::from_secs(1), || !run(
+        &bob,
+        &["get", "secrets", "-n", "dev"]
+    )
+    .0));
+
+    // Escalation: carol (admin in dev) may grant what she holds there, not
+    // more, and may not bind herself to cluster-admin.
+    let (ok, out) = run(
+        &carol,
+        &[
+            "create",
+            "role",
+            "pod-reader",
+            "--verb=get",
+            "--resource=pods",
+            "-n",
+            "dev",
+        ],
+    );
+    assert!(ok, "{out}");
+    let (ok, out) = run(
+        &carol,
+        &[
+            "create",
+            "role",
+            "node-reader",
+            "--verb=list",
+            "--resource=nodes",
+            "-n",
+            "dev",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        out.contains("roles.rbac.authorization.k8s.io \"node-reader\" is forbidden: user \"carol\" (groups=[\"ops\" \"system:authenticated\"]) is attempting to grant RBAC permissions not currently held:\n{APIGroups:[\"\"], Resources:[\"nodes\"], Verbs:[\"list\"]}"),
+        "{out}"
+    );
+    let (ok, out) = run(
+        &carol,
+        &[
+            "create",
+            "rolebinding",
+            "mine",
+            "--clusterrole=cluster-admin",
+            "--user=carol",
+            "-n",
+            "dev",
+        ],
+    );
+    assert!(!ok);
+    assert!(
+        out.contains("is attempting to grant RBAC permissions not currently held"),
+        "{out}"
+    );
+    let (ok, out) = run(
+        &carol,
+        &[
+            "create",
+            "rolebinding",
+            "bob-reads",
+            "--role=pod-reader",
+            "--user=bob",
+            "-n",
+            "dev",
+        ],
+    );
+    assert!(ok, "{out}");
+
+    // kubectl auth whoami (SelfSubjectReview).
+    let (ok, out) = run(&carol, &["auth", "whoami"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("carol") && out.contains("ops"), "{out}");
+
+    // Without a token: system:anonymous may see the version, nothing else;
+    // a wrong token is 401.
+    let curl = |path: &str, token: Option<&str>| -> (String, String) {
+        let mut command = Command::new("curl");
+        command
+            .args(["-sS", "--cacert"])
+            .arg(api.dir.join("ca.crt"))
+            .args(["-w", "\n%{http_code}"]);
+        if let Some(token) = token {
+            command.args(["-H", &format!("Authorization: Bearer {token}")]);
+        }
+        let out = command
+            .arg(format!("https://127.0.0.1:{}{path}", api.port))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, code) = text.rsplit_once('\n').unwrap();
+        (code.to_string(), body.to_string())
+    };
+    assert_eq!(curl("/version", None).0, "200");
+    let (code, body) = curl("/api/v1/namespaces/dev/pods", None);
+    assert_eq!(code, "403", "{body}");
+    assert!(body.contains("pods is forbidden: User \\\"system:anonymous\\\" cannot list resource \\\"pods\\\" in API group \\\"\\\" in the namespace \\\"dev\\\""), "{body}");
+    assert_eq!(curl("/api", None).0, "403");
+    assert_eq!(curl("/api", Some("bob-token")).0, "200");
+    assert_eq!(curl("/api/v1/namespaces/dev/pods", Some("nobody")).0, "401");
+
+    // The default roles are there, as kubectl shows them.
+    let roles = api.ok(&["get", "clusterroles"]);
+    for name in [
+        "cluster-admin",
+        "admin",
+        "edit",
+        "view",
+        "system:node",
+        "system:discovery",
+    ] {
+        assert!(
+            roles
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(name)),
+            "{roles}"
+        );
+    }
+    assert!(
+        roles.starts_with("NAME") && roles.lines().next().unwrap().contains("CREATED AT"),
+        "{roles}"
+    );
+    let bindings = api.ok(&["get", "rolebindings", "-n", "dev", "-o", "wide"]);
+    assert!(
+        bindings.lines().any(|l| l.starts_with("bob-view")
+            && l.contains("ClusterRole/view")
+            && l.contains("bob")),
+        "{bindings}"
+    );
+}
+
+/// A pod's ServiceAccount token, mounted by the apiserver's admission and
+/// written by the agent: kubectl inside the pod (in-cluster config) lists
+/// what the account's Role allows and gets 403 otherwise;
+/// `automountServiceAccountToken: false` mounts nothing; `kubectl create
+/// token` gives a token the apiserver takes; a pod's token dies with it.
+#[test]
+fn service_account_tokens_in_pods() {
+    let up = support::kube::ShoalUp::with_ready_agent(&[]);
+    let port = up.server().rsplit(':').next().unwrap().to_string();
+    up.ok(&["create", "namespace", "team"]);
+    up.ok(&["create", "serviceaccount", "reader", "-n", "team"]);
+    up.ok(&[
+        "create",
+        "role",
+        "pod-reader",
+        "--verb=get,list",
+        "--resource=pods",
+        "-n",
+        "team",
+    ]);
+    up.ok(&[
+        "create",
+        "rolebinding",
+        "reader",
+        "--role=pod-reader",
+        "--serviceaccount=team:reader",
+        "-n",
+        "team",
+    ]);
+    up.apply(&format!(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {{name: reader, namespace: team}}
+spec:
+  serviceAccountName: reader
+  hostNetwork: true
+  terminationGracePeriodSeconds: 0
+  containers:
+  - name: main
+    image: busybox
+    command: ["sleep", "3600"]
+    env:
+    - {{name: KUBERNETES_SERVICE_HOST, value: "127.0.0.1"}}
+    - {{name: KUBERNETES_SERVICE_PORT, value: "{port}"}}
+    - {{name: HOME, value: /tmp}}
+    volumeMounts:
+    - {{name: kubectl, mountPath: /kubectl}}
+    - {{name: tmp, mountPath: /tmp}}
+  volumes:
+  - {{name: kubectl, hostPath: {{path: {KUBECTL}, type: File}}}}
+  - {{name: tmp, emptyDir: {{}}}}
+---
+apiVersion: v1
+kind: Pod
+metadata: {{name: quiet, namespace: team}}
+spec:
+  automountServiceAccountToken: false
+  terminationGracePeriodSeconds: 0
+  containers:
+  - {{name: main, image: busybox, command: ["sleep", "3600"]}}
+"#
+    ));
+    up.ok(&[
+        "wait",
+        "--for=condition=Ready",
+        "pod/reader",
+        "pod/quiet",
+        "-n",
+        "team",
+        "--timeout=60s",
+    ]);
+
+    // What admission mounted, and what the agent wrote there.
+    let volumes = up.ok(&[
+        "get",
+        "pod",
+        "reader",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.spec.volumes[*].name}",
+    ]);
+    assert!(volumes.contains("kube-api-access-"), "{volumes}");
+    let files = up.ok(&[
+        "exec",
+        "reader",
+        "-n",
+        "team",
+        "--",
+        "ls",
+        "/var/run/secrets/kubernetes.io/serviceaccount",
+    ]);
+    assert_eq!(
+        files.split_whitespace().collect::<Vec<_>>(),
+        ["ca.crt", "namespace", "token"]
+    );
+    assert_eq!(
+        up.ok(&[
+            "exec",
+            "reader",
+            "-n",
+            "team",
+            "--",
+            "cat",
+            "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+        ]),
+        "team"
+    );
+    let ca = up.ok(&[
+        "exec",
+        "reader",
+        "-n",
+        "team",
+        "--",
+        "cat",
+        "/var/run/secrets/kubernetes.io/serviceaccount/ca.crt",
+    ]);
+    assert_eq!(ca, std::fs::read_to_string(up.ca_file()).unwrap());
+
+    // kubectl in the pod, as the account: pods yes, Secrets no.
+    let pods = up.ok(&[
+        "exec", "reader", "-n", "team", "--", "/kubectl", "get", "pods",
+    ]);
+    assert!(pods.lines().any(|l| l.starts_with("reader ")), "{pods}");
+    let out = up.kubectl(&[
+        "exec", "reader", "-n", "team", "--", "/kubectl", "get", "secrets",
+    ]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("secrets is forbidden: User \"system:serviceaccount:team:reader\" cannot list resource \"secrets\" in API group \"\" in the namespace \"team\""),
+        "{stderr}"
+    );
+    let whoami = up.ok(&[
+        "exec", "reader", "-n", "team", "--", "/kubectl", "auth", "whoami",
+    ]);
+    assert!(
+        whoami.contains("system:serviceaccount:team:reader")
+            && whoami.contains("system:serviceaccounts:team"),
+        "{whoami}"
+    );
+
+    // automountServiceAccountToken: false: no volume, nothing mounted.
+    assert_eq!(
+        up.ok(&[
+            "get",
+            "pod",
+            "quiet",
+            "-n",
+            "team",
+            "-o",
+            "jsonpath={.spec.volumes}"
+        ]),
+        ""
+    );
+    let out = up.kubectl(&[
+        "exec",
+        "quiet",
+        "-n",
+        "team",
+        "--",
+        "ls",
+        "/var/run/secrets/kubernetes.io/serviceaccount",
+    ]);
+    assert!(!out.status.success());
+
+    // kubectl create token: a token the apiserver takes as the account.
+    let token = up.ok(&["create", "token", "reader", "-n", "team"]);
+    let (code, body) = up.curl_as(
+        "GET",
+        "/api/v1/namespaces/team/pods",
+        "application/json",
+        None,
+        Some(token.trim()),
+    );
+    assert_eq!(code, 200, "{body}");
+    let (code, _) = up.curl_as(
+        "GET",
+        "/api/v1/namespaces/team/secrets",
+        "application/json",
+        None,
+        Some(token.trim()),
+    );
+    assert_eq!(code, 403);
+    let out = up.kubectl(&["create", "token", "missing", "-n", "team"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains("serviceaccounts \"missing\" not found"));
+    let out = up.kubectl(&["create", "token", "reader", "-n", "team", "--duration=1m"]);
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("may not specify a duration less than 10 minutes"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The pod's own token stops working once the pod is gone.
+    let pod_token = up.ok(&[
+        "exec",
+        "reader",
+        "-n",
+        "team",
+        "--",
+        "cat",
+        "/var/run/secrets/kubernetes.io/serviceaccount/token",
+    ]);
+    let pods_of = |token: &str| {
+        up.curl_as(
+            "GET",
+            "/api/v1/namespaces/team/pods",
+            "application/json",
+            None,
+            Some(token),
+        )
+        .0
+    };
+    assert_eq!(pods_of(&pod_token), 200);
+    up.ok(&["delete", "pod", "reader", "-n", "team", "--wait=true"]);
+    assert!(
+        eventually(Duration::from_secs(20), || pods_of(&pod_token) == 401),
+        "the deleted pod's token still works"
+    );
+    // And every namespace has the cluster CA for its pods.
+    let ca_map = up.ok(&[
+        "get",
+        "configmap",
+        "kube-root-ca.crt",
+        "-n",
+        "team",
+        "-o",
+        "jsonpath={.data.ca\\.crt}",
+    ]);
+    assert_eq!(ca_map, ca);
+}
+
+/// A node's own identity (`system:node:<name>` in `system:nodes`) under
+/// the Node authorizer and NodeRestriction: the Secrets and ConfigMaps of
+/// its own pods only, its own Node and Lease only, the status and deletion
+/// of its own pods only, tokens only bound to its own pods.
+#[tokio::test(flavor = "multi_thread")]
+async fn nodes_are_kept_to_their_own_pods_and_objects() {
+    let store = TestCluster::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let api = Apiserver::start_with_tokens(
+        &store.endpoints(),
+        &dir.path().join("api"),
+        None,
+        &[],
+        "n1-token,system:node:n1,n1,\"system:nodes\"\n",
+    );
+    let n1 = kubeconfig_for(&api, "n1-token");
+    api.ok(&["create", "namespace", "shop"]);
+    api.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "db",
+        "-n",
+        "shop",
+        "--from-literal=p=1",
+    ]);
+    api.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "other",
+        "-n",
+        "shop",
+        "--from-literal=p=2",
+    ]);
+    api.ok(&[
+        "create",
+        "configmap",
+        "cfg",
+        "-n",
+        "shop",
+        "--from-literal=a=b",
+    ]);
+    let objects = r#"
+apiVersion: v1
+kind: Node
+metadata: {name: n1}
+---
+apiVersion: v1
+kind: Node
+metadata: {name: n2}
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: web, namespace: shop}
+spec:
+  nodeName: n1
+  containers:
+  - name: c
+    image: busybox
+    envFrom: [{configMapRef: {name: cfg}}]
+    env: [{name: P, valueFrom: {secretKeyRef: {name: db, key: p}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: api, namespace: shop}
+spec:
+  nodeName: n2
+  containers:
+  - name: c
+    image: busybox
+    env: [{name: P, valueFrom: {secretKeyRef: {name: other, key: p}}}]
+"#;
+    let path = dir.path().join("objects.yaml");
+    std::fs::write(&path, objects).unwrap();
+    api.ok(&["create", "-f", path.to_str().unwrap()]);
+    let forbidden = |args: &[&str], message: &str| {
+        let (ok, out) = run(&n1, args);
+        assert!(!ok, "kubectl {args:?} should be refused: {out}");
+        assert!(out.contains(message), "kubectl {args:?}: {out}");
+    };
+
+    // Reads: what its own pods use, by name.
+    assert!(eventually(Duration::from_secs(5), || run(
+        &n1,
+        &["get", "secret", "db", "-n", "shop"]
+    )
+    .0));
+    assert!(run(&n1, &["get", "configmap", "cfg", "-n", "shop"]).0);
+    assert!(run(&n1, &["get", "configmap", "kube-root-ca.crt", "-n", "shop"]).0);
+    forbidden(
+        &["get", "secret", "other", "-n", "shop"],
+        "secrets \"other\" is forbidden: User \"system:node:n1\" cannot get resource \"secrets\" in API group \"\" in the namespace \"shop\": no relationship found between node 'n1' and this object",
+    );
+    forbidden(
+        &["get", "secrets", "-n", "shop"],
+        "secrets is forbidden: User \"system:node:n1\" cannot list resource \"secrets\"",
+    );
+    assert!(run(&n1, &["get", "pods", "-A"]).0);
+    // kubectl prints the authorizer's reason after a no.
+    let out = kubectl_at(&n1, &["auth", "can-i", "get", "secret/other", "-n", "shop"]);
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "no - no relationship found between node 'n1' and this object"
+    );
+    let out = kubectl_at(&n1, &["auth", "can-i", "get", "secret/db", "-n", "shop"]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
+
+    // Writes: its own Node, not another's.
+    assert!(run(&n1, &["label", "node", "n1", "zone=a"]).0);
+    forbidden(
+        &["label", "node", "n2", "zone=a"],
+        "nodes \"n2\" is forbidden: node \"n1\" is not allowed to modify node \"n2\"",
+    );
+    // Pods: the status and deletion of its own, not of another node's.
+    // (As the kubelet does: a PATCH of pods/status, which nodes may not
+    // GET, so not through `kubectl patch --subresource=status`.)
+    let status = r#"{"status":{"message":"seen"}}"#;
+    let patch_status = |pod: &str| {
+        let out = Command::new("curl")
+            .args(["-sS", "-X", "PATCH", "--cacert"])
+            .arg(api.dir.join("ca.crt"))
+            .args(["-H", "Authorization: Bearer n1-token"])
+            .args(["-H", "Content-Type: application/merge-patch+json"])
+            .args(["--data", status, "-w", "\n%{http_code}"])
+            .arg(format!(
+                "https://127.0.0.1:{}/api/v1/namespaces/shop/pods/{pod}/status",
+                api.port
+            ))
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let answer = patch_status("web");
+    assert!(answer.ends_with("\n200"), "{answer}");
+    let answer = patch_status("api");
+    assert!(answer.ends_with("\n403"), "{answer}");
+    assert!(
+        answer.contains("pods \\\"api\\\" is forbidden: node \\\"n1\\\" can only update pod status for pods with spec.nodeName set to itself"),
+        "{answer}"
+    );
+    forbidden(
+        &["delete", "pod", "api", "-n", "shop"],
+        "pods \"api\" is forbidden: node \"n1\" can only delete pods with spec.nodeName set to itself",
+    );
+    forbidden(
+        &["run", "extra", "-n", "shop", "--image=busybox"],
+        "node \"n1\" can only create mirror pods",
+    );
+    // Tokens: bound to its own pods only.
+    assert!(
+        run(
+            &n1,
+            &[
+                "create",
+                "token",
+                "default",
+                "-n",
+                "shop",
+                "--bound-object-kind=Pod",
+                "--bound-object-name=web"
+            ]
+        )
+        .0
+    );
+    forbidden(
+        &[
+            "create",
+            "token",
+            "default",
+            "-n",
+            "shop",
+            "--bound-object-kind=Pod",
+            "--bound-object-name=api",
+        ],
+        "node requested token not bound to a pod scheduled on node \"n1\"",
+    );
+    // Leases: its own only.
+    let lease = |name: &str| {
+        format!("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {name}, namespace: kube-node-lease}}\nspec: {{holderIdentity: {name}}}\n")
+    };
+    let own = dir.path().join("own-lease.yaml");
+    std::fs::write(&own, lease("n1")).unwrap();
+    assert!(run(&n1, &["create", "-f", own.to_str().unwrap()]).0);
+    let theirs = dir.path().join("their-lease.yaml");
+    std::fs::write(&theirs, lease("n2")).unwrap();
+    forbidden(
+        &["create", "-f", theirs.to_str().unwrap()],
+        "can only access node lease with the same name as the requesting node",
+    );
+    // Its own pod deleted: its Secret is no longer its to read.
+    assert!(run(&n1, &["delete", "pod", "web", "-n", "shop", "--wait=false"]).0);
+    api.ok(&[
+        "delete",
+        "pod",
+        "web",
+        "-n",
+        "shop",
+        "--grace-period=0",
+        "--force",
+    ]);
+    assert!(eventually(Duration::from_secs(5), || !run(
+        &n1,
+        &["get", "secret", "db", "-n", "shop"]
+    )
+    .0));
+}

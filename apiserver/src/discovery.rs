@@ -9,6 +9,7 @@ use http::header;
 use serde_json::{json, Value};
 
 use crate::error::ApiError;
+use crate::rbac::review;
 use crate::resources::{self, Resource};
 use crate::rest::metrics;
 
@@ -138,10 +139,20 @@ pub async fn apis(request: Request) -> Response {
     if wants_aggregated(&request) {
         let mut list: Vec<Value> = groups.iter().map(|(g, v)| group_discovery(g, v)).collect();
         list.push(metrics_group_discovery());
+        list.extend(
+            review::groups()
+                .into_iter()
+                .map(|(g, v)| review_group_discovery(g, v)),
+        );
         return aggregated(list);
     }
     let mut list: Vec<Value> = groups.iter().map(|(g, v)| group_entry(g, v)).collect();
     list.push(group_entry(metrics::GROUP, &[metrics::VERSION]));
+    list.extend(
+        review::groups()
+            .into_iter()
+            .map(|(g, v)| group_entry(g, &[v])),
+    );
     axum::Json(json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": list})).into_response()
 }
 
@@ -158,7 +169,42 @@ fn metrics_group_discovery() -> Value {
     })
 }
 
+/// The review resources of `group`/`version` (create only, never stored).
+fn reviews<'a>(
+    group: &'a str,
+    version: &'a str,
+) -> impl Iterator<Item = &'static review::Review> + 'a {
+    review::REVIEWS
+        .iter()
+        .filter(move |r| r.group == group && r.version == version)
+}
+
+/// A review group in aggregated discovery.
+fn review_group_discovery(group: &str, version: &str) -> Value {
+    let resources: Vec<Value> = reviews(group, version)
+        .map(|r| {
+            json!({
+                "resource": r.plural,
+                "responseKind": {"group": r.group, "version": r.version, "kind": r.kind},
+                "scope": if r.namespaced { "Namespaced" } else { "Cluster" },
+                "singularResource": r.kind.to_lowercase(),
+                "verbs": ["create"],
+            })
+        })
+        .collect();
+    json!({
+        "metadata": {"name": group, "creationTimestamp": null},
+        "versions": [{"version": version, "resources": resources, "freshness": "Current"}],
+    })
+}
+
 pub async fn group(Path(group): Path<String>) -> Response {
+    if let Some((g, v)) = review::groups().into_iter().find(|(g, _)| *g == group) {
+        let mut entry = group_entry(g, &[v]);
+        entry["kind"] = json!("APIGroup");
+        entry["apiVersion"] = json!("v1");
+        return axum::Json(entry).into_response();
+    }
     if group == metrics::GROUP {
         let mut entry = group_entry(metrics::GROUP, &[metrics::VERSION]);
         entry["kind"] = json!("APIGroup");
@@ -182,6 +228,25 @@ pub async fn group(Path(group): Path<String>) -> Response {
 fn resource_list(group: &str, version: &str) -> Option<Value> {
     if group == metrics::GROUP && version == metrics::VERSION {
         return Some(metrics::resource_list());
+    }
+    if reviews(group, version).next().is_some() {
+        let resources: Vec<Value> = reviews(group, version)
+            .map(|r| {
+                json!({
+                    "name": r.plural,
+                    "singularName": r.kind.to_lowercase(),
+                    "namespaced": r.namespaced,
+                    "kind": r.kind,
+                    "verbs": ["create"],
+                })
+            })
+            .collect();
+        return Some(json!({
+            "kind": "APIResourceList",
+            "apiVersion": "v1",
+            "groupVersion": format!("{group}/{version}"),
+            "resources": resources,
+        }));
     }
     let mut entries = Vec::new();
     for r in resources::all().filter(|r| r.group == group && r.version == version) {

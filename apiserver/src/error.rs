@@ -206,6 +206,30 @@ impl ApiError {
         ApiError::new(401, "Unauthorized", "Unauthorized")
     }
 
+    /// 403 as `NewForbidden` words it: `pods "x" is forbidden: <why>`,
+    /// `pods is forbidden: <why>` for a collection, `forbidden: <why>`
+    /// outside resources.
+    pub fn forbidden(group: &str, resource: &str, name: &str, why: &str) -> ApiError {
+        let qualified = if group.is_empty() {
+            resource.to_string()
+        } else {
+            format!("{resource}.{group}")
+        };
+        let message = match (qualified.is_empty(), name.is_empty()) {
+            (true, true) => format!("forbidden: {why}"),
+            (_, true) => format!("{qualified} is forbidden: {why}"),
+            (_, false) => format!("{qualified} {name:?} is forbidden: {why}"),
+        };
+        let mut details = json!({"group": group, "kind": resource});
+        if !name.is_empty() {
+            details["name"] = json!(name);
+        }
+        ApiError {
+            details: Some(details),
+            ..ApiError::new(403, "Forbidden", message)
+        }
+    }
+
     pub fn gone(message: impl Into<String>) -> ApiError {
         ApiError::new(410, "Expired", message)
     }

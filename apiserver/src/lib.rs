@@ -4,6 +4,8 @@
 //!
 //! ```text
 //!   server      HTTPS, routes, authentication, accept loop
+//!   serviceaccount   ServiceAccount tokens: signing, checking, TokenRequest, pod admission
+//!   rbac/       authorization: RBAC index, access reviews, default roles, escalation checks
 //!   metrics     /metrics: requests by verb, resource and code; latency; watches
 //!   discovery   /version, /api, /apis, aggregated discovery
 //!   rest/       generic handlers: get, list, watch, create, update, patch, delete
@@ -40,11 +42,13 @@ mod openapi;
 pub mod patch;
 pub mod protobuf;
 mod query;
+pub mod rbac;
 pub mod resources;
 mod rest;
 mod schema;
 pub mod selectors;
 pub mod server;
+pub mod serviceaccount;
 mod storage;
 pub mod table;
 pub mod validation;

@@ -42,8 +42,10 @@ pub async fn run(api: Arc<Api>) {
     }
 }
 
-async fn create_if_missing(api: &Api, mut ctx: Ctx, object: Value) -> Result<()> {
-    match crate::rest::create_internal(api, &mut ctx, object).await {
+pub(crate) async fn create_if_missing(api: &Api, mut ctx: Ctx, object: Value) -> Result<()> {
+    // Boxed: creating a namespace or a pod creates objects of its own
+    // through here (kube-root-ca.crt, the default ServiceAccount).
+    match Box::pin(crate::rest::create_internal(api, &mut ctx, object)).await {
         Ok(_) => Ok(()),
         Err(e) if e.reason == "AlreadyExists" => Ok(()),
         Err(e) => Err(e),
@@ -67,7 +69,12 @@ async fn bootstrap(api: &Api) -> Result<()> {
         "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"type": "ClusterIP", "clusterIP": first, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
     });
-    create_if_missing(api, Ctx::internal(services, Some("default")), service).await
+    create_if_missing(api, Ctx::internal(services, Some("default")), service).await?;
+    // After every namespace is there (agents wait for kube-node-lease).
+    for name in SYSTEM_NAMESPACES {
+        crate::serviceaccount::ensure_root_ca(api, name).await?;
+    }
+    Ok(())
 }
 
 /// Deletes what is in a namespace; true when there was nothing left.

@@ -53,6 +53,8 @@ pub enum Sub {
     Eviction,
     /// A CertificateSigningRequest's approval conditions.
     Approval,
+    /// A ServiceAccount's TokenRequest.
+    Token,
 }
 
 impl Sub {
@@ -66,6 +68,7 @@ impl Sub {
             Sub::Binding => "binding",
             Sub::Eviction => "eviction",
             Sub::Approval => "approval",
+            Sub::Token => "token",
         }
     }
 
@@ -98,6 +101,7 @@ impl Sub {
                 parent.kind,
                 &["get", "patch", "update"],
             ),
+            Sub::Token => ("authentication.k8s.io", "v1", "TokenRequest", &["create"]),
         }
     }
 
@@ -111,6 +115,7 @@ impl Sub {
             "binding" => Sub::Binding,
             "eviction" => Sub::Eviction,
             "approval" => Sub::Approval,
+            "token" => Sub::Token,
             _ => return None,
         })
     }
@@ -238,8 +243,8 @@ use k8s_openapi::api::{
     apps::v1 as apps, autoscaling::v1 as autoscaling1, autoscaling::v2 as autoscaling2,
     batch::v1 as batch, certificates::v1 as certificates, coordination::v1 as coordination,
     core::v1 as core, discovery::v1 as discovery, events::v1 as events,
-    networking::v1 as networking, policy::v1 as policy, scheduling::v1 as scheduling,
-    storage::v1 as storage,
+    networking::v1 as networking, policy::v1 as policy, rbac::v1 as rbac,
+    scheduling::v1 as scheduling, storage::v1 as storage,
 };
 
 pub static RESOURCES: &[Resource] = &[
@@ -251,7 +256,7 @@ pub static RESOURCES: &[Resource] = &[
     resource!("", "v1", "Event", "events", true, short: ["ev"], categories: [], subs: [], core::Event),
     resource!("", "v1", "ConfigMap", "configmaps", true, short: ["cm"], categories: [], subs: [], core::ConfigMap),
     resource!("", "v1", "Secret", "secrets", true, short: [], categories: [], subs: [], core::Secret),
-    resource!("", "v1", "ServiceAccount", "serviceaccounts", true, short: ["sa"], categories: [], subs: [], core::ServiceAccount),
+    resource!("", "v1", "ServiceAccount", "serviceaccounts", true, short: ["sa"], categories: [], subs: [Token], core::ServiceAccount),
     resource!("", "v1", "PersistentVolume", "persistentvolumes", false, short: ["pv"], categories: [], subs: [Status], core::PersistentVolume),
     resource!("", "v1", "PersistentVolumeClaim", "persistentvolumeclaims", true, short: ["pvc"], categories: [], subs: [Status], core::PersistentVolumeClaim),
     resource!("", "v1", "ResourceQuota", "resourcequotas", true, short: ["quota"], categories: [], subs: [Status], core::ResourceQuota),
@@ -274,6 +279,10 @@ pub static RESOURCES: &[Resource] = &[
     resource!("coordination.k8s.io", "v1", "Lease", "leases", true, short: [], categories: [], subs: [], coordination::Lease),
     resource!("events.k8s.io", "v1", "Event", "events", true, short: ["ev"], categories: [], subs: [], events::Event),
     resource!("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", true, short: ["pdb"], categories: [], subs: [Status], policy::PodDisruptionBudget),
+    resource!("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", false, short: [], categories: [], subs: [], rbac::ClusterRole),
+    resource!("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", false, short: [], categories: [], subs: [], rbac::ClusterRoleBinding),
+    resource!("rbac.authorization.k8s.io", "v1", "Role", "roles", true, short: [], categories: [], subs: [], rbac::Role),
+    resource!("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings", true, short: [], categories: [], subs: [], rbac::RoleBinding),
     resource!("storage.k8s.io", "v1", "StorageClass", "storageclasses", false, short: ["sc"], categories: [], subs: [], storage::StorageClass),
     resource!("scheduling.k8s.io", "v1", "PriorityClass", "priorityclasses", false, short: ["pc"], categories: [], subs: [], scheduling::PriorityClass),
 ];

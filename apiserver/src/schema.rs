@@ -220,9 +220,10 @@ pub fn for_kinds(kinds: &[&Resource]) -> BTreeMap<String, Value> {
 /// The name k8s-openapi (and Kubernetes) give a kind's schema:
 /// `io.k8s.api.apps.v1.Deployment`.
 pub fn schema_name(r: &Resource) -> String {
+    // The group's first label: `rbac` for rbac.authorization.k8s.io.
     let package = match r.group {
         "" => "core",
-        g => g.trim_end_matches(".k8s.io"),
+        g => g.split('.').next().unwrap_or(g),
     };
     format!("io.k8s.api.{package}.{}.{}", r.version, r.kind)
 }

@@ -91,6 +91,33 @@ pub struct Config {
     /// resources it names (e.g. secrets) are encrypted in the store.
     #[arg(long, env = "SHOAL_ENCRYPTION_PROVIDER_CONFIG")]
     pub encryption_provider_config: Option<PathBuf>,
+    /// The key ServiceAccount tokens are signed with (an ECDSA P-256
+    /// private key, PKCS#8 PEM); generated into the data dir when not
+    /// given. Apiservers sharing a store must share it.
+    #[arg(long, env = "SHOAL_SERVICE_ACCOUNT_SIGNING_KEY_FILE")]
+    pub service_account_signing_key_file: Option<PathBuf>,
+    /// The `iss` of ServiceAccount tokens.
+    #[arg(
+        long,
+        env = "SHOAL_SERVICE_ACCOUNT_ISSUER",
+        default_value = "https://kubernetes.default.svc.cluster.local"
+    )]
+    pub service_account_issuer: String,
+    /// Audiences tokens must be for to be accepted (comma-separated);
+    /// default: the issuer.
+    #[arg(long, env = "SHOAL_API_AUDIENCES", value_delimiter = ',')]
+    pub api_audiences: Vec<String>,
+    /// How requests are authorized: `Node,RBAC` (the default: nodes'
+    /// own identities by the Node authorizer, then Roles, ClusterRoles and
+    /// their bindings), `RBAC`, or `AlwaysAllow` (every authenticated
+    /// request). `system:masters` is always allowed everything.
+    #[arg(long, env = "SHOAL_AUTHORIZATION_MODE", default_value = "Node,RBAC", value_parser = ["Node,RBAC", "RBAC", "AlwaysAllow"])]
+    pub authorization_mode: String,
+    /// Requests without a bearer token are served as `system:anonymous`
+    /// (group `system:unauthenticated`), which RBAC allows only health
+    /// and version; `false` answers them 401. Off under `AlwaysAllow`.
+    #[arg(long, env = "SHOAL_ANONYMOUS_AUTH", default_value_t = true, action = clap::ArgAction::Set)]
+    pub anonymous_auth: bool,
     /// Where generated certificates are kept.
     #[arg(
         long,
@@ -116,6 +143,8 @@ pub enum StartError {
     },
     #[error(transparent)]
     Encryption(#[from] crate::encryption::Error),
+    #[error(transparent)]
+    ServiceAccountKey(#[from] crate::serviceaccount::KeyError),
     #[error("cannot open the audit log {path}: {source}")]
     Audit {
         path: PathBuf,
@@ -147,6 +176,14 @@ pub struct Api {
     pub metrics: crate::metrics::Metrics,
     /// Where the audit log goes (`--audit-log-path`), if anywhere.
     pub audit: Option<Arc<crate::audit::Audit>>,
+    /// RBAC; `None` under `--authorization-mode=AlwaysAllow`.
+    pub authorizer: Option<Arc<crate::rbac::Authorizer>>,
+    /// Whether requests without a token are served as `system:anonymous`.
+    pub anonymous: bool,
+    /// Signs and checks ServiceAccount tokens (with authentication on).
+    pub service_accounts: Option<Arc<crate::serviceaccount::Issuer>>,
+    /// The cluster CA pods are given (`kube-root-ca.crt`), when known.
+    pub root_ca: Option<String>,
 }
 
 /// A running apiserver.
@@ -262,6 +299,15 @@ fn csv_fields(line: &str) -> Vec<String> {
     fields
 }
 
+/// The user of requests that carry no token (with `--anonymous-auth`).
+fn anonymous() -> User {
+    User {
+        name: "system:anonymous".into(),
+        uid: String::new(),
+        groups: vec!["system:unauthenticated".into()],
+    }
+}
+
 async fn authenticate(State(api): State<Arc<Api>>, mut request: Request, next: Next) -> Response {
     let path = request.uri().path();
     let open = matches!(path, "/healthz" | "/livez" | "/readyz");
@@ -272,9 +318,16 @@ async fn authenticate(State(api): State<Arc<Api>>, mut request: Request, next: N
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
-        match token.and_then(|t| tokens.get(t)) {
+        let user = match token {
+            Some(token) => match tokens.get(token) {
+                Some(user) => Some(user.clone()),
+                None => crate::serviceaccount::authenticate(&api, token).await,
+            },
+            None if api.anonymous => Some(anonymous()),
+            None => None,
+        };
+        match user {
             Some(user) => {
-                let user = user.clone();
                 request.extensions_mut().insert(user.clone());
                 // For the audit log, outside this layer.
                 let mut response = next.run(request).await;
@@ -282,6 +335,99 @@ async fn authenticate(State(api): State<Arc<Api>>, mut request: Request, next: N
                 return response;
             }
             None => return ApiError::unauthorized().into_response(),
+        }
+    }
+    next.run(request).await
+}
+
+/// Serves the request as the user named in `Impersonate-User` (and
+/// `Impersonate-Group`), when the requester may `impersonate` them.
+async fn impersonate(
+    api: &Api,
+    request: &mut Request,
+    user: &User,
+) -> Result<Option<User>, ApiError> {
+    let headers = request.headers();
+    let Some(target) = headers
+        .get("impersonate-user")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+    else {
+        return Ok(None);
+    };
+    let groups: Vec<String> = headers
+        .get_all("impersonate-group")
+        .iter()
+        .filter_map(|v| v.to_str().ok().map(str::to_string))
+        .collect();
+    let service_account = target
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'));
+    let mut asks = vec![match service_account {
+        Some((ns, name)) => ("serviceaccounts", ns.to_string(), name.to_string()),
+        None => ("users", String::new(), target.clone()),
+    }];
+    asks.extend(groups.iter().map(|g| ("groups", String::new(), g.clone())));
+    if let Some(authorizer) = &api.authorizer {
+        for (resource, namespace, name) in asks {
+            let attributes = crate::rbac::Attributes {
+                verb: "impersonate".into(),
+                path: request.uri().path().to_string(),
+                resource: Some(crate::rbac::ResourceAttributes {
+                    group: String::new(),
+                    resource: resource.into(),
+                    subresource: String::new(),
+                    namespace,
+                    name,
+                }),
+            };
+            let decision = authorizer.authorize(&api.store, user, &attributes).await;
+            if !decision.allowed {
+                return Err(attributes.forbidden(&user.name, &decision.reason));
+            }
+        }
+    }
+    let mut as_groups = groups;
+    if let Some((ns, _)) = service_account {
+        as_groups.push("system:serviceaccounts".into());
+        as_groups.push(format!("system:serviceaccounts:{ns}"));
+    }
+    if target != "system:anonymous" && !as_groups.iter().any(|g| g == "system:authenticated") {
+        as_groups.push("system:authenticated".into());
+    }
+    Ok(Some(User {
+        name: target,
+        uid: String::new(),
+        groups: as_groups,
+    }))
+}
+
+/// Refuses with 403 what the user may not do (RBAC), after impersonation.
+async fn authorize(State(api): State<Arc<Api>>, mut request: Request, next: Next) -> Response {
+    let Some(mut user) = request.extensions().get::<User>().cloned() else {
+        // No authentication, no authorization.
+        return next.run(request).await;
+    };
+    match impersonate(&api, &mut request, &user).await {
+        Ok(Some(as_user)) => {
+            request.extensions_mut().insert(as_user.clone());
+            user = as_user;
+        }
+        Ok(None) => {}
+        Err(e) => return e.into_response(),
+    }
+    if let Some(authorizer) = &api.authorizer {
+        let attributes = crate::rbac::Attributes::of(
+            request.method(),
+            request.uri().path(),
+            request.uri().query().unwrap_or_default(),
+        );
+        let decision = authorizer.authorize(&api.store, &user, &attributes).await;
+        if !decision.allowed {
+            tracing::debug!(user = %user.name, verb = %attributes.verb, path = %attributes.path, "forbidden");
+            return attributes
+                .forbidden(&user.name, &decision.reason)
+                .into_response();
         }
     }
     next.run(request).await
@@ -326,6 +472,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/openapi/v3/apis/{group}/{version}", get(openapi::group))
         .route("/metrics", get(crate::metrics::serve))
         .fallback(rest::dispatch)
+        .layer(middleware::from_fn_with_state(api.clone(), authorize))
         .layer(middleware::from_fn_with_state(api.clone(), authenticate))
         .layer(middleware::from_fn(catch_panic))
         .layer(middleware::from_fn_with_state(
@@ -434,6 +581,26 @@ pub async fn start_advertising(
         }
     };
     let tls_config = tls::server_config(&cert, &key, tls::ALPN_H2_HTTP1)?;
+    // What pods trust: the generated CA, or a ca.crt beside the given
+    // certificate.
+    let root_ca = ca_pem.clone().or_else(|| {
+        let beside = cert.parent()?.join("ca.crt");
+        std::fs::read_to_string(beside).ok()
+    });
+    let service_accounts = match &tokens {
+        Some(_) => {
+            let path = config
+                .service_account_signing_key_file
+                .clone()
+                .unwrap_or_else(|| config.data_dir.join("sa.key"));
+            Some(Arc::new(crate::serviceaccount::Issuer::load_or_generate(
+                &path,
+                &config.service_account_issuer,
+                &config.api_audiences,
+            )?))
+        }
+        None => None,
+    };
     let agent_ca = config
         .kubelet_certificate_authority
         .clone()
@@ -453,6 +620,15 @@ pub async fn start_advertising(
             None => None,
         },
     };
+    let authorizer = (config.authorization_mode != "AlwaysAllow").then(|| {
+        Arc::new(crate::rbac::Authorizer::new(
+            config.authorization_mode.starts_with("Node"),
+        ))
+    });
+    if authorizer.is_none() {
+        tracing::warn!("--authorization-mode=AlwaysAllow: every authenticated request is allowed");
+    }
+    let anonymous = config.anonymous_auth && authorizer.is_some();
     let addr = format!("{}:{}", config.bind_address, config.secure_port);
     let listener = TcpListener::bind(&addr)
         .await
@@ -473,6 +649,10 @@ pub async fn start_advertising(
         watches: Default::default(),
         metrics: Default::default(),
         audit,
+        authorizer,
+        anonymous,
+        service_accounts,
+        root_ca,
     });
     let (shutdown, shutdown_rx) = watch::channel(false);
     let tasks = vec![
@@ -483,6 +663,7 @@ pub async fn start_advertising(
             shutdown_rx,
         )),
         tokio::spawn(namespaces::run(api.clone())),
+        tokio::spawn(crate::rbac::run(api.clone())),
         tokio::spawn(compaction::run(
             api.clone(),
             config.etcd_compaction_interval,

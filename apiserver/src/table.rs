@@ -180,6 +180,17 @@ fn columns(resource: &Resource) -> Vec<Column> {
             age,
         ],
         ("coordination.k8s.io", "Lease") => vec![name, ("Holder", "string", 0), age],
+        ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => {
+            vec![name, ("Created At", "date", 0)]
+        }
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => vec![
+            name,
+            ("Role", "string", 0),
+            age,
+            ("Users", "string", 1),
+            ("Groups", "string", 1),
+            ("ServiceAccounts", "string", 1),
+        ],
         ("certificates.k8s.io", "CertificateSigningRequest") => vec![
             name,
             age,
@@ -1013,6 +1024,37 @@ fn cells(resource: &Resource, o: &Value) -> Vec<Value> {
             ]
         }
         ("coordination.k8s.io", "Lease") => vec![json!(s(o, "/spec/holderIdentity")), a],
+        ("rbac.authorization.k8s.io", "Role" | "ClusterRole") => {
+            vec![json!(created.unwrap_or_default())]
+        }
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding") => {
+            // kubectl's printer: the subjects by kind, a ServiceAccount as
+            // namespace/name.
+            let subjects = o.get("subjects").and_then(Value::as_array);
+            let of = |kind: &str| -> String {
+                subjects
+                    .into_iter()
+                    .flatten()
+                    .filter(|x| s(x, "/kind") == kind)
+                    .map(|x| match kind {
+                        "ServiceAccount" => format!("{}/{}", s(x, "/namespace"), s(x, "/name")),
+                        _ => s(x, "/name").to_string(),
+                    })
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            vec![
+                json!(format!(
+                    "{}/{}",
+                    s(o, "/roleRef/kind"),
+                    s(o, "/roleRef/name")
+                )),
+                a,
+                json!(of("User")),
+                json!(of("Group")),
+                json!(of("ServiceAccount")),
+            ]
+        }
         ("certificates.k8s.io", "CertificateSigningRequest") => {
             // Kubernetes' printer: the condition types, "Issued" once a
             // certificate is there, "Pending" while neither.

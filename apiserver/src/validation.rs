@@ -50,8 +50,18 @@ fn label_value_ok(value: &str) -> bool {
 }
 
 /// The name rule of a resource: namespaces are DNS labels, services
-/// DNS-1035 labels, everything else DNS subdomains.
+/// DNS-1035 labels, RBAC objects path segments (`system:node` is a
+/// name), everything else DNS subdomains.
 pub fn name_errors(resource: &Resource, name: &str) -> Option<&'static str> {
+    if resource.group == "rbac.authorization.k8s.io" {
+        return match name {
+            "." => Some("may not be '.'"),
+            ".." => Some("may not be '..'"),
+            _ if name.contains('/') => Some("may not contain '/'"),
+            _ if name.contains('%') => Some("may not contain '%'"),
+            _ => None,
+        };
+    }
     match resource.plural {
         "namespaces" if !is_dns1123_label(name) => Some(DNS1123_LABEL),
         "services" if !is_dns1035_label(name) => Some(DNS1035_LABEL),

@@ -15,6 +15,7 @@
 //!   nodelifecycle nodeipam garbagecollector serviceaccount volumes
 //!   csrsigning (node overlay certificates)
 //!   clusterdns (the kube-system/kube-dns Service)
+//!   clusterroleaggregation (aggregated ClusterRoles: admin, edit, view)
 //!   ingress (the shoal IngressClass, Ingresses' addresses)
 //!   nodeendpoints (agents' own endpoints follow their node's health)
 //! ```
@@ -28,6 +29,7 @@ use std::future::Future;
 use std::pin::Pin;
 
 pub mod clusterdns;
+pub mod clusterroleaggregation;
 pub mod cronjob;
 pub mod csrsigning;
 pub mod daemonset;
@@ -179,6 +181,11 @@ pub const REGISTRY: &[(&str, Loop, bool)] = &[
     (
         "nodeendpoints",
         |client, settings| Box::pin(nodeendpoints::run(client, settings)),
+        true,
+    ),
+    (
+        "clusterrole-aggregation",
+        |client, settings| Box::pin(clusterroleaggregation::run(client, settings)),
         true,
     ),
     (

@@ -95,6 +95,10 @@ pub struct UpArgs {
     /// request, level Metadata; `-` for standard output).
     #[arg(long, env = "SHOAL_AUDIT_LOG_PATH")]
     audit_log_path: Option<PathBuf>,
+    /// How the apiserver authorizes requests: `Node,RBAC` (the default),
+    /// `RBAC` or `AlwaysAllow` (any authenticated request).
+    #[arg(long, env = "SHOAL_AUTHORIZATION_MODE", default_value = "Node,RBAC", value_parser = ["Node,RBAC", "RBAC", "AlwaysAllow"])]
+    authorization_mode: String,
 }
 
 /// What must stay the same from one run to the next.
@@ -289,6 +293,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         kubelet_token_file: Some(agent_token_file.clone()),
         encryption_provider_config: args.encryption_provider_config.clone(),
         audit_log_path: args.audit_log_path.clone(),
+        authorization_mode: args.authorization_mode.clone(),
+        anonymous_auth: true,
+        service_account_signing_key_file: None,
+        service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),
+        api_audiences: Vec::new(),
         data_dir: dir.join("apiserver"),
     };
     let apiserver = shoal_apiserver::start(config)
@@ -557,11 +566,15 @@ async fn start_agent(
     step(&format!("starting the node agent ({node_name})"));
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let task = tokio::spawn(async move {
-        shoal_agent::agent::run(client, config, async {
+        let ended = shoal_agent::agent::run(client, config, async {
             let _ = stopped.await;
         })
         .await
-        .context("node agent")
+        .context("node agent");
+        if let Err(e) = &ended {
+            tracing::error!(error = format!("{e:#}"), "the node agent stopped");
+        }
+        ended
     });
     done();
     Ok(Some((stop, task)))

@@ -436,10 +436,25 @@ impl Apiserver {
         tls: Option<(&Path, &Path)>,
         extra: &[&str],
     ) -> Apiserver {
+        Self::start_with_tokens(endpoints, dir, tls, extra, "")
+    }
+
+    /// As `start_with`, with more lines for the token file beside the
+    /// admin's (`token,user,uid[,"groups"]`).
+    pub fn start_with_tokens(
+        endpoints: &str,
+        dir: &Path,
+        tls: Option<(&Path, &Path)>,
+        extra: &[&str],
+        more_tokens: &str,
+    ) -> Apiserver {
         std::fs::create_dir_all(dir).expect("apiserver dir");
         let tokens = dir.join("tokens.csv");
-        std::fs::write(&tokens, format!("{TOKEN},admin,admin,\"system:masters\"\n"))
-            .expect("tokens");
+        std::fs::write(
+            &tokens,
+            format!("{TOKEN},admin,admin,\"system:masters\"\n{more_tokens}"),
+        )
+        .expect("tokens");
         let port = super::free_port();
         let log = std::fs::File::create(dir.join("apiserver.log")).expect("log");
         let mut command = super::daemon(super::SHOAL);

@@ -104,10 +104,12 @@ fn message_name(api_version: &str, kind: &str) -> String {
         Some(("meta.k8s.io", version)) => {
             format!("io.k8s.apimachinery.pkg.apis.meta.{version}.{kind}")
         }
+        // The package is the group's first label (`rbac` for
+        // rbac.authorization.k8s.io, `networking` for networking.k8s.io).
         Some((group, version)) => {
             format!(
                 "io.k8s.api.{}.{version}.{kind}",
-                group.trim_end_matches(".k8s.io")
+                group.split('.').next().unwrap_or_default()
             )
         }
     }

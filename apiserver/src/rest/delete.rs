@@ -125,6 +125,13 @@ pub async fn delete_loaded(
     let options = options(ctx, body)?;
     let dry_run = options.dry_run || ctx.dry_run();
     let name = crate::object::name(&current.object).to_string();
+    crate::rbac::node::admit(
+        ctx.user.as_ref(),
+        ctx.storage(),
+        ctx.sub,
+        Some(&current.object),
+        None,
+    )?;
     if let Some(uid) = &options.uid {
         if current
             .object

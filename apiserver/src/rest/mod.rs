@@ -334,6 +334,9 @@ async fn handle(api: Arc<Api>, request: Request) -> Result<Response> {
     if metrics::handles(parts.uri.path()) {
         return metrics::serve(&api, &parts, body).await;
     }
+    if crate::rbac::review::handles(parts.uri.path()) {
+        return Ok(crate::rbac::review::serve(&api, &parts, body).await);
+    }
     let mut ctx = context(&parts)?;
     if ctx.sub == Some(Sub::Log) && ctx.name.is_some() && parts.method == Method::GET {
         return proxy::log(&api, &ctx, parts.uri.query().unwrap_or_default()).await;
@@ -417,15 +420,15 @@ async fn read_body(body: Body) -> Result<bytes::Bytes> {
 
 /// Decodes a request body as JSON or YAML, by its content type.
 pub fn decode(ctx: &Ctx, body: &[u8]) -> Result<Value> {
+    decode_body(&ctx.content_type, body)
+}
+
+/// Decodes a body of the given content type (JSON, YAML or protobuf).
+pub fn decode_body(content_type: &str, body: &[u8]) -> Result<Value> {
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiError::bad_request("the request body is empty"));
     }
-    let kind = ctx
-        .content_type
-        .split(';')
-        .next()
-        .unwrap_or_default()
-        .trim();
+    let kind = content_type.split(';').next().unwrap_or_default().trim();
     let value: Value = match kind {
         "application/yaml" | "application/apply-patch+yaml" | "text/yaml" => {
             serde_norway::from_slice(body).map_err(|e| {

@@ -301,10 +301,15 @@ pub async fn create_object(api: &Api, ctx: &mut Ctx, mut object: Value) -> Resul
     }
     defaults::apply(resource, &mut object);
     validate(resource, &object)?;
+    crate::rbac::escalation::check_write(api, ctx, resource, &object)?;
+    crate::rbac::node::admit(ctx.user.as_ref(), resource, ctx.sub, None, Some(&object))?;
     if !is_apply(ctx) {
         crate::patch::apply::record_update(ctx, None, &mut object);
     }
     namespace_accepts(api, ctx, &name).await?;
+    if (resource.group, resource.kind) == ("", "Pod") {
+        crate::serviceaccount::admit_pod(api, ctx, &mut object).await?;
+    }
     let key = ctx.key(&name);
     let mut guards = vec![Guard::Absent(key.clone())];
     let mut ops = Vec::new();
@@ -317,6 +322,14 @@ pub async fn create_object(api: &Api, ctx: &mut Ctx, mut object: Value) -> Resul
     match api.store.txn(&key, guards, ops).await? {
         Written::Ok(revision) => {
             meta_mut(&mut object).insert("resourceVersion".into(), json!(revision.to_string()));
+            if (resource.group, resource.kind) == ("", "Namespace") && ctx.user.is_some() {
+                // Its kube-root-ca.crt, as kube-controller-manager's
+                // root-ca-cert-publisher makes it (pods make it too; the
+                // system namespaces get theirs once all are made).
+                if let Err(e) = crate::serviceaccount::ensure_root_ca(api, &name).await {
+                    tracing::debug!(namespace = %name, error = %e.message, "kube-root-ca.crt not made yet");
+                }
+            }
             Ok(object)
         }
         Written::Failed(Some(_)) => Err(ApiError::already_exists(ctx.resource, &name)),
@@ -515,6 +528,14 @@ pub async fn update_object(
     if !causes.is_empty() {
         return Err(ApiError::invalid(ctx.resource, &name, causes));
     }
+    crate::rbac::escalation::check_write(api, ctx, resource, &object)?;
+    crate::rbac::node::admit(
+        ctx.user.as_ref(),
+        resource,
+        ctx.sub,
+        Some(old),
+        Some(&object),
+    )?;
     if old.pointer("/metadata/deletionTimestamp").is_some() {
         let had = old
             .pointer("/metadata/finalizers")
@@ -685,6 +706,10 @@ pub async fn post_subresource(
             let body = options.map(|o| o.to_string()).unwrap_or_default();
             super::delete::delete_loaded(api, ctx, current, body.as_bytes()).await?;
             Ok((StatusCode::CREATED, success_status()))
+        }
+        Some(Sub::Token) => {
+            let answer = crate::serviceaccount::token_request(api, ctx, &body).await?;
+            Ok((StatusCode::CREATED, answer))
         }
         None => Err(ApiError::method_not_allowed("POST")),
         Some(_) => Err(ApiError::method_not_allowed("POST")),

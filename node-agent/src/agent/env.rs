@@ -23,6 +23,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use k8s_openapi::api::authentication::v1::{BoundObjectReference, TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{
     ConfigMap, Container, EnvFromSource, EnvVar, ObjectFieldSelector, PersistentVolume,
     PersistentVolumeClaim, Pod, ResourceFieldSelector, Secret, Service,
@@ -91,6 +92,9 @@ pub struct Refs {
     pub claims: BTreeMap<String, PersistentVolumeClaim>,
     /// The volumes those claims are bound to, by name.
     pub volumes: BTreeMap<String, PersistentVolume>,
+    /// Tokens of the pod's ServiceAccount, bound to the pod, by (audience,
+    /// "" for the apiserver's; expirationSeconds) as projected volumes ask.
+    pub tokens: BTreeMap<(String, i64), String>,
 }
 
 /// The names a pod refers to, in its own namespace.
@@ -99,6 +103,8 @@ pub struct Referenced {
     pub config_maps: BTreeSet<String>,
     pub secrets: BTreeSet<String>,
     pub claims: BTreeSet<String>,
+    /// Projected ServiceAccount tokens: (audience, expirationSeconds).
+    pub tokens: BTreeSet<(String, i64)>,
 }
 
 /// Every ConfigMap, Secret and claim the pod names: env and envFrom of all
@@ -160,6 +166,9 @@ pub fn referenced(pod: &Pod) -> Referenced {
             if let Some(s) = &source.secret {
                 out.secrets.insert(s.name.clone());
             }
+            if let Some(t) = &source.service_account_token {
+                out.tokens.insert(token_key(t));
+            }
         }
         if let Some(claim) = &volume.persistent_volume_claim {
             out.claims.insert(claim.claim_name.clone());
@@ -174,6 +183,17 @@ pub fn referenced(pod: &Pod) -> Referenced {
         }
     }
     out
+}
+
+/// How a projected token is asked for: its audience ("" for the
+/// apiserver's) and lifetime (Kubernetes' default: an hour).
+pub fn token_key(
+    source: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection,
+) -> (String, i64) {
+    (
+        source.audience.clone().unwrap_or_default(),
+        source.expiration_seconds.unwrap_or(3600),
+    )
 }
 
 /// Fetches what the pod refers to; the Services come from the agent's
@@ -252,6 +272,43 @@ pub async fn gather(
             }
         }
         refs.claims.insert(name.clone(), claim);
+    }
+
+    if !wanted.tokens.is_empty() {
+        let account = pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.service_account_name.clone())
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| "default".into());
+        let accounts: Api<k8s_openapi::api::core::v1::ServiceAccount> =
+            Api::namespaced(client.clone(), namespace);
+        for (audience, expiration) in &wanted.tokens {
+            let request = TokenRequest {
+                spec: TokenRequestSpec {
+                    audiences: if audience.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![audience.clone()]
+                    },
+                    expiration_seconds: Some(*expiration),
+                    bound_object_ref: Some(BoundObjectReference {
+                        api_version: Some("v1".into()),
+                        kind: Some("Pod".into()),
+                        name: pod.metadata.name.clone(),
+                        uid: pod.metadata.uid.clone(),
+                    }),
+                },
+                ..TokenRequest::default()
+            };
+            let answer = accounts
+                .create_token_request(&account, &Default::default(), &request)
+                .await?;
+            if let Some(status) = answer.status {
+                refs.tokens
+                    .insert((audience.clone(), *expiration), status.token);
+            }
+        }
     }
     Ok(refs)
 }

@@ -173,7 +173,11 @@ pub async fn register(
             &Patch::Merge(&status),
         )
         .await?;
-    renew(client, config).await?;
+    // The lease's namespace may not be there yet on a fresh cluster: the
+    // heartbeat keeps trying.
+    if let Err(e) = renew(client, config).await {
+        tracing::info!(node = %config.node_name, error = %e, "no node lease yet; the heartbeat will make it");
+    }
     Ok(node.spec.and_then(|s| s.pod_cidr))
 }
 

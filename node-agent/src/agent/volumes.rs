@@ -438,8 +438,9 @@ fn downward_payload(
 }
 
 /// The projected volume plugin: the sources merged into one payload.
-/// serviceAccountToken sources are left out (shoal's API server issues no
-/// bound tokens), as are clusterTrustBundle sources.
+/// serviceAccountToken sources are the tokens `env::gather` asked the
+/// apiserver for (bound to the pod); clusterTrustBundle sources are left
+/// out.
 fn projected_payload(
     ctx: &EnvContext<'_>,
     source: &k8s_openapi::api::core::v1::ProjectedVolumeSource,
@@ -468,10 +469,22 @@ fn projected_payload(
                 downward.items.as_deref().unwrap_or_default(),
                 default_mode,
             )
-        } else {
-            if projection.service_account_token.is_some() {
-                tracing::debug!("projected serviceAccountToken source skipped: no token issuer");
+        } else if let Some(token) = &projection.service_account_token {
+            match ctx.refs.tokens.get(&env::token_key(token)) {
+                Some(value) => {
+                    let mut part = Payload::new();
+                    part.insert(
+                        clean_path(&token.path),
+                        FileProjection {
+                            data: value.clone().into_bytes(),
+                            mode: default_mode,
+                        },
+                    );
+                    Ok(part)
+                }
+                None => Err("the service account token has not been issued".to_string()),
             }
+        } else {
             Ok(Payload::new())
         };
         match part {
@@ -1316,7 +1329,13 @@ mod tests {
             default_mode: Some(0o644),
             sources: Some(vec![
                 VolumeProjection {
-                    service_account_token: Some(Default::default()),
+                    service_account_token: Some(
+                        k8s_openapi::api::core::v1::ServiceAccountTokenProjection {
+                            path: "token".into(),
+                            expiration_seconds: Some(3607),
+                            audience: None,
+                        },
+                    ),
                     ..Default::default()
                 },
                 VolumeProjection {
@@ -1347,7 +1366,23 @@ mod tests {
             ]),
         });
         let p = pod(vec![d, pr]);
-        let r = refs();
+        let mut r = refs();
+        let full = EnvContext {
+            pod: &p,
+            refs: &r,
+            node_name: "node-1",
+            host_ip: "192.168.1.10",
+            pod_ip: "10.244.1.5",
+            node_allocatable_cpu_millis: 2000,
+            node_allocatable_memory_bytes: 1 << 30,
+        };
+        // No token issued yet: the volume waits for it.
+        assert!(prepare_in(tmp.path(), &full)
+            .unwrap_err()
+            .to_string()
+            .contains("the service account token has not been issued"));
+        r.tokens
+            .insert((String::new(), 3607), "header.claims.signature".into());
         let full = EnvContext {
             pod: &p,
             refs: &r,
@@ -1368,7 +1403,10 @@ mod tests {
         let dir = tmp.path().join("volumes/kube-api-access-abcde");
         assert_eq!(fs::read_to_string(dir.join("ca.crt")).unwrap(), "port=80\n");
         assert_eq!(fs::read_to_string(dir.join("namespace")).unwrap(), "shop");
-        assert!(fs::symlink_metadata(dir.join("token")).is_err());
+        assert_eq!(
+            fs::read_to_string(dir.join("token")).unwrap(),
+            "header.claims.signature"
+        );
     }
 
     #[test]

@@ -621,6 +621,22 @@ async fn rbac_decides_like_kubernetes_for_kubectl() {
     );
     assert!(ok, "{out}");
 
+    // A binding's roleRef cannot change.
+    let (ok, out) = run(
+        &api.kubeconfig,
+        &[
+            "patch",
+            "rolebinding",
+            "bob-view",
+            "-n",
+            "dev",
+            "--type=merge",
+            "-p",
+            r#"{"roleRef":{"apiGroup":"rbac.authorization.k8s.io","kind":"ClusterRole","name":"edit"}}"#,
+        ],
+    );
+    assert!(!ok && out.contains("cannot change roleRef"), "{out}");
+
     // kubectl auth whoami (SelfSubjectReview).
     let (ok, out) = run(&carol, &["auth", "whoami"]);
     assert!(ok, "{out}");
@@ -1094,7 +1110,19 @@ spec:
         ],
         "node requested token not bound to a pod scheduled on node \"n1\"",
     );
-    // Leases: its own only.
+    // A mirror pod may use nothing (else a node could read any Secret by
+    // making a pod that names it).
+    let mirror = dir.path().join("mirror.yaml");
+    std::fs::write(
+        &mirror,
+        "apiVersion: v1\nkind: Pod\nmetadata: {name: sneaky, namespace: shop, annotations: {kubernetes.io/config.mirror: x}}\nspec:\n  nodeName: n1\n  containers:\n  - name: c\n    image: busybox\n    env: [{name: P, valueFrom: {secretKeyRef: {name: other, key: p}}}]\n",
+    )
+    .unwrap();
+    forbidden(
+        &["create", "-f", mirror.to_str().unwrap()],
+        "node \"n1\" can not create pods that reference secrets",
+    );
+    // Leases: its own only, in kube-node-lease only.
     let lease = |name: &str| {
         format!("apiVersion: coordination.k8s.io/v1\nkind: Lease\nmetadata: {{name: {name}, namespace: kube-node-lease}}\nspec: {{holderIdentity: {name}}}\n")
     };
@@ -1106,6 +1134,16 @@ spec:
     forbidden(
         &["create", "-f", theirs.to_str().unwrap()],
         "can only access node lease with the same name as the requesting node",
+    );
+    let elsewhere = dir.path().join("elsewhere-lease.yaml");
+    std::fs::write(
+        &elsewhere,
+        lease("n1").replace("kube-node-lease", "kube-system"),
+    )
+    .unwrap();
+    forbidden(
+        &["create", "-f", elsewhere.to_str().unwrap()],
+        "can only access leases in the \"kube-node-lease\" system namespace",
     );
     // Its own pod deleted: its Secret is no longer its to read.
     assert!(run(&n1, &["delete", "pod", "web", "-n", "shop", "--wait=false"]).0);

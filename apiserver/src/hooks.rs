@@ -10,7 +10,10 @@ use crate::resources::Resource;
 pub fn before_create(resource: &Resource, object: &mut Value, user: Option<&crate::server::User>) {
     match (resource.group, resource.kind) {
         ("certificates.k8s.io", "CertificateSigningRequest") => csr_requester(object, user),
-        ("", "Pod") => pod_service_account(object.get_mut("spec")),
+        // A mirror pod (a node's static pod) has no service account.
+        ("", "Pod") if !crate::serviceaccount::is_mirror(object) => {
+            pod_service_account(object.get_mut("spec"))
+        }
         ("batch", "Job") => {
             job_selector(object);
             job_labels(object);

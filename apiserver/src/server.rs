@@ -353,6 +353,13 @@ async fn impersonate(
         .and_then(|v| v.to_str().ok())
         .map(str::to_string)
     else {
+        if headers.contains_key("impersonate-group") {
+            return Err(ApiError::new(
+                403,
+                "Forbidden",
+                "requested groups without impersonating a user",
+            ));
+        }
         return Ok(None);
     };
     let groups: Vec<String> = headers
@@ -387,13 +394,21 @@ async fn impersonate(
             }
         }
     }
+    // As Kubernetes: an impersonated account's own groups only when none
+    // are asked for; everyone is authenticated but the anonymous user.
     let mut as_groups = groups;
-    if let Some((ns, _)) = service_account {
+    if let (Some((ns, _)), true) = (service_account, as_groups.is_empty()) {
         as_groups.push("system:serviceaccounts".into());
         as_groups.push(format!("system:serviceaccounts:{ns}"));
     }
-    if target != "system:anonymous" && !as_groups.iter().any(|g| g == "system:authenticated") {
-        as_groups.push("system:authenticated".into());
+    let (everyone, anonymous) = ("system:authenticated", "system:unauthenticated");
+    let group = if target == "system:anonymous" {
+        anonymous
+    } else {
+        everyone
+    };
+    if !as_groups.iter().any(|g| g == group) {
+        as_groups.push(group.into());
     }
     Ok(Some(User {
         name: target,

@@ -114,7 +114,20 @@ impl Issuer {
                 std::fs::create_dir_all(dir).map_err(io)?;
             }
             let temporary = path.with_extension(format!("tmp{}", std::process::id()));
-            std::fs::write(&temporary, pem(document.as_ref())).map_err(io)?;
+            {
+                use std::io::Write;
+                use std::os::unix::fs::OpenOptionsExt;
+                // Whoever reads the key can forge any account's token.
+                let mut file = std::fs::OpenOptions::new()
+                    .write(true)
+                    .create(true)
+                    .truncate(true)
+                    .mode(0o600)
+                    .open(&temporary)
+                    .map_err(io)?;
+                file.write_all(pem(document.as_ref()).as_bytes())
+                    .map_err(io)?;
+            }
             // A link fails when another apiserver made the key first: its
             // key is the one.
             let _ = std::fs::hard_link(&temporary, path);
@@ -236,9 +249,26 @@ pub async fn authenticate(api: &Api, token: &str) -> Option<User> {
     if let Some(pod) = claims.pointer("/kubernetes.io/pod") {
         let pods = crate::resources::served("", "v1", "pods");
         let found = stored(api, &pods.key(Some(namespace), text(pod, "/name"))).await?;
-        if text(&found, "/metadata/uid") != text(pod, "/uid")
-            || found.pointer("/metadata/deletionTimestamp").is_some()
+        if text(&found, "/metadata/uid") != text(pod, "/uid") {
+            return None;
+        }
+        // A terminating pod keeps its token a minute past the start of its
+        // deletion (for its preStop hooks and graceful shutdown), as
+        // Kubernetes does.
+        if let Some(deleted) = found
+            .pointer("/metadata/deletionTimestamp")
+            .and_then(Value::as_str)
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok())
         {
+            if now() > deleted.as_second() + 60 {
+                return None;
+            }
+        }
+    }
+    if let Some(secret) = claims.pointer("/kubernetes.io/secret") {
+        let secrets = crate::resources::served("", "v1", "secrets");
+        let found = stored(api, &secrets.key(Some(namespace), text(secret, "/name"))).await?;
+        if text(&found, "/metadata/uid") != text(secret, "/uid") {
             return None;
         }
     }
@@ -285,7 +315,12 @@ pub async fn token_request(api: &Api, ctx: &Ctx, body: &[u8]) -> Result<Value> {
             vec![Cause::invalid(field, value, detail)],
         )
     };
-    let spec = request.get("spec").cloned().unwrap_or_else(|| json!({}));
+    let spec = match request.get("spec") {
+        None | Some(Value::Null) => json!({}),
+        Some(spec @ Value::Object(_)) => spec.clone(),
+        Some(other) => return Err(invalid("spec", other, "must be an object")),
+    };
+    request["spec"] = spec.clone();
     crate::rbac::node::admit_token(
         ctx.user.as_ref(),
         api.authorizer.as_ref().and_then(|a| a.nodes.as_ref()),
@@ -345,6 +380,14 @@ pub async fn token_request(api: &Api, ctx: &Ctx, body: &[u8]) -> Result<Value> {
             return Err(ApiError::not_found(resource, bound_name));
         };
         let uid = text(&object, "/metadata/uid");
+        if kind == "Pod" {
+            let runs_as = text(&object, "/spec/serviceAccountName");
+            if runs_as != name {
+                return Err(ApiError::bad_request(format!(
+                    "cannot bind token for serviceaccount \"{name}\" to pod running with different serviceaccount name."
+                )));
+            }
+        }
         let asked_uid = text(reference, "/uid");
         if !asked_uid.is_empty() && asked_uid != uid {
             return Err(ApiError::new(
@@ -356,7 +399,8 @@ pub async fn token_request(api: &Api, ctx: &Ctx, body: &[u8]) -> Result<Value> {
             ));
         }
         bound.insert(kind.to_lowercase(), json!({"name": bound_name, "uid": uid}));
-        if kind == "Pod" && requested == KUBELET_EXPIRATION {
+        let for_api = audiences.iter().all(|a| issuer.audiences.contains(a));
+        if kind == "Pod" && requested == KUBELET_EXPIRATION && for_api {
             lifetime = EXTENDED_EXPIRATION;
             bound.insert("warnafter".into(), json!(now() + KUBELET_EXPIRATION));
         }
@@ -390,6 +434,13 @@ pub async fn token_request(api: &Api, ctx: &Ctx, body: &[u8]) -> Result<Value> {
     Ok(request)
 }
 
+/// Whether a pod is a mirror pod (a node's static pod, annotated
+/// `kubernetes.io/config.mirror`).
+pub fn is_mirror(pod: &Value) -> bool {
+    pod.pointer("/metadata/annotations/kubernetes.io~1config.mirror")
+        .is_some()
+}
+
 /// The ServiceAccount admission: the pod's account must exist (`default`
 /// is made on the spot, where Kubernetes refuses the pod until its
 /// controller has made it), and unless the pod or the account says
@@ -397,7 +448,7 @@ pub async fn token_request(api: &Api, ctx: &Ctx, body: &[u8]) -> Result<Value> {
 /// token, the cluster CA and the namespace is mounted read-only at
 /// [`MOUNT_PATH`] in every container.
 pub async fn admit_pod(api: &Api, ctx: &Ctx, pod: &mut Value) -> Result<()> {
-    if api.service_accounts.is_none() {
+    if api.service_accounts.is_none() || is_mirror(pod) {
         return Ok(());
     }
     let namespace = ctx.namespace.clone().unwrap_or_else(|| "default".into());
@@ -442,7 +493,9 @@ pub async fn admit_pod(api: &Api, ctx: &Ctx, pod: &mut Value) -> Result<()> {
                 .and_then(Value::as_bool)
         })
         .unwrap_or(true);
-    if !automount {
+    // Without a CA to give pods (a --tls-cert-file with no ca.crt beside
+    // it) the volume could never be filled: no token is mounted.
+    if !automount || api.root_ca.is_none() {
         return Ok(());
     }
     if !ctx.dry_run() {

@@ -412,6 +412,15 @@ pub fn immutable(resource: &Resource, old: &Value, new: &Value) -> Vec<Cause> {
             check("/spec/completions", "spec.completions");
         }
         ("", "Service") => check("/spec/clusterIP", "spec.clusterIP"),
+        ("rbac.authorization.k8s.io", "RoleBinding" | "ClusterRoleBinding")
+            if old.get("roleRef") != new.get("roleRef") =>
+        {
+            causes.push(Cause::invalid(
+                "roleRef",
+                new.get("roleRef").unwrap_or(&Value::Null),
+                "cannot change roleRef",
+            ));
+        }
         ("", "Pod") => {
             // Of a pod only the images, activeDeadlineSeconds, tolerations
             // additions and the scheduling gates may change.

@@ -59,8 +59,9 @@ impl Attributes {
     }
 
     /// Reads a request as kube-apiserver's `RequestInfoFactory` does. A
-    /// WebSocket GET of exec, attach or portforward is a `create`, as
-    /// since Kubernetes 1.31.
+    /// GET of exec, attach or portforward (kubectl's WebSocket) needs
+    /// `create` as a POST does, which Kubernetes asks for as an extra check
+    /// behind its `AuthorizePodWebsocketUpgradeCreatePermission` gate.
     pub fn of(method: &Method, path: &str, query: &str) -> Attributes {
         let non_resource = || Attributes {
             verb: method.as_str().to_ascii_lowercase(),

@@ -370,8 +370,9 @@ pub fn cluster_roles() -> Vec<Value> {
                     &["get", "patch", "update"],
                 ),
                 // shoal's agents also publish their own EndpointSlices
-                // (cluster DNS, ingress) and read Services' slices.
-                rule(&["discovery.k8s.io"], &["endpointslices"], READ),
+                // (cluster DNS, ingress: NodeRestriction keeps them to
+                // `<service>-<node>`) and read Services' slices.
+                rule(&["discovery.k8s.io"], &["endpointslices"], ALL),
             ],
         ),
         role(

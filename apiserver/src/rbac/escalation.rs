@@ -56,11 +56,13 @@ fn resources_cover(owner: &[String], wanted: &[String]) -> bool {
     if owner.iter().any(|r| r == "*") || has_all(owner, wanted) {
         return true;
     }
+    // A held `*/status` covers every resource's status; a held `pods/*`
+    // covers nothing more than it names (as the authorizer reads it).
     wanted.iter().all(|resource| {
         owner.contains(resource)
-            || resource.split_once('/').is_some_and(|(main, sub)| {
-                owner.contains(&format!("*/{sub}")) || owner.contains(&format!("{main}/*"))
-            })
+            || resource
+                .split_once('/')
+                .is_some_and(|(_, sub)| owner.contains(&format!("*/{sub}")))
     })
 }
 
@@ -193,11 +195,14 @@ pub fn check(
                 .pointer("/roleRef/name")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
-            let (plural, scope) = if kind == "Role" {
-                ("roles", namespace)
+            let plural = if kind == "Role" {
+                "roles"
             } else {
-                ("clusterroles", "")
+                "clusterroles"
             };
+            // `bind` where the binding is: a RoleBinding's namespace, even
+            // for a ClusterRole.
+            let scope = if resource.namespaced { namespace } else { "" };
             if allowed(index, user, "bind", plural, scope, role) {
                 return Ok(());
             }
@@ -274,7 +279,7 @@ mod tests {
         let owner = vec![
             rule(&[""], &["pods", "configmaps"], &["get", "list"]),
             rule(&["apps"], &["*"], &["*"]),
-            rule(&[""], &["pods/*"], &["get"]),
+            rule(&[""], &["*/log"], &["get"]),
         ];
         assert!(uncovered(&owner, &[rule(&[""], &["pods"], &["get"])]).is_empty());
         assert!(uncovered(
@@ -283,6 +288,10 @@ mod tests {
         )
         .is_empty());
         assert!(uncovered(&owner, &[rule(&[""], &["pods/log"], &["get"])]).is_empty());
+        assert_eq!(
+            uncovered(&owner, &[rule(&[""], &["pods/exec"], &["get"])]).len(),
+            1
+        );
         let missing = uncovered(
             &owner,
             &[rule(&[""], &["pods", "secrets"], &["get", "delete"])],

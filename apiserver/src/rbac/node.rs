@@ -41,8 +41,10 @@ fn uses(pod: &Value) -> Uses {
     let mut out = Vec::new();
     let spec = pod.get("spec").cloned().unwrap_or_default();
     let text = |v: &Value, p: &str| v.pointer(p).and_then(Value::as_str).map(String::from);
-    let account = text(&spec, "/serviceAccountName").unwrap_or_else(|| "default".into());
-    out.push(("serviceaccounts", account));
+    // Every pod but a mirror pod has one (admission names `default`).
+    if let Some(account) = text(&spec, "/serviceAccountName").filter(|a| !a.is_empty()) {
+        out.push(("serviceaccounts", account));
+    }
     let containers = ["containers", "initContainers", "ephemeralContainers"]
         .iter()
         .flat_map(|k| {
@@ -354,6 +356,26 @@ impl NodeGraph {
     }
 }
 
+/// What a mirror pod may not refer to, as NodeRestriction words it.
+fn mirror_refers(pod: &Value) -> Option<&'static str> {
+    let mut used = uses(pod);
+    if pod
+        .pointer("/spec/serviceAccountName")
+        .and_then(Value::as_str)
+        .is_some_and(|a| !a.is_empty())
+    {
+        return Some("use service accounts");
+    }
+    used.retain(|(resource, _)| *resource != "serviceaccounts");
+    used.iter()
+        .map(|(resource, _)| match *resource {
+            "secrets" => "reference secrets",
+            "configmaps" => "reference configmaps",
+            _ => "reference persistentvolumeclaims",
+        })
+        .next()
+}
+
 fn refuse(resource: &crate::resources::Resource, name: &str, why: String) -> ApiError {
     ApiError::forbidden(resource.group, resource.plural, name, &why)
 }
@@ -401,6 +423,14 @@ pub fn admit(
                         &name,
                         format!("node \"{node}\" can only create pods with spec.nodeName set to itself"),
                     ))
+                } else if let Some(what) = mirror_refers(&object) {
+                    // What a node reads follows what its pods use: a pod
+                    // it made itself must use nothing.
+                    Err(refuse(
+                        resource,
+                        &name,
+                        format!("node \"{node}\" can not create pods that {what}"),
+                    ))
                 } else {
                     Ok(())
                 }
@@ -425,7 +455,13 @@ pub fn admit(
                 .pointer("/metadata/namespace")
                 .and_then(Value::as_str)
                 .unwrap_or_default();
-            if namespace == LEASES && name != node {
+            if namespace != LEASES {
+                Err(refuse(
+                    resource,
+                    &name,
+                    format!("can only access leases in the \"{LEASES}\" system namespace"),
+                ))
+            } else if name != node {
                 Err(refuse(
                     resource,
                     &name,

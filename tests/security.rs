@@ -1162,3 +1162,263 @@ spec:
     )
     .0));
 }
+
+/// Runs openssl; fails the test when it fails.
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A key and a certificate `name` signed by the CA `ca` (with
+/// serverAuth and clientAuth, for 127.0.0.1).
+fn issue(dir: &Path, ca: &str, name: &str, cn: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.csr"),
+            "-subj",
+            &format!("/CN={cn}"),
+        ],
+    );
+    std::fs::write(
+        dir.join(format!("{name}.ext")),
+        "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth,clientAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &format!("{name}.csr"),
+            "-CA",
+            &format!("{ca}.crt"),
+            "-CAkey",
+            &format!("{ca}.key"),
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            &format!("{name}.crt"),
+            "-extfile",
+            &format!("{name}.ext"),
+        ],
+    );
+}
+
+/// Store members started by a test, killed when it ends (even by a panic).
+struct Members(Vec<std::process::Child>);
+
+impl Drop for Members {
+    fn drop(&mut self) {
+        for member in &mut self.0 {
+            support::kill_group(member);
+        }
+    }
+}
+
+/// The store with etcd's TLS flags on both ports: etcdctl gets in with
+/// the cluster CA's client certificate only, the members replicate over
+/// TLS (a write still commits with one of three killed), and the
+/// apiserver connects with `--etcd-cafile/--etcd-certfile/--etcd-keyfile`.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_store_speaks_tls_and_asks_for_client_certificates() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = dir.path();
+    for ca in ["ca", "rogue"] {
+        openssl(
+            pki,
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{ca}.key"),
+                "-out",
+                &format!("{ca}.crt"),
+                "-days",
+                "2",
+                "-subj",
+                &format!("/CN={ca}"),
+            ],
+        );
+    }
+    issue(pki, "ca", "member", "member");
+    issue(pki, "ca", "client", "apiserver");
+    issue(pki, "rogue", "intruder", "apiserver");
+    let file = |name: &str| pki.join(name).to_string_lossy().into_owned();
+    let ports: Vec<(u16, u16)> = (0..3)
+        .map(|_| (support::free_port(), support::free_port()))
+        .collect();
+    let initial = ports
+        .iter()
+        .enumerate()
+        .map(|(i, (_, peer))| format!("s{i}=https://127.0.0.1:{peer}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut members = Members(Vec::new());
+    for (i, (client, peer)) in ports.iter().enumerate() {
+        let log = std::fs::File::create(pki.join(format!("s{i}.log"))).unwrap();
+        let child = support::daemon(support::SHOAL)
+            .args([
+                "store",
+                "--name",
+                &format!("s{i}"),
+                "--data-dir",
+                &file(&format!("s{i}")),
+            ])
+            .args([
+                "--listen-client-urls",
+                &format!("https://127.0.0.1:{client}"),
+            ])
+            .args(["--listen-peer-urls", &format!("https://127.0.0.1:{peer}")])
+            .args(["--initial-cluster", &initial])
+            .args([
+                "--cert-file",
+                &file("member.crt"),
+                "--key-file",
+                &file("member.key"),
+            ])
+            .args(["--trusted-ca-file", &file("ca.crt"), "--client-cert-auth"])
+            .args([
+                "--peer-cert-file",
+                &file("member.crt"),
+                "--peer-key-file",
+                &file("member.key"),
+            ])
+            .args([
+                "--peer-trusted-ca-file",
+                &file("ca.crt"),
+                "--peer-client-cert-auth",
+            ])
+            .stdout(std::process::Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        members.0.push(child);
+    }
+    let endpoints = ports
+        .iter()
+        .map(|(client, _)| format!("https://127.0.0.1:{client}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let etcdctl = |endpoints: &str, credentials: &[String], args: &[&str]| {
+        Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .arg(format!("--endpoints={endpoints}"))
+            .args(["--command-timeout=5s", "--dial-timeout=3s"])
+            .args(credentials)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let client = vec![
+        format!("--cacert={}", file("ca.crt")),
+        format!("--cert={}", file("client.crt")),
+        format!("--key={}", file("client.key")),
+    ];
+    let logs = || {
+        (0..3)
+            .map(|i| std::fs::read_to_string(pki.join(format!("s{i}.log"))).unwrap_or_default())
+            .collect::<Vec<_>>()
+            .join("\n---\n")
+    };
+    assert!(
+        eventually(Duration::from_secs(30), || etcdctl(
+            &endpoints,
+            &client,
+            &["put", "/tls/a", "1"]
+        )
+        .status
+        .success()),
+        "no write over TLS:\n{}",
+        logs()
+    );
+    let out = etcdctl(
+        &endpoints,
+        &client,
+        &["get", "/tls/a", "--print-value-only"],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "1");
+
+    // No client certificate, one from another CA, plain HTTP: refused.
+    let first = format!("https://127.0.0.1:{}", ports[0].0);
+    let no_cert = vec![format!("--cacert={}", file("ca.crt"))];
+    let rogue = vec![
+        format!("--cacert={}", file("ca.crt")),
+        format!("--cert={}", file("intruder.crt")),
+        format!("--key={}", file("intruder.key")),
+    ];
+    for (who, credentials) in [("no certificate", &no_cert), ("another CA's", &rogue)] {
+        let out = etcdctl(&first, credentials, &["get", "/tls/a"]);
+        assert!(
+            !out.status.success(),
+            "{who}: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+    let out = etcdctl(
+        &format!("http://127.0.0.1:{}", ports[0].0),
+        &[],
+        &["get", "/tls/a"],
+    );
+    assert!(!out.status.success());
+
+    // The apiserver, as the store's client.
+    let api = Apiserver::start_with(
+        &endpoints,
+        &pki.join("api"),
+        None,
+        &[
+            "--etcd-cafile",
+            &file("ca.crt"),
+            "--etcd-certfile",
+            &file("client.crt"),
+            "--etcd-keyfile",
+            &file("client.key"),
+        ],
+    );
+    api.ok(&["create", "configmap", "over-tls", "--from-literal=a=b"]);
+    assert_eq!(
+        api.ok(&["get", "configmap", "over-tls", "-o", "jsonpath={.data.a}"]),
+        "b"
+    );
+
+    // Replication is over TLS too: with a member killed, writes commit.
+    let mut killed = members.0.remove(0);
+    support::kill_group(&mut killed);
+    let rest = ports[1..]
+        .iter()
+        .map(|(client, _)| format!("https://127.0.0.1:{client}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    assert!(
+        eventually(Duration::from_secs(20), || etcdctl(
+            &rest,
+            &client,
+            &["put", "/tls/b", "2"]
+        )
+        .status
+        .success()),
+        "no write with a member down:\n{}",
+        logs()
+    );
+}

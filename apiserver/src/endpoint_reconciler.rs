@@ -44,7 +44,7 @@ use shoal_store::proto::etcdserverpb::{
     LeaseRevokeRequest, PutRequest,
 };
 use tokio::sync::Notify;
-use tonic::transport::{Channel, Endpoint as GrpcEndpoint};
+use tonic::transport::Channel;
 
 use crate::server::Api as Server;
 
@@ -289,7 +289,7 @@ struct Leases {
 }
 
 impl Leases {
-    fn new(endpoints: &[String]) -> Leases {
+    fn new(endpoints: &[String], tls: Option<&Arc<rustls::ClientConfig>>) -> Leases {
         let channels = endpoints
             .iter()
             .filter_map(|url| {
@@ -298,12 +298,10 @@ impl Leases {
                 } else {
                     format!("http://{url}")
                 };
-                GrpcEndpoint::from_shared(url).ok()
-            })
-            .map(|e| {
-                e.connect_timeout(Duration::from_secs(1))
-                    .tcp_nodelay(true)
-                    .connect_lazy()
+                shoal_store::tls::channel(&url, tls, |e| {
+                    e.connect_timeout(Duration::from_secs(1)).tcp_nodelay(true)
+                })
+                .ok()
             })
             .collect();
         Leases { channels }
@@ -408,7 +406,7 @@ pub fn start(
     me: Master,
 ) -> Handle {
     let stop = Arc::new(Notify::new());
-    let leases = Leases::new(etcd_servers);
+    let leases = Leases::new(etcd_servers, server.store.tls());
     let task = tokio::spawn(run(server, client, leases, me, stop.clone()));
     Handle { stop, task }
 }

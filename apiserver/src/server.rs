@@ -37,6 +37,15 @@ pub struct Config {
         required = true
     )]
     pub etcd_servers: Vec<String>,
+    /// CA of the store's certificate, for `https://` store URLs.
+    #[arg(long, env = "SHOAL_ETCD_CAFILE")]
+    pub etcd_cafile: Option<PathBuf>,
+    /// Client certificate presented to the store (PEM).
+    #[arg(long, env = "SHOAL_ETCD_CERTFILE", requires = "etcd_keyfile")]
+    pub etcd_certfile: Option<PathBuf>,
+    /// Key of `--etcd-certfile` (PEM).
+    #[arg(long, env = "SHOAL_ETCD_KEYFILE", requires = "etcd_certfile")]
+    pub etcd_keyfile: Option<PathBuf>,
     /// Address to listen on.
     #[arg(long, env = "SHOAL_BIND_ADDRESS", default_value = "0.0.0.0")]
     pub bind_address: String,
@@ -542,7 +551,20 @@ pub async fn start_advertising(
         Some(path) => Some(Arc::new(crate::encryption::Encryption::load(path)?)),
         None => None,
     };
-    let store = Store::new(&config.etcd_servers)?.with_encryption(encryption);
+    let store_tls = match &config.etcd_cafile {
+        Some(ca) => Some(
+            shoal_store::tls::TlsFiles {
+                cert_file: config.etcd_certfile.clone(),
+                key_file: config.etcd_keyfile.clone(),
+                trusted_ca_file: Some(ca.clone()),
+                client_cert_auth: false,
+            }
+            .client_config()
+            .map_err(|e| StartError::Config(format!("store TLS: {e}")))?,
+        ),
+        None => None,
+    };
+    let store = Store::new(&config.etcd_servers, store_tls)?.with_encryption(encryption);
     let audit = match &config.audit_log_path {
         Some(path) => Some(Arc::new(crate::audit::Audit::open(path).map_err(
             |source| StartError::Audit {

@@ -22,7 +22,7 @@ use shoal_store::proto::etcdserverpb::{
     TxnRequest, WatchCreateRequest, WatchRequest,
 };
 use shoal_store::proto::mvccpb::{event::EventType, KeyValue};
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 use tonic::Code;
 
 use crate::encryption::Encryption;
@@ -98,6 +98,7 @@ pub struct Store {
     channels: Vec<Channel>,
     current: AtomicUsize,
     encryption: Option<Arc<Encryption>>,
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 /// Decrypts a value read from the store in place (a delete event's is
@@ -142,7 +143,10 @@ fn unsent(status: &tonic::Status) -> bool {
 }
 
 impl Store {
-    pub fn new(endpoints: &[String]) -> Result<Store> {
+    /// A client of the store members at `endpoints`; `https://` ones are
+    /// reached over TLS with `tls` (a CA, and a client certificate when the
+    /// store asks for one).
+    pub fn new(endpoints: &[String], tls: Option<Arc<rustls::ClientConfig>>) -> Result<Store> {
         if endpoints.is_empty() {
             return Err(Error::BadEndpoint {
                 url: String::new(),
@@ -156,16 +160,17 @@ impl Store {
             } else {
                 format!("http://{url}")
             };
-            let endpoint = Endpoint::from_shared(with_scheme).map_err(|e| Error::BadEndpoint {
+            let channel = shoal_store::tls::channel(&with_scheme, tls.as_ref(), |endpoint| {
+                endpoint
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .tcp_nodelay(true)
+                    .http2_keep_alive_interval(Duration::from_secs(5))
+                    .keep_alive_timeout(Duration::from_secs(3))
+            })
+            .map_err(|reason| Error::BadEndpoint {
                 url: url.clone(),
-                reason: e.to_string(),
+                reason,
             })?;
-            let channel = endpoint
-                .connect_timeout(CONNECT_TIMEOUT)
-                .tcp_nodelay(true)
-                .http2_keep_alive_interval(Duration::from_secs(5))
-                .keep_alive_timeout(Duration::from_secs(3))
-                .connect_lazy();
             channels.push(channel);
         }
         Ok(Store {
@@ -173,7 +178,14 @@ impl Store {
             channels,
             current: AtomicUsize::new(0),
             encryption: None,
+            tls,
         })
+    }
+
+    /// How `https://` members are reached (for the apiserver's other
+    /// store clients).
+    pub fn tls(&self) -> Option<&Arc<rustls::ClientConfig>> {
+        self.tls.as_ref()
     }
 
     /// Values written from now on are encrypted as `encryption` says, and

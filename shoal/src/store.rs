@@ -83,6 +83,30 @@ pub struct StoreArgs {
     /// (comma-separated; kubeadm's etcd uses `http://127.0.0.1:2381`).
     #[arg(long, env = "ETCD_LISTEN_METRICS_URLS", value_delimiter = ',')]
     listen_metrics_urls: Vec<String>,
+    /// Certificate of the client port (PEM); `https://` client URLs need it.
+    #[arg(long, env = "ETCD_CERT_FILE", requires = "key_file")]
+    cert_file: Option<PathBuf>,
+    /// Key of `--cert-file` (PEM).
+    #[arg(long, env = "ETCD_KEY_FILE", requires = "cert_file")]
+    key_file: Option<PathBuf>,
+    /// CA that signs the client certificates accepted.
+    #[arg(long, env = "ETCD_TRUSTED_CA_FILE")]
+    trusted_ca_file: Option<PathBuf>,
+    /// Serve only clients presenting a certificate `--trusted-ca-file` signed.
+    #[arg(long, env = "ETCD_CLIENT_CERT_AUTH")]
+    client_cert_auth: bool,
+    /// Certificate of the peer port, also presented to other members.
+    #[arg(long, env = "ETCD_PEER_CERT_FILE", requires = "peer_key_file")]
+    peer_cert_file: Option<PathBuf>,
+    /// Key of `--peer-cert-file` (PEM).
+    #[arg(long, env = "ETCD_PEER_KEY_FILE", requires = "peer_cert_file")]
+    peer_key_file: Option<PathBuf>,
+    /// CA of the other members' certificates (both ways).
+    #[arg(long, env = "ETCD_PEER_TRUSTED_CA_FILE")]
+    peer_trusted_ca_file: Option<PathBuf>,
+    /// Accept only members presenting a certificate the peer CA signed.
+    #[arg(long, env = "ETCD_PEER_CLIENT_CERT_AUTH")]
+    peer_client_cert_auth: bool,
 }
 
 #[derive(Subcommand)]
@@ -165,6 +189,18 @@ pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
         snapshot_count: args.snapshot_count,
         max_request_bytes: args.max_request_bytes,
         max_txn_ops: args.max_txn_ops,
+        client_tls: shoal_store::tls::TlsFiles {
+            cert_file: args.cert_file,
+            key_file: args.key_file,
+            trusted_ca_file: args.trusted_ca_file,
+            client_cert_auth: args.client_cert_auth,
+        },
+        peer_tls: shoal_store::tls::TlsFiles {
+            cert_file: args.peer_cert_file,
+            key_file: args.peer_key_file,
+            trusted_ca_file: args.peer_trusted_ca_file,
+            client_cert_auth: args.peer_client_cert_auth,
+        },
     };
     let node = Node::start(config)
         .await
@@ -207,6 +243,9 @@ pub async fn serve_metrics(
     node: std::sync::Arc<Node>,
     url: &str,
 ) -> anyhow::Result<(tokio::task::JoinHandle<()>, std::net::SocketAddr)> {
+    if !url.starts_with("http://") {
+        anyhow::bail!("--listen-metrics-urls {url}: /metrics is served over plain http://");
+    }
     let address = shoal_store::node::socket_addr(url)?;
     let listener = tokio::net::TcpListener::bind(address)
         .await

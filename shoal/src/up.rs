@@ -238,6 +238,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             snapshot_count: 10_000,
             max_request_bytes: 1_572_864,
             max_txn_ops: 128,
+            client_tls: Default::default(),
+            peer_tls: Default::default(),
         };
         let node = Node::start(config)
             .await
@@ -277,6 +279,9 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             .iter()
             .map(|(client, _)| format!("http://127.0.0.1:{client}"))
             .collect(),
+        etcd_cafile: None,
+        etcd_certfile: None,
+        etcd_keyfile: None,
         bind_address: args.bind_address.clone(),
         secure_port: args.port,
         service_cluster_ip_range: "10.96.0.0/12".into(),

@@ -19,5 +19,6 @@ pub mod raft;
 pub mod server;
 pub mod shared;
 pub mod snapshot;
+pub mod tls;
 
 pub use node::{Config, Node};

@@ -55,6 +55,10 @@ pub struct Config {
     pub snapshot_count: u64,
     pub max_request_bytes: usize,
     pub max_txn_ops: usize,
+    /// TLS of the client port (`https://` client URLs).
+    pub client_tls: crate::tls::TlsFiles,
+    /// TLS between members (`https://` peer URLs), both ways.
+    pub peer_tls: crate::tls::TlsFiles,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +104,10 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 pub fn socket_addr(url: &str) -> Result<SocketAddr, StartError> {
     let rest = url
         .strip_prefix("http://")
-        .ok_or_else(|| StartError::Config(format!("{url}: only http:// URLs are supported")))?;
+        .or_else(|| url.strip_prefix("https://"))
+        .ok_or_else(|| {
+            StartError::Config(format!("{url}: only http:// and https:// URLs are supported"))
+        })?;
     let hostport = rest.trim_end_matches('/');
     let hostport = hostport.replace("localhost", "127.0.0.1");
     hostport
@@ -180,7 +187,17 @@ impl Node {
 
         let shared = Arc::new(Shared::default());
         let (log, sm) = crate::raft::open_storage(&config.data_dir.join("db"), shared.clone())?;
-        let peers = Peers::default();
+        let peer_tls = if config.peer_tls.enabled() || config.peer_tls.trusted_ca_file.is_some() {
+            Some(
+                config
+                    .peer_tls
+                    .client_config()
+                    .map_err(StartError::Config)?,
+            )
+        } else {
+            None
+        };
+        let peers = Peers::with_tls(peer_tls);
 
         let (election_timeout_min, election_timeout_max) = election_timers(config.election_timeout);
         let raft_config = openraft::Config {
@@ -475,6 +492,10 @@ mod tests {
             socket_addr("http://localhost:2379").unwrap(),
             "127.0.0.1:2379".parse().unwrap()
         );
-        assert!(socket_addr("https://0.0.0.0:2379").is_err());
+        assert_eq!(
+            socket_addr("https://0.0.0.0:2379").unwrap(),
+            "0.0.0.0:2379".parse().unwrap()
+        );
+        assert!(socket_addr("ftp://0.0.0.0:2379").is_err());
     }
 }

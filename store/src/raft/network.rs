@@ -16,7 +16,7 @@ use openraft::raft::{
 };
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use super::log_store::{decode, encode};
 use super::types::{Member, NodeId, TypeConfig};
@@ -31,37 +31,44 @@ pub const MAX_PEER_MESSAGE: usize = 256 * 1024 * 1024;
 #[derive(Clone, Default)]
 pub struct Peers {
     channels: Arc<Mutex<HashMap<String, Channel>>>,
+    /// The client side of peer TLS (`https://` peer URLs).
+    tls: Option<Arc<rustls::ClientConfig>>,
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum PeerError {
     #[error("member has no peer URL")]
     NoUrl,
-    #[error("invalid peer URL {url}: {source}")]
-    BadUrl {
-        url: String,
-        #[source]
-        source: tonic::transport::Error,
-    },
+    #[error("invalid peer URL {url}: {reason}")]
+    BadUrl { url: String, reason: String },
 }
 
 impl Peers {
+    /// Peers reached over TLS with `tls` where their URLs say `https://`.
+    pub fn with_tls(tls: Option<Arc<rustls::ClientConfig>>) -> Peers {
+        Peers {
+            channels: Arc::default(),
+            tls,
+        }
+    }
+
     pub fn client(&self, member: &Member) -> Result<PeerClient<Channel>, PeerError> {
         let url = member.peer_urls.first().ok_or(PeerError::NoUrl)?;
         let mut channels = self.channels.lock().unwrap_or_else(|e| e.into_inner());
         let channel = match channels.get(url) {
             Some(c) => c.clone(),
             None => {
-                let c = Endpoint::from_shared(url.clone())
-                    .map_err(|source| PeerError::BadUrl {
-                        url: url.clone(),
-                        source,
-                    })?
-                    .connect_timeout(Duration::from_millis(500))
-                    .tcp_nodelay(true)
-                    .http2_keep_alive_interval(Duration::from_secs(5))
-                    .keep_alive_timeout(Duration::from_secs(5))
-                    .connect_lazy();
+                let c = crate::tls::channel(url, self.tls.as_ref(), |endpoint| {
+                    endpoint
+                        .connect_timeout(Duration::from_millis(500))
+                        .tcp_nodelay(true)
+                        .http2_keep_alive_interval(Duration::from_secs(5))
+                        .keep_alive_timeout(Duration::from_secs(5))
+                })
+                .map_err(|reason| PeerError::BadUrl {
+                    url: url.clone(),
+                    reason,
+                })?;
                 channels.insert(url.clone(), c.clone());
                 c
             }

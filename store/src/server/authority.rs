@@ -382,6 +382,14 @@ impl Connected for FixAuthority<tokio::net::TcpStream> {
     }
 }
 
+impl Connected for FixAuthority<crate::tls::TlsConn> {
+    type ConnectInfo = TcpConnectInfo;
+
+    fn connect_info(&self) -> TcpConnectInfo {
+        self.inner.connect_info()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -36,6 +36,7 @@ const GRPC_OVERHEAD: usize = 512 * 1024;
 
 /// Binds every client and peer URL and serves until the member stops.
 pub async fn serve(node: Arc<Node>) -> Result<Vec<JoinHandle<()>>, StartError> {
+    use tokio_stream::StreamExt;
     let mut tasks = Vec::new();
     let max = node.config.max_request_bytes + GRPC_OVERHEAD;
     for url in node.config.listen_client_urls.clone() {
@@ -53,13 +54,19 @@ pub async fn serve(node: Arc<Node>) -> Result<Vec<JoinHandle<()>>, StartError> {
                 MaintenanceServer::new(maintenance::Maintenance(n.clone()))
                     .max_decoding_message_size(max),
             );
-        tasks.push(spawn_server(
-            router,
-            listener,
-            url,
-            n,
-            authority::FixAuthority::new,
-        ));
+        if url.starts_with("https://") {
+            let config = node
+                .config
+                .client_tls
+                .server_config()
+                .map_err(|e| StartError::Config(format!("client TLS ({url}): {e}")))?;
+            let incoming = crate::tls::incoming(listener, config)
+                .map(|conn| conn.map(authority::FixAuthority::new));
+            tasks.push(spawn_server(router, incoming, url, n));
+        } else {
+            let incoming = incoming(listener).map(|c| c.map(authority::FixAuthority::new));
+            tasks.push(spawn_server(router, incoming, url, n));
+        }
     }
     for url in node.config.listen_peer_urls.clone() {
         let listener = bind(&url).await?;
@@ -69,20 +76,27 @@ pub async fn serve(node: Arc<Node>) -> Result<Vec<JoinHandle<()>>, StartError> {
                 .max_decoding_message_size(MAX_PEER_MESSAGE)
                 .max_encoding_message_size(MAX_PEER_MESSAGE),
         );
-        tasks.push(spawn_server(router, listener, url, n, |c| c));
+        if url.starts_with("https://") {
+            let config = node
+                .config
+                .peer_tls
+                .server_config()
+                .map_err(|e| StartError::Config(format!("peer TLS ({url}): {e}")))?;
+            tasks.push(spawn_server(
+                router,
+                crate::tls::incoming(listener, config),
+                url,
+                n,
+            ));
+        } else {
+            tasks.push(spawn_server(router, incoming(listener), url, n));
+        }
     }
     Ok(tasks)
 }
 
-/// Serves `router` on `listener` until the member stops, each accepted
-/// connection wrapped by `wrap`.
-fn spawn_server<IO>(
-    router: Router,
-    listener: TcpListener,
-    url: String,
-    node: Arc<Node>,
-    wrap: fn(tokio::net::TcpStream) -> IO,
-) -> JoinHandle<()>
+/// Serves `router` on the accepted connections until the member stops.
+fn spawn_server<IO, S>(router: Router, incoming: S, url: String, node: Arc<Node>) -> JoinHandle<()>
 where
     IO: tokio::io::AsyncRead
         + tokio::io::AsyncWrite
@@ -90,11 +104,10 @@ where
         + Unpin
         + Send
         + 'static,
+    S: futures::Stream<Item = std::io::Result<IO>> + Send + 'static,
 {
-    use tokio_stream::StreamExt;
     tokio::spawn(async move {
         let stop = async move { node.stopped().await };
-        let incoming = incoming(listener).map(move |conn| conn.map(wrap));
         if let Err(e) = router.serve_with_incoming_shutdown(incoming, stop).await {
             tracing::error!(%url, error = %e, "gRPC server failed");
         }

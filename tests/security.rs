@@ -669,6 +669,77 @@ async fn rbac_decides_like_kubernetes_for_kubectl() {
     assert_eq!(curl("/api", Some("bob-token")).0, "200");
     assert_eq!(curl("/api/v1/namespaces/dev/pods", Some("nobody")).0, "401");
 
+    // A client certificate signed by the cluster CA is a user too: CN the
+    // name, O the groups (dave in ops is admin in dev through ops).
+    let pki = dir.path().join("api");
+    std::fs::write(pki.join("dave.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(
+        &pki,
+        &[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "dave.key",
+            "-out",
+            "dave.csr",
+            "-subj",
+            "/O=ops/CN=dave",
+        ],
+    );
+    openssl(
+        &pki,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "dave.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-out",
+            "dave.crt",
+            "-extfile",
+            "dave.ext",
+        ],
+    );
+    let dave = pki.join("kubeconfig-dave");
+    std::fs::write(
+        &dave,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://127.0.0.1:{}\n    certificate-authority: {}\nusers:\n- name: u\n  user:\n    client-certificate: {}\n    client-key: {}\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n",
+            api.port,
+            pki.join("ca.crt").display(),
+            pki.join("dave.crt").display(),
+            pki.join("dave.key").display()
+        ),
+    )
+    .unwrap();
+    let (ok, out) = run(&dave, &["auth", "whoami"]);
+    assert!(ok && out.contains("dave") && out.contains("ops"), "{out}");
+    let out = kubectl_at(
+        &dave,
+        &[
+            "auth",
+            "can-i",
+            "create",
+            "roles.rbac.authorization.k8s.io",
+            "-n",
+            "dev",
+        ],
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "yes");
+    let (ok, out) = run(&dave, &["get", "pods", "-n", "default"]);
+    assert!(
+        !ok && out.contains("pods is forbidden: User \"dave\" cannot list resource \"pods\" in API group \"\" in the namespace \"default\""),
+        "{out}"
+    );
+
     // The default roles are there, as kubectl shows them.
     let roles = api.ok(&["get", "clusterroles"]);
     for name in [

@@ -73,6 +73,12 @@ pub struct Config {
     /// Private key of `--tls-cert-file` (PEM).
     #[arg(long, env = "SHOAL_TLS_PRIVATE_KEY_FILE", requires = "tls_cert_file")]
     pub tls_private_key_file: Option<PathBuf>,
+    /// CA whose client certificates authenticate users (user = the
+    /// subject's CN, groups = its O values), as kube-apiserver's
+    /// `--client-ca-file`. Default: the generated cluster CA (when the
+    /// serving certificate is generated too).
+    #[arg(long, env = "SHOAL_CLIENT_CA_FILE")]
+    pub client_ca_file: Option<PathBuf>,
     /// Bearer tokens, one per line as `token,user,uid[,"group1,group2"]`.
     /// Without it every request is allowed (a warning is logged).
     #[arg(long, env = "SHOAL_TOKEN_AUTH_FILE")]
@@ -308,6 +314,38 @@ fn csv_fields(line: &str) -> Vec<String> {
     fields
 }
 
+/// The user a verified client certificate names, put on each request of
+/// its connection.
+#[derive(Debug, Clone)]
+pub struct Certified(pub User);
+
+/// The user of a client certificate: its subject's CN, in the groups its
+/// O values name (and `system:authenticated`), as Kubernetes reads them.
+pub fn certificate_user(der: &[u8]) -> Option<User> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let subject = cert.subject();
+    let name = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    if name.is_empty() {
+        return None;
+    }
+    let mut groups: Vec<String> = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(String::from))
+        .collect();
+    groups.push("system:authenticated".into());
+    Some(User {
+        name,
+        uid: String::new(),
+        groups,
+    })
+}
+
 /// The user of requests that carry no token (with `--anonymous-auth`).
 fn anonymous() -> User {
     User {
@@ -327,7 +365,11 @@ async fn authenticate(State(api): State<Arc<Api>>, mut request: Request, next: N
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .map(str::trim);
+        let certified = request.extensions().get::<Certified>().map(|c| c.0.clone());
         let user = match token {
+            // A client certificate is looked at first, as kube-apiserver's
+            // x509 authenticator comes before its token ones.
+            _ if certified.is_some() => certified,
             Some(token) => match tokens.get(token) {
                 Some(user) => Some(user.clone()),
                 None => crate::serviceaccount::authenticate(&api, token).await,
@@ -617,7 +659,17 @@ pub async fn start_advertising(
             (files.cert, files.key, Some(ca))
         }
     };
-    let tls_config = tls::server_config(&cert, &key, tls::ALPN_H2_HTTP1)?;
+    let client_ca = config.client_ca_file.clone().or_else(|| {
+        ca_pem
+            .as_ref()
+            .map(|_| tls::Files::in_dir(&config.data_dir).ca_cert)
+    });
+    let tls_config = match (&client_ca, &config.token_auth_file) {
+        (Some(ca), Some(_)) => {
+            tls::server_config_with_client_ca(&cert, &key, tls::ALPN_H2_HTTP1, ca)?
+        }
+        _ => tls::server_config(&cert, &key, tls::ALPN_H2_HTTP1)?,
+    };
     // What pods trust: the generated CA, or a ca.crt beside the given
     // certificate.
     let root_ca = ca_pem.clone().or_else(|| {
@@ -781,13 +833,7 @@ async fn accept_loop(
         };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service =
-            TowerToHyperService::new(router.clone().map_request(trim_trailing_slash).map_request(
-                move |mut request: http::Request<hyper::body::Incoming>| {
-                    request.extensions_mut().insert(crate::audit::Peer(peer));
-                    request
-                },
-            ));
+        let router = router.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                 .await
@@ -799,6 +845,23 @@ async fn accept_loop(
                 }
                 Err(_) => return,
             };
+            // A client certificate the CA signed names the connection's user.
+            let certified = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| certificate_user(leaf.as_ref()));
+            let service =
+                TowerToHyperService::new(router.map_request(trim_trailing_slash).map_request(
+                    move |mut request: http::Request<hyper::body::Incoming>| {
+                        request.extensions_mut().insert(crate::audit::Peer(peer));
+                        if let Some(user) = &certified {
+                            request.extensions_mut().insert(Certified(user.clone()));
+                        }
+                        request
+                    },
+                ));
             let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
             if let Err(e) = builder
                 .serve_connection_with_upgrades(TokioIo::new(tls), service)

@@ -238,6 +238,47 @@ pub fn server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<rust
     Ok(Arc::new(config))
 }
 
+/// [`server_config`] that also asks clients for a certificate signed by
+/// the CAs in `client_ca` (PEM); clients without one are still served
+/// (they authenticate otherwise), a certificate the CAs did not sign ends
+/// the handshake.
+pub fn server_config_with_client_ca(
+    cert: &Path,
+    key: &Path,
+    alpn: &[&[u8]],
+    client_ca: &Path,
+) -> Result<Arc<rustls::ServerConfig>> {
+    let base = server_config(cert, key, alpn)?;
+    let pem = std::fs::read(client_ca).map_err(|source| Error::Io {
+        path: client_ca.to_path_buf(),
+        source,
+    })?;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pemfile::certs(&mut pem.as_slice()).flatten() {
+        roots.add(cert)?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .allow_unauthenticated()
+    .build()
+    .map_err(|e| Error::Pem {
+        path: client_ca.to_path_buf(),
+        what: match e {
+            rustls::server::VerifierBuilderError::NoRootAnchors => "CA certificate",
+            _ => "client CA",
+        },
+    })?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_client_cert_verifier(verifier)
+        .with_cert_resolver(base.cert_resolver.clone());
+    config.alpn_protocols = base.alpn_protocols.clone();
+    Ok(Arc::new(config))
+}
+
 /// A client configuration trusting the CAs in `ca` (PEM); with no such
 /// file, one that trusts nothing (every agent connection then fails with
 /// a clear error rather than the server refusing to start).

@@ -289,6 +289,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         tls_cert_file: None,
         tls_private_key_file: None,
         token_auth_file: Some(tokens),
+        client_ca_file: None,
         tls_san: node_subnet
             .and_then(|s| s.nth(1))
             .map(|gateway| vec![gateway.to_string()])

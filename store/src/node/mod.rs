@@ -106,7 +106,9 @@ pub fn socket_addr(url: &str) -> Result<SocketAddr, StartError> {
         .strip_prefix("http://")
         .or_else(|| url.strip_prefix("https://"))
         .ok_or_else(|| {
-            StartError::Config(format!("{url}: only http:// and https:// URLs are supported"))
+            StartError::Config(format!(
+                "{url}: only http:// and https:// URLs are supported"
+            ))
         })?;
     let hostport = rest.trim_end_matches('/');
     let hostport = hostport.replace("localhost", "127.0.0.1");

@@ -359,6 +359,21 @@ fn kubeconfig_for(api: &Apiserver, token: &str) -> std::path::PathBuf {
     path
 }
 
+/// A one-member store and an apiserver whose token file also has
+/// `tokens` (its data in the temporary dir's `api`).
+async fn with_tokens(tokens: &str) -> (TestCluster, tempfile::TempDir, Apiserver) {
+    let store = TestCluster::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let api = Apiserver::start_with_tokens(
+        &store.endpoints(),
+        &dir.path().join("api"),
+        None,
+        &[],
+        tokens,
+    );
+    (store, dir, api)
+}
+
 /// kubectl's stdout and stderr together, and whether it succeeded.
 fn run(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
     let out = kubectl_at(kubeconfig, args);
@@ -374,15 +389,8 @@ fn run(kubeconfig: &Path, args: &[&str]) -> (bool, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn rbac_decides_like_kubernetes_for_kubectl() {
-    let store = TestCluster::start(1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let api = Apiserver::start_with_tokens(
-        &store.endpoints(),
-        &dir.path().join("api"),
-        None,
-        &[],
-        "bob-token,bob,1001\ncarol-token,carol,1002,\"ops\"\n",
-    );
+    let (_store, dir, api) =
+        with_tokens("bob-token,bob,1001\ncarol-token,carol,1002,\"ops\"\n").await;
     let bob = kubeconfig_for(&api, "bob-token");
     let carol = kubeconfig_for(&api, "carol-token");
     api.ok(&["create", "namespace", "dev"]);
@@ -1010,15 +1018,7 @@ spec:
 /// of its own pods only, tokens only bound to its own pods.
 #[tokio::test(flavor = "multi_thread")]
 async fn nodes_are_kept_to_their_own_pods_and_objects() {
-    let store = TestCluster::start(1).await;
-    let dir = tempfile::tempdir().unwrap();
-    let api = Apiserver::start_with_tokens(
-        &store.endpoints(),
-        &dir.path().join("api"),
-        None,
-        &[],
-        "n1-token,system:node:n1,n1,\"system:nodes\"\n",
-    );
+    let (_store, dir, api) = with_tokens("n1-token,system:node:n1,n1,\"system:nodes\"\n").await;
     let n1 = kubeconfig_for(&api, "n1-token");
     api.ok(&["create", "namespace", "shop"]);
     api.ok(&[
@@ -1492,4 +1492,84 @@ async fn the_store_speaks_tls_and_asks_for_client_certificates() {
         "no write with a member down:\n{}",
         logs()
     );
+}
+
+/// `--audit-policy-file`: the first matching rule decides what is logged
+/// (ConfigMaps not at all, the admin's watches not at all, everything
+/// else without its ResponseStarted stage); a policy with an unknown
+/// level stops the apiserver with the reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_audit_policy_decides_what_is_logged() {
+    let store = TestCluster::start(1).await;
+    let dir = tempfile::tempdir().unwrap();
+    let log = dir.path().join("audit.log");
+    let policy = dir.path().join("policy.yaml");
+    std::fs::write(
+        &policy,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: None\n  resources: [{group: \"\", resources: [configmaps]}]\n- level: None\n  users: [admin]\n  verbs: [watch]\n- level: Metadata\n  omitStages: [ResponseStarted]\n",
+    )
+    .unwrap();
+    let api = Apiserver::start_with(
+        &store.endpoints(),
+        &dir.path().join("api"),
+        None,
+        &[
+            "--audit-log-path",
+            log.to_str().unwrap(),
+            "--audit-policy-file",
+            policy.to_str().unwrap(),
+        ],
+    );
+    api.ok(&["create", "configmap", "quiet", "--from-literal=k=v"]);
+    api.ok(&["create", "secret", "generic", "loud", "--from-literal=k=v"]);
+    let _ = kubectl_at(
+        &api.kubeconfig,
+        &["get", "secrets", "-w", "--request-timeout=2s"],
+    );
+    api.ok(&["get", "secret", "loud"]);
+    let mut events = Vec::new();
+    assert!(eventually(Duration::from_secs(10), || {
+        events = audit_events(&log);
+        events
+            .iter()
+            .any(|e| e["verb"] == "get" && by_kubectl(e) && e["objectRef"]["name"] == "loud")
+    }));
+    let by_kubectl_on = |resource: &str| -> Vec<&serde_json::Value> {
+        events
+            .iter()
+            .filter(|e| by_kubectl(e) && e["objectRef"]["resource"] == resource)
+            .collect()
+    };
+    assert!(by_kubectl_on("configmaps").is_empty(), "{events:#?}");
+    let secrets = by_kubectl_on("secrets");
+    assert!(secrets
+        .iter()
+        .any(|e| e["verb"] == "create" && e["stage"] == "ResponseComplete"));
+    assert!(
+        !secrets.iter().any(|e| e["verb"] == "watch"),
+        "{secrets:#?}"
+    );
+    assert!(
+        !events.iter().any(|e| e["stage"] == "ResponseStarted"),
+        "{events:#?}"
+    );
+
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "apiVersion: audit.k8s.io/v1\nkind: Policy\nrules:\n- level: Everything\n",
+    )
+    .unwrap();
+    let out = Command::new(support::SHOAL)
+        .args(["apiserver", "--etcd-servers", &store.endpoints()])
+        .args(["--bind-address", "127.0.0.1", "--secure-port", "0"])
+        .arg("--data-dir")
+        .arg(dir.path().join("api-2"))
+        .args(["--audit-log-path", log.to_str().unwrap()])
+        .args(["--audit-policy-file", bad.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("unknown level \"Everything\""), "{stderr}");
 }

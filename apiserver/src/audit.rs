@@ -11,9 +11,9 @@
 //!                 starts, ResponseComplete when its stream ends
 //! ```
 //!
-//! Every request is logged (no policy file: kube-apiserver's
-//! `--audit-policy-file` with one rule `level: Metadata` and
-//! `omitStages: [RequestReceived]`).
+//! Without `--audit-policy-file` every request is logged (a policy of one
+//! rule, `level: Metadata`, `omitStages: [RequestReceived]`); with one, as
+//! `audit_policy` decides (RequestReceived is never logged).
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -41,6 +41,8 @@ pub struct Created(pub String);
 /// Where the lines go.
 pub struct Audit {
     sink: Mutex<Box<dyn Write + Send>>,
+    /// `--audit-policy-file`; without one every request is logged.
+    policy: Option<crate::audit_policy::Policy>,
 }
 
 impl std::fmt::Debug for Audit {
@@ -64,8 +66,15 @@ impl Audit {
             )
         };
         Ok(Audit {
+            policy: None,
             sink: Mutex::new(sink),
         })
+    }
+
+    /// Logs what `policy` says to log.
+    pub fn with_policy(mut self, policy: Option<crate::audit_policy::Policy>) -> Audit {
+        self.policy = policy;
+        self
     }
 
     fn write(&self, event: &Value) {
@@ -111,6 +120,13 @@ pub async fn log(State(api): State<Arc<Api>>, request: Request, next: Next) -> R
     let addressed = crate::rest::addressed(&path);
     let watch = crate::query::Query::parse(request.uri().query().unwrap_or_default()).flag("watch");
     let verb = verb(request.method(), addressed.as_ref(), watch);
+    let attributes = audit.policy.as_ref().map(|_| {
+        crate::rbac::Attributes::of(
+            request.method(),
+            &path,
+            request.uri().query().unwrap_or_default(),
+        )
+    });
     let user_agent = request
         .headers()
         .get(http::header::USER_AGENT)
@@ -150,6 +166,14 @@ pub async fn log(State(api): State<Arc<Api>>, request: Request, next: Next) -> R
             object["name"] = json!(created.0);
         }
     }
+    // What the policy says, for the user the request turned out to be.
+    let decision = match (&audit.policy, &attributes) {
+        (Some(policy), Some(attributes)) => {
+            Some(policy.decide(response.extensions().get::<User>(), attributes))
+        }
+        _ => None,
+    };
+    let logs = |stage: &str| decision.as_ref().is_none_or(|d| d.logs(stage));
     let code = response.status().as_u16();
     let mut event = json!({
         "kind": "Event",
@@ -173,12 +197,19 @@ pub async fn log(State(api): State<Arc<Api>>, request: Request, next: Next) -> R
     }
     let streaming = verb == "watch" && response.status().is_success();
     if !streaming {
-        audit.write(&event);
+        if logs("ResponseComplete") {
+            audit.write(&event);
+        }
         return response;
     }
     // A watch: started now, complete when its stream ends.
-    event["stage"] = json!("ResponseStarted");
-    audit.write(&event);
+    if logs("ResponseStarted") {
+        event["stage"] = json!("ResponseStarted");
+        audit.write(&event);
+    }
+    if !logs("ResponseComplete") {
+        return response;
+    }
     event["stage"] = json!("ResponseComplete");
     let guard = Completes { audit, event };
     let (parts, body) = response.into_parts();

@@ -27,6 +27,7 @@
 
 mod allocate;
 pub mod audit;
+pub mod audit_policy;
 mod compaction;
 mod convert;
 pub mod defaults;

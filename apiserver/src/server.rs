@@ -102,6 +102,10 @@ pub struct Config {
     /// request at level Metadata as a JSON line (`-`: standard output).
     #[arg(long, env = "SHOAL_AUDIT_LOG_PATH")]
     pub audit_log_path: Option<PathBuf>,
+    /// An audit `Policy` (audit.k8s.io/v1): which requests are logged and
+    /// which stages are left out; without it every request is.
+    #[arg(long, env = "SHOAL_AUDIT_POLICY_FILE", requires = "audit_log_path")]
+    pub audit_policy_file: Option<PathBuf>,
     /// An `EncryptionConfiguration` (kube-apiserver's format): the
     /// resources it names (e.g. secrets) are encrypted in the store.
     #[arg(long, env = "SHOAL_ENCRYPTION_PROVIDER_CONFIG")]
@@ -608,12 +612,22 @@ pub async fn start_advertising(
     };
     let store = Store::new(&config.etcd_servers, store_tls)?.with_encryption(encryption);
     let audit = match &config.audit_log_path {
-        Some(path) => Some(Arc::new(crate::audit::Audit::open(path).map_err(
-            |source| StartError::Audit {
-                path: path.clone(),
-                source,
-            },
-        )?)),
+        Some(path) => {
+            let policy = match &config.audit_policy_file {
+                Some(file) => {
+                    Some(crate::audit_policy::Policy::load(file).map_err(StartError::Config)?)
+                }
+                None => None,
+            };
+            Some(Arc::new(
+                crate::audit::Audit::open(path)
+                    .map_err(|source| StartError::Audit {
+                        path: path.clone(),
+                        source,
+                    })?
+                    .with_policy(policy),
+            ))
+        }
         None => None,
     };
     let tokens = match &config.token_auth_file {

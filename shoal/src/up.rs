@@ -95,6 +95,9 @@ pub struct UpArgs {
     /// request, level Metadata; `-` for standard output).
     #[arg(long, env = "SHOAL_AUDIT_LOG_PATH")]
     audit_log_path: Option<PathBuf>,
+    /// An audit `Policy` (audit.k8s.io/v1) saying what is logged.
+    #[arg(long, env = "SHOAL_AUDIT_POLICY_FILE", requires = "audit_log_path")]
+    audit_policy_file: Option<PathBuf>,
     /// How the apiserver authorizes requests: `Node,RBAC` (the default),
     /// `RBAC` or `AlwaysAllow` (any authenticated request).
     #[arg(long, env = "SHOAL_AUTHORIZATION_MODE", default_value = "Node,RBAC", value_parser = ["Node,RBAC", "RBAC", "AlwaysAllow"])]
@@ -299,6 +302,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         kubelet_token_file: Some(agent_token_file.clone()),
         encryption_provider_config: args.encryption_provider_config.clone(),
         audit_log_path: args.audit_log_path.clone(),
+        audit_policy_file: args.audit_policy_file.clone(),
         authorization_mode: args.authorization_mode.clone(),
         anonymous_auth: true,
         service_account_signing_key_file: None,

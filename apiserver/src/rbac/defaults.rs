@@ -14,16 +14,8 @@ use crate::server::Api;
 
 const READ: &[&str] = &["get", "list", "watch"];
 const WRITE: &[&str] = &["create", "delete", "deletecollection", "patch", "update"];
-const ALL: &[&str] = &[
-    "create",
-    "delete",
-    "deletecollection",
-    "get",
-    "list",
-    "patch",
-    "update",
-    "watch",
-];
+/// Every verb of a served resource.
+const ALL: &[&str] = crate::resources::VERBS;
 const EVENTS: &[&str] = &["create", "patch", "update"];
 
 fn rule(groups: &[&str], resources: &[&str], verbs: &[&str]) -> Value {

@@ -350,6 +350,23 @@ pub fn certificate_user(der: &[u8]) -> Option<User> {
     })
 }
 
+/// Answers `error` once the request's body is read (and thrown away, up
+/// to a bound), as the handlers do: a client still sending a large body
+/// would otherwise see its connection reset instead of the 401 or 403.
+async fn refuse(request: Request, error: ApiError) -> Response {
+    use futures::StreamExt;
+    const DRAIN_LIMIT: usize = 64 * 1024 * 1024;
+    let mut body = request.into_body().into_data_stream();
+    let mut seen = 0usize;
+    while let Some(Ok(chunk)) = body.next().await {
+        seen += chunk.len();
+        if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+    error.into_response()
+}
+
 /// The user of requests that carry no token (with `--anonymous-auth`).
 fn anonymous() -> User {
     User {
@@ -389,7 +406,7 @@ async fn authenticate(State(api): State<Arc<Api>>, mut request: Request, next: N
                 response.extensions_mut().insert(user);
                 return response;
             }
-            None => return ApiError::unauthorized().into_response(),
+            None => return refuse(request, ApiError::unauthorized()).await,
         }
     }
     next.run(request).await
@@ -484,7 +501,7 @@ async fn authorize(State(api): State<Arc<Api>>, mut request: Request, next: Next
             user = as_user;
         }
         Ok(None) => {}
-        Err(e) => return e.into_response(),
+        Err(e) => return refuse(request, e).await,
     }
     if let Some(authorizer) = &api.authorizer {
         let attributes = crate::rbac::Attributes::of(
@@ -495,9 +512,8 @@ async fn authorize(State(api): State<Arc<Api>>, mut request: Request, next: Next
         let decision = authorizer.authorize(&api.store, &user, &attributes).await;
         if !decision.allowed {
             tracing::debug!(user = %user.name, verb = %attributes.verb, path = %attributes.path, "forbidden");
-            return attributes
-                .forbidden(&user.name, &decision.reason)
-                .into_response();
+            let refused = attributes.forbidden(&user.name, &decision.reason);
+            return refuse(request, refused).await;
         }
     }
     next.run(request).await

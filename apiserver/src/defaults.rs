@@ -6,6 +6,30 @@ use serde_json::{json, Value};
 use crate::object::default_path;
 use crate::resources::Resource;
 
+/// A Secret's `stringData` is write-only: each entry replaces the same
+/// key of `data` (base64 of its text) and the field is dropped, as
+/// Kubernetes converts it on the way in.
+fn secret_string_data(object: &mut Value) {
+    use base64::Engine;
+    let Some(map) = object.as_object_mut() else {
+        return;
+    };
+    let Some(Value::Object(strings)) = map.remove("stringData") else {
+        return;
+    };
+    if !map.get("data").is_some_and(Value::is_object) {
+        map.insert("data".into(), json!({}));
+    }
+    if let Some(Value::Object(data)) = map.get_mut("data") {
+        for (key, value) in strings {
+            if let Value::String(text) = value {
+                let encoded = base64::engine::general_purpose::STANDARD.encode(text);
+                data.insert(key, Value::String(encoded));
+            }
+        }
+    }
+}
+
 pub fn apply(resource: &Resource, object: &mut Value) {
     match (resource.group, resource.kind) {
         ("", "Pod") => {
@@ -134,7 +158,10 @@ pub fn apply(resource: &Resource, object: &mut Value) {
                 json!(name),
             );
         }
-        ("", "Secret") => default_path(object, &["type"], json!("Opaque")),
+        ("", "Secret") => {
+            secret_string_data(object);
+            default_path(object, &["type"], json!("Opaque"));
+        }
         ("", "PersistentVolumeClaim") => {
             default_path(object, &["spec", "volumeMode"], json!("Filesystem"));
             default_path(object, &["status", "phase"], json!("Pending"));
@@ -405,6 +432,23 @@ fn service(object: &mut Value) {
 mod tests {
     use super::*;
     use crate::resources::find;
+
+    #[test]
+    fn string_data_goes_into_data() {
+        let mut s =
+            json!({"data": {"a": "eA==", "b": "eQ=="}, "stringData": {"b": "two", "c": "three"}});
+        apply(find("", "v1", "secrets").unwrap(), &mut s);
+        assert_eq!(
+            s,
+            json!({"data": {"a": "eA==", "b": "dHdv", "c": "dGhyZWU="}, "type": "Opaque"})
+        );
+        let mut only = json!({"stringData": {"k": "v"}, "type": "kubernetes.io/tls"});
+        apply(find("", "v1", "secrets").unwrap(), &mut only);
+        assert_eq!(
+            only,
+            json!({"data": {"k": "dg=="}, "type": "kubernetes.io/tls"})
+        );
+    }
 
     #[test]
     fn deployment_defaults_match_kubernetes() {

@@ -5,8 +5,10 @@
 #   agent       shared mount propagation for pods' mounts (the cgroup
 #               hierarchy is the machine's, bound read-write by compose)
 #   apiserver   the first one makes the tokens and, once its CA exists,
-#               the kubeconfigs (/pki for the nodes, /out for the host);
-#               the second waits for the first one's certificate
+#               the admin kubeconfigs (/pki, /out for the host) and, once
+#               it serves, a bootstrap token and the agents' bootstrap
+#               kubeconfig (/join); the second waits for the first one's
+#               certificate
 set -e
 
 kubeconfig() { # server ca-file token
@@ -35,7 +37,7 @@ KUBECONFIG
 case "$1" in
 agent)
     mount --make-rshared / 2>/dev/null || true
-    until [ -s /pki/kubeconfig ]; do sleep 0.2; done
+    until [ -s /join/bootstrap-kubeconfig ]; do sleep 0.2; done
     ;;
 apiserver)
     if [ "${LAB_FIRST_APISERVER:-}" = 1 ]; then
@@ -52,6 +54,14 @@ apiserver)
                 kubeconfig "https://127.0.0.1:${LAB_HOST_PORT:-16443}" /pki/ca.crt "$token" >/out/kubeconfig.new
                 mv /out/kubeconfig.new /out/kubeconfig
             fi
+            # The lab's nodes come and go (chaos): the token never expires.
+            [ -s /pki/bootstrap-token ] || shoal token generate >/pki/bootstrap-token
+            until shoal token create --kubeconfig /pki/kubeconfig --ttl 0s \
+                --token "$(cat /pki/bootstrap-token)" \
+                --bootstrap-kubeconfig /join/bootstrap-kubeconfig.new >/dev/null 2>&1; do
+                sleep 0.5
+            done
+            mv /join/bootstrap-kubeconfig.new /join/bootstrap-kubeconfig
         ) &
     else
         until [ -s /pki/apiserver.crt ] && [ -s /pki/tokens.csv ]; do sleep 0.2; done

@@ -1573,3 +1573,206 @@ async fn the_audit_policy_decides_what_is_logged() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("unknown level \"Everything\""), "{stderr}");
 }
+
+/// `shoal up --nodes 2`: each agent joins with the bootstrap token, asks
+/// for its certificate through the CSR API (approved after a
+/// SubjectAccessReview, signed by the cluster CA) and runs as
+/// `system:node:<name>`; with its own kubeconfig, kubectl may read the
+/// Secret its pod uses and write its own Node, and is refused another
+/// node, another node's pods and Secrets no pod of it uses.
+#[test]
+fn agents_join_with_bootstrap_tokens_and_act_only_as_their_node() {
+    let up = support::nodes::cluster(2);
+    let csrs = up.ok(&["get", "csr", "--no-headers"]);
+    for node in ["node-1", "node-2"] {
+        let line = csrs
+            .lines()
+            .find(|l| {
+                l.starts_with(&format!("node-client-{node}-"))
+                    && l.contains("kubernetes.io/kube-apiserver-client-kubelet")
+            })
+            .unwrap_or_else(|| panic!("no client certificate request of {node}:\n{csrs}"));
+        assert!(line.contains("system:bootstrap:"), "{line}");
+        assert!(line.contains("Approved,Issued"), "{line}");
+    }
+    // The admin's kubeconfig is nowhere in the node's directory.
+    let node_dir = up.data_dir().join("nodes").join("node-1");
+    let own = node_dir.join("kubeconfig");
+    let text = std::fs::read_to_string(&own).unwrap();
+    assert!(text.contains("client-certificate:"), "{text}");
+    assert!(!text.contains("token:"), "{text}");
+    let (ok, who) = run(&own, &["auth", "whoami", "-o", "json"]);
+    assert!(ok, "{who}");
+    let who: serde_json::Value = serde_json::from_str(&who).unwrap();
+    assert_eq!(who["status"]["userInfo"]["username"], "system:node:node-1");
+    assert!(who["status"]["userInfo"]["groups"]
+        .as_array()
+        .unwrap()
+        .contains(&serde_json::json!("system:nodes")));
+
+    up.ok(&["create", "namespace", "shop"]);
+    for (name, value) in [("mine", "1"), ("theirs", "2"), ("unused", "3")] {
+        up.ok(&[
+            "create",
+            "secret",
+            "generic",
+            name,
+            "-n",
+            "shop",
+            &format!("--from-literal=p={value}"),
+        ]);
+    }
+    up.apply(
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: here, namespace: shop}
+spec:
+  nodeName: node-1
+  automountServiceAccountToken: false
+  containers:
+  - name: c
+    image: busybox
+    command: [sleep, "3600"]
+    env: [{name: P, valueFrom: {secretKeyRef: {name: mine, key: p}}}]
+---
+apiVersion: v1
+kind: Pod
+metadata: {name: there, namespace: shop}
+spec:
+  nodeName: node-2
+  automountServiceAccountToken: false
+  containers:
+  - name: c
+    image: busybox
+    command: [sleep, "3600"]
+    env: [{name: P, valueFrom: {secretKeyRef: {name: theirs, key: p}}}]
+"#,
+    );
+    assert!(
+        eventually(Duration::from_secs(60), || {
+            up.ok(&["get", "pods", "-n", "shop", "--no-headers"])
+                .matches("Running")
+                .count()
+                == 2
+        }),
+        "{}",
+        up.ok(&["get", "pods", "-n", "shop", "-o", "wide"])
+    );
+    // Allowed: the Secret its pod uses, its own Node.
+    let (ok, out) = run(
+        &own,
+        &[
+            "get",
+            "secret",
+            "mine",
+            "-n",
+            "shop",
+            "-o",
+            "jsonpath={.data.p}",
+        ],
+    );
+    assert!(ok && out.trim() == "MQ==", "{out}");
+    let (ok, out) = run(&own, &["label", "node", "node-1", "shoal.dev/checked=yes"]);
+    assert!(ok, "{out}");
+    // Refused, each with the authorizer's or NodeRestriction's reason.
+    let refusals: [(&[&str], &str); 6] = [
+        (
+            &["get", "secret", "theirs", "-n", "shop"],
+            r#"secrets "theirs" is forbidden: User "system:node:node-1" cannot get resource "secrets" in API group "" in the namespace "shop": no relationship found between node 'node-1' and this object"#,
+        ),
+        (
+            &["get", "secret", "unused", "-n", "shop"],
+            "no relationship found between node 'node-1' and this object",
+        ),
+        (
+            &["get", "secrets", "-n", "shop"],
+            r#"User "system:node:node-1" cannot list resource "secrets""#,
+        ),
+        (
+            &["label", "node", "node-2", "shoal.dev/taken=yes"],
+            "node-2",
+        ),
+        (
+            &["delete", "pod", "there", "-n", "shop", "--wait=false"],
+            "there",
+        ),
+        (
+            &[
+                "annotate",
+                "pod",
+                "there",
+                "-n",
+                "shop",
+                "shoal.dev/taken=yes",
+            ],
+            "there",
+        ),
+    ];
+    for (args, expected) in refusals {
+        let (ok, out) = run(&own, args);
+        assert!(!ok, "{args:?} was allowed: {out}");
+        assert!(
+            out.contains("Forbidden") || out.contains("forbidden"),
+            "{args:?}: {out}"
+        );
+        assert!(out.contains(expected), "{args:?}: {out}");
+    }
+    // Nothing of node-2's changed.
+    let node2 = up.ok(&["get", "node", "node-2", "--show-labels"]);
+    assert!(!node2.contains("shoal.dev/taken"), "{node2}");
+    up.ok(&["get", "pod", "there", "-n", "shop"]);
+}
+
+/// `shoal up` runs its store on TLS with client certificates: the etcdctl
+/// line it prints works, and etcdctl without a certificate or over plain
+/// HTTP is refused.
+#[test]
+fn shoal_up_runs_its_store_over_tls() {
+    let up = support::kube::ShoalUp::start();
+    up.ok(&["create", "configmap", "seen", "--from-literal=a=b"]);
+    let log = up.log();
+    let line = log
+        .lines()
+        .find_map(|l| l.strip_prefix("store: etcdctl "))
+        .unwrap_or_else(|| panic!("no etcdctl line in:\n{log}"));
+    let args: Vec<&str> = line
+        .split_whitespace()
+        .filter(|a| *a != "member" && *a != "list")
+        .collect();
+    assert!(args.contains(&"--cacert") && args.contains(&"--cert") && args.contains(&"--key"));
+    let endpoints = args[1].to_string();
+    assert!(endpoints.starts_with("https://"), "{endpoints}");
+    let etcdctl = |extra: &[&str], with: &[&str]| {
+        let out = Command::new("etcdctl")
+            .env("ETCDCTL_API", "3")
+            .args(with)
+            .args(["--command-timeout", "5s", "--dial-timeout", "3s"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (ok, out) = etcdctl(
+        &["get", "/registry/configmaps/default/seen", "--keys-only"],
+        &args,
+    );
+    assert!(
+        ok && out.contains("/registry/configmaps/default/seen"),
+        "{out}"
+    );
+    let first = endpoints.split(',').next().unwrap().to_string();
+    let ca = &args[args.iter().position(|a| *a == "--cacert").unwrap() + 1];
+    let (ok, out) = etcdctl(&["get", "x"], &["--endpoints", &first, "--cacert", ca]);
+    assert!(!ok, "a client without a certificate got in: {out}");
+    let plain = first.replacen("https://", "http://", 1);
+    let (ok, out) = etcdctl(&["get", "x"], &["--endpoints", &plain]);
+    assert!(!ok, "plain HTTP got in: {out}");
+}

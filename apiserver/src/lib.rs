@@ -28,6 +28,7 @@
 mod allocate;
 pub mod audit;
 pub mod audit_policy;
+pub mod bootstrap;
 mod compaction;
 mod convert;
 pub mod defaults;

@@ -137,6 +137,13 @@ pub struct Config {
     /// and version; `false` answers them 401. Off under `AlwaysAllow`.
     #[arg(long, env = "SHOAL_ANONYMOUS_AUTH", default_value_t = true, action = clap::ArgAction::Set)]
     pub anonymous_auth: bool,
+    /// Bootstrap tokens (`<id>.<secret>`, kept in Secrets
+    /// `kube-system/bootstrap-token-<id>` of type
+    /// `bootstrap.kubernetes.io/token`) authenticate as
+    /// `system:bootstrap:<id>` in `system:bootstrappers`: what a joining
+    /// agent asks for its certificate with.
+    #[arg(long, env = "SHOAL_ENABLE_BOOTSTRAP_TOKEN_AUTH")]
+    pub enable_bootstrap_token_auth: bool,
     /// Where generated certificates are kept.
     #[arg(
         long,
@@ -199,6 +206,8 @@ pub struct Api {
     pub authorizer: Option<Arc<crate::rbac::Authorizer>>,
     /// Whether requests without a token are served as `system:anonymous`.
     pub anonymous: bool,
+    /// Whether bootstrap tokens authenticate (`--enable-bootstrap-token-auth`).
+    pub bootstrap_tokens: bool,
     /// Signs and checks ServiceAccount tokens (with authentication on).
     pub service_accounts: Option<Arc<crate::serviceaccount::Issuer>>,
     /// The cluster CA pods are given (`kube-root-ca.crt`), when known.
@@ -393,6 +402,12 @@ async fn authenticate(State(api): State<Arc<Api>>, mut request: Request, next: N
             _ if certified.is_some() => certified,
             Some(token) => match tokens.get(token) {
                 Some(user) => Some(user.clone()),
+                None if api.bootstrap_tokens => {
+                    match crate::bootstrap::authenticate(&api, token).await {
+                        Some(user) => Some(user),
+                        None => crate::serviceaccount::authenticate(&api, token).await,
+                    }
+                }
                 None => crate::serviceaccount::authenticate(&api, token).await,
             },
             None if api.anonymous => Some(anonymous()),
@@ -770,6 +785,7 @@ pub async fn start_advertising(
         audit,
         authorizer,
         anonymous,
+        bootstrap_tokens: config.enable_bootstrap_token_auth,
         service_accounts,
         root_ca,
     });

@@ -14,6 +14,14 @@
 //!   names and IP addresses) made by the node or an admin is approved when
 //!   every IP is one of the Node's addresses and every DNS name is the
 //!   node's name or its Hostname address; otherwise it waits for a person.
+//! - A **client** request (signer
+//!   `kubernetes.io/kube-apiserver-client-kubelet`: `CN=system:node:<node>`,
+//!   `O=system:nodes`, no names, client auth) is approved when its
+//!   requester may `create` `certificatesigningrequests/nodeclient` (a
+//!   first certificate, asked for with a bootstrap token) or, when the
+//!   node asks for itself, `certificatesigningrequests/selfnodeclient` (a
+//!   renewal), as a SubjectAccessReview decides: kube-controller-manager's
+//!   csrapproving. Otherwise it waits for a person.
 //! - **Signing**: an approved request of these signers is signed with the
 //!   cluster CA (`--cluster-signing-cert-file`/`-key-file`) for
 //!   `spec.expirationSeconds` (default and at most a year), and
@@ -32,7 +40,7 @@ use kube::api::{Api, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::ResourceExt;
 use serde_json::json;
-use shoal_core::tls::{self, KUBELET_SERVING_SIGNER, NODE_OVERLAY_SIGNER};
+use shoal_core::tls::{self, KUBELET_CLIENT_SIGNER, KUBELET_SERVING_SIGNER, NODE_OVERLAY_SIGNER};
 
 const MAX_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 
@@ -80,7 +88,17 @@ pub enum Decision {
     Sign,
     /// Someone else asks for a node's certificate: wait for a person.
     Wait,
+    /// A node client certificate: approve when the requester may create
+    /// this subresource of `certificatesigningrequests` (a
+    /// SubjectAccessReview).
+    Review {
+        node: String,
+        subresource: &'static str,
+    },
 }
+
+/// The usages Kubernetes allows a kubelet client certificate.
+const CLIENT_USAGES: [&str; 3] = ["digital signature", "key encipherment", "client auth"];
 
 /// The names a Node may have in its serving certificate: its name and
 /// Hostname addresses (DNS), its other addresses (IP).
@@ -112,7 +130,13 @@ pub fn decide(
     names: &dyn Fn(&str) -> Option<NodeNames>,
 ) -> Decision {
     let signer = csr.spec.signer_name.as_str();
-    if signer != NODE_OVERLAY_SIGNER && signer != KUBELET_SERVING_SIGNER {
+    if ![
+        NODE_OVERLAY_SIGNER,
+        KUBELET_SERVING_SIGNER,
+        KUBELET_CLIENT_SIGNER,
+    ]
+    .contains(&signer)
+    {
         return Decision::Nothing;
     }
     let issued = csr
@@ -124,6 +148,9 @@ pub fn decide(
         return Decision::Nothing;
     }
     let pem = String::from_utf8_lossy(&csr.spec.request.0).into_owned();
+    if signer == KUBELET_CLIENT_SIGNER {
+        return decide_client(csr, &pem);
+    }
     let (node, fits) = if signer == NODE_OVERLAY_SIGNER {
         match tls::csr_node(&pem) {
             Ok(node) => (node, true),
@@ -155,6 +182,65 @@ pub fn decide(
     } else {
         Decision::Wait
     }
+}
+
+fn decide_client(csr: &CertificateSigningRequest, pem: &str) -> Decision {
+    let node = match tls::node_client_request(pem) {
+        Ok(node) => node,
+        Err(e) => return Decision::Deny(e.to_string()),
+    };
+    let usages = csr.spec.usages.clone().unwrap_or_default();
+    if !usages.iter().any(|u| u == "client auth")
+        || usages.iter().any(|u| !CLIENT_USAGES.contains(&u.as_str()))
+    {
+        return Decision::Deny(format!(
+            "a node client certificate has the usages {CLIENT_USAGES:?} (client auth among them), not {usages:?}"
+        ));
+    }
+    if has_condition(csr, "Approved") {
+        return Decision::Sign;
+    }
+    let by_the_node = csr.spec.username.as_deref() == Some(&format!("system:node:{node}"));
+    Decision::Review {
+        node,
+        subresource: if by_the_node {
+            "selfnodeclient"
+        } else {
+            "nodeclient"
+        },
+    }
+}
+
+/// Whether the requester of `csr` may create `subresource` of
+/// certificatesigningrequests, as the apiserver's authorizer answers a
+/// SubjectAccessReview.
+async fn may_create(
+    client: &kube::Client,
+    csr: &CertificateSigningRequest,
+    subresource: &str,
+) -> Result<bool, kube::Error> {
+    use k8s_openapi::api::authorization::v1::SubjectAccessReview;
+    let review: SubjectAccessReview = serde_json::from_value(json!({
+        "apiVersion": "authorization.k8s.io/v1",
+        "kind": "SubjectAccessReview",
+        "spec": {
+            "user": csr.spec.username,
+            "uid": csr.spec.uid,
+            "groups": csr.spec.groups,
+            "extra": csr.spec.extra,
+            "resourceAttributes": {
+                "group": "certificates.k8s.io",
+                "resource": "certificatesigningrequests",
+                "verb": "create",
+                "subresource": subresource,
+            },
+        },
+    }))
+    .map_err(kube::Error::SerdeError)?;
+    let reviewed = Api::<SubjectAccessReview>::all(client.clone())
+        .create(&kube::api::PostParams::default(), &review)
+        .await?;
+    Ok(reviewed.status.is_some_and(|s| s.allowed))
 }
 
 fn condition(kind: &str, reason: &str, message: &str) -> serde_json::Value {
@@ -212,6 +298,17 @@ async fn reconcile(
                 .await?;
             tracing::info!(csr = %name, %node, "approved a node certificate request");
         }
+        Decision::Review { node, subresource } => {
+            if !may_create(&ctx.client, &csr, subresource).await? {
+                tracing::info!(csr = %name, %node, %subresource, "a node client certificate request waits for a person: its requester may not create it");
+                return Ok(Action::await_change());
+            }
+            let message = "Auto approving kubelet client certificate after SubjectAccessReview.";
+            let patch = with_condition(&csr, condition("Approved", "AutoApproved", message));
+            api.patch_subresource("approval", &name, &params, &Patch::Merge(&patch))
+                .await?;
+            tracing::info!(csr = %name, %node, "approved a node client certificate request");
+        }
         Decision::Sign => {
             let lifetime = csr
                 .spec
@@ -223,6 +320,8 @@ async fn reconcile(
             let pem = String::from_utf8_lossy(&csr.spec.request.0).into_owned();
             let signed = if csr.spec.signer_name == NODE_OVERLAY_SIGNER {
                 tls::sign_node_csr(&ctx.ca, &pem, lifetime).map(|(chain, _)| chain)
+            } else if csr.spec.signer_name == KUBELET_CLIENT_SIGNER {
+                tls::sign_node_client_csr(&ctx.ca, &pem, lifetime).map(|(chain, _)| chain)
             } else {
                 tls::sign_serving_csr(&ctx.ca, &pem, lifetime)
             };
@@ -278,6 +377,42 @@ mod tests {
         let mut junk = request("n1", "system:node:n1", &[]);
         junk.spec.request = ByteString(b"not a request".to_vec());
         assert!(matches!(decide(&junk, &no_nodes), Decision::Deny(_)));
+    }
+
+    #[test]
+    fn client_certificates_are_reviewed_for_their_requester() {
+        let client = |user: &str, usages: &[&str]| {
+            let (pem, _) = tls::node_client_csr("n1").unwrap();
+            let mut csr = request("n1", user, &["system:bootstrappers"]);
+            csr.spec.request = ByteString(pem.into_bytes());
+            csr.spec.signer_name = KUBELET_CLIENT_SIGNER.into();
+            csr.spec.usages = Some(usages.iter().map(|u| u.to_string()).collect());
+            csr
+        };
+        let usages = ["digital signature", "client auth"];
+        assert_eq!(
+            decide(&client("system:bootstrap:abcdef", &usages), &no_nodes),
+            Decision::Review {
+                node: "n1".into(),
+                subresource: "nodeclient"
+            }
+        );
+        assert_eq!(
+            decide(&client("system:node:n1", &usages), &no_nodes),
+            Decision::Review {
+                node: "n1".into(),
+                subresource: "selfnodeclient"
+            }
+        );
+        assert!(matches!(
+            decide(&client("system:node:n1", &["server auth"]), &no_nodes),
+            Decision::Deny(_)
+        ));
+        // The overlay's request (with a DNS name) is not a client request.
+        let mut named = request("n1", "system:node:n1", &[]);
+        named.spec.signer_name = KUBELET_CLIENT_SIGNER.into();
+        named.spec.usages = Some(vec!["client auth".into()]);
+        assert!(matches!(decide(&named, &no_nodes), Decision::Deny(_)));
     }
 
     #[test]

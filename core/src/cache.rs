@@ -2,8 +2,9 @@
 //! with a signal on each change: what the agent's proxy and the cluster DNS
 //! read from.
 
+use std::collections::{BTreeSet, HashMap};
 use std::future::Future;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -93,4 +94,146 @@ where
         .await
         .is_err()
     {}
+}
+
+/// A cache of the objects `wanted` names as (namespace, name), each kept
+/// by a watch of its own (`fieldSelector=metadata.name=<name>`) that wakes
+/// each of `changed`: for readers that may get the objects they need by
+/// name but not list the kind (a node's agent and the Secrets that
+/// Ingresses name). An object no longer wanted leaves the cache. The
+/// store is ready at once; the future runs the watches until dropped.
+pub fn named<K, F>(
+    client: &kube::Client,
+    changed: &[Arc<Notify>],
+    mut wanted: tokio::sync::watch::Receiver<BTreeSet<(String, String)>>,
+    trim: F,
+) -> (Store<K>, impl Future<Output = ()> + Send + 'static)
+where
+    F: Fn(&mut K) + Send + Sync + 'static,
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + Default
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let (store, mut writer) = reflector::store::<K>();
+    writer.apply_watcher_event(&Event::Init);
+    writer.apply_watcher_event(&Event::InitDone);
+    let shared = Arc::new(Named {
+        writer: Mutex::new(writer),
+        changed: changed.to_vec(),
+        trim,
+    });
+    let client = client.clone();
+    let run = async move {
+        let mut running: HashMap<(String, String), Aborting> = HashMap::new();
+        loop {
+            let now = wanted.borrow_and_update().clone();
+            let gone: Vec<(String, String)> = running
+                .keys()
+                .filter(|k| !now.contains(*k))
+                .cloned()
+                .collect();
+            for key in gone {
+                running.remove(&key);
+                shared.apply(Event::Delete(stub::<K>(&key)));
+            }
+            for key in now {
+                if let std::collections::hash_map::Entry::Vacant(slot) = running.entry(key) {
+                    let key = slot.key().clone();
+                    let task = tokio::spawn(watch_one(client.clone(), key, shared.clone()));
+                    slot.insert(Aborting(task));
+                }
+            }
+            if wanted.changed().await.is_err() {
+                // The sender is gone: keep what is watched.
+                futures::future::pending::<()>().await;
+            }
+        }
+    };
+    (store, run)
+}
+
+/// A task aborted when dropped.
+struct Aborting(tokio::task::JoinHandle<()>);
+
+impl Drop for Aborting {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Named<K: kube::Resource + Clone + 'static, F>
+where
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+{
+    writer: Mutex<reflector::store::Writer<K>>,
+    changed: Vec<Arc<Notify>>,
+    trim: F,
+}
+
+impl<K, F> Named<K, F>
+where
+    K: kube::Resource + Clone + 'static,
+    K::DynamicType: Eq + std::hash::Hash + Clone,
+    F: Fn(&mut K),
+{
+    fn apply(&self, event: Event<K>) {
+        self.writer
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .apply_watcher_event(&event);
+        for c in &self.changed {
+            c.notify_one();
+        }
+    }
+}
+
+/// An object with only its namespace and name: what a delete is keyed by.
+fn stub<K: kube::Resource + Default>((namespace, name): &(String, String)) -> K {
+    let mut object = K::default();
+    object.meta_mut().namespace = Some(namespace.clone());
+    object.meta_mut().name = Some(name.clone());
+    object
+}
+
+async fn watch_one<K, F>(client: kube::Client, key: (String, String), shared: Arc<Named<K, F>>)
+where
+    F: Fn(&mut K) + Send + Sync + 'static,
+    K: kube::Resource<Scope = kube::core::NamespaceResourceScope>
+        + Clone
+        + Default
+        + std::fmt::Debug
+        + serde::de::DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+    K::DynamicType: Default + Eq + std::hash::Hash + Clone,
+{
+    let api = Api::<K>::namespaced(client, &key.0);
+    let config = watcher::Config::default().fields(&format!("metadata.name={}", key.1));
+    let stream = watcher(api, config).default_backoff();
+    futures::pin_mut!(stream);
+    let mut seen = false;
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(Event::Init) => seen = false,
+            Ok(Event::InitApply(mut object) | Event::Apply(mut object)) => {
+                seen = true;
+                (shared.trim)(&mut object);
+                shared.apply(Event::Apply(object));
+            }
+            Ok(Event::Delete(object)) => shared.apply(Event::Delete(object)),
+            // Listed and not there: gone while unwatched, or not made yet.
+            Ok(Event::InitDone) if !seen => shared.apply(Event::Delete(stub::<K>(&key))),
+            Ok(Event::InitDone) => {}
+            Err(e) => {
+                tracing::warn!(kind = %K::kind(&Default::default()), namespace = %key.0, name = %key.1, error = %e, "watch failed; retrying");
+            }
+        }
+    }
 }

@@ -25,3 +25,71 @@ pub async fn from_file(path: &std::path::Path) -> Result<kube::Client, kube::Err
 pub async fn from_yaml(text: &str) -> Result<kube::Client, kube::Error> {
     from_kubeconfig(Kubeconfig::from_yaml(text).map_err(config_error)?).await
 }
+
+/// How a kubeconfig's `cluster:` trusts its server: one line, e.g.
+/// `certificate-authority-data: <base64 PEM>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Cluster {
+    pub server: String,
+    pub trust: String,
+}
+
+/// The cluster of `path`'s current context (its CA file read into the
+/// line), to write other kubeconfigs for it.
+pub fn cluster_of(path: &std::path::Path) -> Result<Cluster, String> {
+    use base64::Engine;
+    let config =
+        Kubeconfig::read_from(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let context = config
+        .current_context
+        .as_deref()
+        .and_then(|name| config.contexts.iter().find(|c| c.name == name))
+        .or(config.contexts.first())
+        .and_then(|c| c.context.as_ref());
+    let cluster = config
+        .clusters
+        .iter()
+        .find(|c| context.is_some_and(|ctx| ctx.cluster == c.name))
+        .or(config.clusters.first())
+        .and_then(|c| c.cluster.as_ref())
+        .ok_or_else(|| format!("{} names no cluster", path.display()))?;
+    let server = cluster
+        .server
+        .clone()
+        .ok_or_else(|| format!("{} names no server", path.display()))?;
+    let trust = match (
+        &cluster.certificate_authority_data,
+        &cluster.certificate_authority,
+    ) {
+        (Some(data), _) => format!("certificate-authority-data: {data}"),
+        (None, Some(ca)) => {
+            let pem = std::fs::read(ca).map_err(|e| format!("reading {ca}: {e}"))?;
+            format!(
+                "certificate-authority-data: {}",
+                base64::engine::general_purpose::STANDARD.encode(pem)
+            )
+        }
+        (None, None) if cluster.insecure_skip_tls_verify == Some(true) => {
+            "insecure-skip-tls-verify: true".to_string()
+        }
+        (None, None) => String::new(),
+    };
+    let trust = match &cluster.tls_server_name {
+        Some(name) => format!("{trust}\n    tls-server-name: {name}"),
+        None => trust,
+    };
+    Ok(Cluster { server, trust })
+}
+
+/// A kubeconfig for `cluster` whose user is given by `user` (keys and
+/// values of its `user:` map, e.g. `("token", "...")`).
+pub fn kubeconfig(cluster: &Cluster, user: &[(&str, &str)]) -> String {
+    let user: String = user
+        .iter()
+        .map(|(k, v)| format!("    {k}: {v}\n"))
+        .collect();
+    format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: default-cluster\n  cluster:\n    server: {}\n    {}\nusers:\n- name: default-auth\n  user:\n{user}contexts:\n- name: default-context\n  context:\n    cluster: default-cluster\n    user: default-auth\ncurrent-context: default-context\n",
+        cluster.server, cluster.trust
+    )
+}

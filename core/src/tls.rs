@@ -372,6 +372,34 @@ impl Ca {
         Ok(cert.pem())
     }
 
+    /// Signs client certificate `params` for `key`'s public half and checks
+    /// that the result is a client certificate chaining to this CA.
+    pub fn sign_client(
+        &self,
+        params: CertificateParams,
+        key: &impl rcgen::PublicKeyData,
+    ) -> Result<String> {
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = params.signed_by(key, &issuer)?;
+        let mut roots = rustls::RootCertStore::empty();
+        for root in rustls_pemfile::certs(&mut self.pem.as_bytes()).flatten() {
+            roots.add(root)?;
+        }
+        let not_this_ca = || Error::Pem {
+            path: self.path.clone(),
+            what: "CA certificate made by shoal (subject CN=shoal-ca) for this CA key",
+        };
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .build()
+                .map_err(|_| not_this_ca())?;
+        verifier
+            .verify_client_cert(cert.der(), &[], rustls::pki_types::UnixTime::now())
+            .map_err(|_| not_this_ca())?;
+        Ok(cert.pem())
+    }
+
     fn verify(
         &self,
         der: &rustls::pki_types::CertificateDer<'_>,
@@ -609,6 +637,119 @@ pub fn sign_serving_csr(
     Ok(format!("{cert}{}", ca.pem()))
 }
 
+/// A certificate of `ca` for `common_name` (with `groups` as O values),
+/// to serve `names` and `ips` when `server`, to connect as a client when
+/// `client`, valid for a hundred years (as the generated CA): the PEM of
+/// the certificate followed by the CA's, and of its new key. `shoal up`
+/// gives its store members (both) and the apiserver's store connection
+/// (client) theirs this way.
+pub fn issue_cert(
+    ca: &Ca,
+    common_name: &str,
+    groups: &[&str],
+    names: &[String],
+    ips: &[IpAddr],
+    server: bool,
+    client: bool,
+) -> Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let mut params = serving_params(names, ips)?;
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(DnType::CommonName, common_name);
+    for group in groups {
+        params
+            .distinguished_name
+            .push(DnType::OrganizationName, *group);
+    }
+    params.extended_key_usages = [
+        (server, rcgen::ExtendedKeyUsagePurpose::ServerAuth),
+        (client, rcgen::ExtendedKeyUsagePurpose::ClientAuth),
+    ]
+    .into_iter()
+    .filter_map(|(wanted, usage)| wanted.then_some(usage))
+    .collect();
+    let pem = if server {
+        let server_name = match (names.first(), ips.first()) {
+            (Some(name), _) => rustls::pki_types::ServerName::try_from(name.clone()),
+            (None, Some(ip)) => Ok(rustls::pki_types::ServerName::from(*ip)),
+            (None, None) => rustls::pki_types::ServerName::try_from(common_name.to_string()),
+        }
+        .map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
+        ca.sign(params, &key, server_name)?
+    } else {
+        ca.sign_client(params, &key)?
+    };
+    Ok((format!("{pem}{}", ca.pem()), key.serialize_pem()))
+}
+
+/// The signer of the agents' client certificates (their identity
+/// towards the apiserver), as Kubernetes names the kubelet's.
+pub const KUBELET_CLIENT_SIGNER: &str = "kubernetes.io/kube-apiserver-client-kubelet";
+
+/// A node's client certificate parameters: subject
+/// `CN=system:node:<node>, O=system:nodes`, no names, client auth only.
+fn node_client_params(node: &str) -> Result<CertificateParams> {
+    let mut params = node_params(node)?;
+    params.subject_alt_names.clear();
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    Ok(params)
+}
+
+/// A client certificate request for `node` with a new key: the PEM of the
+/// request and of the key.
+pub fn node_client_csr(node: &str) -> Result<(String, String)> {
+    let key = KeyPair::generate()?;
+    let csr = node_client_params(node)?.serialize_request(&key)?;
+    Ok((csr.pem()?, key.serialize_pem()))
+}
+
+/// The node a client certificate request (PEM) is for, when it asks for
+/// what Kubernetes allows of `kubernetes.io/kube-apiserver-client-kubelet`:
+/// the node's subject and no subject alternative names.
+pub fn node_client_request(pem: &str) -> std::result::Result<String, CsrError> {
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(pem)
+        .map_err(|e| CsrError::Parse(e.to_string()))?;
+    let request = node_request_of(&csr.params)?;
+    if !request.dns.is_empty() || !request.ips.is_empty() {
+        return Err(CsrError::Names(request.node));
+    }
+    Ok(request.node)
+}
+
+/// Signs a node client certificate request with `ca` for `lifetime`: the
+/// certificate followed by the CA's, and the node it names.
+pub fn sign_node_client_csr(
+    ca: &Ca,
+    pem: &str,
+    lifetime: std::time::Duration,
+) -> std::result::Result<(String, String), CsrError> {
+    let node = node_client_request(pem)?;
+    let csr = rcgen::CertificateSigningRequestParams::from_pem(pem)
+        .map_err(|e| CsrError::Parse(e.to_string()))?;
+    let mut params = node_client_params(&node).map_err(|e| CsrError::Sign(e.to_string()))?;
+    let now = time_now();
+    params.not_before = now - std::time::Duration::from_secs(300);
+    params.not_after = now + lifetime;
+    let cert = ca
+        .sign_client(params, &csr.public_key)
+        .map_err(|e| CsrError::Sign(e.to_string()))?;
+    Ok((format!("{cert}{}", ca.pem()), node))
+}
+
+/// A node client certificate for `node`, signed by `ca` for a year: the
+/// PEM of the certificate (followed by the CA's) and of its new key.
+/// `shoal up` gives its own agent its identity this way, as kubeadm writes
+/// the first control-plane node's kubelet.conf.
+pub fn issue_node_client_cert(ca: &Ca, node: &str) -> Result<(String, String)> {
+    let (csr, key) = node_client_csr(node)?;
+    let (chain, _) =
+        sign_node_client_csr(ca, &csr, std::time::Duration::from_secs(365 * 24 * 3600))
+            .map_err(|_| rcgen::Error::CouldNotParseCertificate)?;
+    Ok((chain, key))
+}
+
 fn dn_text(value: &rcgen::DnValue) -> String {
     match value {
         rcgen::DnValue::Utf8String(s) => s.clone(),
@@ -719,5 +860,45 @@ mod node_certificate_tests {
         assert_eq!(csr_node(&pem).unwrap(), "n1");
         let (pem, _) = node_serving_csr("n1", &[ip]).unwrap();
         assert!(csr_node(&pem).is_err());
+    }
+
+    #[test]
+    fn client_requests_name_a_node_and_nothing_else() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = Files::in_dir(dir.path());
+        ensure_generated(&files, &[]).unwrap();
+        let ca = Ca::load(&files.ca_cert, &files.ca_key).unwrap();
+        let (pem, _) = node_client_csr("n1").unwrap();
+        assert_eq!(node_client_request(&pem).unwrap(), "n1");
+        let (chain, node) =
+            sign_node_client_csr(&ca, &pem, std::time::Duration::from_secs(3600)).unwrap();
+        assert_eq!(node, "n1");
+        assert!(chain.ends_with(ca.pem()));
+        // Requests with names (the overlay's, a serving one) are not
+        // client requests.
+        let (pem, _) = node_csr("n1").unwrap();
+        assert_eq!(node_client_request(&pem), Err(CsrError::Names("n1".into())));
+        let (chain, key) = issue_cert(
+            &ca,
+            "store-member",
+            &[],
+            &["localhost".to_string()],
+            &["127.0.0.1".parse().unwrap()],
+            true,
+            true,
+        )
+        .unwrap();
+        assert!(chain.ends_with(ca.pem()) && key.contains("PRIVATE KEY"));
+        let (chain, _) = issue_node_client_cert(&ca, "n2").unwrap();
+        let der = rustls_pemfile::certs(&mut chain.as_bytes())
+            .next()
+            .unwrap()
+            .unwrap();
+        use x509_parser::prelude::{FromDer, X509Certificate};
+        let (_, cert) = X509Certificate::from_der(&der).unwrap();
+        assert_eq!(
+            cert.subject().to_string(),
+            "CN=system:node:n2, O=system:nodes"
+        );
     }
 }

@@ -58,6 +58,22 @@ pub struct Sources {
     pub changed: Arc<Notify>,
 }
 
+/// The Secrets the Ingresses name for TLS, as (namespace, name).
+pub fn tls_secrets(ingresses: &[Arc<Ingress>]) -> std::collections::BTreeSet<(String, String)> {
+    ingresses
+        .iter()
+        .flat_map(|ingress| {
+            let namespace = ingress.metadata.namespace.clone().unwrap_or_default();
+            ingress
+                .spec
+                .iter()
+                .flat_map(|spec| spec.tls.iter().flatten())
+                .filter_map(|tls| tls.secret_name.clone())
+                .map(move |name| (namespace.clone(), name))
+        })
+        .collect()
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot listen on {address} for Ingress traffic: {source}")]

@@ -12,9 +12,19 @@ use shoal_core::duration::parse as parse_duration;
 
 #[derive(Args)]
 pub struct AgentArgs {
-    /// kubeconfig of the cluster to join.
+    /// kubeconfig of the cluster to join. With --bootstrap-kubeconfig it
+    /// is written by the agent (the node's own certificate).
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: PathBuf,
+    /// A kubeconfig with a bootstrap token (the kubelet's
+    /// `--bootstrap-kubeconfig`): when --kubeconfig holds no valid
+    /// certificate of this node, the agent asks for one with it through
+    /// the CSR API (`CN=system:node:<node>`, `O=system:nodes`; approved
+    /// and signed by the controllers), keeps it in
+    /// <data-dir>/pki/client.{crt,key} and writes --kubeconfig to use it.
+    /// It renews the certificate 30 days before it expires, at a start.
+    #[arg(long, env = "SHOAL_BOOTSTRAP_KUBECONFIG")]
+    bootstrap_kubeconfig: Option<PathBuf>,
     /// The Node's name (default: this machine's hostname).
     #[arg(long, env = "SHOAL_NODE_NAME")]
     node_name: Option<String>,
@@ -197,12 +207,37 @@ impl IngressFlags {
 }
 
 pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
+    if !args.simulate {
+        let node_name = match &args.node_name {
+            Some(name) => name.clone(),
+            None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .context("reading this machine's hostname; pass --node-name")?
+                .trim()
+                .to_lowercase(),
+        };
+        let client = match &args.bootstrap_kubeconfig {
+            Some(bootstrap) => {
+                let pki = args.data_dir.join("pki");
+                let files = shoal_agent::agent::certificates::ClientFiles {
+                    kubeconfig: &args.kubeconfig,
+                    bootstrap,
+                    cert: &pki.join("client.crt"),
+                    key: &pki.join("client.key"),
+                };
+                shoal_agent::agent::certificates::node_client(&files, &node_name)
+                    .await
+                    .map_err(anyhow::Error::msg)
+                    .context("the node's client certificate")?
+            }
+            None => shoal_core::client::from_file(&args.kubeconfig)
+                .await
+                .with_context(|| format!("reading {}", args.kubeconfig.display()))?,
+        };
+        return run_real(client, node_name, args).await;
+    }
     let client = shoal_core::client::from_file(&args.kubeconfig)
         .await
         .with_context(|| format!("reading {}", args.kubeconfig.display()))?;
-    if !args.simulate {
-        return run_real(client, args).await;
-    }
     let config = shoal_agent::simulate::Config {
         count: args.count,
         name_prefix: args.name_prefix,
@@ -219,14 +254,7 @@ pub async fn run(args: AgentArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn run_real(client: kube::Client, args: AgentArgs) -> anyhow::Result<()> {
-    let node_name = match args.node_name {
-        Some(name) => name,
-        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
-            .context("reading this machine's hostname; pass --node-name")?
-            .trim()
-            .to_lowercase(),
-    };
+async fn run_real(client: kube::Client, node_name: String, args: AgentArgs) -> anyhow::Result<()> {
     let mut labels = Vec::new();
     for label in args.labels.iter().filter(|l| !l.is_empty()) {
         let Some((k, v)) = label.split_once('=') else {

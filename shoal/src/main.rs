@@ -15,6 +15,7 @@ mod image;
 mod overlay;
 mod shim;
 mod store;
+mod token;
 mod up;
 mod up_nodes;
 
@@ -52,6 +53,9 @@ enum Command {
     Dns(dns::DnsArgs),
     /// Run a whole cluster on this machine and write a kubeconfig.
     Up(up::UpArgs),
+    /// Bootstrap tokens that agents join with (`--bootstrap-kubeconfig`).
+    #[command(subcommand)]
+    Token(token::TokenCommand),
     /// Load generators.
     #[command(subcommand)]
     Bench(bench::BenchCommand),
@@ -98,6 +102,7 @@ fn main() -> anyhow::Result<()> {
             Command::Controllers(args) => controllers::run(args).await,
             Command::Agent(args) => agent::run(args).await,
             Command::Dns(args) => dns::run(args).await,
+            Command::Token(cmd) => token::run(cmd).await,
             Command::Bench(cmd) => bench::run(cmd).await,
             Command::Image(cmd) => image::run(cmd),
             Command::Overlay(cmd) => overlay::run(cmd).await,

@@ -7,6 +7,8 @@
 //!   DIR/cluster.json    the ports chosen on the first run (member ids
 //!                       derive from peer URLs, so they must not change)
 //!   DIR/store/s{1,2,3}  the store members' data
+//!   DIR/store/pki/      the members' certificate (client and peer TLS)
+//!                       and the apiserver's client certificate
 //!   DIR/apiserver/      generated CA and serving certificate
 //!   DIR/tokens.csv      the admin's bearer token
 //!   DIR/kubeconfig      for kubectl (CA, server, token)
@@ -110,6 +112,11 @@ struct Layout {
     /// (client port, peer port) of each member.
     members: Vec<(u16, u16)>,
     token: String,
+    /// The store speaks TLS with client certificates on both ports
+    /// (member ids derive from peer URLs, so a cluster made before this
+    /// existed keeps plain HTTP).
+    #[serde(default)]
+    store_tls: bool,
 }
 
 /// A free port below Linux's ephemeral range (32768+), so that outgoing
@@ -142,10 +149,79 @@ fn layout(dir: &Path) -> anyhow::Result<Layout> {
         .take(32)
         .map(char::from)
         .collect();
-    let layout = Layout { members, token };
+    let layout = Layout {
+        members,
+        token,
+        store_tls: true,
+    };
     std::fs::write(&path, serde_json::to_vec_pretty(&layout)?)
         .with_context(|| format!("writing {}", path.display()))?;
     Ok(layout)
+}
+
+/// The store's TLS material, from the cluster CA.
+struct StoreTls {
+    ca: PathBuf,
+    /// Certificate and key of every member, for both ports.
+    member: (PathBuf, PathBuf),
+    /// The apiserver's (and etcdctl's) client certificate and key.
+    client: (PathBuf, PathBuf),
+}
+
+impl StoreTls {
+    fn member(&self) -> shoal_store::tls::TlsFiles {
+        shoal_store::tls::TlsFiles {
+            cert_file: Some(self.member.0.clone()),
+            key_file: Some(self.member.1.clone()),
+            trusted_ca_file: Some(self.ca.clone()),
+            client_cert_auth: true,
+        }
+    }
+}
+
+/// Makes the cluster CA (as the apiserver would, with the names it would
+/// give its certificate) and, from it, the store members' certificate
+/// (serving and connecting, 127.0.0.1) and a client certificate for the
+/// apiserver, as kubeadm sets up etcd.
+fn store_certificates(
+    dir: &Path,
+    bind_address: &str,
+    tls_san: &[String],
+) -> anyhow::Result<StoreTls> {
+    use shoal_core::tls;
+    let files = tls::Files::in_dir(&dir.join("apiserver"));
+    let mut names = tls_san.to_vec();
+    names.push(bind_address.to_string());
+    tls::ensure_generated(&files, &tls::default_names(&names)).context("the cluster CA")?;
+    let ca = tls::Ca::load(&files.ca_cert, &files.ca_key)?;
+    let pki = dir.join("store").join("pki");
+    let member = (pki.join("member.crt"), pki.join("member.key"));
+    let client = (pki.join("client.crt"), pki.join("client.key"));
+    let (chain, key) = tls::issue_cert(
+        &ca,
+        "shoal-store",
+        &[],
+        &["localhost".to_string()],
+        &["127.0.0.1".parse()?],
+        true,
+        true,
+    )?;
+    tls::write_pair(&member.0, &chain, &member.1, &key)?;
+    let (chain, key) = tls::issue_cert(
+        &ca,
+        "kube-apiserver-etcd-client",
+        &[],
+        &[],
+        &[],
+        false,
+        true,
+    )?;
+    tls::write_pair(&client.0, &chain, &client.1, &key)?;
+    Ok(StoreTls {
+        ca: files.ca_cert,
+        member,
+        client,
+    })
 }
 
 fn step(text: &str) {
@@ -211,11 +287,27 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .with_context(|| format!("creating {}", args.data_dir.display()))?;
     let dir = std::fs::canonicalize(&args.data_dir)?;
     let layout = layout(&dir)?;
+    // The apiserver's certificate names the nodes' gateway too.
+    let tls_san: Vec<String> = node_subnet
+        .and_then(|s| s.nth(1))
+        .map(|gateway| vec![gateway.to_string()])
+        .unwrap_or_default();
+    let store_tls = if layout.store_tls {
+        Some(store_certificates(&dir, &args.bind_address, &tls_san)?)
+    } else {
+        None
+    };
+    let scheme = if store_tls.is_some() { "https" } else { "http" };
     let initial_cluster: Vec<(String, String)> = layout
         .members
         .iter()
         .enumerate()
-        .map(|(i, (_, peer))| (format!("s{}", i + 1), format!("http://127.0.0.1:{peer}")))
+        .map(|(i, (_, peer))| {
+            (
+                format!("s{}", i + 1),
+                format!("{scheme}://127.0.0.1:{peer}"),
+            )
+        })
         .collect();
 
     let mut nodes: Vec<Arc<Node>> = Vec::new();
@@ -229,10 +321,10 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         let config = StoreConfig {
             name: name.clone(),
             data_dir: dir.join("store").join(&name),
-            listen_client_urls: vec![format!("http://127.0.0.1:{client}")],
-            advertise_client_urls: vec![format!("http://127.0.0.1:{client}")],
-            listen_peer_urls: vec![format!("http://127.0.0.1:{peer}")],
-            initial_advertise_peer_urls: vec![format!("http://127.0.0.1:{peer}")],
+            listen_client_urls: vec![format!("{scheme}://127.0.0.1:{client}")],
+            advertise_client_urls: vec![format!("{scheme}://127.0.0.1:{client}")],
+            listen_peer_urls: vec![format!("{scheme}://127.0.0.1:{peer}")],
+            initial_advertise_peer_urls: vec![format!("{scheme}://127.0.0.1:{peer}")],
             initial_cluster: initial_cluster.clone(),
             initial_cluster_state_existing: false,
             initial_cluster_token: "shoal-up".into(),
@@ -241,8 +333,8 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             snapshot_count: 10_000,
             max_request_bytes: 1_572_864,
             max_txn_ops: 128,
-            client_tls: Default::default(),
-            peer_tls: Default::default(),
+            client_tls: store_tls.as_ref().map(StoreTls::member).unwrap_or_default(),
+            peer_tls: store_tls.as_ref().map(StoreTls::member).unwrap_or_default(),
         };
         let node = Node::start(config)
             .await
@@ -280,11 +372,11 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         etcd_servers: layout
             .members
             .iter()
-            .map(|(client, _)| format!("http://127.0.0.1:{client}"))
+            .map(|(client, _)| format!("{scheme}://127.0.0.1:{client}"))
             .collect(),
-        etcd_cafile: None,
-        etcd_certfile: None,
-        etcd_keyfile: None,
+        etcd_cafile: store_tls.as_ref().map(|t| t.ca.clone()),
+        etcd_certfile: store_tls.as_ref().map(|t| t.client.0.clone()),
+        etcd_keyfile: store_tls.as_ref().map(|t| t.client.1.clone()),
         bind_address: args.bind_address.clone(),
         secure_port: args.port,
         service_cluster_ip_range: "10.96.0.0/12".into(),
@@ -293,10 +385,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         tls_private_key_file: None,
         token_auth_file: Some(tokens),
         client_ca_file: None,
-        tls_san: node_subnet
-            .and_then(|s| s.nth(1))
-            .map(|gateway| vec![gateway.to_string()])
-            .unwrap_or_default(),
+        tls_san: tls_san.clone(),
         etcd_compaction_interval: Duration::from_secs(300),
         kubelet_certificate_authority: None,
         kubelet_token_file: Some(agent_token_file.clone()),
@@ -305,6 +394,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         audit_policy_file: args.audit_policy_file.clone(),
         authorization_mode: args.authorization_mode.clone(),
         anonymous_auth: true,
+        enable_bootstrap_token_auth: true,
         service_account_signing_key_file: None,
         service_account_issuer: "https://kubernetes.default.svc.cluster.local".into(),
         api_audiences: Vec::new(),
@@ -344,6 +434,24 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
     println!("  kubectl get namespaces");
     println!("  kubectl get --raw /metrics    (the apiserver's metrics)");
     println!("store metrics: {}", store_metrics.join(", "));
+    let endpoints: Vec<String> = layout
+        .members
+        .iter()
+        .map(|(client, _)| format!("{scheme}://127.0.0.1:{client}"))
+        .collect();
+    match &store_tls {
+        Some(tls) => println!(
+            "store: etcdctl --endpoints {} --cacert {} --cert {} --key {} member list",
+            endpoints.join(","),
+            tls.ca.display(),
+            tls.client.0.display(),
+            tls.client.1.display()
+        ),
+        None => println!(
+            "store: etcdctl --endpoints {} member list",
+            endpoints.join(",")
+        ),
+    }
     println!("Stop with Ctrl-C.");
     let _ = std::io::stdout().flush();
 
@@ -402,11 +510,35 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
                 args.nodes
             ));
             let nodes = crate::up_nodes::prepare(&names, subnet, &dir).await?;
+            // The agents join with a bootstrap token (kept in the cluster
+            // dir, renewed for a day at each start) and get their own
+            // certificates through the CSR API.
+            let token_file = dir.join("bootstrap-token");
+            let bootstrap_token = match std::fs::read_to_string(&token_file) {
+                Ok(token) => token.trim().to_string(),
+                Err(_) => {
+                    let token = crate::token::generate();
+                    crate::token::write_private(&token_file, &token)?;
+                    token
+                }
+            };
+            let client = apiserver
+                .loopback_client()
+                .await
+                .context("a client for the bootstrap token")?;
+            crate::token::create(
+                &client,
+                &bootstrap_token,
+                Some(Duration::from_secs(24 * 3600)),
+                "the agents of shoal up --nodes join with it",
+            )
+            .await
+            .context("the agents' bootstrap token")?;
             let settings = crate::up_nodes::AgentSettings {
                 cluster_dir: &dir,
                 apiserver: std::net::SocketAddr::new(host.parse()?, apiserver.addr.port()),
                 ca_pem: &ca,
-                token: &layout.token,
+                bootstrap_token: &bootstrap_token,
                 agent_token_file: &agent_token_file,
                 stop_pods_on_exit: args.stop_pods_on_exit,
                 backoff_initial: args.restart_backoff_initial,
@@ -533,10 +665,30 @@ async fn start_agent(
     )
     .context("issuing the agent's serving certificate")?;
     let token = std::fs::read_to_string(token_file)?.trim().to_string();
-    let client = apiserver
-        .loopback_client()
-        .await
-        .context("a client for the node agent")?;
+    // The node's own identity (system:node:<name>), signed by the cluster
+    // CA here as kubeadm writes the first node's kubelet.conf; the Node
+    // authorizer keeps it to its own node.
+    let client = {
+        use base64::Engine;
+        let encode = |text: &str| base64::engine::general_purpose::STANDARD.encode(text);
+        let ca_key = shoal_core::tls::Ca::load(&ca.ca_cert, &ca.ca_key)?;
+        let (chain, key_pem) = shoal_core::tls::issue_node_client_cert(&ca_key, &node_name)
+            .context("issuing the agent's client certificate")?;
+        let cluster = shoal_core::client::Cluster {
+            server: format!("https://127.0.0.1:{}", apiserver.addr.port()),
+            trust: format!("certificate-authority-data: {}", encode(ca_key.pem())),
+        };
+        let text = shoal_core::client::kubeconfig(
+            &cluster,
+            &[
+                ("client-certificate-data", &encode(&chain)),
+                ("client-key-data", &encode(&key_pem)),
+            ],
+        );
+        shoal_core::client::from_yaml(&text)
+            .await
+            .context("a client for the node agent")?
+    };
     let config = shoal_agent::agent::Config {
         node_name: node_name.clone(),
         data_dir: agent_dir,

@@ -198,7 +198,8 @@ pub struct AgentSettings<'a> {
     pub cluster_dir: &'a Path,
     pub apiserver: std::net::SocketAddr,
     pub ca_pem: &'a str,
-    pub token: &'a str,
+    /// The bootstrap token the agents ask for their certificates with.
+    pub bootstrap_token: &'a str,
     pub agent_token_file: &'a Path,
     pub stop_pods_on_exit: bool,
     pub backoff_initial: Duration,
@@ -254,13 +255,15 @@ impl Hosts {
             )
             .context("issuing an agent serving certificate")?;
             // The cluster's address from inside the namespace is the relay;
-            // the apiserver's certificate names localhost.
-            let kubeconfig = node.dir.join("kubeconfig");
-            std::fs::write(
-                &kubeconfig,
-                crate::up::kubeconfig(&server, settings.ca_pem, settings.token)
+            // the apiserver's certificate names localhost. The agent joins
+            // with the bootstrap token and writes its own kubeconfig.
+            let bootstrap = node.dir.join("bootstrap-kubeconfig");
+            crate::token::write_private(
+                &bootstrap,
+                &crate::up::kubeconfig(&server, settings.ca_pem, settings.bootstrap_token)
                     .replace("    server:", "    tls-server-name: localhost\n    server:"),
             )?;
+            let kubeconfig = node.dir.join("kubeconfig");
             let mut argv: Vec<std::ffi::OsString> = vec![
                 format!("--net=/run/netns/{}", node.netns).into(),
                 "--".into(),
@@ -268,6 +271,8 @@ impl Hosts {
                 "agent".into(),
                 "--kubeconfig".into(),
                 kubeconfig.into(),
+                "--bootstrap-kubeconfig".into(),
+                bootstrap.into(),
                 "--node-name".into(),
                 node.name.clone().into(),
                 "--data-dir".into(),

@@ -377,6 +377,40 @@ pub fn cluster_roles() -> Vec<Value> {
             )],
         ),
         role(
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            &[],
+            vec![rule(
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/nodeclient"],
+                &["create"],
+            )],
+        ),
+        role(
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            &[],
+            vec![rule(
+                &["certificates.k8s.io"],
+                &["certificatesigningrequests/selfnodeclient"],
+                &["create"],
+            )],
+        ),
+        // What shoal's agents read beyond a kubelet: their service proxy
+        // (NetworkPolicies and the Namespaces they select) and Ingress
+        // controller. The Node authorizer still keeps them to the Secrets
+        // their pods use and Ingresses name.
+        role(
+            "shoal:node-agent",
+            &[],
+            vec![
+                rule(&[""], &["namespaces"], READ),
+                rule(
+                    &["networking.k8s.io"],
+                    &["networkpolicies", "ingresses", "ingressclasses"],
+                    READ,
+                ),
+            ],
+        ),
+        role(
             "system:node-proxier",
             &[],
             vec![
@@ -504,6 +538,29 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             "system:node-proxier",
             "system:node-proxier",
             &[("User", "system:kube-proxy")],
+        ),
+        // What kubeadm binds for joining nodes: a bootstrap token may ask
+        // for a node certificate, which is approved at once; a node may
+        // renew its own.
+        binding(
+            "shoal:node-bootstrapper",
+            "system:node-bootstrapper",
+            &[("Group", "system:bootstrappers")],
+        ),
+        binding(
+            "shoal:node-autoapprove-bootstrap",
+            "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
+            &[("Group", "system:bootstrappers")],
+        ),
+        binding(
+            "shoal:node-autoapprove-certificate-rotation",
+            "system:certificates.k8s.io:certificatesigningrequests:selfnodeclient",
+            &[("Group", "system:nodes")],
+        ),
+        binding(
+            "shoal:node-agent",
+            "shoal:node-agent",
+            &[("Group", "system:nodes")],
         ),
         binding(
             "system:kube-scheduler",

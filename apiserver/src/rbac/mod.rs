@@ -168,7 +168,7 @@ pub struct Index {
     namespaced: HashMap<(String, Subject), Vec<Binding>>,
 }
 
-fn rules_of(role: &Value) -> Vec<Rule> {
+pub(crate) fn rules_of(role: &Value) -> Vec<Rule> {
     role.get("rules")
         .cloned()
         .and_then(|r| serde_json::from_value(r).ok())
@@ -513,7 +513,7 @@ impl Authorizer {
         let index = self.index();
         let mut reasons = Vec::new();
         if let (Some(graph), Some(node)) = (&self.nodes, node::node_of(user)) {
-            if let Some(decision) = graph.authorize(store, &index, node, attributes).await {
+            if let Some(decision) = graph.authorize(store, node, attributes).await {
                 if decision.allowed {
                     return decision;
                 }

@@ -19,7 +19,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::Value;
 
-use super::{Attributes, Decision, Index};
+use super::{Attributes, Decision};
 use crate::error::{ApiError, Result};
 use crate::server::User;
 use crate::storage::{Change, Store};
@@ -270,7 +270,6 @@ impl NodeGraph {
     pub async fn authorize(
         &self,
         store: &Store,
-        index: &Index,
         node: &str,
         attributes: &Attributes,
     ) -> Option<Decision> {
@@ -297,8 +296,18 @@ impl NodeGraph {
                     return allow(false);
                 }
                 self.synced().await;
-                let graph = self.graph.read().unwrap_or_else(|e| e.into_inner());
-                allow(graph.related(node, &r.resource, &r.namespace, &r.name))
+                let related = {
+                    let graph = self.graph.read().unwrap_or_else(|e| e.into_inner());
+                    graph.related(node, &r.resource, &r.namespace, &r.name)
+                };
+                // Every node serves the Ingresses, so every node reads the
+                // TLS Secrets they name (as an ingress controller running on
+                // each node would), and no other Secret.
+                allow(
+                    related
+                        || (r.resource == "secrets"
+                            && ingress_names_secret(store, &r.namespace, &r.name).await),
+                )
             }
             ("", "persistentvolumes", "") => {
                 if attributes.verb != "get" || r.name.is_empty() {
@@ -335,16 +344,13 @@ impl NodeGraph {
                 allow(graph.related(node, "serviceaccounts", &r.namespace, &r.name))
             }
             ("metrics.shoal.dev", "nodereports", _) => allow(r.name == node),
-            _ => {
-                let rules = index.cluster_roles.get("system:node")?;
-                rules
-                    .iter()
-                    .any(|rule| rule.allows(attributes))
-                    .then(|| Decision {
-                        allowed: true,
-                        reason: String::new(),
-                    })
-            }
+            _ => node_rules()
+                .iter()
+                .any(|rule| rule.allows(attributes))
+                .then(|| Decision {
+                    allowed: true,
+                    reason: String::new(),
+                }),
         }
     }
 
@@ -354,6 +360,43 @@ impl NodeGraph {
         let graph = self.graph.read().unwrap_or_else(|e| e.into_inner());
         graph.pods.get(key).is_some_and(|(n, _, _)| n == node)
     }
+}
+
+/// What a node may do beyond the graph's objects: the `system:node`
+/// ClusterRole's rules, built into the authorizer as Kubernetes' Node
+/// authorizer has them (so nodes are served before the default roles are
+/// written, and whatever is done to that ClusterRole).
+fn node_rules() -> &'static [super::Rule] {
+    static RULES: std::sync::OnceLock<Vec<super::Rule>> = std::sync::OnceLock::new();
+    RULES.get_or_init(|| {
+        super::defaults::cluster_roles()
+            .iter()
+            .find(|role| {
+                role.pointer("/metadata/name").and_then(Value::as_str) == Some("system:node")
+            })
+            .map(super::rules_of)
+            .unwrap_or_default()
+    })
+}
+
+/// Whether an Ingress of `namespace` names the Secret `name` in its `tls`.
+async fn ingress_names_secret(store: &Store, namespace: &str, name: &str) -> bool {
+    let ingresses = crate::resources::served("networking.k8s.io", "v1", "ingresses");
+    let prefix = ingresses.key(Some(namespace), "");
+    let Ok(listed) = store.list(&prefix, None, 0, 0).await else {
+        return false;
+    };
+    listed.kvs.iter().any(|kv| {
+        serde_json::from_slice::<Value>(&kv.value).is_ok_and(|ingress| {
+            ingress
+                .pointer("/spec/tls")
+                .and_then(Value::as_array)
+                .is_some_and(|tls| {
+                    tls.iter()
+                        .any(|t| t.get("secretName").and_then(Value::as_str) == Some(name))
+                })
+        })
+    })
 }
 
 /// What a mirror pod may not refer to, as NodeRestriction words it.

@@ -116,3 +116,72 @@ pub async fn serving(
     }
     shoal_core::tls::write_pair(cert, &chain, key, &key_pem).map_err(|e| e.to_string())
 }
+
+/// Where a node keeps its client certificate and the kubeconfig that
+/// uses it, and how it got its first one.
+pub struct ClientFiles<'a> {
+    /// The kubeconfig the agent runs with (written here).
+    pub kubeconfig: &'a Path,
+    /// A kubeconfig with a bootstrap token (the kubelet's
+    /// `--bootstrap-kubeconfig`), used when there is no valid certificate.
+    pub bootstrap: &'a Path,
+    pub cert: &'a Path,
+    pub key: &'a Path,
+}
+
+/// The node's own identity, as the kubelet's TLS bootstrap makes it: when
+/// `files.kubeconfig` holds no certificate of `node` valid for 30 more
+/// days, a new key and a request for `CN=system:node:<node>`,
+/// `O=system:nodes` (signer `kubernetes.io/kube-apiserver-client-kubelet`)
+/// are sent with the current certificate while it is valid, else with
+/// the bootstrap kubeconfig; the issued certificate and a kubeconfig
+/// naming it (server and CA from the bootstrap kubeconfig) are written.
+/// Returns a client of that kubeconfig.
+pub async fn node_client(files: &ClientFiles<'_>, node: &str) -> Result<kube::Client, String> {
+    let current = std::fs::read_to_string(files.cert).unwrap_or_default();
+    let usable = |at_least| {
+        files.kubeconfig.exists()
+            && files.key.exists()
+            && shoal_overlay::tunnel::identity::client_valid_for(&current, node, at_least)
+    };
+    if !usable(RENEW_BEFORE) {
+        let (asker, with) = if usable(Duration::from_secs(60)) {
+            (files.kubeconfig, "its current certificate")
+        } else {
+            (files.bootstrap, "the bootstrap kubeconfig")
+        };
+        tracing::info!(%node, kubeconfig = %asker.display(), "asking for the node's client certificate with {with}");
+        let client = shoal_core::client::from_file(asker)
+            .await
+            .map_err(|e| format!("reading {}: {e}", asker.display()))?;
+        let (csr_pem, key_pem) = shoal_core::tls::node_client_csr(node)
+            .map_err(|e| format!("making a certificate request: {e}"))?;
+        let chain = request(
+            &client,
+            &format!("node-client-{node}"),
+            shoal_core::tls::KUBELET_CLIENT_SIGNER,
+            csr_pem,
+            &["digital signature", "client auth"],
+        )
+        .await?;
+        if let Some(dir) = files.cert.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        }
+        shoal_core::tls::write_pair(files.cert, &chain, files.key, &key_pem)
+            .map_err(|e| e.to_string())?;
+        let cluster = shoal_core::client::cluster_of(files.bootstrap)?;
+        let text = shoal_core::client::kubeconfig(
+            &cluster,
+            &[
+                ("client-certificate", &files.cert.display().to_string()),
+                ("client-key", &files.key.display().to_string()),
+            ],
+        );
+        std::fs::write(files.kubeconfig, text)
+            .map_err(|e| format!("writing {}: {e}", files.kubeconfig.display()))?;
+        tracing::info!(%node, kubeconfig = %files.kubeconfig.display(), "the node's client certificate is issued");
+    }
+    shoal_core::client::from_file(files.kubeconfig)
+        .await
+        .map_err(|e| format!("reading {}: {e}", files.kubeconfig.display()))
+}

@@ -140,12 +140,6 @@ pub struct Shared {
 pub enum Error {
     #[error(transparent)]
     Runtime(#[from] crate::runtime::Error),
-    #[error("registering node {node}: {source}")]
-    Register {
-        node: String,
-        #[source]
-        source: kube::Error,
-    },
     #[error("setting up the pod network: {0}")]
     Network(#[from] shoal_overlay::Error),
     #[error("watching pods: {0}")]
@@ -173,12 +167,19 @@ pub async fn run(
             Error::Config("cannot tell this machine's address; pass --node-ip".into())
         })?,
     };
-    let registered = node::register(&client, &config, &machine, host_ip)
-        .await
-        .map_err(|source| Error::Register {
-            node: config.node_name.clone(),
-            source,
-        })?;
+    // As the kubelet, the agent keeps trying to register (an apiserver
+    // not up yet, a node identity not yet authorized).
+    let mut backoff = Duration::from_millis(200);
+    let registered = loop {
+        match node::register(&client, &config, &machine, host_ip).await {
+            Ok(registered) => break registered,
+            Err(e) => {
+                tracing::warn!(node = %config.node_name, error = %e, "registering the node; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(7));
+            }
+        }
+    };
     let heartbeat = tokio::spawn(node::heartbeat(
         client.clone(),
         config.clone(),
@@ -343,11 +344,30 @@ pub async fn run(
     let ingress_metrics = Arc::new(shoal_ingress::metrics::Metrics::default());
     let ingress_task = config.ingress.clone().map(|settings| {
         let readers = std::slice::from_ref(&ingress_changed);
-        let (ingresses, ingresses_watch) = cache::watched::<Ingress>(&client, readers);
+        // The Secrets the Ingresses name are watched one by one: a node may
+        // read those (the Node authorizer) but not list every Secret.
+        let tls_named = Arc::new(tokio::sync::Notify::new());
+        let (ingresses, ingresses_watch) =
+            cache::watched::<Ingress>(&client, &[ingress_changed.clone(), tls_named.clone()]);
         let (classes, classes_watch) = cache::watched::<IngressClass>(&client, readers);
+        let (wanted_tx, wanted) = tokio::sync::watch::channel(Default::default());
+        let follow_tls = {
+            let ingresses = ingresses.clone();
+            async move {
+                loop {
+                    tls_named.notified().await;
+                    let now = shoal_ingress::tls_secrets(&ingresses.state());
+                    wanted_tx.send_if_modified(|w| {
+                        let differs = *w != now;
+                        *w = now;
+                        differs
+                    });
+                }
+            }
+        };
         // Only TLS Secrets keep their data: the certificates.
         let (secrets, secrets_watch) =
-            cache::watched_trimmed::<Secret, _>(&client, readers, |secret: &mut Secret| {
+            cache::named::<Secret, _>(&client, readers, wanted, |secret: &mut Secret| {
                 secret.metadata.managed_fields = None;
                 if secret.type_.as_deref() != Some("kubernetes.io/tls") {
                     secret.data = None;
@@ -366,7 +386,7 @@ pub async fn run(
         let (client, node) = (client.clone(), config.node_name.clone());
         tokio::spawn(async move {
             let watches = async {
-                tokio::join!(ingresses_watch, classes_watch, secrets_watch);
+                tokio::join!(ingresses_watch, classes_watch, secrets_watch, follow_tls);
             };
             // Announced as this node's endpoint of kube-system/shoal-ingress
             // once the ports are taken.

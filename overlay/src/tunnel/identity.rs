@@ -163,11 +163,36 @@ pub fn valid_for(chain_pem: &str, node: &str, at_least: std::time::Duration) -> 
     let Ok((_, cert)) = X509Certificate::from_der(first.as_ref()) else {
         return false;
     };
+    lasts(&cert, at_least)
+}
+
+fn lasts(cert: &x509_parser::prelude::X509Certificate<'_>, at_least: std::time::Duration) -> bool {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
         .unwrap_or(0);
     cert.validity().not_after.timestamp() > now + at_least.as_secs() as i64
+}
+
+/// Whether the first certificate of `chain_pem` is `node`'s client
+/// certificate (subject `CN=system:node:<node>`) and stays valid for at
+/// least `at_least` more.
+pub fn client_valid_for(chain_pem: &str, node: &str, at_least: std::time::Duration) -> bool {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let Some(first) = rustls_pemfile_certs(chain_pem).into_iter().next() else {
+        return false;
+    };
+    let Ok((_, cert)) = X509Certificate::from_der(first.as_ref()) else {
+        return false;
+    };
+    let named = cert
+        .subject()
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .and_then(|cn| cn.strip_prefix("system:node:"))
+        == Some(node);
+    named && lasts(&cert, at_least)
 }
 
 /// Whether the first certificate of `chain_pem` is a serving certificate

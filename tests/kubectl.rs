@@ -721,4 +721,8 @@ fn data_survives_a_restart() {
         up.ok(&["get", "cm", "kept", "-o", "jsonpath={.data.k}"]),
         "v"
     );
+    // The restarted apiserver finds its system objects there and goes on
+    // to finalize deleted namespaces (kubectl waits for it).
+    up.ok(&["create", "namespace", "after-restart"]);
+    up.ok(&["delete", "namespace", "after-restart", "--timeout=30s"]);
 }

@@ -69,7 +69,16 @@ async fn bootstrap(api: &Api) -> Result<()> {
         "metadata": {"name": "kubernetes", "labels": {"component": "apiserver", "provider": "kubernetes"}},
         "spec": {"type": "ClusterIP", "clusterIP": first, "ports": [{"name": "https", "port": 443, "protocol": "TCP", "targetPort": 6443}]},
     });
-    create_if_missing(api, Ctx::internal(services, Some("default")), service).await?;
+    // Looked for first: creating it again would fail on its address (taken
+    // by itself) before the name is found taken, and this would never end.
+    if api
+        .store
+        .get(&services.key(Some("default"), "kubernetes"))
+        .await?
+        .is_none()
+    {
+        create_if_missing(api, Ctx::internal(services, Some("default")), service).await?;
+    }
     // After every namespace is there (agents wait for kube-node-lease).
     for name in SYSTEM_NAMESPACES {
         crate::serviceaccount::ensure_root_ca(api, name).await?;

@@ -45,6 +45,7 @@ fn watch(endpoints: &str, args: &[&str]) -> (std::process::Child, mpsc::Receiver
     let mut child = Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoints}"))
+        .args(support::etcdctl_tls())
         .arg("watch")
         .args(args)
         .stdout(Stdio::piped())

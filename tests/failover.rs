@@ -252,6 +252,7 @@ async fn sigterm_stops_a_member_promptly_even_with_open_streams() {
     let mut watch = std::process::Command::new("etcdctl")
         .env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={url}"))
+        .args(support::etcdctl_tls())
         .args(["watch", "acked/"])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

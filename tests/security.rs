@@ -1722,11 +1722,58 @@ spec:
     let node2 = up.ok(&["get", "node", "node-2", "--show-labels"]);
     assert!(!node2.contains("shoal.dev/taken"), "{node2}");
     up.ok(&["get", "pod", "there", "-n", "shop"]);
+
+    // node-1 may renew its own certificate (approved after the review for
+    // selfnodeclient), not ask for node-2's: that one waits for a person.
+    let pki = tempfile::tempdir().unwrap();
+    for (name, node) in [("renewal", "node-1"), ("theft", "node-2")] {
+        openssl(
+            pki.path(),
+            &[
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:prime256v1",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.csr"),
+                "-subj",
+                &format!("/O=system:nodes/CN=system:node:{node}"),
+            ],
+        );
+        let request = base64::engine::general_purpose::STANDARD
+            .encode(std::fs::read(pki.path().join(format!("{name}.csr"))).unwrap());
+        let manifest = pki.path().join(format!("{name}.yaml"));
+        std::fs::write(
+            &manifest,
+            format!(
+                "apiVersion: certificates.k8s.io/v1\nkind: CertificateSigningRequest\nmetadata: {{name: {name}}}\nspec:\n  request: {request}\n  signerName: kubernetes.io/kube-apiserver-client-kubelet\n  usages: [digital signature, client auth]\n"
+            ),
+        )
+        .unwrap();
+        let (ok, out) = run(&own, &["create", "-f", &manifest.display().to_string()]);
+        assert!(ok, "{out}");
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || {
+            up.ok(&["get", "csr", "renewal", "--no-headers"])
+                .contains("Approved,Issued")
+        }),
+        "{}",
+        up.ok(&["get", "csr"])
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let theft = up.ok(&["get", "csr", "theft", "--no-headers"]);
+    assert!(theft.contains("Pending"), "{theft}");
 }
 
-/// `shoal up` runs its store on TLS with client certificates: the etcdctl
-/// line it prints works, and etcdctl without a certificate or over plain
-/// HTTP is refused.
+/// `shoal up` runs its store on TLS with client certificates of its own
+/// CA: the etcdctl line it prints works, and etcdctl without a
+/// certificate, with one of the cluster CA or over plain HTTP is refused.
 #[test]
 fn shoal_up_runs_its_store_over_tls() {
     let up = support::kube::ShoalUp::start();
@@ -1775,4 +1822,33 @@ fn shoal_up_runs_its_store_over_tls() {
     let plain = first.replacen("https://", "http://", 1);
     let (ok, out) = etcdctl(&["get", "x"], &["--endpoints", &plain]);
     assert!(!ok, "plain HTTP got in: {out}");
+    // The store has a CA of its own: a certificate of the cluster CA (the
+    // one users and nodes get theirs from) does not open it.
+    let pki = tempfile::tempdir().unwrap();
+    for ext in ["crt", "key"] {
+        std::fs::copy(
+            up.data_dir().join("apiserver").join(format!("ca.{ext}")),
+            pki.path().join(format!("cluster.{ext}")),
+        )
+        .unwrap();
+    }
+    issue(pki.path(), "cluster", "intruder", "system:node:intruder");
+    let (cert, key) = (
+        pki.path().join("intruder.crt"),
+        pki.path().join("intruder.key"),
+    );
+    let (ok, out) = etcdctl(
+        &["get", "x"],
+        &[
+            "--endpoints",
+            &first,
+            "--cacert",
+            ca,
+            "--cert",
+            &cert.display().to_string(),
+            "--key",
+            &key.display().to_string(),
+        ],
+    );
+    assert!(!ok, "a cluster CA certificate got into the store: {out}");
 }

@@ -43,6 +43,7 @@ fn put_loop(
         let out = Command::new("etcdctl")
             .env("ETCDCTL_API", "3")
             .arg(format!("--endpoints={endpoints}"))
+            .args(support::etcdctl_tls())
             .args(["put", &key, "v"])
             .stdin(Stdio::null())
             .output()

@@ -14,6 +14,10 @@ use crate::server::{Api, User};
 
 pub const SECRET_TYPE: &str = "bootstrap.kubernetes.io/token";
 pub const GROUP: &str = "system:bootstrappers";
+/// The extra group of the tokens nodes join with (`shoal token create`),
+/// bound to ask for node certificates (kubeadm's
+/// `system:bootstrappers:kubeadm:default-node-token`).
+pub const NODE_TOKEN_GROUP: &str = "system:bootstrappers:shoal:default-node-token";
 
 /// The id and secret of a token shaped as a bootstrap token.
 fn parse(token: &str) -> Option<(&str, &str)> {
@@ -74,7 +78,7 @@ pub fn user_of(secret: &Value, id: &str, token_secret: &str, now: i64) -> Option
     {
         return None;
     }
-    if let Some(expiration) = field(secret, "expiration") {
+    if let Some(expiration) = field(secret, "expiration").filter(|e| !e.is_empty()) {
         let expires = expiration.parse::<jiff::Timestamp>().ok()?;
         if expires.as_second() <= now {
             return None;
@@ -82,7 +86,7 @@ pub fn user_of(secret: &Value, id: &str, token_secret: &str, now: i64) -> Option
     }
     let mut groups = vec![GROUP.to_string()];
     if let Some(extra) = field(secret, "auth-extra-groups") {
-        for group in extra.split(',').map(str::trim).filter(|g| !g.is_empty()) {
+        for group in extra.split(',').filter(|g| !g.is_empty()) {
             if !extra_group_allowed(group) {
                 tracing::warn!(
                     token = %id,

@@ -89,15 +89,18 @@ pub enum Decision {
     /// Someone else asks for a node's certificate: wait for a person.
     Wait,
     /// A node client certificate: approve when the requester may create
-    /// this subresource of `certificatesigningrequests` (a
-    /// SubjectAccessReview).
+    /// one of these subresources of `certificatesigningrequests` (a
+    /// SubjectAccessReview each).
     Review {
         node: String,
-        subresource: &'static str,
+        subresources: &'static [&'static str],
     },
+    /// Approved but not a request this signer can sign: mark it Failed.
+    Fail(String),
 }
 
-/// The usages Kubernetes allows a kubelet client certificate.
+/// The usages Kubernetes allows a kubelet client certificate: these, with
+/// or without key encipherment.
 const CLIENT_USAGES: [&str; 3] = ["digital signature", "key encipherment", "client auth"];
 
 /// The names a Node may have in its serving certificate: its name and
@@ -184,30 +187,46 @@ pub fn decide(
     }
 }
 
+/// As Kubernetes' csrapproving controller and kubelet client signer: a
+/// request that is not a kubelet client request is left to a person (and
+/// fails if someone approves it); one by the node itself is reviewed for
+/// `selfnodeclient`, then `nodeclient`; anyone else's for `nodeclient`.
 fn decide_client(csr: &CertificateSigningRequest, pem: &str) -> Decision {
-    let node = match tls::node_client_request(pem) {
-        Ok(node) => node,
-        Err(e) => return Decision::Deny(e.to_string()),
+    let approved = has_condition(csr, "Approved");
+    let problem = match tls::node_client_request(pem) {
+        Err(e) => Err(e.to_string()),
+        Ok(node) => {
+            let mut usages = csr.spec.usages.clone().unwrap_or_default();
+            usages.sort();
+            usages.dedup();
+            let fits = usages.iter().all(|u| CLIENT_USAGES.contains(&u.as_str()))
+                && ["digital signature", "client auth"]
+                    .iter()
+                    .all(|u| usages.iter().any(|have| have == u));
+            if fits {
+                Ok(node)
+            } else {
+                Err(format!(
+                    "a kubelet client certificate has the usages digital signature and client auth (and perhaps key encipherment), not {usages:?}"
+                ))
+            }
+        }
     };
-    let usages = csr.spec.usages.clone().unwrap_or_default();
-    if !usages.iter().any(|u| u == "client auth")
-        || usages.iter().any(|u| !CLIENT_USAGES.contains(&u.as_str()))
-    {
-        return Decision::Deny(format!(
-            "a node client certificate has the usages {CLIENT_USAGES:?} (client auth among them), not {usages:?}"
-        ));
-    }
-    if has_condition(csr, "Approved") {
-        return Decision::Sign;
-    }
-    let by_the_node = csr.spec.username.as_deref() == Some(&format!("system:node:{node}"));
-    Decision::Review {
-        node,
-        subresource: if by_the_node {
-            "selfnodeclient"
-        } else {
-            "nodeclient"
-        },
+    match (problem, approved) {
+        (Err(message), true) => Decision::Fail(message),
+        (Err(_), false) => Decision::Nothing,
+        (Ok(_), true) => Decision::Sign,
+        (Ok(node), false) => {
+            let by_the_node = csr.spec.username.as_deref() == Some(&format!("system:node:{node}"));
+            Decision::Review {
+                node,
+                subresources: if by_the_node {
+                    &["selfnodeclient", "nodeclient"]
+                } else {
+                    &["nodeclient"]
+                },
+            }
+        }
     }
 }
 
@@ -298,16 +317,33 @@ async fn reconcile(
                 .await?;
             tracing::info!(csr = %name, %node, "approved a node certificate request");
         }
-        Decision::Review { node, subresource } => {
-            if !may_create(&ctx.client, &csr, subresource).await? {
-                tracing::info!(csr = %name, %node, %subresource, "a node client certificate request waits for a person: its requester may not create it");
-                return Ok(Action::await_change());
+        Decision::Review { node, subresources } => {
+            let mut allowed = false;
+            for subresource in subresources {
+                if may_create(&ctx.client, &csr, subresource).await? {
+                    allowed = true;
+                    break;
+                }
+            }
+            if !allowed {
+                tracing::info!(csr = %name, %node, "a node client certificate request waits for a person: its requester may not create it");
+                // A binding added later approves it.
+                return Ok(Action::requeue(Duration::from_secs(30)));
             }
             let message = "Auto approving kubelet client certificate after SubjectAccessReview.";
             let patch = with_condition(&csr, condition("Approved", "AutoApproved", message));
             api.patch_subresource("approval", &name, &params, &Patch::Merge(&patch))
                 .await?;
             tracing::info!(csr = %name, %node, "approved a node client certificate request");
+        }
+        Decision::Fail(message) => {
+            let patch = with_condition(
+                &csr,
+                condition("Failed", "SignerValidationFailure", &message),
+            );
+            api.patch_status(&name, &params, &Patch::Merge(&patch))
+                .await?;
+            tracing::info!(csr = %name, %message, "an approved certificate request cannot be signed");
         }
         Decision::Sign => {
             let lifetime = csr
@@ -394,25 +430,30 @@ mod tests {
             decide(&client("system:bootstrap:abcdef", &usages), &no_nodes),
             Decision::Review {
                 node: "n1".into(),
-                subresource: "nodeclient"
+                subresources: &["nodeclient"]
             }
         );
         assert_eq!(
             decide(&client("system:node:n1", &usages), &no_nodes),
             Decision::Review {
                 node: "n1".into(),
-                subresource: "selfnodeclient"
+                subresources: &["selfnodeclient", "nodeclient"]
             }
         );
-        assert!(matches!(
-            decide(&client("system:node:n1", &["server auth"]), &no_nodes),
-            Decision::Deny(_)
-        ));
+        // Not a kubelet client request: left to a person, failed if
+        // approved.
+        let wrong = client("system:node:n1", &["client auth"]);
+        assert_eq!(decide(&wrong, &no_nodes), Decision::Nothing);
+        let mut approved = wrong.clone();
+        approved.status =
+            serde_json::from_value(json!({"conditions": [{"type": "Approved", "status": "True"}]}))
+                .unwrap();
+        assert!(matches!(decide(&approved, &no_nodes), Decision::Fail(_)));
         // The overlay's request (with a DNS name) is not a client request.
         let mut named = request("n1", "system:node:n1", &[]);
         named.spec.signer_name = KUBELET_CLIENT_SIGNER.into();
-        named.spec.usages = Some(vec!["client auth".into()]);
-        assert!(matches!(decide(&named, &no_nodes), Decision::Deny(_)));
+        named.spec.usages = Some(usages.iter().map(|u| u.to_string()).collect());
+        assert_eq!(decide(&named, &no_nodes), Decision::Nothing);
     }
 
     #[test]

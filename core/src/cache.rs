@@ -139,7 +139,12 @@ where
                 .cloned()
                 .collect();
             for key in gone {
-                running.remove(&key);
+                if let Some(mut task) = running.remove(&key) {
+                    // Stopped before the delete: an event it was applying
+                    // cannot come after.
+                    task.0.abort();
+                    let _ = (&mut task.0).await;
+                }
                 shared.apply(Event::Delete(stub::<K>(&key)));
             }
             for key in now {

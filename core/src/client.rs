@@ -82,14 +82,39 @@ pub fn cluster_of(path: &std::path::Path) -> Result<Cluster, String> {
 }
 
 /// A kubeconfig for `cluster` whose user is given by `user` (keys and
-/// values of its `user:` map, e.g. `("token", "...")`).
+/// values of its `user:` map, e.g. `("token", "...")`; values are quoted,
+/// so paths may hold any character).
 pub fn kubeconfig(cluster: &Cluster, user: &[(&str, &str)]) -> String {
+    let quote = |v: &str| serde_json::Value::String(v.to_string()).to_string();
     let user: String = user
         .iter()
-        .map(|(k, v)| format!("    {k}: {v}\n"))
+        .map(|(k, v)| format!("    {k}: {}\n", quote(v)))
         .collect();
     format!(
         "apiVersion: v1\nkind: Config\nclusters:\n- name: default-cluster\n  cluster:\n    server: {}\n    {}\nusers:\n- name: default-auth\n  user:\n{user}contexts:\n- name: default-context\n  context:\n    cluster: default-cluster\n    user: default-auth\ncurrent-context: default-context\n",
-        cluster.server, cluster.trust
+        quote(&cluster.server),
+        cluster.trust
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn written_kubeconfigs_read_back_whatever_their_paths() {
+        let cluster = Cluster {
+            server: "https://127.0.0.1:6443".into(),
+            trust: "certificate-authority-data: Q0E=\n    tls-server-name: localhost".into(),
+        };
+        let odd = "/tmp/a: b #c/client.crt";
+        let text = kubeconfig(&cluster, &[("client-certificate", odd), ("token", "*x")]);
+        let config = Kubeconfig::from_yaml(&text).unwrap();
+        let user = config.auth_infos[0].auth_info.as_ref().unwrap();
+        assert_eq!(user.client_certificate.as_deref(), Some(odd));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kubeconfig");
+        std::fs::write(&path, &text).unwrap();
+        assert_eq!(cluster_of(&path).unwrap(), cluster);
+    }
 }

@@ -51,6 +51,12 @@ impl Files {
     }
 }
 
+/// Writes `text` readable by its owner only (a file that was there is
+/// made so too).
+pub fn write_private(path: &Path, text: &str) -> Result<()> {
+    write(path, text, true)
+}
+
 fn write(path: &Path, text: &str, private: bool) -> Result<()> {
     let io = |source| Error::Io {
         path: path.to_path_buf(),
@@ -68,6 +74,9 @@ fn write(path: &Path, text: &str, private: bool) -> Result<()> {
             .truncate(true)
             .mode(0o600)
             .open(path)
+            .map_err(io)?;
+        use std::os::unix::fs::PermissionsExt;
+        file.set_permissions(std::fs::Permissions::from_mode(0o600))
             .map_err(io)?;
         std::io::Write::write_all(&mut file, text.as_bytes()).map_err(io)
     } else {
@@ -127,12 +136,10 @@ pub fn ensure_self_signed(
     Ok((cert_path, key_path))
 }
 
-/// Makes the CA and serving certificate unless they exist already.
-pub fn ensure_generated(files: &Files, names: &[String]) -> Result<()> {
-    if files.ca_cert.exists() && files.cert.exists() && files.key.exists() {
-        return Ok(());
-    }
-    let ca_key = KeyPair::generate()?;
+/// A new CA's parameters (subject `CN=shoal-ca`, as [`Ca::load`] rebuilds
+/// them) and key.
+fn new_ca() -> Result<(CertificateParams, KeyPair)> {
+    let key = KeyPair::generate()?;
     let mut ca = CertificateParams::new(Vec::<String>::new())?;
     ca.distinguished_name.push(DnType::CommonName, "shoal-ca");
     ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -143,6 +150,29 @@ pub fn ensure_generated(files: &Files, names: &[String]) -> Result<()> {
     ];
     ca.not_before = rcgen::date_time_ymd(2024, 1, 1);
     ca.not_after = rcgen::date_time_ymd(2124, 1, 1);
+    Ok((ca, key))
+}
+
+/// A CA of its own at `ca_cert`/`ca_key`, made unless both exist: for a
+/// component trusted apart from the cluster CA (`shoal up`'s store, as
+/// kubeadm gives etcd its own CA, so that no user or node certificate
+/// opens the store).
+pub fn ensure_ca(ca_cert: &Path, ca_key: &Path) -> Result<Ca> {
+    if !(ca_cert.exists() && ca_key.exists()) {
+        let (params, key) = new_ca()?;
+        let cert = params.self_signed(&key)?;
+        write(ca_key, &key.serialize_pem(), true)?;
+        write(ca_cert, &cert.pem(), false)?;
+    }
+    Ca::load(ca_cert, ca_key)
+}
+
+/// Makes the CA and serving certificate unless they exist already.
+pub fn ensure_generated(files: &Files, names: &[String]) -> Result<()> {
+    if files.ca_cert.exists() && files.cert.exists() && files.key.exists() {
+        return Ok(());
+    }
+    let (ca, ca_key) = new_ca()?;
     let ca_cert = ca.self_signed(&ca_key)?;
 
     let key = KeyPair::generate()?;
@@ -381,23 +411,30 @@ impl Ca {
     ) -> Result<String> {
         let issuer = Issuer::from_params(&self.params, &self.key);
         let cert = params.signed_by(key, &issuer)?;
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let verifier =
+            rustls::server::WebPkiClientVerifier::builder_with_provider(self.roots()?, provider)
+                .build()
+                .map_err(|_| self.not_this_ca())?;
+        verifier
+            .verify_client_cert(cert.der(), &[], rustls::pki_types::UnixTime::now())
+            .map_err(|_| self.not_this_ca())?;
+        Ok(cert.pem())
+    }
+
+    fn roots(&self) -> Result<Arc<rustls::RootCertStore>> {
         let mut roots = rustls::RootCertStore::empty();
         for root in rustls_pemfile::certs(&mut self.pem.as_bytes()).flatten() {
             roots.add(root)?;
         }
-        let not_this_ca = || Error::Pem {
+        Ok(Arc::new(roots))
+    }
+
+    fn not_this_ca(&self) -> Error {
+        Error::Pem {
             path: self.path.clone(),
             what: "CA certificate made by shoal (subject CN=shoal-ca) for this CA key",
-        };
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let verifier =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
-                .build()
-                .map_err(|_| not_this_ca())?;
-        verifier
-            .verify_client_cert(cert.der(), &[], rustls::pki_types::UnixTime::now())
-            .map_err(|_| not_this_ca())?;
-        Ok(cert.pem())
+        }
     }
 
     fn verify(
@@ -406,19 +443,11 @@ impl Ca {
         server_name: rustls::pki_types::ServerName<'static>,
     ) -> Result<()> {
         use rustls::client::danger::ServerCertVerifier;
-        let mut roots = rustls::RootCertStore::empty();
-        for root in rustls_pemfile::certs(&mut self.pem.as_bytes()).flatten() {
-            roots.add(root)?;
-        }
-        let not_this_ca = || Error::Pem {
-            path: self.path.clone(),
-            what: "CA certificate made by shoal (subject CN=shoal-ca) for this CA key",
-        };
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let verifier =
-            rustls::client::WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+            rustls::client::WebPkiServerVerifier::builder_with_provider(self.roots()?, provider)
                 .build()
-                .map_err(|_| not_this_ca())?;
+                .map_err(|_| self.not_this_ca())?;
         verifier
             .verify_server_cert(
                 der,
@@ -427,7 +456,7 @@ impl Ca {
                 &[],
                 rustls::pki_types::UnixTime::now(),
             )
-            .map_err(|_| not_this_ca())?;
+            .map_err(|_| self.not_this_ca())?;
         Ok(())
     }
 }

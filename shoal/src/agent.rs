@@ -17,12 +17,13 @@ pub struct AgentArgs {
     #[arg(long, env = "KUBECONFIG")]
     kubeconfig: PathBuf,
     /// A kubeconfig with a bootstrap token (the kubelet's
-    /// `--bootstrap-kubeconfig`): when --kubeconfig holds no valid
-    /// certificate of this node, the agent asks for one with it through
-    /// the CSR API (`CN=system:node:<node>`, `O=system:nodes`; approved
-    /// and signed by the controllers), keeps it in
-    /// <data-dir>/pki/client.{crt,key} and writes --kubeconfig to use it.
-    /// It renews the certificate 30 days before it expires, at a start.
+    /// `--bootstrap-kubeconfig`): without a valid certificate of this
+    /// node in <data-dir>/pki/client.{crt,key}, the agent asks for one
+    /// with it through the CSR API (`CN=system:node:<node>`,
+    /// `O=system:nodes`; approved and signed by the controllers), keeps it
+    /// there and writes --kubeconfig to use it (a --kubeconfig that is not
+    /// the agent's own is refused, not overwritten). It renews the
+    /// certificate with less than 30 days left, at a start.
     #[arg(long, env = "SHOAL_BOOTSTRAP_KUBECONFIG")]
     bootstrap_kubeconfig: Option<PathBuf>,
     /// The Node's name (default: this machine's hostname).

@@ -115,6 +115,80 @@ enum StoreCommand {
     /// snapshot save`; then start every member of the new cluster (each
     /// restored from the same file) with `--initial-cluster-state new`.
     Restore(RestoreArgs),
+    /// Make a store's TLS files in --dir, as `shoal up` does for its own:
+    /// a CA of the store's own (`ca.crt`, `ca.key`, kept if there), one
+    /// certificate every member serves and connects with (`member.crt`,
+    /// `member.key`, for the given names and addresses) and a client
+    /// certificate for apiservers and etcdctl (`client.crt`,
+    /// `client.key`). Then: `--cert-file member.crt --key-file member.key
+    /// --trusted-ca-file ca.crt --client-cert-auth` and the `--peer-*`
+    /// ones.
+    Certificates(CertificatesArgs),
+}
+
+#[derive(Args)]
+struct CertificatesArgs {
+    #[arg(long)]
+    dir: PathBuf,
+    /// DNS names of the members (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "localhost")]
+    dns: Vec<String>,
+    /// Addresses of the members (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "127.0.0.1")]
+    ip: Vec<std::net::IpAddr>,
+}
+
+/// A store's TLS files.
+pub struct StoreTls {
+    pub ca: PathBuf,
+    /// Certificate and key of every member, for both ports.
+    pub member: (PathBuf, PathBuf),
+    /// The apiservers' (and etcdctl's) client certificate and key.
+    pub client: (PathBuf, PathBuf),
+}
+
+impl StoreTls {
+    /// A member's files, for its client or its peer port.
+    pub fn member(&self) -> shoal_store::tls::TlsFiles {
+        shoal_store::tls::TlsFiles {
+            cert_file: Some(self.member.0.clone()),
+            key_file: Some(self.member.1.clone()),
+            trusted_ca_file: Some(self.ca.clone()),
+            client_cert_auth: true,
+        }
+    }
+}
+
+/// The store's own CA in `pki` (made unless there) and, from it, the
+/// members' certificate for `names` and `ips` (serving and connecting)
+/// and a client certificate.
+pub fn certificates(
+    pki: &std::path::Path,
+    names: &[String],
+    ips: &[std::net::IpAddr],
+) -> anyhow::Result<StoreTls> {
+    use shoal_core::tls;
+    let (ca_cert, ca_key) = (pki.join("ca.crt"), pki.join("ca.key"));
+    let ca = tls::ensure_ca(&ca_cert, &ca_key).context("the store's CA")?;
+    let member = (pki.join("member.crt"), pki.join("member.key"));
+    let client = (pki.join("client.crt"), pki.join("client.key"));
+    let (chain, key) = tls::issue_cert(&ca, "shoal-store", &[], names, ips, true, true)?;
+    tls::write_pair(&member.0, &chain, &member.1, &key)?;
+    let (chain, key) = tls::issue_cert(
+        &ca,
+        "kube-apiserver-etcd-client",
+        &[],
+        &[],
+        &[],
+        false,
+        true,
+    )?;
+    tls::write_pair(&client.0, &chain, &client.1, &key)?;
+    Ok(StoreTls {
+        ca: ca_cert,
+        member,
+        client,
+    })
 }
 
 #[derive(Args)]
@@ -154,6 +228,16 @@ fn parse_initial_cluster(s: &str) -> anyhow::Result<Vec<(String, String)>> {
 }
 
 pub async fn run(args: StoreArgs) -> anyhow::Result<()> {
+    if let Some(StoreCommand::Certificates(c)) = &args.command {
+        let made = certificates(&c.dir, &c.dns, &c.ip)?;
+        println!(
+            "made {}, {}, {}",
+            made.ca.display(),
+            made.member.0.display(),
+            made.client.0.display()
+        );
+        return Ok(());
+    }
     if let Some(StoreCommand::Restore(restore_args)) = &args.command {
         return restore(restore_args);
     }

@@ -71,16 +71,7 @@ pub async fn run(command: TokenCommand) -> anyhow::Result<()> {
 
 /// Writes `text` readable by its owner only.
 pub fn write_private(path: &std::path::Path, text: &str) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("writing {}", path.display()))?;
-    file.write_all(text.as_bytes())
+    shoal_core::tls::write_private(path, text)
         .with_context(|| format!("writing {}", path.display()))
 }
 
@@ -122,6 +113,7 @@ pub async fn create(
         "token-secret": secret,
         "usage-bootstrap-authentication": "true",
         "usage-bootstrap-signing": "true",
+        // Bound to ask for node certificates (shoal:node-bootstrapper).
         "auth-extra-groups": "system:bootstrappers:shoal:default-node-token",
     });
     if let Some(ttl) = ttl {

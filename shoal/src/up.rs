@@ -7,8 +7,9 @@
 //!   DIR/cluster.json    the ports chosen on the first run (member ids
 //!                       derive from peer URLs, so they must not change)
 //!   DIR/store/s{1,2,3}  the store members' data
-//!   DIR/store/pki/      the members' certificate (client and peer TLS)
-//!                       and the apiserver's client certificate
+//!   DIR/store/pki/      the store's own CA, the members' certificate
+//!                       (client and peer TLS) and the apiserver's client
+//!                       certificate
 //!   DIR/apiserver/      generated CA and serving certificate
 //!   DIR/tokens.csv      the admin's bearer token
 //!   DIR/kubeconfig      for kubectl (CA, server, token)
@@ -19,6 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use crate::store::StoreTls;
 use anyhow::{bail, Context};
 use base64::Engine;
 use clap::Args;
@@ -159,69 +161,16 @@ fn layout(dir: &Path) -> anyhow::Result<Layout> {
     Ok(layout)
 }
 
-/// The store's TLS material, from the cluster CA.
-struct StoreTls {
-    ca: PathBuf,
-    /// Certificate and key of every member, for both ports.
-    member: (PathBuf, PathBuf),
-    /// The apiserver's (and etcdctl's) client certificate and key.
-    client: (PathBuf, PathBuf),
-}
-
-impl StoreTls {
-    fn member(&self) -> shoal_store::tls::TlsFiles {
-        shoal_store::tls::TlsFiles {
-            cert_file: Some(self.member.0.clone()),
-            key_file: Some(self.member.1.clone()),
-            trusted_ca_file: Some(self.ca.clone()),
-            client_cert_auth: true,
-        }
-    }
-}
-
-/// Makes the cluster CA (as the apiserver would, with the names it would
-/// give its certificate) and, from it, the store members' certificate
-/// (serving and connecting, 127.0.0.1) and a client certificate for the
-/// apiserver, as kubeadm sets up etcd.
-fn store_certificates(
-    dir: &Path,
-    bind_address: &str,
-    tls_san: &[String],
-) -> anyhow::Result<StoreTls> {
-    use shoal_core::tls;
-    let files = tls::Files::in_dir(&dir.join("apiserver"));
-    let mut names = tls_san.to_vec();
-    names.push(bind_address.to_string());
-    tls::ensure_generated(&files, &tls::default_names(&names)).context("the cluster CA")?;
-    let ca = tls::Ca::load(&files.ca_cert, &files.ca_key)?;
-    let pki = dir.join("store").join("pki");
-    let member = (pki.join("member.crt"), pki.join("member.key"));
-    let client = (pki.join("client.crt"), pki.join("client.key"));
-    let (chain, key) = tls::issue_cert(
-        &ca,
-        "shoal-store",
-        &[],
+/// The store's own CA (`DIR/store/pki/ca.{crt,key}`, apart from the
+/// cluster CA that signs users and nodes, as kubeadm gives etcd its own)
+/// and, from it, the members' certificate (serving and connecting,
+/// 127.0.0.1) and the apiserver's client certificate.
+fn store_certificates(dir: &Path) -> anyhow::Result<StoreTls> {
+    crate::store::certificates(
+        &dir.join("store").join("pki"),
         &["localhost".to_string()],
         &["127.0.0.1".parse()?],
-        true,
-        true,
-    )?;
-    tls::write_pair(&member.0, &chain, &member.1, &key)?;
-    let (chain, key) = tls::issue_cert(
-        &ca,
-        "kube-apiserver-etcd-client",
-        &[],
-        &[],
-        &[],
-        false,
-        true,
-    )?;
-    tls::write_pair(&client.0, &chain, &client.1, &key)?;
-    Ok(StoreTls {
-        ca: files.ca_cert,
-        member,
-        client,
-    })
+    )
 }
 
 fn step(text: &str) {
@@ -293,7 +242,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
         .map(|gateway| vec![gateway.to_string()])
         .unwrap_or_default();
     let store_tls = if layout.store_tls {
-        Some(store_certificates(&dir, &args.bind_address, &tls_san)?)
+        Some(store_certificates(&dir)?)
     } else {
         None
     };
@@ -561,7 +510,7 @@ pub async fn run(args: UpArgs) -> anyhow::Result<()> {
             }
             None
         }
-        None => start_agent(&args, &dir, &apiserver, &agent_token_file).await?,
+        None => start_agent(&args, &dir, &server, &agent_token_file).await?,
     };
 
     let signal = crate::apiserver::wait_for_signal();
@@ -614,7 +563,7 @@ type AgentTask = (
 async fn start_agent(
     args: &UpArgs,
     dir: &Path,
-    apiserver: &shoal_apiserver::Running,
+    server: &str,
     token_file: &Path,
 ) -> anyhow::Result<Option<AgentTask>> {
     if !nix::unistd::geteuid().is_root() {
@@ -675,7 +624,7 @@ async fn start_agent(
         let (chain, key_pem) = shoal_core::tls::issue_node_client_cert(&ca_key, &node_name)
             .context("issuing the agent's client certificate")?;
         let cluster = shoal_core::client::Cluster {
-            server: format!("https://127.0.0.1:{}", apiserver.addr.port()),
+            server: server.to_string(),
             trust: format!("certificate-authority-data: {}", encode(ca_key.pem())),
         };
         let text = shoal_core::client::kubeconfig(

@@ -264,6 +264,11 @@ impl Hosts {
                     .replace("    server:", "    tls-server-name: localhost\n    server:"),
             )?;
             let kubeconfig = node.dir.join("kubeconfig");
+            // A data dir of an older shoal up held the admin's kubeconfig
+            // there; the agent writes its own instead.
+            if std::fs::read_to_string(&kubeconfig).is_ok_and(|k| k.contains("token:")) {
+                std::fs::remove_file(&kubeconfig)?;
+            }
             let mut argv: Vec<std::ffi::OsString> = vec![
                 format!("--net=/run/netns/{}", node.netns).into(),
                 "--".into(),

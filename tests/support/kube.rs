@@ -467,6 +467,7 @@ impl Apiserver {
                 "127.0.0.1",
             ])
             .args(["--secure-port", &port.to_string()])
+            .args(super::apiserver_store_tls())
             .arg("--token-auth-file")
             .arg(&tokens)
             .arg("--data-dir")

@@ -92,10 +92,10 @@ pub struct Member {
 
 impl Member {
     pub fn client_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.client_port)
+        format!("{}://127.0.0.1:{}", scheme(), self.client_port)
     }
     pub fn peer_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.peer_port)
+        format!("{}://127.0.0.1:{}", scheme(), self.peer_port)
     }
     pub fn is_running(&self) -> bool {
         self.child.is_some()
@@ -209,6 +209,7 @@ impl TestCluster {
             .args(["--initial-advertise-peer-urls", &m.peer_url()])
             .args(["--initial-cluster", &initial])
             .args(["--initial-cluster-state", state])
+            .args(tls_flags())
             .args(&self.extra)
             .stdout(Stdio::null())
             .stderr(log)
@@ -421,6 +422,7 @@ pub fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> Output {
     let mut cmd = Command::new("etcdctl");
     cmd.env("ETCDCTL_API", "3")
         .arg(format!("--endpoints={endpoints}"))
+        .args(etcdctl_tls())
         .args(["--command-timeout=10s"])
         .args(args)
         .stdout(Stdio::piped())
@@ -440,20 +442,162 @@ pub fn etcdctl(endpoints: &str, args: &[&str], stdin: Option<&str>) -> Output {
     child.wait_with_output().expect("etcdctl output")
 }
 
-pub async fn channel(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Endpoint::from_shared(url.to_string())?
-        .connect_timeout(Duration::from_millis(500))
-        .timeout(Duration::from_secs(3))
+/// A gRPC channel to a member (over TLS with the test client certificate
+/// for an `https://` URL; connected lazily then).
+pub async fn channel(url: &str) -> Result<Channel, String> {
+    let configure = |e: Endpoint| {
+        e.connect_timeout(Duration::from_millis(500))
+            .timeout(Duration::from_secs(3))
+    };
+    if url.starts_with("https://") {
+        return shoal_store::tls::channel(url, Some(tls_client()), configure);
+    }
+    configure(Endpoint::from_shared(url.to_string()).map_err(|e| e.to_string())?)
         .connect()
         .await
+        .map_err(|e| e.to_string())
 }
 
-pub async fn kv(url: &str) -> Result<KvClient<Channel>, tonic::transport::Error> {
+pub async fn kv(url: &str) -> Result<KvClient<Channel>, String> {
     Ok(KvClient::new(channel(url).await?))
 }
 
-pub async fn maintenance(url: &str) -> Result<MaintenanceClient<Channel>, tonic::transport::Error> {
+pub async fn maintenance(url: &str) -> Result<MaintenanceClient<Channel>, String> {
     Ok(MaintenanceClient::new(channel(url).await?))
+}
+
+/// With `SHOAL_TEST_STORE_TLS=1` every test cluster (shoal's members and
+/// the etcd reference alike) serves both ports over TLS and asks for
+/// client certificates, and etcdctl and the gRPC clients here connect
+/// with the test CA's client certificate: the store suites run unchanged
+/// over TLS (`.ci/run` runs them so once more).
+pub fn tls_on() -> bool {
+    std::env::var("SHOAL_TEST_STORE_TLS").is_ok_and(|v| !v.is_empty() && v != "0")
+}
+
+fn scheme() -> &'static str {
+    if tls_on() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// The test PKI: a CA, one certificate for every member (serving and
+/// connecting, 127.0.0.1) and a client certificate, made once and shared
+/// by every test process (kept under the target dir, renamed into place
+/// whole).
+fn pki_dir() -> &'static std::path::Path {
+    static DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    DIR.get_or_init(|| {
+        use shoal_core::tls;
+        let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"));
+        let dir = root.join("store-test-pki");
+        if dir.join("client.key").exists() {
+            return dir;
+        }
+        let staging = tempfile::tempdir_in(root).expect("staging dir");
+        let files = tls::Files::in_dir(staging.path());
+        tls::ensure_generated(&files, &tls::default_names(&[])).expect("test CA");
+        let ca = tls::Ca::load(&files.ca_cert, &files.ca_key).expect("test CA");
+        let (chain, key) = tls::issue_cert(
+            &ca,
+            "store-member",
+            &[],
+            &["localhost".to_string()],
+            &["127.0.0.1".parse().expect("address")],
+            true,
+            true,
+        )
+        .expect("member certificate");
+        tls::write_pair(
+            &staging.path().join("member.crt"),
+            &chain,
+            &staging.path().join("member.key"),
+            &key,
+        )
+        .expect("member certificate");
+        let (chain, key) = tls::issue_cert(&ca, "store-client", &[], &[], &[], false, true)
+            .expect("client certificate");
+        tls::write_pair(
+            &staging.path().join("client.crt"),
+            &chain,
+            &staging.path().join("client.key"),
+            &key,
+        )
+        .expect("client certificate");
+        // Another test process may have put its own there first: either
+        // is as good.
+        let staged = staging.keep();
+        if std::fs::rename(&staged, &dir).is_err() {
+            let _ = std::fs::remove_dir_all(&staged);
+        }
+        dir
+    })
+}
+
+/// A member's TLS flags (etcd's), when the suites run over TLS.
+fn tls_flags() -> Vec<String> {
+    if !tls_on() {
+        return Vec::new();
+    }
+    let dir = pki_dir();
+    let path = |name: &str| dir.join(name).display().to_string();
+    vec![
+        format!("--cert-file={}", path("member.crt")),
+        format!("--key-file={}", path("member.key")),
+        format!("--trusted-ca-file={}", path("ca.crt")),
+        "--client-cert-auth".into(),
+        format!("--peer-cert-file={}", path("member.crt")),
+        format!("--peer-key-file={}", path("member.key")),
+        format!("--peer-trusted-ca-file={}", path("ca.crt")),
+        "--peer-client-cert-auth".into(),
+    ]
+}
+
+/// etcdctl's TLS flags, when the suites run over TLS.
+pub fn etcdctl_tls() -> Vec<String> {
+    if !tls_on() {
+        return Vec::new();
+    }
+    let dir = pki_dir();
+    let path = |name: &str| dir.join(name).display().to_string();
+    vec![
+        format!("--cacert={}", path("ca.crt")),
+        format!("--cert={}", path("client.crt")),
+        format!("--key={}", path("client.key")),
+    ]
+}
+
+/// An apiserver's flags for the store's TLS, when the suites run over TLS.
+pub fn apiserver_store_tls() -> Vec<String> {
+    if !tls_on() {
+        return Vec::new();
+    }
+    let dir = pki_dir();
+    let path = |name: &str| dir.join(name).display().to_string();
+    vec![
+        format!("--etcd-cafile={}", path("ca.crt")),
+        format!("--etcd-certfile={}", path("client.crt")),
+        format!("--etcd-keyfile={}", path("client.key")),
+    ]
+}
+
+/// The gRPC clients' TLS configuration (the test client certificate).
+fn tls_client() -> &'static std::sync::Arc<rustls::ClientConfig> {
+    static CONFIG: std::sync::OnceLock<std::sync::Arc<rustls::ClientConfig>> =
+        std::sync::OnceLock::new();
+    CONFIG.get_or_init(|| {
+        let dir = pki_dir();
+        shoal_store::tls::TlsFiles {
+            cert_file: Some(dir.join("client.crt")),
+            key_file: Some(dir.join("client.key")),
+            trusted_ca_file: Some(dir.join("ca.crt")),
+            client_cert_auth: false,
+        }
+        .client_config()
+        .expect("test client TLS")
+    })
 }
 
 /// Polls `f` until it returns `Some`, or panics after `timeout`.

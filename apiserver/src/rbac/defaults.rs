@@ -539,18 +539,19 @@ pub fn cluster_role_bindings() -> Vec<Value> {
             "system:node-proxier",
             &[("User", "system:kube-proxy")],
         ),
-        // What kubeadm binds for joining nodes: a bootstrap token may ask
-        // for a node certificate, which is approved at once; a node may
-        // renew its own.
+        // What kubeadm binds for joining nodes: a bootstrap token of the
+        // nodes' group (`shoal token create` makes them) may ask for a node
+        // certificate, which is approved at once; a node may renew its
+        // own.
         binding(
             "shoal:node-bootstrapper",
             "system:node-bootstrapper",
-            &[("Group", "system:bootstrappers")],
+            &[("Group", crate::bootstrap::NODE_TOKEN_GROUP)],
         ),
         binding(
             "shoal:node-autoapprove-bootstrap",
             "system:certificates.k8s.io:certificatesigningrequests:nodeclient",
-            &[("Group", "system:bootstrappers")],
+            &[("Group", crate::bootstrap::NODE_TOKEN_GROUP)],
         ),
         binding(
             "shoal:node-autoapprove-certificate-rotation",

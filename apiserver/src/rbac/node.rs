@@ -9,7 +9,8 @@
 //!   node asks a ServiceAccount token ─► only an account of its pods, bound to one of them
 //!   node writes ─► only its own Node, Lease, node report and agent EndpointSlices;
 //!                  only status and deletion of pods bound to it; only mirror pods created
-//!   anything else ─► the rules of the system:node ClusterRole, then RBAC as for anyone
+//!   node reads a TLS Secret an Ingress names ─► allowed (every node serves Ingresses)
+//!   anything else ─► the system:node ClusterRole's rules (built in), then RBAC as for anyone
 //! ```
 
 use std::collections::HashMap;
@@ -379,8 +380,24 @@ fn node_rules() -> &'static [super::Rule] {
     })
 }
 
-/// Whether an Ingress of `namespace` names the Secret `name` in its `tls`.
+/// Whether an Ingress of `namespace` names the Secret `name` in its `tls`
+/// and that Secret is a TLS one (`kubernetes.io/tls`: a certificate and
+/// its key, what the node's Ingress controller serves).
 async fn ingress_names_secret(store: &Store, namespace: &str, name: &str) -> bool {
+    if namespace.is_empty() {
+        return false;
+    }
+    let secrets = crate::resources::served("", "v1", "secrets");
+    let is_tls = match store.get(&secrets.key(Some(namespace), name)).await {
+        Ok(Some(kv)) => serde_json::from_slice::<Value>(&kv.value)
+            .is_ok_and(|s| s.get("type").and_then(Value::as_str) == Some("kubernetes.io/tls")),
+        // Not there: a watch by name started now would stream whatever is
+        // made under that name later, of any type; the agent retries.
+        Ok(None) | Err(_) => false,
+    };
+    if !is_tls {
+        return false;
+    }
     let ingresses = crate::resources::served("networking.k8s.io", "v1", "ingresses");
     let prefix = ingresses.key(Some(namespace), "");
     let Ok(listed) = store.list(&prefix, None, 0, 0).await else {

@@ -129,47 +129,68 @@ pub struct ClientFiles<'a> {
     pub key: &'a Path,
 }
 
-/// The node's own identity, as the kubelet's TLS bootstrap makes it: when
-/// `files.kubeconfig` holds no certificate of `node` valid for 30 more
-/// days, a new key and a request for `CN=system:node:<node>`,
-/// `O=system:nodes` (signer `kubernetes.io/kube-apiserver-client-kubelet`)
-/// are sent with the current certificate while it is valid, else with
-/// the bootstrap kubeconfig; the issued certificate and a kubeconfig
-/// naming it (server and CA from the bootstrap kubeconfig) are written.
+/// The node's own identity, as the kubelet's TLS bootstrap makes it.
+///
+/// - `files.kubeconfig` is the agent's own: written by it, naming
+///   `files.cert`. Any other file there is refused, not overwritten.
+/// - Without a certificate of `node` (or with one that has expired, or a
+///   key that is not its own), a new key and a request for
+///   `CN=system:node:<node>`, `O=system:nodes` (signer
+///   `kubernetes.io/kube-apiserver-client-kubelet`) are sent with the
+///   bootstrap kubeconfig; the controllers approve and sign it. The
+///   certificate and key are written, then a kubeconfig naming them (server
+///   and CA from the bootstrap kubeconfig).
+/// - With less than 30 days left, the request is sent with the current
+///   certificate (a renewal); if it is not signed within a minute the
+///   agent goes on with the current one.
+///
 /// Returns a client of that kubeconfig.
 pub async fn node_client(files: &ClientFiles<'_>, node: &str) -> Result<kube::Client, String> {
-    let current = std::fs::read_to_string(files.cert).unwrap_or_default();
-    let usable = |at_least| {
-        files.kubeconfig.exists()
-            && files.key.exists()
-            && shoal_overlay::tunnel::identity::client_valid_for(&current, node, at_least)
+    let ours = std::fs::read_to_string(files.kubeconfig)
+        .map(|text| text.contains(&files.cert.display().to_string()))
+        .ok();
+    if ours == Some(false) {
+        return Err(format!(
+            "{} exists and is not this agent's own kubeconfig (it does not use {}): give --kubeconfig the path the agent writes its own at",
+            files.kubeconfig.display(),
+            files.cert.display()
+        ));
+    }
+    let chain = std::fs::read_to_string(files.cert).unwrap_or_default();
+    let key = std::fs::read_to_string(files.key).unwrap_or_default();
+    let valid = |at_least| {
+        ours == Some(true)
+            && shoal_overlay::tunnel::identity::client_valid_for(&chain, node, at_least)
+            && shoal_overlay::tunnel::identity::key_matches(&chain, &key)
     };
-    if !usable(RENEW_BEFORE) {
-        let (asker, with) = if usable(Duration::from_secs(60)) {
-            (files.kubeconfig, "its current certificate")
-        } else {
-            (files.bootstrap, "the bootstrap kubeconfig")
+    if valid(RENEW_BEFORE) {
+        // Kept.
+    } else if valid(Duration::from_secs(60)) {
+        tracing::info!(%node, "the node's client certificate expires within 30 days; asking for a new one");
+        let renewal = async {
+            let client = shoal_core::client::from_file(files.kubeconfig)
+                .await
+                .map_err(|e| format!("reading {}: {e}", files.kubeconfig.display()))?;
+            let (chain, key) = ask(&client, node).await?;
+            write(files, &chain, &key)
         };
-        tracing::info!(%node, kubeconfig = %asker.display(), "asking for the node's client certificate with {with}");
-        let client = shoal_core::client::from_file(asker)
-            .await
-            .map_err(|e| format!("reading {}: {e}", asker.display()))?;
-        let (csr_pem, key_pem) = shoal_core::tls::node_client_csr(node)
-            .map_err(|e| format!("making a certificate request: {e}"))?;
-        let chain = request(
-            &client,
-            &format!("node-client-{node}"),
-            shoal_core::tls::KUBELET_CLIENT_SIGNER,
-            csr_pem,
-            &["digital signature", "client auth"],
-        )
-        .await?;
-        if let Some(dir) = files.cert.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+        match tokio::time::timeout(Duration::from_secs(60), renewal).await {
+            Ok(Ok(())) => tracing::info!(%node, "the node's client certificate is renewed"),
+            Ok(Err(e)) => {
+                tracing::warn!(%node, error = %e, "renewing the node's client certificate failed; going on with the current one")
+            }
+            Err(_) => {
+                tracing::warn!(%node, "the renewal of the node's client certificate was not signed within a minute; going on with the current one")
+            }
         }
-        shoal_core::tls::write_pair(files.cert, &chain, files.key, &key_pem)
-            .map_err(|e| e.to_string())?;
+    } else {
+        tracing::info!(%node, kubeconfig = %files.bootstrap.display(), "asking for the node's client certificate with the bootstrap kubeconfig");
         let cluster = shoal_core::client::cluster_of(files.bootstrap)?;
+        let client = shoal_core::client::from_file(files.bootstrap)
+            .await
+            .map_err(|e| format!("reading {}: {e}", files.bootstrap.display()))?;
+        let (chain, key) = ask(&client, node).await?;
+        write(files, &chain, &key)?;
         let text = shoal_core::client::kubeconfig(
             &cluster,
             &[
@@ -177,11 +198,55 @@ pub async fn node_client(files: &ClientFiles<'_>, node: &str) -> Result<kube::Cl
                 ("client-key", &files.key.display().to_string()),
             ],
         );
-        std::fs::write(files.kubeconfig, text)
-            .map_err(|e| format!("writing {}: {e}", files.kubeconfig.display()))?;
+        replace(files.kubeconfig, &text)?;
         tracing::info!(%node, kubeconfig = %files.kubeconfig.display(), "the node's client certificate is issued");
     }
     shoal_core::client::from_file(files.kubeconfig)
         .await
         .map_err(|e| format!("reading {}: {e}", files.kubeconfig.display()))
+}
+
+/// A new key and a signed client certificate of `node`: (chain, key).
+async fn ask(client: &kube::Client, node: &str) -> Result<(String, String), String> {
+    let (csr_pem, key_pem) = shoal_core::tls::node_client_csr(node)
+        .map_err(|e| format!("making a certificate request: {e}"))?;
+    let chain = request(
+        client,
+        &format!("node-client-{node}"),
+        shoal_core::tls::KUBELET_CLIENT_SIGNER,
+        csr_pem,
+        &["digital signature", "client auth"],
+    )
+    .await?;
+    Ok((chain, key_pem))
+}
+
+/// Writes the key, then the certificate, each whole (written aside, then
+/// renamed): a crash leaves either pair or a key that does not match,
+/// which the next start notices.
+fn write(files: &ClientFiles<'_>, chain: &str, key: &str) -> Result<(), String> {
+    if let Some(dir) = files.cert.parent() {
+        std::fs::create_dir_all(dir).map_err(|e| format!("creating {}: {e}", dir.display()))?;
+    }
+    let (cert_new, key_new) = (aside(files.cert), aside(files.key));
+    shoal_core::tls::write_pair(&cert_new, chain, &key_new, key).map_err(|e| e.to_string())?;
+    std::fs::rename(&key_new, files.key)
+        .map_err(|e| format!("writing {}: {e}", files.key.display()))?;
+    std::fs::rename(&cert_new, files.cert)
+        .map_err(|e| format!("writing {}: {e}", files.cert.display()))
+}
+
+/// `path` with `.new` added to its name: where it is written before it
+/// is renamed into place.
+fn aside(path: &Path) -> std::path::PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".new");
+    name.into()
+}
+
+/// Writes `text` at `path` whole (aside, then renamed).
+fn replace(path: &Path, text: &str) -> Result<(), String> {
+    let aside = aside(path);
+    std::fs::write(&aside, text).map_err(|e| format!("writing {}: {e}", aside.display()))?;
+    std::fs::rename(&aside, path).map_err(|e| format!("writing {}: {e}", path.display()))
 }

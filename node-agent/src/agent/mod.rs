@@ -169,13 +169,17 @@ pub async fn run(
     };
     // As the kubelet, the agent keeps trying to register (an apiserver
     // not up yet, a node identity not yet authorized).
+    let mut shutdown = Box::pin(shutdown);
     let mut backoff = Duration::from_millis(200);
     let registered = loop {
         match node::register(&client, &config, &machine, host_ip).await {
             Ok(registered) => break registered,
             Err(e) => {
                 tracing::warn!(node = %config.node_name, error = %e, "registering the node; retrying");
-                tokio::time::sleep(backoff).await;
+                tokio::select! {
+                    () = tokio::time::sleep(backoff) => {}
+                    () = &mut shutdown => return Ok(()),
+                }
                 backoff = (backoff * 2).min(Duration::from_secs(7));
             }
         }

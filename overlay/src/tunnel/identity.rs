@@ -174,6 +174,23 @@ fn lasts(cert: &x509_parser::prelude::X509Certificate<'_>, at_least: std::time::
     cert.validity().not_after.timestamp() > now + at_least.as_secs() as i64
 }
 
+/// Whether `key_pem` is the private key of the first certificate of
+/// `chain_pem` (a pair not torn by a crash between two writes).
+pub fn key_matches(chain_pem: &str, key_pem: &str) -> bool {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let Some(first) = rustls_pemfile_certs(chain_pem).into_iter().next() else {
+        return false;
+    };
+    let Ok((_, cert)) = X509Certificate::from_der(first.as_ref()) else {
+        return false;
+    };
+    let Ok(key) = rcgen::KeyPair::from_pem(key_pem) else {
+        return false;
+    };
+    use rcgen::PublicKeyData;
+    key.subject_public_key_info() == cert.public_key().raw
+}
+
 /// Whether the first certificate of `chain_pem` is `node`'s client
 /// certificate (subject `CN=system:node:<node>`) and stays valid for at
 /// least `at_least` more.

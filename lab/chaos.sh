@@ -22,9 +22,6 @@ COMPOSE=${COMPOSE:-docker-compose}
 ETCDCTL=${ETCDCTL:-etcdctl}
 OUT=$ROOT/lab/out
 export KUBECONFIG=$OUT/kubeconfig
-# The store speaks TLS with client certificates (api1 copies the client's
-# files here).
-STORE_TLS=(--cacert="$OUT/store/ca.crt" --cert="$OUT/store/client.crt" --key="$OUT/store/client.key")
 RESULTS=$OUT/chaos.jsonl
 : >"$RESULTS"
 
@@ -156,7 +153,7 @@ scenario_node_partitioned() { node_lost node-partitioned partition; }
 store_leader() { # the service name of the member that leads
     local i
     for i in 1 2 3; do
-        if ETCDCTL_API=3 "$ETCDCTL" --endpoints="https://172.30.0.1$i:2379" "${STORE_TLS[@]}" --command-timeout=2s \
+        if ETCDCTL_API=3 "$ETCDCTL" --endpoints="http://172.30.0.1$i:2379" --command-timeout=2s \
             endpoint status -w json 2>/dev/null | python3 -c '
 import json, sys
 s = json.load(sys.stdin)[0]["Status"]
@@ -247,7 +244,7 @@ scenario_store_leader_killed() {
 member_ctl() {
     local m=$1
     shift
-    ETCDCTL_API=3 "$ETCDCTL" --endpoints="https://172.30.0.1${m#s}:2379" "${STORE_TLS[@]}" --command-timeout=10s "$@"
+    ETCDCTL_API=3 "$ETCDCTL" --endpoints="http://172.30.0.1${m#s}:2379" --command-timeout=10s "$@"
 }
 
 # Member $2's ID in hex, as `etcdctl member remove` takes it, asking $1.
@@ -263,7 +260,7 @@ for m in json.load(sys.stdin)["members"]:
 # read of its own copy).
 missing_on_member() {
     local have
-    have=$(ETCDCTL_API=3 "$ETCDCTL" --endpoints="https://$1:2379" "${STORE_TLS[@]}" --command-timeout=5s \
+    have=$(ETCDCTL_API=3 "$ETCDCTL" --endpoints="http://$1:2379" --command-timeout=5s \
         get /registry/configmaps/default/ --prefix --keys-only --consistency=s 2>/dev/null)
     local missing=0 name
     while read -r name _; do
@@ -299,7 +296,7 @@ scenario_store_member_wiped() {
     member_ctl "$leader" member remove "$mid" >/dev/null
     $COMPOSE rm -f -s "$victim" >/dev/null 2>&1
     docker volume rm "$volume" >/dev/null
-    member_ctl "$leader" member add "$victim" --peer-urls="https://$address:2380" >/dev/null
+    member_ctl "$leader" member add "$victim" --peer-urls="http://$address:2380" >/dev/null
     env "LAB_${victim^^}_STATE=existing" $COMPOSE up -d --no-deps "$victim" >/dev/null 2>&1
     local t1
     t1=$(now)

@@ -13,7 +13,8 @@
 # (docker-compose up -d) with three Ready nodes; the scenarios leave it so.
 #
 # Environment: KUBECTL (default: kubectl), COMPOSE (default:
-# docker-compose), ETCDCTL (default: etcdctl).
+# docker-compose), ETCDCTL (default: etcdctl), STORE_SCHEME (default:
+# https; http for a lab whose store speaks plain HTTP).
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -22,6 +23,15 @@ COMPOSE=${COMPOSE:-docker-compose}
 ETCDCTL=${ETCDCTL:-etcdctl}
 OUT=$ROOT/lab/out
 export KUBECONFIG=$OUT/kubeconfig
+# The store speaks TLS with client certificates (api1 copies the client's
+# files here); STORE_SCHEME=http for a lab whose store speaks plain HTTP
+# (bench/lab.sh compares the two).
+STORE_SCHEME=${STORE_SCHEME:-https}
+[[ $STORE_SCHEME == http || $STORE_SCHEME == https ]] || { echo "STORE_SCHEME: http or https, not $STORE_SCHEME" >&2; exit 2; }
+STORE_TLS=()
+if [[ $STORE_SCHEME == https ]]; then
+    STORE_TLS=(--cacert="$OUT/store/ca.crt" --cert="$OUT/store/client.crt" --key="$OUT/store/client.key")
+fi
 RESULTS=$OUT/chaos.jsonl
 : >"$RESULTS"
 
@@ -153,7 +163,7 @@ scenario_node_partitioned() { node_lost node-partitioned partition; }
 store_leader() { # the service name of the member that leads
     local i
     for i in 1 2 3; do
-        if ETCDCTL_API=3 "$ETCDCTL" --endpoints="http://172.30.0.1$i:2379" --command-timeout=2s \
+        if ETCDCTL_API=3 "$ETCDCTL" --endpoints="$STORE_SCHEME://172.30.0.1$i:2379" "${STORE_TLS[@]}" --command-timeout=2s \
             endpoint status -w json 2>/dev/null | python3 -c '
 import json, sys
 s = json.load(sys.stdin)[0]["Status"]
@@ -244,7 +254,7 @@ scenario_store_leader_killed() {
 member_ctl() {
     local m=$1
     shift
-    ETCDCTL_API=3 "$ETCDCTL" --endpoints="http://172.30.0.1${m#s}:2379" --command-timeout=10s "$@"
+    ETCDCTL_API=3 "$ETCDCTL" --endpoints="$STORE_SCHEME://172.30.0.1${m#s}:2379" "${STORE_TLS[@]}" --command-timeout=10s "$@"
 }
 
 # Member $2's ID in hex, as `etcdctl member remove` takes it, asking $1.
@@ -260,7 +270,7 @@ for m in json.load(sys.stdin)["members"]:
 # read of its own copy).
 missing_on_member() {
     local have
-    have=$(ETCDCTL_API=3 "$ETCDCTL" --endpoints="http://$1:2379" --command-timeout=5s \
+    have=$(ETCDCTL_API=3 "$ETCDCTL" --endpoints="$STORE_SCHEME://$1:2379" "${STORE_TLS[@]}" --command-timeout=5s \
         get /registry/configmaps/default/ --prefix --keys-only --consistency=s 2>/dev/null)
     local missing=0 name
     while read -r name _; do
@@ -296,7 +306,7 @@ scenario_store_member_wiped() {
     member_ctl "$leader" member remove "$mid" >/dev/null
     $COMPOSE rm -f -s "$victim" >/dev/null 2>&1
     docker volume rm "$volume" >/dev/null
-    member_ctl "$leader" member add "$victim" --peer-urls="http://$address:2380" >/dev/null
+    member_ctl "$leader" member add "$victim" --peer-urls="$STORE_SCHEME://$address:2380" >/dev/null
     env "LAB_${victim^^}_STATE=existing" $COMPOSE up -d --no-deps "$victim" >/dev/null 2>&1
     local t1
     t1=$(now)

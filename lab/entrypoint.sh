@@ -2,6 +2,8 @@
 # The lab's containers start here (docker-compose.yml): what a role needs
 # before shoal runs, then `exec shoal ARGS...`.
 #
+#   store       s1 makes the store's TLS files (volume storepki) once;
+#               every member waits for them
 #   agent       shared mount propagation for pods' mounts (the cgroup
 #               hierarchy is the machine's, bound read-write by compose)
 #   apiserver   the first one makes the tokens and, once its CA exists,
@@ -35,12 +37,34 @@ KUBECONFIG
 }
 
 case "$1" in
+store)
+    # s1 makes the store's TLS files once (its own CA, one member
+    # certificate for the three addresses, a client certificate); the
+    # others wait for them.
+    if [ "${LAB_STORE_PKI:-}" = 1 ] && [ ! -e /storepki/ready ]; then
+        rm -rf /storepki/new
+        shoal store certificates --dir /storepki/new \
+            --dns s1,s2,s3,localhost --ip 172.30.0.11,172.30.0.12,172.30.0.13,127.0.0.1 >/dev/null
+        mv /storepki/new/* /storepki/
+        rmdir /storepki/new
+        touch /storepki/ready
+    fi
+    until [ -e /storepki/ready ]; do sleep 0.2; done
+    ;;
 agent)
     mount --make-rshared / 2>/dev/null || true
     until [ -s /join/bootstrap-kubeconfig ]; do sleep 0.2; done
     ;;
 apiserver)
+    until [ -e /storepki/ready ]; do sleep 0.2; done
     if [ "${LAB_FIRST_APISERVER:-}" = 1 ]; then
+        # etcdctl on the host (lab/chaos.sh) connects with these.
+        if [ -d /out ]; then
+            mkdir -p /out/store
+            cp /storepki/ca.crt /storepki/client.crt /storepki/client.key /out/store/
+            # Theirs who own lab/out (the key is the store's 0600).
+            chown "$(stat -c %u:%g /out)" /out/store/*
+        fi
         if [ ! -s /pki/tokens.csv ]; then
             token=$(head -c 24 /dev/urandom | base64 | tr -d '+/=')
             echo "$token,admin,admin,\"system:masters\"" >/pki/tokens.csv

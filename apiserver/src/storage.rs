@@ -243,27 +243,37 @@ impl Store {
                 Ok(Err(status)) if !retryable(&status) => {
                     return Err(classify(status));
                 }
+                // The next request (reading this write's outcome back
+                // first) goes to another member: this one failed.
                 Ok(Err(status)) if !idempotent && !unsent(&status) => {
+                    self.move_on(index);
                     return Err(Error::OutcomeUnknown(status.message().to_string()));
                 }
                 Ok(Err(status)) => status.message().to_string(),
                 Err(_) if !idempotent => {
-                    return Err(Error::OutcomeUnknown("the write timed out".into()))
+                    self.move_on(index);
+                    return Err(Error::OutcomeUnknown("the write timed out".into()));
                 }
                 Err(_) => "timed out".to_string(),
             };
             tracing::debug!(endpoint = %self.endpoints[index % self.endpoints.len()], error = %last, "store endpoint failed; trying the next");
-            let _ = self.current.compare_exchange(
-                index,
-                (index + 1) % self.channels.len(),
-                Ordering::Relaxed,
-                Ordering::Relaxed,
-            );
+            self.move_on(index);
             if tokio::time::Instant::now() >= deadline {
                 return Err(Error::Unavailable(last));
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The endpoint after `index` becomes the current one (unless another
+    /// request moved on from `index` already).
+    fn move_on(&self, index: usize) {
+        let _ = self.current.compare_exchange(
+            index,
+            (index + 1) % self.channels.len(),
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        );
     }
 
     pub async fn get(&self, key: &str) -> Result<Option<KeyValue>> {
@@ -505,12 +515,7 @@ impl Store {
                 Ok(Ok(stream)) => break (stream.into_inner(), tx),
                 Ok(Err(status)) if !retryable(&status) => return Err(classify(status)),
                 Ok(Err(_)) | Err(_) => {
-                    let _ = self.current.compare_exchange(
-                        index,
-                        (index + 1) % self.channels.len(),
-                        Ordering::Relaxed,
-                        Ordering::Relaxed,
-                    );
+                    self.move_on(index);
                     if tokio::time::Instant::now() >= deadline {
                         return Err(Error::Unavailable("no store endpoint answers".into()));
                     }

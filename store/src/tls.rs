@@ -256,3 +256,59 @@ pub fn channel(
     });
     Ok(configure(endpoint).connect_with_connector_lazy(connect))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::never_connected;
+    use crate::proto::etcdserverpb::{kv_client::KvClient, RangeRequest};
+
+    async fn range(channel: Channel) -> tonic::Status {
+        match KvClient::new(channel).range(RangeRequest::default()).await {
+            Ok(_) => panic!("nothing serves this address"),
+            Err(status) => status,
+        }
+    }
+
+    fn client_config() -> Arc<rustls::ClientConfig> {
+        let config = rustls::ClientConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth();
+        Arc::new(config)
+    }
+
+    // A member that takes the connection and never answers the handshake
+    // (as one whose machine stopped mid-way) times out connecting: that is
+    // "never sent" over TLS as it is over plain HTTP, so a write may go to
+    // another member.
+    #[tokio::test]
+    async fn a_connect_timeout_over_tls_counts_as_never_connected() {
+        let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("https://{}", silent.local_addr().unwrap());
+        let tls = client_config();
+        let channel = channel(&url, Some(&tls), |e| {
+            e.connect_timeout(Duration::from_millis(200))
+        })
+        .unwrap();
+        let status = range(channel).await;
+        assert!(never_connected(&status), "{status:?}");
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_counts_as_never_connected() {
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = closed.local_addr().unwrap();
+        drop(closed);
+        let tls = client_config();
+        for url in [format!("http://{address}"), format!("https://{address}")] {
+            let channel = channel(&url, Some(&tls), |e| {
+                e.connect_timeout(Duration::from_millis(200))
+            })
+            .unwrap();
+            let status = range(channel).await;
+            assert!(never_connected(&status), "{url}: {status:?}");
+        }
+    }
+}

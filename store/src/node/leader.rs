@@ -93,15 +93,31 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(50);
 /// Whether a gRPC call failed before a connection existed (refused, timed
 /// out connecting): then the request was never sent, and sending it again
 /// cannot apply it twice. (The apiserver's store client asks this too.)
+///
+/// tonic wraps what its connector fails with in `ConnectError`, but an
+/// `https://` member is reached through our own connector (`tls::channel`)
+/// and tonic puts its connect timeout around that one, outside the
+/// wrapper: the timeout is an `io::Error` of kind `TimedOut` holding
+/// tokio's `Elapsed` (no read or write timeout is set, so nothing else
+/// fails so).
 pub fn never_connected(status: &Status) -> bool {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
     while let Some(e) = source {
-        if e.is::<tonic::ConnectError>() {
+        if e.is::<tonic::ConnectError>() || connect_timed_out(e) {
             return true;
         }
         source = e.source();
     }
     false
+}
+
+fn connect_timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    e.downcast_ref::<std::io::Error>().is_some_and(|io| {
+        io.kind() == std::io::ErrorKind::TimedOut
+            && io
+                .get_ref()
+                .is_some_and(|inner| inner.is::<tokio::time::error::Elapsed>())
+    })
 }
 
 impl Node {

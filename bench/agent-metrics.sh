@@ -110,14 +110,17 @@ for run in $(seq 1 "$REPEAT"); do
     perf record -g -o "$DIR/perf.data" -p "$AGENT_PID" -- sleep "$WINDOW" >/dev/null 2>&1 &
     PERF_PID=$!
   fi
+  # Scraped as Prometheus would be: with a token the agent has the
+  # apiserver review and authorize (nodes/metrics), here the admin's.
+  TOKEN=$(awk '$1 == "token:" { print $2; exit }' "$KUBECONFIG")
   before=$(cpu_seconds "$AGENT_PID")
   start=$(date +%s.%N)
   scrapes=0
   while :; do
     now=$(date +%s.%N)
     awk -v a="$start" -v b="$now" -v w="$WINDOW" 'BEGIN { exit !(b - a >= w) }' && break
-    curl -sk "https://127.0.0.1:$PORT/metrics/resource" -o "$DIR/resource.txt"
-    curl -sk "https://127.0.0.1:$PORT/metrics" -o /dev/null
+    curl -sk -H "Authorization: Bearer $TOKEN" "https://127.0.0.1:$PORT/metrics/resource" -o "$DIR/resource.txt"
+    curl -sk -H "Authorization: Bearer $TOKEN" "https://127.0.0.1:$PORT/metrics" -o /dev/null
     scrapes=$((scrapes + 1))
     sleep "$INTERVAL"
   done

@@ -196,8 +196,9 @@ fn pods_on_different_nodes_reach_each_other_by_ip_without_nat() {
     assert!(b["txPackets"].as_u64().unwrap_or(0) > 0, "{status}");
 
     // The same counters for Prometheus on the agent's endpoint (with the
-    // token the apiserver uses), and in `shoal overlay status`.
-    let token = std::fs::read_to_string(up.data_dir().join("agent-token")).unwrap();
+    // admin's token, which the agent has the apiserver review and
+    // authorize), and in `shoal overlay status`.
+    let token = up.token();
     let metrics = Command::new("curl")
         .args([
             "-sk",

@@ -1723,6 +1723,98 @@ spec:
     assert!(!node2.contains("shoal.dev/taken"), "{node2}");
     up.ok(&["get", "pod", "there", "-n", "shop"]);
 
+    // Nor does node-1's certificate open node-2's agent: there is no
+    // shared token, and the agent has the apiserver authorize every caller
+    // (nodes/proxy of node-2). The apiserver's own client certificate gets
+    // in (kubectl logs and exec), and so does the admin's token (reviewed).
+    let field = |key: &str| -> String {
+        text.lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{key}: ")))
+            .map(|v| v.trim_matches('"').to_string())
+            .unwrap_or_else(|| panic!("no {key} in {text}"))
+    };
+    let (cert, key) = (field("client-certificate"), field("client-key"));
+    let address = up.ok(&[
+        "get",
+        "node",
+        "node-2",
+        "-o",
+        r#"jsonpath={.status.addresses[?(@.type=="InternalIP")].address}:{.status.daemonEndpoints.kubeletEndpoint.Port}"#,
+    ]);
+    let agent = |extra: &[&str], path: &str| -> (String, String) {
+        let out = std::process::Command::new("curl")
+            .args(["-sk", "-w", "\n%{http_code}"])
+            .args(extra)
+            .arg(format!("https://{}{path}", address.trim()))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let (body, code) = text.rsplit_once('\n').unwrap_or(("", &text));
+        (body.to_string(), code.to_string())
+    };
+    let logs = "/containerLogs/shop/there/c";
+    let (body, code) = agent(&["--cert", &cert, "--key", &key], logs);
+    assert_eq!(code, "403", "{body}");
+    assert_eq!(
+        body.trim(),
+        "Forbidden (user=system:node:node-1, verb=get, resource=nodes, subresource=proxy)"
+    );
+    let (body, code) = agent(&[], logs);
+    assert_eq!((code.as_str(), body.trim()), ("401", "Unauthorized"));
+    let (body, code) = agent(&["-H", "Authorization: Bearer not-a-token"], "/metrics");
+    assert_eq!((code.as_str(), body.trim()), ("401", "Unauthorized"));
+    let huge = format!("Authorization: Bearer {}", "x".repeat(16 * 1024));
+    let (body, code) = agent(&["-H", &huge], "/metrics");
+    assert_eq!((code.as_str(), body.trim()), ("401", "Unauthorized"));
+    // A certificate of another CA, whatever it claims, ends the handshake.
+    let forged = tempfile::tempdir().unwrap();
+    openssl(
+        forged.path(),
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "forged.key",
+            "-out",
+            "forged.crt",
+            "-days",
+            "1",
+            "-subj",
+            "/O=system:masters/CN=kube-apiserver-kubelet-client",
+        ],
+    );
+    let (body, code) = agent(
+        &[
+            "--cert",
+            forged.path().join("forged.crt").to_str().unwrap(),
+            "--key",
+            forged.path().join("forged.key").to_str().unwrap(),
+        ],
+        logs,
+    );
+    assert_eq!(code, "000", "{body}");
+    let admin = format!("Authorization: Bearer {}", up.token());
+    let (body, code) = agent(&["-H", &admin], "/metrics");
+    assert_eq!(code, "200", "{body}");
+    assert!(body.contains("kubelet_running_pods"), "{body}");
+    assert_eq!(
+        up.ok(&[
+            "exec",
+            "there",
+            "-n",
+            "shop",
+            "--",
+            "echo",
+            "through the apiserver"
+        ])
+        .trim(),
+        "through the apiserver"
+    );
+    up.ok(&["logs", "there", "-n", "shop"]);
+
     // node-1 may renew its own certificate (approved after the review for
     // selfnodeclient), not ask for node-2's: that one waits for a person.
     let pki = tempfile::tempdir().unwrap();

@@ -98,6 +98,30 @@ pub struct Config {
     /// File holding the bearer token the apiserver presents to node agents.
     #[arg(long, env = "SHOAL_KUBELET_TOKEN_FILE")]
     pub kubelet_token_file: Option<PathBuf>,
+    /// Client certificate (and its key) the apiserver presents to node
+    /// agents, which authorize it with a SubjectAccessReview. Default: one
+    /// the cluster CA in the data dir signs at start, for
+    /// `kube-apiserver-kubelet-client` in `system:masters` (as kubeadm's
+    /// apiserver-kubelet-client.crt), kept in memory (or, without that
+    /// CA's key, the controllers' --cluster-signing-*-file); none without
+    /// either.
+    #[arg(
+        long,
+        env = "SHOAL_KUBELET_CLIENT_CERTIFICATE",
+        requires = "kubelet_client_key"
+    )]
+    pub kubelet_client_certificate: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "SHOAL_KUBELET_CLIENT_KEY",
+        requires = "kubelet_client_certificate"
+    )]
+    pub kubelet_client_key: Option<PathBuf>,
+    /// The CA (certificate and key files) that signs the default client
+    /// certificate for agents when the data dir holds none: `shoal
+    /// apiserver` gives its controllers' `--cluster-signing-*-file`.
+    #[arg(skip)]
+    pub kubelet_client_signer: Option<(PathBuf, PathBuf)>,
     /// Where the audit log is appended, one `audit.k8s.io/v1` Event per
     /// request at level Metadata as a JSON line (`-`: standard output).
     #[arg(long, env = "SHOAL_AUDIT_LOG_PATH")]
@@ -335,22 +359,7 @@ pub struct Certified(pub User);
 /// The user of a client certificate: its subject's CN, in the groups its
 /// O values name (and `system:authenticated`), as Kubernetes reads them.
 pub fn certificate_user(der: &[u8]) -> Option<User> {
-    use x509_parser::prelude::{FromDer, X509Certificate};
-    let (_, cert) = X509Certificate::from_der(der).ok()?;
-    let subject = cert.subject();
-    let name = subject
-        .iter_common_name()
-        .next()?
-        .as_str()
-        .ok()?
-        .to_string();
-    if name.is_empty() {
-        return None;
-    }
-    let mut groups: Vec<String> = subject
-        .iter_organization()
-        .filter_map(|o| o.as_str().ok().map(String::from))
-        .collect();
+    let (name, mut groups) = tls::certificate_subject(der)?;
     groups.push("system:authenticated".into());
     Some(User {
         name,
@@ -400,16 +409,7 @@ async fn authenticate(State(api): State<Arc<Api>>, mut request: Request, next: N
             // A client certificate is looked at first, as kube-apiserver's
             // x509 authenticator comes before its token ones.
             _ if certified.is_some() => certified,
-            Some(token) => match tokens.get(token) {
-                Some(user) => Some(user.clone()),
-                None if api.bootstrap_tokens => {
-                    match crate::bootstrap::authenticate(&api, token).await {
-                        Some(user) => Some(user),
-                        None => crate::serviceaccount::authenticate(&api, token).await,
-                    }
-                }
-                None => crate::serviceaccount::authenticate(&api, token).await,
-            },
+            Some(token) => token_user(&api, tokens, token).await,
             None if api.anonymous => Some(anonymous()),
             None => None,
         };
@@ -425,6 +425,65 @@ async fn authenticate(State(api): State<Arc<Api>>, mut request: Request, next: N
         }
     }
     next.run(request).await
+}
+
+/// Who the apiserver is to node agents (`--kubelet-client-certificate`):
+/// the given files, or a certificate the data dir's CA signs now.
+/// The data dir's CA is used only when it made the serving certificate
+/// (`generated`): agents trust the CA their kubeconfig trusts.
+fn kubelet_client_identity(
+    config: &Config,
+    generated: bool,
+) -> Result<Option<(String, String, PathBuf)>, StartError> {
+    let read = |path: &PathBuf| {
+        std::fs::read_to_string(path).map_err(|source| {
+            StartError::Tls(tls::Error::Io {
+                path: path.clone(),
+                source,
+            })
+        })
+    };
+    if let (Some(cert), Some(key)) = (
+        &config.kubelet_client_certificate,
+        &config.kubelet_client_key,
+    ) {
+        return Ok(Some((read(cert)?, read(key)?, cert.clone())));
+    }
+    let files = tls::Files::in_dir(&config.data_dir);
+    let (ca_cert, ca_key) = match &config.kubelet_client_signer {
+        _ if generated && files.ca_key.exists() => (files.ca_cert, files.ca_key),
+        Some((cert, key)) => (cert.clone(), key.clone()),
+        None => return Ok(None),
+    };
+    let ca = tls::Ca::load(&ca_cert, &ca_key)?;
+    let (cert, key) = tls::issue_cert(
+        &ca,
+        KUBELET_CLIENT_USER,
+        &[crate::rbac::MASTERS],
+        &[],
+        &[],
+        false,
+        true,
+    )?;
+    Ok(Some((cert, key, ca_key)))
+}
+
+/// The user the apiserver's default client certificate names to agents.
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
+
+/// The user a bearer token names: a static one (`--token-auth-file`), a
+/// bootstrap token (when on), or a ServiceAccount token. Requests and
+/// TokenReviews (agents checking their callers) ask the same.
+pub async fn token_user(api: &Api, tokens: &HashMap<String, User>, token: &str) -> Option<User> {
+    if let Some(user) = tokens.get(token) {
+        return Some(user.clone());
+    }
+    if api.bootstrap_tokens {
+        if let Some(user) = crate::bootstrap::authenticate(api, token).await {
+            return Some(user);
+        }
+    }
+    crate::serviceaccount::authenticate(api, token).await
 }
 
 /// Serves the request as the user named in `Impersonate-User` (and
@@ -740,7 +799,15 @@ pub async fn start_advertising(
         .clone()
         .unwrap_or_else(|| tls::Files::in_dir(&config.data_dir).ca_cert);
     let agents = crate::rest::AgentClient {
-        tls: tls::client_config(&agent_ca)?,
+        tls: match kubelet_client_identity(&config, ca_pem.is_some())? {
+            Some((cert, key, origin)) => {
+                tls::client_config_with_identity(&agent_ca, &cert, &key, &origin)?
+            }
+            None => {
+                tracing::warn!("no client certificate for node agents (no --kubelet-client-certificate and no CA key in the data dir): agents that authenticate their callers refuse logs and exec");
+                tls::client_config(&agent_ca)?
+            }
+        },
         token: match &config.kubelet_token_file {
             Some(path) => Some(
                 std::fs::read_to_string(path)

@@ -81,6 +81,21 @@ pub fn cluster_of(path: &std::path::Path) -> Result<Cluster, String> {
     Ok(Cluster { server, trust })
 }
 
+/// The CA (PEM) that `path`'s current cluster is trusted by, if it names
+/// one: what agents check the apiserver's client certificate against.
+pub fn cluster_ca(path: &std::path::Path) -> Result<Option<Vec<u8>>, String> {
+    use base64::Engine;
+    let cluster = cluster_of(path)?;
+    let Some(data) = cluster.trust.strip_prefix("certificate-authority-data: ") else {
+        return Ok(None);
+    };
+    let data = data.lines().next().unwrap_or_default().trim();
+    base64::engine::general_purpose::STANDARD
+        .decode(data)
+        .map(Some)
+        .map_err(|e| format!("{}: certificate-authority-data: {e}", path.display()))
+}
+
 /// A kubeconfig for `cluster` whose user is given by `user` (keys and
 /// values of its `user:` map, e.g. `("token", "...")`; values are quoted,
 /// so paths may hold any character).

@@ -313,12 +313,7 @@ pub fn server_config_with_client_ca(
 /// file, one that trusts nothing (every agent connection then fails with
 /// a clear error rather than the server refusing to start).
 pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>> {
-    let mut roots = rustls::RootCertStore::empty();
-    if let Ok(pem) = std::fs::read(ca) {
-        for cert in rustls_pemfile::certs(&mut pem.as_slice()).flatten() {
-            roots.add(cert)?;
-        }
-    }
+    let roots = roots(ca)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -326,6 +321,74 @@ pub fn client_config(ca: &Path) -> Result<Arc<rustls::ClientConfig>> {
         .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// [`client_config`] that presents a client certificate: `cert_pem` (the
+/// certificate, then its chain) and `key_pem`, e.g. the apiserver's to
+/// agents (`--kubelet-client-certificate`). `origin` names where they
+/// came from in errors.
+pub fn client_config_with_identity(
+    ca: &Path,
+    cert_pem: &str,
+    key_pem: &str,
+    origin: &Path,
+) -> Result<Arc<rustls::ClientConfig>> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .filter_map(|c| c.ok())
+        .collect();
+    if certs.is_empty() {
+        return Err(Error::Pem {
+            path: origin.to_path_buf(),
+            what: "certificate",
+        });
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .ok()
+        .flatten()
+        .ok_or_else(|| Error::Pem {
+            path: origin.to_path_buf(),
+            what: "private key",
+        })?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots(ca)?)
+        .with_client_auth_cert(certs, key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// The CAs in `ca` (PEM); none when it cannot be read.
+fn roots(ca: &Path) -> Result<rustls::RootCertStore> {
+    let mut roots = rustls::RootCertStore::empty();
+    if let Ok(pem) = std::fs::read(ca) {
+        for cert in rustls_pemfile::certs(&mut pem.as_slice()).flatten() {
+            roots.add(cert)?;
+        }
+    }
+    Ok(roots)
+}
+
+/// The user a client certificate (DER) names, as Kubernetes reads it: the
+/// subject's common name, and its organizations as groups.
+pub fn certificate_subject(der: &[u8]) -> Option<(String, Vec<String>)> {
+    use x509_parser::prelude::{FromDer, X509Certificate};
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let subject = cert.subject();
+    let name = subject
+        .iter_common_name()
+        .next()?
+        .as_str()
+        .ok()?
+        .to_string();
+    if name.is_empty() {
+        return None;
+    }
+    let groups = subject
+        .iter_organization()
+        .filter_map(|o| o.as_str().ok().map(String::from))
+        .collect();
+    Some((name, groups))
 }
 
 /// The cluster CA, loaded to sign with: the files [`ensure_generated`]

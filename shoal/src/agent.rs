@@ -67,11 +67,26 @@ pub struct AgentArgs {
     tls_cert_file: Option<PathBuf>,
     #[arg(long, env = "SHOAL_AGENT_TLS_KEY_FILE")]
     tls_private_key_file: Option<PathBuf>,
-    /// A file holding the bearer token callers must present (the
-    /// apiserver's --kubelet-token-file). Without it anyone who reaches
-    /// the port may read logs and exec.
+    /// A file holding a bearer token let in without a review (the
+    /// apiserver's --kubelet-token-file). Every agent given it lets its
+    /// holder in, so it is for one agent (shoal up's own); others let the
+    /// apiserver in by its client certificate (--authorization-mode).
     #[arg(long, env = "SHOAL_AGENT_TOKEN_FILE")]
     token_file: Option<PathBuf>,
+    /// Callers with a certificate this CA signed are authenticated as its
+    /// subject (kubelet's --client-ca-file). Default: the CA --kubeconfig
+    /// trusts (the cluster CA, which signs the apiserver's client
+    /// certificate), copied to <data-dir>/pki/client-ca.crt.
+    #[arg(long, env = "SHOAL_AGENT_CLIENT_CA_FILE")]
+    client_ca_file: Option<PathBuf>,
+    /// Webhook: callers other than --token-file's are named by their
+    /// certificate or a TokenReview, and each request is authorized by a
+    /// SubjectAccessReview for this node's nodes/proxy, nodes/metrics,
+    /// ... (kubelet's --authorization-mode=Webhook with
+    /// --authentication-token-webhook). AlwaysAllow: --token-file's
+    /// token only, or anyone without one.
+    #[arg(long, env = "SHOAL_AGENT_AUTHORIZATION_MODE", default_value = "Webhook", value_parser = ["Webhook", "AlwaysAllow"])]
+    authorization_mode: String,
     /// A container's log rotates when it would grow past this size
     /// (kubelet's --container-log-max-size).
     #[arg(long, env = "SHOAL_CONTAINER_LOG_MAX_SIZE", default_value = "10Mi")]
@@ -278,6 +293,28 @@ async fn run_real(client: kube::Client, node_name: String, args: AgentArgs) -> a
         ),
         None => None,
     };
+    let client_ca = match &args.client_ca_file {
+        Some(path) => Some(path.clone()),
+        None => match shoal_core::client::cluster_ca(&args.kubeconfig) {
+            Ok(Some(pem)) => {
+                let path = args.data_dir.join("pki").join("client-ca.crt");
+                std::fs::create_dir_all(args.data_dir.join("pki"))?;
+                std::fs::write(&path, pem)
+                    .with_context(|| format!("writing {}", path.display()))?;
+                Some(path)
+            }
+            Ok(None) => {
+                if args.authorization_mode == "Webhook" {
+                    tracing::warn!(
+                        "{} names no CA and no --client-ca-file is given: callers with a certificate (the apiserver's, for logs and exec) are not recognized",
+                        args.kubeconfig.display()
+                    );
+                }
+                None
+            }
+            Err(e) => bail!("the CA of {}: {e}", args.kubeconfig.display()),
+        },
+    };
     // Without given files, the serving certificate is asked for through
     // the CSR API (signed by the cluster CA the apiserver checks agents
     // against), as kubelets with serverTLSBootstrap do.
@@ -334,6 +371,8 @@ async fn run_real(client: kube::Client, node_name: String, args: AgentArgs) -> a
             key,
             request_certificate,
             token,
+            client_ca,
+            webhook: args.authorization_mode == "Webhook",
         },
         stop_pods_on_exit: args.stop_pods_on_exit,
         container_log_max_bytes: shoal_core::quantity::parse_scaled(

@@ -24,8 +24,9 @@ pub struct ApiserverArgs {
     pub advertise_address: Option<std::net::IpAddr>,
 }
 
-pub async fn run(args: ApiserverArgs) -> anyhow::Result<()> {
+pub async fn run(mut args: ApiserverArgs) -> anyhow::Result<()> {
     shoal_controllers::check()?;
+    args.config.kubelet_client_signer = args.controllers.signing_files();
     let running = shoal_apiserver::server::start_advertising(args.config, args.advertise_address)
         .await
         .context("starting the apiserver")?;

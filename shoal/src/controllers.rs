@@ -83,6 +83,14 @@ impl ControllerFlags {
         })
     }
 
+    /// The cluster signing CA's certificate and key files, when given.
+    pub fn signing_files(&self) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+        Some((
+            self.cluster_signing_cert_file.clone()?,
+            self.cluster_signing_key_file.clone()?,
+        ))
+    }
+
     fn cluster_signing(&self) -> anyhow::Result<Option<std::sync::Arc<shoal_core::tls::Ca>>> {
         match (
             &self.cluster_signing_cert_file,

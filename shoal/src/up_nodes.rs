@@ -200,7 +200,6 @@ pub struct AgentSettings<'a> {
     pub ca_pem: &'a str,
     /// The bootstrap token the agents ask for their certificates with.
     pub bootstrap_token: &'a str,
-    pub agent_token_file: &'a Path,
     pub stop_pods_on_exit: bool,
     pub backoff_initial: Duration,
     pub backoff_max: Duration,
@@ -314,10 +313,12 @@ impl Hosts {
                 argv.push("--dns-upstream".into());
                 argv.push(upstreams.join(",").into());
             }
+            // No shared token: each agent lets in the apiserver by its
+            // client certificate and whoever else the apiserver authorizes
+            // (SubjectAccessReview), so a node cannot reach another's pods.
             for (flag, path) in [
                 ("--tls-cert-file", cert.as_path()),
                 ("--tls-private-key-file", key.as_path()),
-                ("--token-file", settings.agent_token_file),
             ] {
                 argv.push(flag.into());
                 argv.push(path.into());

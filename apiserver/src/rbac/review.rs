@@ -3,7 +3,9 @@
 //! can-i`), SelfSubjectRulesReview (`kubectl auth can-i --list`),
 //! SubjectAccessReview and LocalSubjectAccessReview (asking about someone
 //! else), and `authentication.k8s.io/v1` SelfSubjectReview (`kubectl auth
-//! whoami`). Each is a create that answers the object with its status.
+//! whoami`) and TokenReview (who a bearer token is: node agents ask it of
+//! their callers). Each is a create that answers the object with its
+//! status.
 
 use std::sync::Arc;
 
@@ -31,6 +33,13 @@ pub static REVIEWS: &[Review] = &[
         version: "v1",
         plural: "selfsubjectreviews",
         kind: "SelfSubjectReview",
+        namespaced: false,
+    },
+    Review {
+        group: "authentication.k8s.io",
+        version: "v1",
+        plural: "tokenreviews",
+        kind: "TokenReview",
         namespaced: false,
     },
     Review {
@@ -212,6 +221,31 @@ async fn answer(api: &Arc<Api>, parts: &http::request::Parts, body: &[u8]) -> Re
                 info["uid"] = json!(user.uid);
             }
             json!({"userInfo": info})
+        }
+        "TokenReview" => {
+            let token = string(&spec, "token");
+            if token.is_empty() {
+                return Err(invalid(
+                    review,
+                    "spec.token",
+                    &json!(""),
+                    "token must not be empty",
+                ));
+            }
+            let user = match &api.tokens {
+                Some(tokens) => crate::server::token_user(api, tokens, &token).await,
+                None => None,
+            };
+            match user {
+                Some(user) => {
+                    let mut info = json!({"username": user.name, "groups": user.groups});
+                    if !user.uid.is_empty() {
+                        info["uid"] = json!(user.uid);
+                    }
+                    json!({"authenticated": true, "user": info})
+                }
+                None => json!({"authenticated": false, "user": {}}),
+            }
         }
         "SelfSubjectRulesReview" => {
             let ns = string(&spec, "namespace");

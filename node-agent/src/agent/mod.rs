@@ -494,7 +494,18 @@ pub async fn run(
                     () = wait_true(stop.clone()) => return Ok(()),
                 }
             }
-            server::serve(settings, registry, runtime, metrics, wait_true(stop)).await
+            let webhook = settings
+                .webhook
+                .then(|| Arc::new(server::auth::Webhook::new(client.clone(), node.clone())));
+            server::serve(
+                settings,
+                webhook,
+                registry,
+                runtime,
+                metrics,
+                wait_true(stop),
+            )
+            .await
         })
     };
     let pods = tokio::spawn(pods::run(shared.clone(), wait_true(stop_rx)));

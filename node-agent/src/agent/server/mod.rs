@@ -3,7 +3,9 @@
 //! the kubelet's words (docs/apiserver.md, "The node agent's interface").
 //!
 //! ```text
-//!  apiserver ──TLS, Bearer token──▶ serve()
+//!  apiserver ──TLS, its client certificate (or the Bearer token)──▶ serve()
+//!    who and whether: auth.rs (certificate or TokenReview, then a
+//!    SubjectAccessReview for nodes/proxy, nodes/metrics, ...)
 //!    GET /containerLogs/{ns}/{pod}/{c}?follow&tailLines&…
 //!        Registry ──▶ the run's CRI log file ──▶ LogWriter (pure) ──▶ text
 //!    GET /exec/{ns}/{pod}/{c}?command=…   (WebSocket, v5/v4.channel.k8s.io)
@@ -47,6 +49,7 @@ use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::Instrument;
 
+pub mod auth;
 mod logs;
 mod query;
 mod remotecommand;
@@ -104,9 +107,17 @@ pub struct ServerConfig {
     /// Ask the cluster for them (CSR API, `kubernetes.io/kubelet-serving`)
     /// before serving, writing them at `cert` and `key`.
     pub request_certificate: bool,
-    /// The bearer token the apiserver presents (its `--kubelet-token-file`);
-    /// `None` lets every request in.
+    /// The bearer token the apiserver presents (its `--kubelet-token-file`),
+    /// allowed everything.
     pub token: Option<String>,
+    /// Callers with a certificate this CA signed are authenticated as its
+    /// subject (kubelet's `--client-ca-file`).
+    pub client_ca: Option<PathBuf>,
+    /// Other bearer tokens are checked with a TokenReview, and every
+    /// authenticated caller's request with a SubjectAccessReview (kubelet's
+    /// `--authentication-token-webhook`, `--authorization-mode=Webhook`).
+    /// With neither this nor a token, every request is let in.
+    pub webhook: bool,
 }
 
 /// What can stop the server from serving.
@@ -268,8 +279,18 @@ impl Containers for Runtime {
 struct AppState {
     registry: Arc<Registry>,
     containers: Arc<dyn Containers>,
-    token: Option<Arc<str>>,
+    access: Access,
     metrics: Metrics,
+}
+
+/// Who is let in ([`auth`]).
+#[derive(Clone, Default)]
+pub struct Access {
+    /// The apiserver's bearer token, allowed everything.
+    pub token: Option<Arc<str>>,
+    /// The apiserver's answers about other callers; with neither this nor
+    /// a token, every request is let in.
+    pub webhook: Option<Arc<auth::Webhook>>,
 }
 
 /// What the metrics paths serve (OpenMetrics text), made at each scrape.
@@ -311,27 +332,31 @@ async fn resource_metrics(State(state): State<AppState>) -> Response {
 /// (connections in progress go on until their end).
 pub async fn serve(
     config: ServerConfig,
+    webhook: Option<Arc<auth::Webhook>>,
     registry: Arc<Registry>,
     runtime: Arc<Runtime>,
     metrics: Metrics,
     shutdown: impl Future,
 ) -> Result<()> {
-    let tls = tls_config(&config.cert, &config.key)?;
+    let tls = match &config.client_ca {
+        Some(ca) => shoal_core::tls::server_config_with_client_ca(
+            &config.cert,
+            &config.key,
+            shoal_core::tls::ALPN_HTTP1,
+            ca,
+        )?,
+        None => tls_config(&config.cert, &config.key)?,
+    };
     let address = SocketAddr::new(config.bind, config.port);
     let listener = TcpListener::bind(address)
         .await
         .map_err(|source| ServerError::Bind { address, source })?;
     tracing::info!(%address, "agent server listening");
-    serve_listener(
-        listener,
-        tls,
-        config.token,
-        registry,
-        runtime,
-        metrics,
-        shutdown,
-    )
-    .await;
+    let access = Access {
+        token: config.token.map(Arc::from),
+        webhook,
+    };
+    serve_listener(listener, tls, access, registry, runtime, metrics, shutdown).await;
     Ok(())
 }
 
@@ -339,7 +364,7 @@ pub async fn serve(
 pub async fn serve_listener(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    token: Option<String>,
+    access: Access,
     registry: Arc<Registry>,
     containers: Arc<dyn Containers>,
     metrics: Metrics,
@@ -348,7 +373,7 @@ pub async fn serve_listener(
     let state = AppState {
         registry,
         containers,
-        token: token.map(Arc::from),
+        access,
         metrics,
     };
     let router = router(state);
@@ -368,7 +393,7 @@ pub async fn serve_listener(
         };
         let _ = stream.set_nodelay(true);
         let acceptor = acceptor.clone();
-        let service = TowerToHyperService::new(router.clone());
+        let router = router.clone();
         tokio::spawn(async move {
             let tls = match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(stream))
                 .await
@@ -380,6 +405,23 @@ pub async fn serve_listener(
                 }
                 Err(_) => return,
             };
+            // A client certificate the CA signed names the caller.
+            let certified = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|chain| chain.first())
+                .and_then(|leaf| auth::Caller::of_certificate(leaf.as_ref()))
+                .map(auth::Certified);
+            let service = TowerToHyperService::new(tower::ServiceExt::map_request(
+                router,
+                move |mut request: hyper::Request<hyper::body::Incoming>| {
+                    if let Some(certified) = &certified {
+                        request.extensions_mut().insert(certified.clone());
+                    }
+                    request
+                },
+            ));
             let connection = hyper::server::conn::http1::Builder::new()
                 .serve_connection(TokioIo::new(tls), service)
                 .with_upgrades();
@@ -420,17 +462,73 @@ fn bearer_matches(header: Option<&[u8]>, token: &str) -> bool {
             == 0
 }
 
+/// Lets in the apiserver's token, and callers the apiserver authorizes
+/// (module [`auth`]); answers 401 to callers it cannot name and 403, in
+/// the kubelet's words, to those it may not serve.
 async fn authenticate(State(state): State<AppState>, request: Request, next: Next) -> Response {
-    if let Some(token) = &state.token {
-        let header = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .map(|v| v.as_bytes());
-        if !bearer_matches(header, token) {
-            return Refusal::new(StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
+    let access = &state.access;
+    let header = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .map(|v| v.as_bytes());
+    if let Some(token) = &access.token {
+        if bearer_matches(header, token) {
+            return next.run(request).await;
         }
     }
-    next.run(request).await
+    let Some(webhook) = &access.webhook else {
+        if access.token.is_some() {
+            return Refusal::new(StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
+        }
+        return next.run(request).await;
+    };
+    let certified = request
+        .extensions()
+        .get::<auth::Certified>()
+        .map(|c| c.0.clone());
+    let caller = match certified {
+        Some(caller) => Some(caller),
+        None => {
+            let bearer = header
+                .and_then(|h| h.strip_prefix(b"Bearer "))
+                .and_then(|t| std::str::from_utf8(t.trim_ascii()).ok())
+                .filter(|t| !t.is_empty());
+            match bearer {
+                Some(token) => match webhook.who(token).await {
+                    Ok(caller) => caller,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "agent server: a TokenReview failed");
+                        return Refusal::new(StatusCode::UNAUTHORIZED, "Unauthorized")
+                            .into_response();
+                    }
+                },
+                None => None,
+            }
+        }
+    };
+    let Some(caller) = caller else {
+        return Refusal::new(StatusCode::UNAUTHORIZED, "Unauthorized").into_response();
+    };
+    let verb = auth::verb(request.method());
+    let subresource = auth::subresource(request.uri().path());
+    let attributes = format!(
+        "user={}, verb={verb}, resource=nodes, subresource={subresource}",
+        caller.name
+    );
+    match webhook.may(&caller, verb, subresource).await {
+        Ok(true) => next.run(request).await,
+        Ok(false) => {
+            Refusal::new(StatusCode::FORBIDDEN, format!("Forbidden ({attributes})")).into_response()
+        }
+        Err(e) => {
+            tracing::warn!(error = %e, "agent server: a SubjectAccessReview failed");
+            Refusal::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("Authorization error ({attributes})"),
+            )
+            .into_response()
+        }
+    }
 }
 
 /// An answer in the kubelet's words: a status and a line of text.
@@ -827,7 +925,10 @@ mod tests {
         tokio::spawn(serve_listener(
             listener,
             tls_config(&cert, &key).unwrap(),
-            Some("secret".into()),
+            Access {
+                token: Some(Arc::from("secret")),
+                webhook: None,
+            },
             registry.clone(),
             containers.clone(),
             Metrics {

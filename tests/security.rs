@@ -1248,6 +1248,29 @@ fn openssl(dir: &Path, args: &[&str]) {
     );
 }
 
+/// A key and a self-signed certificate `name` (`name.key`, `name.crt`)
+/// for `subject`, valid two days.
+fn self_signed(dir: &Path, name: &str, subject: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.crt"),
+            "-days",
+            "2",
+            "-subj",
+            subject,
+        ],
+    );
+}
+
 /// A key and a certificate `name` signed by the CA `ca` (with
 /// serverAuth and clientAuth, for 127.0.0.1).
 fn issue(dir: &Path, ca: &str, name: &str, cn: &str) {
@@ -1313,24 +1336,7 @@ async fn the_store_speaks_tls_and_asks_for_client_certificates() {
     let dir = tempfile::tempdir().unwrap();
     let pki = dir.path();
     for ca in ["ca", "rogue"] {
-        openssl(
-            pki,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "rsa:2048",
-                "-nodes",
-                "-keyout",
-                &format!("{ca}.key"),
-                "-out",
-                &format!("{ca}.crt"),
-                "-days",
-                "2",
-                "-subj",
-                &format!("/CN={ca}"),
-            ],
-        );
+        self_signed(pki, ca, &format!("/CN={ca}"));
     }
     issue(pki, "ca", "member", "member");
     issue(pki, "ca", "client", "apiserver");
@@ -1768,23 +1774,10 @@ spec:
     assert_eq!((code.as_str(), body.trim()), ("401", "Unauthorized"));
     // A certificate of another CA, whatever it claims, ends the handshake.
     let forged = tempfile::tempdir().unwrap();
-    openssl(
+    self_signed(
         forged.path(),
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-keyout",
-            "forged.key",
-            "-out",
-            "forged.crt",
-            "-days",
-            "1",
-            "-subj",
-            "/O=system:masters/CN=kube-apiserver-kubelet-client",
-        ],
+        "forged",
+        "/O=system:masters/CN=kube-apiserver-kubelet-client",
     );
     let (body, code) = agent(
         &[

@@ -100,11 +100,11 @@ pub struct Config {
     pub kubelet_token_file: Option<PathBuf>,
     /// Client certificate (and its key) the apiserver presents to node
     /// agents, which authorize it with a SubjectAccessReview. Default: one
-    /// the cluster CA in the data dir signs at start, for
-    /// `kube-apiserver-kubelet-client` in `system:masters` (as kubeadm's
-    /// apiserver-kubelet-client.crt), kept in memory (or, without that
-    /// CA's key, the controllers' --cluster-signing-*-file); none without
-    /// either.
+    /// signed at start for `kube-apiserver-kubelet-client` in
+    /// `system:masters` (as kubeadm's apiserver-kubelet-client.crt), kept
+    /// in memory: by the data dir's CA when it made the serving
+    /// certificate, else by the controllers' --cluster-signing-*-file;
+    /// none without either.
     #[arg(
         long,
         env = "SHOAL_KUBELET_CLIENT_CERTIFICATE",
@@ -428,9 +428,9 @@ async fn authenticate(State(api): State<Arc<Api>>, mut request: Request, next: N
 }
 
 /// Who the apiserver is to node agents (`--kubelet-client-certificate`):
-/// the given files, or a certificate the data dir's CA signs now.
-/// The data dir's CA is used only when it made the serving certificate
-/// (`generated`): agents trust the CA their kubeconfig trusts.
+/// the given files, or a certificate signed now. The data dir's CA signs
+/// it only when that CA made the serving certificate (`generated`), as
+/// agents trust the CA their kubeconfig trusts.
 fn kubelet_client_identity(
     config: &Config,
     generated: bool,

@@ -241,24 +241,7 @@ pub fn server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<rust
             source,
         })
     };
-    let cert_pem = read(cert)?;
-    let key_pem = read(key)?;
-    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_slice())
-        .filter_map(|c| c.ok())
-        .collect();
-    if certs.is_empty() {
-        return Err(Error::Pem {
-            path: cert.to_path_buf(),
-            what: "certificate",
-        });
-    }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_slice())
-        .ok()
-        .flatten()
-        .ok_or_else(|| Error::Pem {
-            path: key.to_path_buf(),
-            what: "private key",
-        })?;
+    let (certs, key) = pem_pair(&read(cert)?, cert, &read(key)?, key)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
@@ -266,6 +249,36 @@ pub fn server_config(cert: &Path, key: &Path, alpn: &[&[u8]]) -> Result<Arc<rust
         .with_single_cert(certs, key)?;
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     Ok(Arc::new(config))
+}
+
+/// A certificate chain and its key from PEM (`cert_origin` and
+/// `key_origin` name where they came from in errors).
+fn pem_pair(
+    cert_pem: &[u8],
+    cert_origin: &Path,
+    key_pem: &[u8],
+    key_origin: &Path,
+) -> Result<(
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+)> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut &cert_pem[..])
+        .filter_map(|c| c.ok())
+        .collect();
+    if certs.is_empty() {
+        return Err(Error::Pem {
+            path: cert_origin.to_path_buf(),
+            what: "certificate",
+        });
+    }
+    let key = rustls_pemfile::private_key(&mut &key_pem[..])
+        .ok()
+        .flatten()
+        .ok_or_else(|| Error::Pem {
+            path: key_origin.to_path_buf(),
+            what: "private key",
+        })?;
+    Ok((certs, key))
 }
 
 /// [`server_config`] that also asks clients for a certificate signed by
@@ -333,22 +346,7 @@ pub fn client_config_with_identity(
     key_pem: &str,
     origin: &Path,
 ) -> Result<Arc<rustls::ClientConfig>> {
-    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
-        .filter_map(|c| c.ok())
-        .collect();
-    if certs.is_empty() {
-        return Err(Error::Pem {
-            path: origin.to_path_buf(),
-            what: "certificate",
-        });
-    }
-    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
-        .ok()
-        .flatten()
-        .ok_or_else(|| Error::Pem {
-            path: origin.to_path_buf(),
-            what: "private key",
-        })?;
+    let (certs, key) = pem_pair(cert_pem.as_bytes(), origin, key_pem.as_bytes(), origin)?;
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
